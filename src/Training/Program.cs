@@ -1,0 +1,1 @@
+return Rlhf.Training.Cli.RlhfCommand.Run(args);
