@@ -1,0 +1,204 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Rlhf.Export.Hf;
+
+/// <summary>
+/// A Llama-family decoder configuration, read from and written to a Hugging Face <c>config.json</c>
+/// (<c>model_type</c> llama, qwen2 or mistral). Property names follow the HF keys; fields we do not
+/// support (rope scaling, sliding windows that bite, other activations, MLP bias) are rejected by <see cref="Validate"/>.
+/// </summary>
+public sealed record ModelConfig
+{
+    /// <summary>HF <c>model_type</c>: llama, qwen2 or mistral.</summary>
+    public string ModelType { get; init; } = "llama";
+    /// <summary>Vocabulary size V (rows of <c>model.embed_tokens.weight</c>).</summary>
+    public int VocabSize { get; init; } = 32000;
+    /// <summary>Hidden size H.</summary>
+    public int HiddenSize { get; init; } = 4096;
+    /// <summary>SwiGLU inner size (rows of <c>gate_proj</c>/<c>up_proj</c>).</summary>
+    public int IntermediateSize { get; init; } = 11008;
+    /// <summary>Number of decoder layers.</summary>
+    public int NumHiddenLayers { get; init; } = 32;
+    /// <summary>Query heads.</summary>
+    public int NumAttentionHeads { get; init; } = 32;
+    /// <summary>Key/value heads (grouped-query attention when smaller than the query heads).</summary>
+    public int NumKeyValueHeads { get; init; } = 32;
+    /// <summary>Per-head size D; HF's default is H / heads when absent.</summary>
+    public int? HeadDimOverride { get; init; }
+    /// <summary>Longest sequence the model is meant for.</summary>
+    public int MaxPositionEmbeddings { get; init; } = 2048;
+    /// <summary>RoPE base θ.</summary>
+    public double RopeTheta { get; init; } = 10000.0;
+    /// <summary>RMSNorm ε.</summary>
+    public double RmsNormEps { get; init; } = 1e-6;
+    /// <summary>True when <c>lm_head.weight</c> is <c>model.embed_tokens.weight</c>.</summary>
+    public bool TieWordEmbeddings { get; init; }
+    /// <summary>HF <c>attention_bias</c> (llama: bias on q, k, v and o). Qwen2 always has q/k/v bias and no o bias.</summary>
+    public bool AttentionBias { get; init; }
+    /// <summary>Dropout on attention probabilities (HF <c>attention_dropout</c>).</summary>
+    public double AttentionDropout { get; init; }
+    /// <summary>Dropout on each residual branch output (our key <c>residual_dropout</c>; HF tools ignore it).</summary>
+    public double ResidualDropout { get; init; }
+    /// <summary>Beginning-of-sequence token id, if any.</summary>
+    public int? BosTokenId { get; init; }
+    /// <summary>End-of-sequence token ids (HF allows one id or a list).</summary>
+    public IReadOnlyList<int> EosTokenIds { get; init; } = [];
+    /// <summary>Padding token id, if any.</summary>
+    public int? PadTokenId { get; init; }
+    /// <summary>Weight dtype recorded by HF (<c>torch_dtype</c>): float32, bfloat16 or float16.</summary>
+    public string TorchDtype { get; init; } = "float32";
+
+    /// <summary>Per-head size D.</summary>
+    public int HeadDim => HeadDimOverride ?? HiddenSize / NumAttentionHeads;
+    /// <summary>Whether q/k/v projections carry a bias (Qwen2 always; llama when <c>attention_bias</c>).</summary>
+    public bool QkvBias => ModelType == "qwen2" || (ModelType == "llama" && AttentionBias);
+    /// <summary>Whether the output projection carries a bias (llama with <c>attention_bias</c> only).</summary>
+    public bool OutputBias => ModelType == "llama" && AttentionBias;
+    /// <summary>The first EOS id, or null.</summary>
+    public int? EosTokenId => EosTokenIds.Count > 0 ? EosTokenIds[0] : null;
+
+    static readonly string[] SupportedTypes = ["llama", "qwen2", "mistral"];
+
+    /// <summary>Throws <see cref="InvalidDataException"/> naming the field to change when the config is unusable.</summary>
+    public void Validate()
+    {
+        var errors = new List<string>();
+        if (!SupportedTypes.Contains(ModelType))
+            errors.Add($"model_type '{ModelType}' is not supported (supported: {string.Join(", ", SupportedTypes)})");
+        if (VocabSize <= 0) errors.Add("vocab_size must be positive");
+        if (HiddenSize <= 0) errors.Add("hidden_size must be positive");
+        if (IntermediateSize <= 0) errors.Add("intermediate_size must be positive");
+        if (NumHiddenLayers <= 0) errors.Add("num_hidden_layers must be positive");
+        if (NumAttentionHeads <= 0) errors.Add("num_attention_heads must be positive");
+        if (NumKeyValueHeads <= 0 || NumAttentionHeads % Math.Max(1, NumKeyValueHeads) != 0)
+            errors.Add($"num_key_value_heads ({NumKeyValueHeads}) must divide num_attention_heads ({NumAttentionHeads})");
+        if (HeadDimOverride is null && NumAttentionHeads > 0 && HiddenSize % NumAttentionHeads != 0)
+            errors.Add($"hidden_size ({HiddenSize}) must be a multiple of num_attention_heads ({NumAttentionHeads}) or head_dim must be set");
+        if (HeadDim % 2 != 0) errors.Add($"head_dim ({HeadDim}) must be even for rotary embeddings");
+        if (AttentionDropout is < 0 or >= 1) errors.Add("attention_dropout must be in [0, 1)");
+        if (ResidualDropout is < 0 or >= 1) errors.Add("residual_dropout must be in [0, 1)");
+        if (errors.Count > 0) throw new InvalidDataException("Invalid model config: " + string.Join("; ", errors) + ".");
+    }
+
+    /// <summary>Reads a HF <c>config.json</c>, rejecting features this implementation does not have.</summary>
+    public static ModelConfig Load(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"No config.json at {path}.", path);
+        JsonObject o;
+        try { o = JsonNode.Parse(File.ReadAllText(path))?.AsObject() ?? throw new InvalidDataException("empty"); }
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
+        { throw new InvalidDataException($"{path}: not a JSON object ({e.Message})."); }
+        return FromJson(o, path);
+    }
+
+    /// <summary>Parses a config object; <paramref name="source"/> names it in error messages.</summary>
+    public static ModelConfig FromJson(JsonObject o, string source)
+    {
+        string type = o["model_type"]?.GetValue<string>() ?? throw new InvalidDataException($"{source}: missing 'model_type'.");
+        var unsupported = new List<string>();
+        if (o["rope_scaling"] is JsonNode rs && rs.GetValueKind() != JsonValueKind.Null)
+            unsupported.Add("rope_scaling (only plain RoPE is implemented; remove it or use a model without scaling)");
+        string act = o["hidden_act"]?.GetValue<string>() ?? "silu";
+        if (act != "silu") unsupported.Add($"hidden_act '{act}' (only silu/SwiGLU)");
+        if (o["mlp_bias"]?.GetValue<bool>() == true) unsupported.Add("mlp_bias true");
+        int maxPos = Int(o, "max_position_embeddings") ?? 2048;
+        bool slidingOn = type == "mistral" || (o["use_sliding_window"]?.GetValue<bool>() ?? false);
+        int? window = o["sliding_window"] is JsonNode sw && sw.GetValueKind() == JsonValueKind.Number ? sw.GetValue<int>() : null;
+        if (slidingOn && window is int w && w < maxPos && type != "qwen2")
+            unsupported.Add($"sliding_window {w} < max_position_embeddings {maxPos} (sliding-window attention is not implemented)");
+        if (type == "qwen2" && slidingOn && window is int w2 && w2 < maxPos)
+            unsupported.Add($"use_sliding_window with sliding_window {w2} (sliding-window attention is not implemented)");
+        if (unsupported.Count > 0)
+            throw new InvalidDataException($"{source}: unsupported config field(s): {string.Join("; ", unsupported)}.");
+
+        var eos = new List<int>();
+        switch (o["eos_token_id"])
+        {
+            case JsonArray arr: eos.AddRange(arr.Select(x => x!.GetValue<int>())); break;
+            case JsonValue v when v.GetValueKind() == JsonValueKind.Number: eos.Add(v.GetValue<int>()); break;
+        }
+        int hidden = Int(o, "hidden_size") ?? throw new InvalidDataException($"{source}: missing 'hidden_size'.");
+        int heads = Int(o, "num_attention_heads") ?? throw new InvalidDataException($"{source}: missing 'num_attention_heads'.");
+        var c = new ModelConfig
+        {
+            ModelType = type,
+            VocabSize = Int(o, "vocab_size") ?? throw new InvalidDataException($"{source}: missing 'vocab_size'."),
+            HiddenSize = hidden,
+            IntermediateSize = Int(o, "intermediate_size") ?? throw new InvalidDataException($"{source}: missing 'intermediate_size'."),
+            NumHiddenLayers = Int(o, "num_hidden_layers") ?? throw new InvalidDataException($"{source}: missing 'num_hidden_layers'."),
+            NumAttentionHeads = heads,
+            NumKeyValueHeads = Int(o, "num_key_value_heads") ?? heads,
+            HeadDimOverride = Int(o, "head_dim"),
+            MaxPositionEmbeddings = maxPos,
+            RopeTheta = Dbl(o, "rope_theta") ?? 10000.0,
+            RmsNormEps = Dbl(o, "rms_norm_eps") ?? 1e-6,
+            TieWordEmbeddings = o["tie_word_embeddings"]?.GetValue<bool>() ?? false,
+            AttentionBias = o["attention_bias"]?.GetValue<bool>() ?? false,
+            AttentionDropout = Dbl(o, "attention_dropout") ?? 0.0,
+            ResidualDropout = Dbl(o, "residual_dropout") ?? 0.0,
+            BosTokenId = Int(o, "bos_token_id"),
+            EosTokenIds = eos,
+            PadTokenId = Int(o, "pad_token_id"),
+            TorchDtype = o["torch_dtype"]?.GetValue<string>() ?? o["dtype"]?.GetValue<string>() ?? "float32",
+        };
+        try { c.Validate(); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"{source}: {e.Message}"); }
+        return c;
+    }
+
+    /// <summary>The HF <c>config.json</c> object for this config (loads in transformers unchanged).</summary>
+    public JsonObject ToJson()
+    {
+        var o = new JsonObject
+        {
+            ["architectures"] = new JsonArray(ModelType switch
+            {
+                "qwen2" => "Qwen2ForCausalLM",
+                "mistral" => "MistralForCausalLM",
+                _ => "LlamaForCausalLM",
+            }),
+            ["model_type"] = ModelType,
+            ["vocab_size"] = VocabSize,
+            ["hidden_size"] = HiddenSize,
+            ["intermediate_size"] = IntermediateSize,
+            ["num_hidden_layers"] = NumHiddenLayers,
+            ["num_attention_heads"] = NumAttentionHeads,
+            ["num_key_value_heads"] = NumKeyValueHeads,
+            ["head_dim"] = HeadDim,
+            ["max_position_embeddings"] = MaxPositionEmbeddings,
+            ["rope_theta"] = RopeTheta,
+            ["rms_norm_eps"] = RmsNormEps,
+            ["hidden_act"] = "silu",
+            ["tie_word_embeddings"] = TieWordEmbeddings,
+            ["attention_dropout"] = AttentionDropout,
+            ["residual_dropout"] = ResidualDropout,
+            ["initializer_range"] = 0.02,
+            ["use_cache"] = true,
+            ["torch_dtype"] = TorchDtype,
+        };
+        if (ModelType == "llama") { o["attention_bias"] = AttentionBias; o["mlp_bias"] = false; }
+        if (ModelType is "qwen2" or "mistral") { o["use_sliding_window"] = false; o["sliding_window"] = null; }
+        if (BosTokenId is int b) o["bos_token_id"] = b;
+        if (EosTokenIds.Count == 1) o["eos_token_id"] = EosTokenIds[0];
+        else if (EosTokenIds.Count > 1) o["eos_token_id"] = new JsonArray(EosTokenIds.Select(x => (JsonNode)x).ToArray());
+        if (PadTokenId is int p) o["pad_token_id"] = p;
+        return o;
+    }
+
+    /// <summary>Writes <c>config.json</c> atomically.</summary>
+    public void Save(string path)
+    {
+        string tmp = path + ".tmp";
+        File.WriteAllText(tmp, ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    static int? Int(JsonObject o, string key) =>
+        o[key] is JsonValue v && v.GetValueKind() == JsonValueKind.Number ? v.GetValue<int>() : null;
+
+    static double? Dbl(JsonObject o, string key) =>
+        o[key] is JsonValue v && v.GetValueKind() == JsonValueKind.Number
+            ? double.Parse(v.ToJsonString(), CultureInfo.InvariantCulture) : null;
+}
