@@ -1,0 +1,24 @@
+namespace Rlhf.Training.Common;
+
+/// <summary>The tokenizer files a Hugging Face model folder may hold, copied along with weights.</summary>
+public static class TokenizerFiles
+{
+    /// <summary>File names recognised as tokenizer files.</summary>
+    public static readonly string[] Names =
+    [
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+        "tokenizer.model", "vocab.txt", "added_tokens.json", "generation_config.json",
+    ];
+
+    /// <summary>Copies every tokenizer file present in <paramref name="from"/> into <paramref name="to"/> (no-op when the same folder).</summary>
+    public static void Copy(string from, string to)
+    {
+        if (Path.GetFullPath(from).TrimEnd('/') == Path.GetFullPath(to).TrimEnd('/')) return;
+        Directory.CreateDirectory(to);
+        foreach (string name in Names)
+        {
+            string src = Path.Combine(from, name);
+            if (File.Exists(src)) AtomicFile.Write(Path.Combine(to, name), tmp => File.Copy(src, tmp, overwrite: true));
+        }
+    }
+}

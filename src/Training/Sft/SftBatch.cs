@@ -1,0 +1,101 @@
+using Rlhf.Inference.Tokenization;
+using Rlhf.Training.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Sft;
+
+/// <summary>One tokenized demonstration: <c>Ids = [BOS] prompt response [EOS]</c>; the first <c>PromptLength</c> ids are the prompt.</summary>
+public sealed record TokenizedExample(int[] Ids, int PromptLength);
+
+/// <summary>A right-padded SFT micro-batch on a device.</summary>
+public sealed class SftBatch : IDisposable
+{
+    /// <summary>Token ids [B, S] int64 (pad id where mask is 0).</summary>
+    public required Tensor InputIds { get; init; }
+    /// <summary>1 for real tokens [B, S] int64.</summary>
+    public required Tensor AttentionMask { get; init; }
+    /// <summary>Positions [B, S] int64.</summary>
+    public required Tensor PositionIds { get; init; }
+    /// <summary>Next-token targets [B, S] int64: Targets[b,t] = InputIds[b,t+1] for response tokens, −100 elsewhere.</summary>
+    public required Tensor Targets { get; init; }
+    /// <summary>Number of targets that count (response tokens incl. EOS).</summary>
+    public required long TargetCount { get; init; }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        InputIds.Dispose(); AttentionMask.Dispose(); PositionIds.Dispose(); Targets.Dispose();
+    }
+
+    /// <summary>The ignore index of <see cref="Targets"/>.</summary>
+    public const long Ignore = -100;
+
+    /// <summary>Tokenizes one demonstration with <see cref="PromptFormat"/>, truncating the response to <paramref name="maxLen"/> tokens in all.</summary>
+    public static TokenizedExample Tokenize(TextTokenizer tokenizer, SftExample example, int maxLen)
+    {
+        int[] p = PromptFormat.PromptIds(tokenizer, example.Prompt);
+        int[] r = PromptFormat.ResponseIds(tokenizer, example.Prompt, example.Response);
+        if (p.Length >= maxLen) p = p[..(maxLen - 1)];
+        int keep = Math.Min(r.Length, maxLen - p.Length);
+        return new TokenizedExample([.. p, .. r[..keep]], p.Length);
+    }
+
+    /// <summary>
+    /// Right-pads examples into tensors. Target at t is the token at t+1 when t+1 is a response position
+    /// (t+1 ≥ PromptLength), so the loss covers response tokens only (prompt tokens are ignore_index).
+    /// </summary>
+    public static SftBatch Collate(IReadOnlyList<TokenizedExample> examples, int padId, Device device)
+    {
+        int b = examples.Count;
+        int s = examples.Max(e => e.Ids.Length);
+        var ids = new long[b * s];
+        var mask = new long[b * s];
+        var pos = new long[b * s];
+        var tgt = new long[b * s];
+        long count = 0;
+        for (int i = 0; i < b; i++)
+        {
+            var e = examples[i];
+            for (int t = 0; t < s; t++)
+            {
+                int k = i * s + t;
+                bool real = t < e.Ids.Length;
+                ids[k] = real ? e.Ids[t] : padId;
+                mask[k] = real ? 1 : 0;
+                pos[k] = real ? t : 0;
+                bool target = t + 1 < e.Ids.Length && t + 1 >= e.PromptLength;
+                tgt[k] = target ? e.Ids[t + 1] : Ignore;
+                if (target) count++;
+            }
+        }
+        return new SftBatch
+        {
+            InputIds = tensor(ids, [b, s], device: device),
+            AttentionMask = tensor(mask, [b, s], device: device),
+            PositionIds = tensor(pos, [b, s], device: device),
+            Targets = tensor(tgt, [b, s], device: device),
+            TargetCount = count,
+        };
+    }
+}
+
+/// <summary>The SFT objective.</summary>
+public static class SftLoss
+{
+    /// <summary>
+    /// Summed next-token negative log-likelihood over counted targets:
+    /// Σ_{b,t: y[b,t] ≠ −100} −log softmax(logits[b,t])[y[b,t]]. Divide by the target count of the whole optimizer
+    /// step so gradient accumulation weights every response token equally.
+    /// </summary>
+    /// <param name="logits">[B, S, V]</param>
+    /// <param name="targets">[B, S] int64, −100 = ignore</param>
+    public static Tensor SummedNll(Tensor logits, Tensor targets)
+    {
+        if (logits.dim() != 3 || targets.dim() != 2 || logits.shape[0] != targets.shape[0] || logits.shape[1] != targets.shape[1])
+            throw new ArgumentException($"logits [B,S,V] and targets [B,S] expected, got [{string.Join(",", logits.shape)}] and [{string.Join(",", targets.shape)}]");
+        long v = logits.shape[2];
+        return nn.functional.cross_entropy(logits.reshape(-1, v).to(ScalarType.Float32), targets.reshape(-1),
+            ignore_index: SftBatch.Ignore, reduction: nn.Reduction.Sum);
+    }
+}

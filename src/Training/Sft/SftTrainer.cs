@@ -1,0 +1,358 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Rlhf.Export.Hf;
+using Rlhf.Inference.Tokenization;
+using Rlhf.Training.Common;
+using Rlhf.Training.Data;
+using Rlhf.Training.Model;
+using Spectre.Console;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Sft;
+
+/// <summary>Headline figures of an SFT run (written as <c>summary.json</c>; keys documented in the README).</summary>
+public sealed record SftSummary
+{
+    /// <summary>Always "sft".</summary>
+    public string Stage { get; init; } = "sft";
+    /// <summary>Optimizer steps taken.</summary>
+    public int Steps { get; init; }
+    /// <summary>Response tokens trained on.</summary>
+    public long TrainTokens { get; init; }
+    /// <summary>Mean response-token loss over the last 10% of steps.</summary>
+    public double FinalTrainLoss { get; init; }
+    /// <summary>Held-out response-token loss (nats/token), NaN without eval data.</summary>
+    public double EvalLoss { get; init; }
+    /// <summary>exp(eval_loss).</summary>
+    public double EvalPerplexity { get; init; }
+    /// <summary>Gold score of sampled responses on held-out prompts (default task only): mean.</summary>
+    public double? GoldMean { get; init; }
+    /// <summary>Gold score of sampled responses: standard deviation.</summary>
+    public double? GoldStd { get; init; }
+    /// <summary>Gold score of the held-out human-written (generator) responses: mean, for comparison.</summary>
+    public double? GoldReferenceMean { get; init; }
+    /// <summary>Fraction of samples that ended with EOS.</summary>
+    public double? EosFraction { get; init; }
+    /// <summary>Trainable parameters.</summary>
+    public long Parameters { get; init; }
+    /// <summary>Wall-clock seconds of the whole stage.</summary>
+    public double Seconds { get; init; }
+    /// <summary>Training throughput, tokens (all positions) per second.</summary>
+    public double TokensPerSecond { get; init; }
+}
+
+/// <summary>Test hooks that shape a run without being part of its config.</summary>
+public sealed record RunControl
+{
+    /// <summary>Continue from the output folder's checkpoint.</summary>
+    public bool Resume { get; init; }
+    /// <summary>Replace a non-empty output folder.</summary>
+    public bool Overwrite { get; init; }
+    /// <summary>Stop (as if killed) right after the checkpoint of this step; 0 = never. Used by resume tests.</summary>
+    public int StopAfterStep { get; init; }
+    /// <summary>Show a progress bar.</summary>
+    public bool Progress { get; init; } = true;
+}
+
+/// <summary>
+/// Supervised fine-tuning: next-token cross-entropy on response tokens only, AdamW with decoupled weight decay,
+/// warm-up + cosine/linear decay, gradient clipping, held-out loss/perplexity, atomic checkpoints and exact resume.
+/// </summary>
+public static class SftTrainer
+{
+    const string CheckpointName = "checkpoint";
+
+    /// <summary>Runs the stage end to end and returns its summary.</summary>
+    public static SftSummary Run(SftConfig cfg, RunControl control)
+    {
+        cfg.Validate();
+        var clock = Stopwatch.StartNew();
+        Device device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
+        DeviceSelector.SetThreads(cfg.Threads);
+        string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
+
+        var data = SftData.Load(cfg);
+        Log($"SFT data: {data.Train.Count} train, {data.Eval.Count} eval demonstrations" +
+            (data.Skipped > 0 ? $" ({data.Skipped} malformed rows skipped)" : "") + (data.IsDefaultTask ? " (default task)" : ""));
+
+        string modelSource = resumeFrom ?? cfg.InitFrom ?? PrepareFreshModel(cfg, data);
+        var tokenizer = TextTokenizer.Load(modelSource);
+        using var model = LlamaForCausalLM.FromPretrained(modelSource, device, ScalarType.Float32, WithDropout(cfg));
+        int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
+
+        var train = data.Train.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen)).ToArray();
+        var eval = data.Eval.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen)).ToArray();
+        int perStep = cfg.BatchSize * cfg.GradAccum;
+        int stepsPerEpoch = train.Length / perStep;
+        if (stepsPerEpoch == 0)
+            throw new InvalidDataException($"{train.Length} training examples are fewer than one step (batch_size × grad_accum = {perStep}).");
+        int totalSteps = cfg.Epochs * stepsPerEpoch;
+        if (cfg.MaxSteps > 0) totalSteps = Math.Min(totalSteps, cfg.MaxSteps);
+
+        using var optimizer = CreateOptimizer(model, cfg);
+        var metrics = new MetricsTable();
+        int startStep = 0;
+        long trainTokens = 0;
+        if (resumeFrom is not null)
+        {
+            optimizer.load_state_dict(Path.Combine(resumeFrom, "optimizer.bin"));
+            var state = JsonSerializer.Deserialize<SftState>(File.ReadAllText(Path.Combine(resumeFrom, "trainer_state.json")), ConfigLoader.Json)!;
+            if (state.ConfigJson != ConfigLoader.ToJson(cfg))
+                throw new InvalidOperationException($"--resume: the config differs from the checkpoint's ({resumeFrom}/trainer_state.json); resume with the same settings.");
+            startStep = state.Step;
+            trainTokens = state.TrainTokens;
+            metrics = MetricsTable.ReadCsv(Path.Combine(resumeFrom, "metrics.csv"));
+            Log($"Resuming from step {startStep} of {totalSteps}.");
+        }
+        long parameters = model.parameters().Sum(p => p.numel());
+        Log($"Model: {parameters / 1e6:F2}M parameters, {totalSteps} steps of {perStep} sequences, device {device.type}.");
+
+        string? lastCheckpoint = resumeFrom;
+        double tokensTimed = 0, secondsTimed = 0;
+        void TrainSteps(Action<int>? onStep)
+        {
+            for (int step = startStep; step < totalSteps; step++)
+            {
+                var stepClock = Stopwatch.StartNew();
+                double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, cfg.MinLrRatio);
+                foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
+                torch.manual_seed(cfg.Seed * 1_000_003 + step);    // dropout noise depends on the step only: resume-exact
+                model.train();
+                optimizer.zero_grad();
+
+                var micro = MicroBatches(train, step, stepsPerEpoch, cfg);
+                long targets = micro.Sum(m => m.Sum(e => (long)e.Ids.Length - e.PromptLength));
+                double lossSum = 0;
+                long positions = 0;
+                foreach (var examples in micro)
+                {
+                    using var scope = NewDisposeScope();
+                    using var batch = SftBatch.Collate(examples, padId, device);
+                    var logits = model.forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
+                    var loss = SftLoss.SummedNll(logits, batch.Targets) / targets;
+                    loss.backward();
+                    lossSum += loss.item<float>();
+                    positions += batch.InputIds.numel();
+                }
+                double gradNorm = cfg.GradClip > 0
+                    ? nn.utils.clip_grad_norm_(model.parameters(), cfg.GradClip)
+                    : GradNorm(model);
+                if (!double.IsFinite(lossSum)) throw new NonFiniteLossException("sft", step, "the training loss", lossSum, lastCheckpoint);
+                if (!double.IsFinite(gradNorm)) throw new NonFiniteLossException("sft", step, "the gradient norm", gradNorm, lastCheckpoint);
+                optimizer.step();
+                trainTokens += targets;
+                double sec = stepClock.Elapsed.TotalSeconds;
+                tokensTimed += positions; secondsTimed += sec;
+
+                var row = new Dictionary<string, double>
+                {
+                    ["step"] = step + 1,
+                    ["epoch"] = (step + 1) / (double)stepsPerEpoch,
+                    ["lr"] = lr,
+                    ["loss/train"] = lossSum,
+                    ["grad_norm"] = gradNorm,
+                    ["tokens/s"] = positions / sec,
+                };
+                bool last = step + 1 == totalSteps;
+                if (eval.Length > 0 && ((step + 1) % cfg.EvalEvery == 0 || last))
+                {
+                    double el = EvalLoss(model, eval, padId, device, cfg.BatchSize);
+                    row["loss/eval"] = el;
+                    row["perplexity/eval"] = Math.Exp(el);
+                    Log($"step {step + 1}/{totalSteps}  train {lossSum:F4}  eval {el:F4}  ppl {Math.Exp(el):F2}  lr {lr:E2}");
+                }
+                metrics.Add(row);
+                if ((cfg.CheckpointEvery > 0 && (step + 1) % cfg.CheckpointEvery == 0) || last)
+                {
+                    lastCheckpoint = SaveCheckpoint(cfg, model, tokenizer, modelSource, optimizer, metrics, step + 1, trainTokens);
+                    metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
+                }
+                onStep?.Invoke(step + 1);
+                if (control.StopAfterStep > 0 && step + 1 == control.StopAfterStep) throw new SimulatedKill(step + 1);
+            }
+        }
+
+        try
+        {
+            if (control.Progress && !Console.IsOutputRedirected)
+                AnsiConsole.Progress().AutoClear(false).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(),
+                        new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        var task = ctx.AddTask("SFT", maxValue: totalSteps);
+                        task.Value = startStep;
+                        TrainSteps(s => task.Value = s);
+                    });
+            else
+                TrainSteps(null);
+        }
+        catch (SimulatedKill) { return new SftSummary { Steps = control.StopAfterStep }; }
+
+        // Final artefacts: the HF folder itself, plots, samples and the summary.
+        model.SavePretrained(cfg.Out, ScalarType.Float32);
+        TokenizerFiles.Copy(modelSource, cfg.Out);
+        metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, "sft_config.json"), ConfigLoader.ToJson(cfg));
+        Plots.Lines(Path.Combine(cfg.Out, "loss.png"), "SFT loss (response tokens)", "step", "nats / token",
+        [
+            ("train", .. metrics.Series("step", "loss/train")),
+            ("eval", .. metrics.Series("step", "loss/eval")),
+        ]);
+
+        var (_, lossY) = metrics.Series("step", "loss/train");
+        double finalTrain = lossY.Length == 0 ? double.NaN : lossY.Skip(lossY.Length - Math.Max(1, lossY.Length / 10)).Average();
+        double evalLoss = eval.Length > 0 ? metrics.Series("step", "loss/eval").Y.LastOrDefault(double.NaN) : double.NaN;
+        var samples = data.IsDefaultTask && cfg.SampleCount > 0
+            ? SftSamples.Generate(model, tokenizer, data.Eval.Take(cfg.SampleCount).ToList(), device, cfg.Seed, cfg.Out)
+            : null;
+
+        var summary = new SftSummary
+        {
+            Steps = totalSteps,
+            TrainTokens = trainTokens,
+            FinalTrainLoss = finalTrain,
+            EvalLoss = evalLoss,
+            EvalPerplexity = Math.Exp(evalLoss),
+            GoldMean = samples?.GoldMean,
+            GoldStd = samples?.GoldStd,
+            GoldReferenceMean = samples?.ReferenceMean,
+            EosFraction = samples?.EosFraction,
+            Parameters = parameters,
+            Seconds = clock.Elapsed.TotalSeconds,
+            TokensPerSecond = secondsTimed > 0 ? tokensTimed / secondsTimed : 0,
+        };
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), JsonSerializer.Serialize(summary, ConfigLoader.Json));
+        return summary;
+    }
+
+    /// <summary>Micro-batches of optimizer step <paramref name="step"/>: the epoch's seeded permutation, sliced.</summary>
+    internal static List<TokenizedExample[]> MicroBatches(TokenizedExample[] train, int step, int stepsPerEpoch, SftConfig cfg)
+    {
+        int epoch = step / stepsPerEpoch, within = step % stepsPerEpoch;
+        int[] order = Permutation(train.Length, cfg.Seed * 7919 + epoch);
+        var result = new List<TokenizedExample[]>(cfg.GradAccum);
+        for (int m = 0; m < cfg.GradAccum; m++)
+        {
+            int start = (within * cfg.GradAccum + m) * cfg.BatchSize;
+            result.Add(order.Skip(start).Take(cfg.BatchSize).Select(i => train[i]).ToArray());
+        }
+        return result;
+    }
+
+    /// <summary>Fisher–Yates permutation of 0..n−1 from a SplitMix64 stream (stable across .NET versions).</summary>
+    internal static int[] Permutation(int n, long seed)
+    {
+        int[] p = Enumerable.Range(0, n).ToArray();
+        var rng = new SplitMix64((ulong)seed);
+        for (int i = n - 1; i > 0; i--)
+        {
+            int j = (int)(rng.Next() % (ulong)(i + 1));
+            (p[i], p[j]) = (p[j], p[i]);
+        }
+        return p;
+    }
+
+    /// <summary>Mean response-token NLL over held-out examples (no dropout, no gradients).</summary>
+    internal static double EvalLoss(LlamaForCausalLM model, TokenizedExample[] eval, int padId, Device device, int batchSize)
+    {
+        model.eval();
+        using var noGrad = no_grad();
+        double sum = 0;
+        long count = 0;
+        for (int i = 0; i < eval.Length; i += batchSize)
+        {
+            using var scope = NewDisposeScope();
+            using var batch = SftBatch.Collate(eval.Skip(i).Take(batchSize).ToArray(), padId, device);
+            var logits = model.forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
+            sum += SftLoss.SummedNll(logits, batch.Targets).item<float>();
+            count += batch.TargetCount;
+        }
+        return sum / Math.Max(1, count);
+    }
+
+    static ModelConfigAdjust WithDropout(SftConfig cfg) => c => c with
+    {
+        ResidualDropout = cfg.ResidualDropout ?? c.ResidualDropout,
+        AttentionDropout = cfg.AttentionDropout ?? c.AttentionDropout,
+    };
+
+    /// <summary>AdamW with weight decay on matrices only (norm weights and biases are not decayed).</summary>
+    static Modules.AdamW CreateOptimizer(LlamaForCausalLM model, SftConfig cfg)
+    {
+        var named = model.named_parameters().ToList();
+        var decay = named.Where(p => p.parameter.dim() >= 2).Select(p => p.parameter).ToList();
+        var noDecay = named.Where(p => p.parameter.dim() < 2).Select(p => p.parameter).ToList();
+        var groups = new List<Modules.AdamW.ParamGroup>
+        {
+            new(decay, new Modules.AdamW.Options { LearningRate = cfg.Lr, weight_decay = cfg.WeightDecay, beta1 = cfg.Beta1, beta2 = cfg.Beta2, eps = cfg.AdamEps }),
+            new(noDecay, new Modules.AdamW.Options { LearningRate = cfg.Lr, weight_decay = 0.0, beta1 = cfg.Beta1, beta2 = cfg.Beta2, eps = cfg.AdamEps }),
+        };
+        return optim.AdamW(groups, cfg.Lr, cfg.Beta1, cfg.Beta2, cfg.AdamEps, cfg.WeightDecay);
+    }
+
+    static double GradNorm(nn.Module model)
+    {
+        double sq = 0;
+        foreach (var p in model.parameters())
+            if (p.grad is Tensor g) { using var n = g.norm(); sq += Math.Pow(n.item<float>(), 2); }
+        return Math.Sqrt(sq);
+    }
+
+    /// <summary>A fresh model: tokenizer trained on the training texts, architecture from <see cref="SftConfig.ModelConfig"/>.</summary>
+    static string PrepareFreshModel(SftConfig cfg, SftData data)
+    {
+        string folder = Path.Combine(cfg.Out, "init");
+        var clock = Stopwatch.StartNew();
+        var corpus = data.Train.Select(e => e.Prompt + PromptFormat.Continuation(e.Prompt, e.Response));
+        var bpe = Data.Tokenizer.BpeTrainer.Train(corpus, cfg.TokenizerVocabSize);
+        Directory.CreateDirectory(folder);
+        bpe.Save(folder);
+        var tokenizer = TextTokenizer.Load(folder);
+        Log($"Trained a byte-level BPE tokenizer ({tokenizer.VocabSize} tokens) in {clock.Elapsed.TotalSeconds:F1}s.");
+        var arch = ModelConfig.Load(ResolveRepoPath(cfg.ModelConfig)) with
+        {
+            VocabSize = tokenizer.VocabSize,
+            BosTokenId = tokenizer.BosId,
+            EosTokenIds = tokenizer.EosId is int e ? [e] : [],
+            PadTokenId = tokenizer.PadId,
+        };
+        using var model = LlamaForCausalLM.Create(arch, CPU, ScalarType.Float32, cfg.Seed);
+        model.SavePretrained(folder, ScalarType.Float32);
+        return folder;
+    }
+
+    /// <summary>Finds a repo-relative path (like models/tiny/config.json) from the working folder or the app's folder upwards.</summary>
+    internal static string ResolveRepoPath(string path)
+    {
+        if (Path.IsPathRooted(path) || File.Exists(path)) return path;
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string candidate = Path.Combine(dir.FullName, path);
+            if (File.Exists(candidate)) return candidate;
+        }
+        throw new FileNotFoundException($"Model config {path} not found (looked in the working folder and above the rlhf binary).", path);
+    }
+
+    static string SaveCheckpoint(SftConfig cfg, LlamaForCausalLM model, TextTokenizer tokenizer, string tokenizerSource,
+                                 Modules.AdamW optimizer, MetricsTable metrics, int step, long trainTokens)
+    {
+        string dir = Path.Combine(cfg.Out, CheckpointName);
+        AtomicFile.WriteFolder(dir, tmp =>
+        {
+            model.SavePretrained(tmp, ScalarType.Float32);
+            TokenizerFiles.Copy(tokenizerSource, tmp);
+            optimizer.save_state_dict(Path.Combine(tmp, "optimizer.bin"));
+            metrics.WriteCsv(Path.Combine(tmp, "metrics.csv"));
+            var state = new SftState(step, trainTokens, ConfigLoader.ToJson(cfg));
+            File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), JsonSerializer.Serialize(state, ConfigLoader.Json));
+        });
+        return dir;
+    }
+
+    static void Log(string message) => Console.Error.WriteLine(message);
+
+    sealed record SftState(int Step, long TrainTokens, string ConfigJson);
+
+    sealed class SimulatedKill(int step) : Exception($"stopped after step {step}");
+}
