@@ -395,13 +395,13 @@ public sealed class TextTokenizer
     {
         string file = f.File(TokenizerFolder.SentencePieceModel);
         SentencePieceTokenizer sp;
+        using FileStream stream = File.OpenRead(file);
         try
         {
-            using FileStream stream = File.OpenRead(file);
             sp = SentencePieceTokenizer.Create(stream, false, false,
                 f.AddedTokens.Count == 0 ? null : f.AddedTokens);
         }
-        catch (Exception e) when (e is not IOException and not UnauthorizedAccessException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
             throw new InvalidDataException($"{file} is not a SentencePiece model Microsoft.ML.Tokenizers can read (BPE or Unigram): {e.Message}", e);
         }
