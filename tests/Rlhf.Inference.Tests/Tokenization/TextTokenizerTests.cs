@@ -79,6 +79,28 @@ public sealed class TextTokenizerTests : IDisposable
     }
 
     [Fact]
+    public void SplitPreTokenizerRegexIsUsed()
+    {
+        // Llama 3 / Qwen2 layout: Sequence[Split(regex), ByteLevel(use_regex=false)]; digits go in groups of at most 3.
+        var json = System.Text.Json.Nodes.JsonNode.Parse(TinyTokenizerJson(pairMerges: false))!;
+        json["model"]!["vocab"]!["34"] = 261;
+        json["model"]!["merges"]!.AsArray().Add("3 4");
+        string llama3 = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        json["pre_tokenizer"] = System.Text.Json.Nodes.JsonNode.Parse(
+            $$"""{"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": {{JsonSerializer.Serialize(llama3)}}}, "behavior": "Isolated", "invert": false}, {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}""");
+        string dir = Folder("llama3");
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), json.ToJsonString());
+        TextTokenizer tok = TextTokenizer.Load(dir);
+        Assert.Equal(['1', '2', '3', '4', '5'], tok.Encode("12345")); // "123" | "45": the 3 and 4 never meet
+        Assert.Equal([261], tok.Encode("34"));
+
+        json["pre_tokenizer"] = System.Text.Json.Nodes.JsonNode.Parse("""{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}""");
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), json.ToJsonString());
+        Assert.Equal(['1', '2', 261, '5'], TextTokenizer.Load(dir).Encode("12345")); // GPT-2 regex keeps the digits together
+        Assert.Equal(261, TextTokenizer.Load(dir).TokenId("34"));
+    }
+
+    [Fact]
     public void SpecialTokensComeFromTheConfigsWithAPadDistinctFromEos()
     {
         string dir = Folder("specials");
