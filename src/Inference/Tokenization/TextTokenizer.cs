@@ -37,7 +37,7 @@ public sealed class TextTokenizer
     private readonly HashSet<int> _specialIds;
 
     private TextTokenizer(Tokenizer inner, TokenizerKind kind, string sourceFile, Func<string, IReadOnlyList<int>> encode,
-        Dictionary<string, int> tokenToId, IEnumerable<int> specialIds, TokenizerFolder folder, int? unkFallback = null)
+        Dictionary<string, int> tokenToId, IEnumerable<int> specialIds, TokenizerFolder folder)
     {
         Inner = inner;
         Kind = kind;
@@ -54,7 +54,7 @@ public sealed class TextTokenizer
         BosId = Resolve(folder.BosToken, folder.BosTokenId);
         EosId = Resolve(folder.EosToken, folder.EosTokenId);
         PadId = Resolve(folder.PadToken, folder.PadTokenId);
-        UnkId = Resolve(folder.UnkToken, null) ?? unkFallback;
+        UnkId = Resolve(folder.UnkToken, null);
         if (PadId is null || PadId == EosId)
         {
             // Prefer a dedicated padding token over EOS-as-pad: masking pads must never hide a real EOS.
