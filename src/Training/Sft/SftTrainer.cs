@@ -305,7 +305,7 @@ public static class SftTrainer
         string folder = Path.Combine(cfg.Out, "init");
         var clock = Stopwatch.StartNew();
         var corpus = data.Train.Select(e => e.Prompt + PromptFormat.Continuation(e.Prompt, e.Response));
-        var bpe = Data.Tokenizer.BpeTrainer.Train(corpus, cfg.TokenizerVocabSize);
+        var bpe = Data.Tokenizer.BpeTrainer.Train(corpus, new Data.Tokenizer.BpeTrainerOptions { VocabSize = cfg.TokenizerVocabSize });
         Directory.CreateDirectory(folder);
         bpe.Save(folder);
         var tokenizer = TextTokenizer.Load(folder);
