@@ -76,6 +76,7 @@ public static class SafeTensors
     /// <exception cref="InvalidDataException">Truncated file, malformed JSON, unknown dtype, or offsets that do not fit; the message names the file and tensor.</exception>
     public static SafeTensorHeader ReadHeader(string path)
     {
+        if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("Safetensors IO needs a little-endian machine.");
         if (!File.Exists(path)) throw new FileNotFoundException($"No safetensors file at {path}.", path);
         using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
         long fileLength = fs.Length;
@@ -222,6 +223,7 @@ public static class SafeTensors
     public static long Write(string path, IReadOnlyDictionary<string, Tensor> tensors, ScalarType? dtype = null,
         IReadOnlyDictionary<string, string>? metadata = null)
     {
+        if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("Safetensors IO needs a little-endian machine.");
         if (dtype is ScalarType d && d is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
             throw new ArgumentException($"Safetensors weights are written as float32, bfloat16 or float16, not {d}.", nameof(dtype));
         var names = tensors.Keys.OrderBy(k => k, StringComparer.Ordinal).ToList();

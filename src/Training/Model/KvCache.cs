@@ -6,6 +6,7 @@ namespace Rlhf.Training.Model;
 /// <summary>
 /// Keys and values of earlier positions for incremental decoding: per layer [B, Hkv, T, D] (after RoPE, before
 /// the grouped-query repeat), grown by each forward. The cache owns its tensors; dispose it when done.
+/// Cached keys/values are detached: the cache is for inference (no gradient flows through it).
 /// </summary>
 public sealed class KvCache : IDisposable
 {

@@ -92,4 +92,35 @@ public sealed class ForwardTests
         var alone = rm.Scores(TinyModels.Ids([5, 6, 7]), TinyModels.Ids([1, 1, 1]));
         Assert.True(Math.Abs(alone[0].item<float>() - scores[0].item<float>()) < 1e-5);
     }
+
+    [Fact]
+    public void GradientsReachEveryParameter()
+    {
+        var m = TinyModels.Randomized(TinyModels.Config("qwen2", tied: true), 8);
+        m.train();
+        var ids = TinyModels.Ids([1, 2, 3, 4], [0, 5, 6, 7]);
+        var mask = TinyModels.Ids([1, 1, 1, 1], [0, 1, 1, 1]);
+        var logits = m.Forward(ids, mask, PositionIds.FromAttentionMask(mask));
+        logits.pow(2).mean().backward();
+        foreach (var (name, p) in m.named_parameters())
+        {
+            Assert.NotNull(p.grad);
+            Assert.True(p.grad!.abs().sum().item<float>() > 0, name);
+        }
+    }
+
+    [Fact]
+    public void Bf16ModelRuns()
+    {
+        var m = LlamaForCausalLM.Create(TinyModels.Config(), torch.CPU, ScalarType.BFloat16, 1);
+        Assert.All(m.parameters(), p => Assert.Equal(ScalarType.BFloat16, p.dtype));
+        using var noGrad = torch.no_grad();
+        var mask = TinyModels.Ids([0, 1, 1]);
+        var logits = m.Forward(TinyModels.Ids([0, 4, 5]), mask, PositionIds.FromAttentionMask(mask));
+        Assert.Equal(ScalarType.BFloat16, logits.dtype);
+        Assert.False(logits.isnan().any().item<bool>());
+        var f32 = LlamaForCausalLM.Create(TinyModels.Config(), torch.CPU, ScalarType.Float32, 1);
+        var ref32 = f32.Forward(TinyModels.Ids([0, 4, 5]), mask, PositionIds.FromAttentionMask(mask));
+        Assert.True(TinyModels.MaxAbsDiff(logits.to(ScalarType.Float32)[0, 2], ref32[0, 2]) < 0.05);
+    }
 }

@@ -47,12 +47,13 @@ public sealed class GenerationTests
     {
         var m = TinyModels.Randomized(TinyModels.Config(), 22);
         var o = new GenerationOptions { MaxNewTokens = 10, Temperature = 1.0, TopK = 20, TopP = 0.9, Seed = 42 };
+        m.train();
         var a = Generation.Generate(m, Prompts, o);
+        Assert.True(m.training);                                   // training flag restored
         var b = Generation.Generate(m, Prompts, o);
         var c = Generation.Generate(m, Prompts, o with { Seed = 43 });
         for (int r = 0; r < 2; r++) Assert.Equal(a[r].Tokens, b[r].Tokens);
         Assert.False(a[0].Tokens.SequenceEqual(c[0].Tokens) && a[1].Tokens.SequenceEqual(c[1].Tokens));
-        Assert.True(m.training == false);
     }
 
     [Fact]
