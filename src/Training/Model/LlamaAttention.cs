@@ -1,0 +1,62 @@
+using Rlhf.Export.Hf;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Model;
+
+/// <summary>
+/// Grouped-query self-attention with RoPE (HF <c>LlamaAttention</c>/<c>Qwen2Attention</c>). State dict:
+/// <c>q_proj</c> [heads·D, H], <c>k_proj</c>/<c>v_proj</c> [Hkv·D, H] (bias when <see cref="ModelConfig.QkvBias"/>),
+/// <c>o_proj</c> [H, heads·D] (bias when <see cref="ModelConfig.OutputBias"/>).
+/// </summary>
+public sealed class LlamaAttention : nn.Module
+{
+    readonly Linear q_proj;
+    readonly Linear k_proj;
+    readonly Linear v_proj;
+    readonly Linear o_proj;
+    readonly int _heads;
+    readonly int _kvHeads;
+    readonly int _headDim;
+    readonly double _dropout;
+
+    /// <summary>Creates the projections (TorchSharp default init; the model re-initialises them).</summary>
+    public LlamaAttention(ModelConfig c, Device? device, ScalarType dtype) : base(nameof(LlamaAttention))
+    {
+        _heads = c.NumAttentionHeads;
+        _kvHeads = c.NumKeyValueHeads;
+        _headDim = c.HeadDim;
+        _dropout = c.AttentionDropout;
+        q_proj = nn.Linear(c.HiddenSize, _heads * _headDim, c.QkvBias, device, dtype);
+        k_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, device, dtype);
+        v_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, device, dtype);
+        o_proj = nn.Linear(_heads * _headDim, c.HiddenSize, c.OutputBias, device, dtype);
+        RegisterComponents();
+    }
+
+    /// <summary>
+    /// x [B, S, H]; cos/sin [B, S, D]; mask [B, 1, S, T] bool (true = may attend; T = cached + S);
+    /// cache: when given, this layer's keys/values are appended and attention covers all T positions.
+    /// Returns [B, S, H]. Attention dropout applies in training mode only.
+    /// </summary>
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KvCache? cache, int layer)
+    {
+        using var scope = torch.NewDisposeScope();
+        long b = x.shape[0], s = x.shape[1];
+        var q = q_proj.forward(x).view(b, s, _heads, _headDim).transpose(1, 2);     // [B, heads, S, D]
+        var k = k_proj.forward(x).view(b, s, _kvHeads, _headDim).transpose(1, 2);   // [B, Hkv, S, D]
+        var v = v_proj.forward(x).view(b, s, _kvHeads, _headDim).transpose(1, 2);   // [B, Hkv, S, D]
+        q = Rope.Apply(q, cos, sin);
+        k = Rope.Apply(k, cos, sin);
+        if (cache is not null) (k, v) = cache.Append(layer, k, v);                   // [B, Hkv, T, D]
+        if (_kvHeads != _heads)
+        {
+            k = k.repeat_interleave(_heads / _kvHeads, dim: 1);                       // [B, heads, T, D]
+            v = v.repeat_interleave(_heads / _kvHeads, dim: 1);
+        }
+        var o = nn.functional.scaled_dot_product_attention(q, k, v, mask, training ? _dropout : 0.0);
+        o = o.transpose(1, 2).reshape(b, s, _heads * _headDim);
+        return scope.MoveToOuter(o_proj.forward(o));
+    }
+}

@@ -1,0 +1,40 @@
+using Rlhf.Export.Hf;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Model;
+
+/// <summary>
+/// Pre-norm decoder block: <c>h = x + drop(attn(norm1(x)))</c>, <c>y = h + drop(mlp(norm2(h)))</c>, where drop is the
+/// residual dropout (training mode only). State dict: <c>self_attn.*</c>, <c>mlp.*</c>, <c>input_layernorm.weight</c>,
+/// <c>post_attention_layernorm.weight</c>.
+/// </summary>
+public sealed class LlamaDecoderLayer : nn.Module
+{
+    readonly LlamaAttention self_attn;
+    readonly LlamaMlp mlp;
+    readonly RmsNorm input_layernorm;
+    readonly RmsNorm post_attention_layernorm;
+    readonly double _residualDropout;
+
+    /// <summary>Creates one block.</summary>
+    public LlamaDecoderLayer(ModelConfig c, Device? device, ScalarType dtype) : base(nameof(LlamaDecoderLayer))
+    {
+        self_attn = new LlamaAttention(c, device, dtype);
+        mlp = new LlamaMlp(c, device, dtype);
+        input_layernorm = new RmsNorm(c.HiddenSize, c.RmsNormEps, device, dtype);
+        post_attention_layernorm = new RmsNorm(c.HiddenSize, c.RmsNormEps, device, dtype);
+        _residualDropout = c.ResidualDropout;
+        RegisterComponents();
+    }
+
+    /// <summary>x [B, S, H]; cos/sin [B, S, D]; mask [B, 1, S, T] bool -> [B, S, H].</summary>
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KvCache? cache, int layer)
+    {
+        using var scope = torch.NewDisposeScope();
+        var r = self_attn.Forward(input_layernorm.forward(x), cos, sin, mask, cache, layer);
+        var h = x + nn.functional.dropout(r, _residualDropout, training);
+        r = mlp.forward(post_attention_layernorm.forward(h));
+        return scope.MoveToOuter(h + nn.functional.dropout(r, _residualDropout, training));
+    }
+}

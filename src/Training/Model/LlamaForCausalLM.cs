@@ -1,0 +1,95 @@
+using Rlhf.Export.Hf;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Model;
+
+/// <summary>
+/// Llama-family causal LM (llama, qwen2, mistral configs) with Hugging Face state-dict names:
+/// <c>model.embed_tokens.weight</c>, <c>model.layers.{i}.self_attn.{q,k,v,o}_proj.weight|bias</c>,
+/// <c>model.layers.{i}.mlp.{gate,up,down}_proj.weight</c>, <c>model.layers.{i}.{input,post_attention}_layernorm.weight</c>,
+/// <c>model.norm.weight</c>, and <c>lm_head.weight</c> [V, H] unless embeddings are tied (then absent, as in HF files).
+/// </summary>
+public sealed class LlamaForCausalLM : nn.Module
+{
+    readonly LlamaModel model;
+    readonly Linear? lm_head;
+
+    /// <summary>The configuration.</summary>
+    public ModelConfig Config { get; }
+
+    LlamaForCausalLM(ModelConfig c, Device? device, ScalarType dtype) : base(nameof(LlamaForCausalLM))
+    {
+        Config = c;
+        model = new LlamaModel(c, device, dtype);
+        lm_head = c.TieWordEmbeddings ? null : nn.Linear(c.HiddenSize, c.VocabSize, false, device, dtype);
+        RegisterComponents();
+    }
+
+    /// <summary>The decoder trunk (for heads that read hidden states).</summary>
+    public LlamaModel Model => model;
+
+    /// <summary>
+    /// A freshly initialised model (HF init: N(0, 0.02) weights, zero biases, unit norms), reproducible from
+    /// <paramref name="seed"/> on any device.
+    /// </summary>
+    public static LlamaForCausalLM Create(ModelConfig cfg, Device device, ScalarType dtype, long seed)
+    {
+        var m = new LlamaForCausalLM(cfg, torch.CPU, ScalarType.Float32);
+        HfCheckpoint.Init(m, seed, 0.02);
+        m.to(dtype);
+        m.to(device);
+        return m;
+    }
+
+    /// <summary>
+    /// inputIds [B, S] int64; attentionMask [B, T] int64 (T = cached + S, 1 = real token); positionIds [B, S] int64
+    /// (see <see cref="PositionIds.FromAttentionMask"/>); cache: optional KV cache, appended to.
+    /// Returns logits [B, S, V].
+    /// </summary>
+    public Tensor Forward(Tensor inputIds, Tensor attentionMask, Tensor positionIds, KvCache? cache = null)
+    {
+        using var scope = torch.NewDisposeScope();
+        var h = model.Forward(inputIds, attentionMask, positionIds, cache);
+        return scope.MoveToOuter(Logits(h));
+    }
+
+    /// <summary>Final hidden states [B, S, H] (after <c>model.norm</c>); same arguments as <see cref="Forward"/>.</summary>
+    public Tensor HiddenStates(Tensor inputIds, Tensor attentionMask, Tensor positionIds, KvCache? cache = null) =>
+        model.Forward(inputIds, attentionMask, positionIds, cache);
+
+    /// <summary>hidden [B, S, H] -> logits [B, S, V] through <c>lm_head</c> (or the tied embedding).</summary>
+    public Tensor Logits(Tensor hidden) =>
+        lm_head is not null ? lm_head.forward(hidden) : nn.functional.linear(hidden, model.EmbedWeight);
+
+    /// <summary>
+    /// Loads <c>config.json</c> and safetensors weights (single or sharded) from a HF folder onto
+    /// <paramref name="device"/> as <paramref name="dtype"/>. A stored <c>lm_head.weight</c> is ignored when embeddings are tied.
+    /// </summary>
+    public static LlamaForCausalLM FromPretrained(string folder, Device device, ScalarType dtype)
+    {
+        var cfg = ModelConfig.Load(Path.Combine(folder, HfFolder.ConfigFile));
+        var m = new LlamaForCausalLM(cfg, device, dtype);
+        var weights = HfFolder.ReadWeights(folder);
+        try
+        {
+            HfCheckpoint.Load(m, weights, folder, ignore: cfg.TieWordEmbeddings ? new HashSet<string> { "lm_head.weight" } : null);
+        }
+        finally
+        {
+            foreach (var w in weights.Values) w.Dispose();
+        }
+        return m;
+    }
+
+    /// <summary>
+    /// Writes <c>config.json</c> (torch_dtype set to <paramref name="dtype"/>) and <c>model.safetensors</c>
+    /// (sharded with an index when larger than <paramref name="maxShardBytes"/>), through a temporary folder renamed into place.
+    /// </summary>
+    public void SavePretrained(string folder, ScalarType dtype = ScalarType.Float32, long maxShardBytes = long.MaxValue)
+    {
+        var cfg = Config with { TorchDtype = HfCheckpoint.DtypeString(dtype) };
+        HfCheckpoint.Save(folder, cfg.ToJson(), state_dict(), dtype, maxShardBytes);
+    }
+}

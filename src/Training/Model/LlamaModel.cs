@@ -1,0 +1,82 @@
+using Rlhf.Export.Hf;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Model;
+
+/// <summary>
+/// The decoder trunk (HF <c>LlamaModel</c>): token embedding, layers, final norm. State dict (under the
+/// <c>model.</c> prefix of the heads): <c>embed_tokens.weight</c> [V, H], <c>layers.{i}.*</c>, <c>norm.weight</c> [H].
+/// </summary>
+public sealed class LlamaModel : nn.Module
+{
+    readonly Embedding embed_tokens;
+    readonly ModuleList<LlamaDecoderLayer> layers;
+    readonly RmsNorm norm;
+
+    /// <summary>The configuration the trunk was built from.</summary>
+    public ModelConfig Config { get; }
+
+    /// <summary>Creates the trunk with TorchSharp default init (the heads re-initialise it).</summary>
+    public LlamaModel(ModelConfig c, Device? device, ScalarType dtype) : base(nameof(LlamaModel))
+    {
+        c.Validate();
+        Config = c;
+        embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize, device: device, dtype: dtype);
+        layers = new ModuleList<LlamaDecoderLayer>(
+            Enumerable.Range(0, c.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(c, device, dtype)).ToArray());
+        norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, device, dtype);
+        RegisterComponents();
+    }
+
+    /// <summary>The token embedding [V, H] (also the output projection when embeddings are tied).</summary>
+    public Parameter EmbedWeight => embed_tokens.weight!;
+
+    /// <summary>
+    /// inputIds [B, S] int64; attentionMask [B, T] (T = cached + S, 1 = real token); positionIds [B, S] int64;
+    /// cache: optional, appended to. Returns the final hidden states [B, S, H] (after <c>norm</c>).
+    /// </summary>
+    public Tensor Forward(Tensor inputIds, Tensor attentionMask, Tensor positionIds, KvCache? cache = null)
+    {
+        long past = cache?.Length ?? 0;
+        CheckShapes(inputIds, attentionMask, positionIds, past);
+        if (cache is not null && cache.NumLayers != Config.NumHiddenLayers)
+            throw new ArgumentException($"KvCache has {cache.NumLayers} layers; the model has {Config.NumHiddenLayers}.");
+        using var scope = torch.NewDisposeScope();
+        var h = embed_tokens.forward(inputIds);                                          // [B, S, H]
+        var (cos, sin) = Rope.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, h.dtype);
+        var mask = AttentionMask(attentionMask, inputIds.shape[1]);                      // [B, 1, S, T]
+        for (int i = 0; i < layers.Count; i++) h = layers[i].Forward(h, cos, sin, mask, cache, i);
+        return scope.MoveToOuter(norm.forward(h));
+    }
+
+    /// <summary>
+    /// attentionMask [B, T] (1 = real) and S queries (the last S of T positions) -> [B, 1, S, T] bool, true where
+    /// key j is real and j ≤ the query's position (causal). Rows with no allowed key (queries at left padding) are
+    /// opened fully so softmax stays finite; their outputs are never read.
+    /// </summary>
+    public static Tensor AttentionMask(Tensor attentionMask, long s)
+    {
+        using var scope = torch.NewDisposeScope();
+        long t = attentionMask.shape[1];
+        var dev = attentionMask.device;
+        var qPos = torch.arange(t - s, t, ScalarType.Int64, dev).view(s, 1);               // [S, 1]
+        var kPos = torch.arange(0, t, ScalarType.Int64, dev).view(1, t);                   // [1, T]
+        var causal = kPos.le(qPos);                                                        // [S, T]
+        var allowed = causal.unsqueeze(0).logical_and(attentionMask.ne(0).unsqueeze(1));  // [B, S, T]
+        allowed = allowed.logical_or(allowed.any(-1, keepdim: true).logical_not());
+        return scope.MoveToOuter(allowed.unsqueeze(1));
+    }
+
+    internal static void CheckShapes(Tensor inputIds, Tensor attentionMask, Tensor positionIds, long past)
+    {
+        static string S(Tensor t) => "[" + string.Join(", ", t.shape) + "]";
+        if (inputIds.dim() != 2) throw new ArgumentException($"inputIds must be [B, S], got {S(inputIds)}.");
+        long b = inputIds.shape[0], s = inputIds.shape[1];
+        if (attentionMask.dim() != 2 || attentionMask.shape[0] != b || attentionMask.shape[1] != past + s)
+            throw new ArgumentException($"attentionMask must be [B, cached + S] = [{b}, {past + s}], got {S(attentionMask)}.");
+        if (positionIds.dim() != 2 || positionIds.shape[0] != b || positionIds.shape[1] != s)
+            throw new ArgumentException($"positionIds must be [B, S] = [{b}, {s}], got {S(positionIds)}.");
+    }
+}
