@@ -129,7 +129,7 @@ public static class SftTrainer
                 {
                     using var scope = NewDisposeScope();
                     using var batch = SftBatch.Collate(examples, padId, device);
-                    var logits = model.forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
+                    var logits = model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
                     var loss = SftLoss.SummedNll(logits, batch.Targets) / targets;
                     loss.backward();
                     lossSum += loss.item<float>();
@@ -264,29 +264,29 @@ public static class SftTrainer
         {
             using var scope = NewDisposeScope();
             using var batch = SftBatch.Collate(eval.Skip(i).Take(batchSize).ToArray(), padId, device);
-            var logits = model.forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
+            var logits = model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
             sum += SftLoss.SummedNll(logits, batch.Targets).item<float>();
             count += batch.TargetCount;
         }
         return sum / Math.Max(1, count);
     }
 
-    static ModelConfigAdjust WithDropout(SftConfig cfg) => c => c with
+    static Func<ModelConfig, ModelConfig> WithDropout(SftConfig cfg) => c => c with
     {
         ResidualDropout = cfg.ResidualDropout ?? c.ResidualDropout,
         AttentionDropout = cfg.AttentionDropout ?? c.AttentionDropout,
     };
 
     /// <summary>AdamW with weight decay on matrices only (norm weights and biases are not decayed).</summary>
-    static Modules.AdamW CreateOptimizer(LlamaForCausalLM model, SftConfig cfg)
+    static TorchSharp.Modules.AdamW CreateOptimizer(LlamaForCausalLM model, SftConfig cfg)
     {
         var named = model.named_parameters().ToList();
         var decay = named.Where(p => p.parameter.dim() >= 2).Select(p => p.parameter).ToList();
         var noDecay = named.Where(p => p.parameter.dim() < 2).Select(p => p.parameter).ToList();
-        var groups = new List<Modules.AdamW.ParamGroup>
+        var groups = new List<TorchSharp.Modules.AdamW.ParamGroup>
         {
-            new(decay, new Modules.AdamW.Options { LearningRate = cfg.Lr, weight_decay = cfg.WeightDecay, beta1 = cfg.Beta1, beta2 = cfg.Beta2, eps = cfg.AdamEps }),
-            new(noDecay, new Modules.AdamW.Options { LearningRate = cfg.Lr, weight_decay = 0.0, beta1 = cfg.Beta1, beta2 = cfg.Beta2, eps = cfg.AdamEps }),
+            new(decay, new TorchSharp.Modules.AdamW.Options { LearningRate = cfg.Lr, weight_decay = cfg.WeightDecay, beta1 = cfg.Beta1, beta2 = cfg.Beta2, eps = cfg.AdamEps }),
+            new(noDecay, new TorchSharp.Modules.AdamW.Options { LearningRate = cfg.Lr, weight_decay = 0.0, beta1 = cfg.Beta1, beta2 = cfg.Beta2, eps = cfg.AdamEps }),
         };
         return optim.AdamW(groups, cfg.Lr, cfg.Beta1, cfg.Beta2, cfg.AdamEps, cfg.WeightDecay);
     }
@@ -335,7 +335,7 @@ public static class SftTrainer
     }
 
     static string SaveCheckpoint(SftConfig cfg, LlamaForCausalLM model, TextTokenizer tokenizer, string tokenizerSource,
-                                 Modules.AdamW optimizer, MetricsTable metrics, int step, long trainTokens)
+                                 TorchSharp.Modules.AdamW optimizer, MetricsTable metrics, int step, long trainTokens)
     {
         string dir = Path.Combine(cfg.Out, CheckpointName);
         AtomicFile.WriteFolder(dir, tmp =>
