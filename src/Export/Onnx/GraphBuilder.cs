@@ -109,7 +109,7 @@ public sealed class GraphBuilder
     public string DocString { get; set; } = "";
     /// <summary>Model metadata (<c>metadata_props</c>).</summary>
     public Dictionary<string, string> Metadata { get; } = new(StringComparer.Ordinal);
-    /// <summary>IR version written to the model.</summary>
+    /// <summary>IR version written to the model (by default the one matching the opset).</summary>
     public long IrVersion { get; set; } = DefaultIrVersion;
 
     /// <summary>Starts a graph importing the default domain at <paramref name="opset"/> and com.microsoft at 1.</summary>
@@ -119,7 +119,11 @@ public sealed class GraphBuilder
         _graphName = graphName;
         _opsets[""] = opset;
         _opsets[MicrosoftDomain] = 1;
+        IrVersion = IrVersionFor(opset);
     }
+
+    /// <summary>The IR version released with default-domain <paramref name="opset"/> (8 up to opset 18, 9 for 19–20, 10 for 21–22, 11 after).</summary>
+    public static long IrVersionFor(int opset) => opset switch { <= 18 => 8, <= 20 => 9, <= 22 => 10, _ => 11 };
 
     /// <summary>The default-domain opset.</summary>
     public int Opset => (int)_opsets[""];

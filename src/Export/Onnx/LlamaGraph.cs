@@ -309,7 +309,9 @@ sealed class LlamaTrunk(GraphBuilder b, ModelConfig cfg, IReadOnlyDictionary<str
     /// <summary>x·cos + rotate_half(x)·sin with rotate_half(x) = [−x₂, x₁].</summary>
     string ApplyRotary(string x, string cos, string sin)
     {
-        var halves = b.NodeMulti("Split", [x], 2, Attr.Int("axis", -1));
+        var halves = b.Opset >= 18
+            ? b.NodeMulti("Split", [x], 2, Attr.Int("axis", -1), Attr.Int("num_outputs", 2))
+            : b.NodeMulti("Split", [x], 2, Attr.Int("axis", -1));
         string rotated = b.Node("Concat", [b.Node("Neg", [halves[1]]), halves[0]], Attr.Int("axis", -1));
         return b.Node("Add", [b.Node("Mul", [x, cos]), b.Node("Mul", [rotated, sin])]);
     }
