@@ -431,7 +431,8 @@ public sealed class GraphBuilder
         public override void WriteTo(Stream s)
         {
             using var scope = torch.NewDisposeScope();
-            var t = transpose ? tensor.t() : tensor;
+            using var noGrad = torch.no_grad();
+            var t = transpose ? tensor.detach().t() : tensor.detach();
             t = t.to(torch.float32).cpu().contiguous();
             if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("ONNX raw data is little-endian.");
             s.Write(t.bytes);

@@ -238,6 +238,10 @@ public class LlamaGraphTests(ITestOutputHelper output)
             Assert.Equal([(long)cfg.HiddenSize, cfg.NumAttentionHeads * cfg.HeadDim], q.Dims);
             Assert.True(LlamaGraph.IsStoredTransposed(q.Name));
             Assert.False(LlamaGraph.IsStoredTransposed("model.embed_tokens.weight"));
+
+            // The weights really come from the data file: without it the model does not load.
+            File.Move(saved.DataPath!, saved.DataPath + ".moved");
+            Assert.ThrowsAny<Exception>(() => new OrtModel(saved.ModelPath).Dispose());
         }
         finally { Directory.Delete(dir, true); }
     }
