@@ -81,7 +81,7 @@ public static class DataFiles
     public static void WriteLines(string path, IEnumerable<string> lines) =>
         WriteAtomic(path, stream =>
         {
-            using var w = new StreamWriter(stream, new UTF8Encoding(false));
+            using var w = new StreamWriter(stream, new UTF8Encoding(false), bufferSize: -1, leaveOpen: true);
             foreach (string line in lines)
             {
                 if (line.Contains('\n') || line.Contains('\r'))

@@ -143,6 +143,8 @@ public sealed class AnnotatorPanel
                 throw new ArgumentException($"all rankings must rank {k} items; one ranks {ranking.Count}", nameof(rankings));
             for (int i = 0; i < k; i++)
             {
+                if (ranking[i] < 0 || ranking[i] >= k)
+                    throw new ArgumentException($"rank {ranking[i]} is outside 0..{k - 1}", nameof(rankings));
                 points[i] += k - 1 - ranking[i];
             }
         }
