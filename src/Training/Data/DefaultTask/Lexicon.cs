@@ -112,7 +112,7 @@ public static class Lexicon
             + "shuttle reception"),
         [NounClass.Part] = Nouns("battery screen handle lid cable buttons* charger case strap zipper wheels* motor fabric "
             + "speaker sound build_quality design material finish blade camera display switch plug hinge app controls*"),
-        [NounClass.Service] = Nouns("delivery packaging instructions* price customer_support warranty setup seller"),
+        [NounClass.Service] = Nouns("delivery packaging instructions* customer_support warranty setup seller"),
     };
 
     internal static readonly Dictionary<ReviewDomain, NounClass[]> ClassesByDomain = new()
