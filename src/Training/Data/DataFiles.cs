@@ -1,0 +1,399 @@
+using System.Text;
+using System.Text.Json;
+using CsvHelper;
+
+namespace Rlhf.Training.Data;
+
+/// <summary>File formats of the data sets, chosen by extension: .csv → <see cref="Csv"/>;
+/// .jsonl, .ndjson and .json → <see cref="Jsonl"/> (JSON Lines: one object per line).</summary>
+public enum DataFormat { Csv, Jsonl }
+
+/// <summary>A data file row that cannot be read. The message is <c>{file}:{line}: {what is wrong and how to fix it}</c>.</summary>
+public sealed class DataFileException : Exception
+{
+    public DataFileException(string file, long line, string problem)
+        : base($"{file}:{line}: {problem}")
+    {
+        FilePath = file;
+        Line = line;
+        Problem = problem;
+    }
+
+    public string FilePath { get; }
+
+    /// <summary>1-based line where the bad record starts (the header is line 1 of a CSV file).</summary>
+    public long Line { get; }
+
+    public string Problem { get; }
+}
+
+/// <summary>Records read from a file, and how many malformed rows were skipped (0 unless skipMalformed).</summary>
+public sealed record DataRead<T>(IReadOnlyList<T> Records, int Skipped);
+
+/// <summary>Reads and writes the record types of <see cref="SftExample"/>, <see cref="PreferencePair"/>,
+/// <see cref="RankedExample"/> and <see cref="PromptExample"/> as CSV (header row; list columns hold a JSON array in
+/// the cell) or JSON Lines (one object per line with the same field names; lists as JSON arrays):
+/// <code>
+/// prompt,response                  {"prompt": "...", "response": "..."}
+/// prompt,chosen,rejected           {"prompt": "...", "chosen": "...", "rejected": "..."}
+/// prompt,responses,ranking         {"prompt": "...", "responses": ["a", "b"], "ranking": [1, 0]}
+/// prompt                           {"prompt": "..."}
+/// </code>
+/// A malformed row throws <see cref="DataFileException"/> with file and line, or with <c>skipMalformed</c> is skipped
+/// and counted. Writes go to a temporary file in the same folder that is then renamed over the target.</summary>
+public static class DataFiles
+{
+    public static DataFormat FormatOf(string path)
+    {
+        string ext = Path.GetExtension(path).ToLowerInvariant();
+        return ext switch
+        {
+            ".csv" => DataFormat.Csv,
+            ".jsonl" or ".ndjson" or ".json" => DataFormat.Jsonl,
+            _ => throw new ArgumentException(
+                $"{path}: unknown data file extension '{ext}'; use .csv or .jsonl (JSON Lines)", nameof(path)),
+        };
+    }
+
+    public static DataRead<SftExample> ReadSft(string path, bool skipMalformed = false) =>
+        Read(path, Schemas.Sft, skipMalformed);
+
+    public static DataRead<PreferencePair> ReadPreferences(string path, bool skipMalformed = false) =>
+        Read(path, Schemas.Preference, skipMalformed);
+
+    public static DataRead<RankedExample> ReadRanked(string path, bool skipMalformed = false) =>
+        Read(path, Schemas.Ranked, skipMalformed);
+
+    public static DataRead<PromptExample> ReadPrompts(string path, bool skipMalformed = false) =>
+        Read(path, Schemas.Prompt, skipMalformed);
+
+    public static void WriteSft(string path, IEnumerable<SftExample> records) => Write(path, Schemas.Sft, records);
+
+    public static void WritePreferences(string path, IEnumerable<PreferencePair> records) =>
+        Write(path, Schemas.Preference, records);
+
+    public static void WriteRanked(string path, IEnumerable<RankedExample> records) => Write(path, Schemas.Ranked, records);
+
+    public static void WritePrompts(string path, IEnumerable<PromptExample> records) => Write(path, Schemas.Prompt, records);
+
+    /// <summary>Writes plain text, one line per item (e.g. a tokenizer corpus), atomically. Items must not contain
+    /// line breaks.</summary>
+    public static void WriteLines(string path, IEnumerable<string> lines) =>
+        WriteAtomic(path, stream =>
+        {
+            using var w = new StreamWriter(stream, new UTF8Encoding(false), bufferSize: -1, leaveOpen: true);
+            foreach (string line in lines)
+            {
+                if (line.Contains('\n') || line.Contains('\r'))
+                    throw new ArgumentException("a line of a text file cannot contain a line break", nameof(lines));
+                w.Write(line);
+                w.Write('\n');
+            }
+        });
+
+    // ---- reading ----------------------------------------------------------------------------------------------
+
+    static DataRead<T> Read<T>(string path, Schema<T> schema, bool skipMalformed)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found", path);
+        return FormatOf(path) == DataFormat.Csv
+            ? ReadCsv(path, schema, skipMalformed)
+            : ReadJsonl(path, schema, skipMalformed);
+    }
+
+    static DataRead<T> ReadCsv<T>(string path, Schema<T> schema, bool skipMalformed)
+    {
+        var malformed = new Queue<CsvMalformedRecord>();
+        var options = CsvReaderOptions.Default with
+        {
+            Separator = ',',
+            HasHeader = true,
+            TrackLineNumbers = true,
+            MalformedData = CsvMalformedDataHandling.Skip,
+            FieldCountMismatch = CsvFieldCountHandling.Allow,
+            OnMalformedRecord = r => malformed.Enqueue(r),
+        };
+        var records = new List<T>();
+        int skipped = 0;
+        using var csv = CsvReader.FromFile(path, options);
+
+        void Fail(long line, string problem)
+        {
+            if (!skipMalformed) throw new DataFileException(path, line, problem);
+            skipped++;
+        }
+
+        void FlushMalformed(long beforeLine)
+        {
+            while (malformed.Count > 0 && malformed.Peek().LineNumber < beforeLine)
+            {
+                var m = malformed.Dequeue();
+                Fail(m.LineNumber, $"malformed CSV quoting ({m.Reason}); put fields with commas, quotes or line "
+                    + "breaks in double quotes and double the quotes inside them (\"\")");
+            }
+        }
+
+        string[] header = csv.Headers.ToArray();
+        if (header.Length == 0 || header.All(h => h.Length == 0))
+            throw new DataFileException(path, 1, $"empty file; the first line must be the header '{string.Join(',', schema.Columns)}'");
+        var index = new int[schema.Columns.Length];
+        for (int c = 0; c < schema.Columns.Length; c++)
+        {
+            index[c] = Array.IndexOf(header, schema.Columns[c]);
+            if (index[c] < 0)
+                throw new DataFileException(path, 1, $"the header has no column '{schema.Columns[c]}' "
+                    + $"(found '{string.Join(',', header)}'); the header must be '{string.Join(',', schema.Columns)}'");
+        }
+
+        var values = new string[schema.Columns.Length];
+        while (csv.Read())
+        {
+            long line = csv.LineNumber;
+            FlushMalformed(line);
+            if (csv.FieldCount != header.Length)
+            {
+                Fail(line, $"expected {header.Length} fields ({string.Join(',', header)}) but found {csv.FieldCount}; "
+                    + "quote fields that contain commas, and give every column a value");
+                continue;
+            }
+            for (int c = 0; c < values.Length; c++) values[c] = csv.GetString(index[c]);
+            var (record, problem) = schema.Parse(values);
+            if (problem is not null) Fail(line, problem);
+            else records.Add(record!);
+        }
+        FlushMalformed(long.MaxValue);
+        return new DataRead<T>(records, skipped);
+    }
+
+    static DataRead<T> ReadJsonl<T>(string path, Schema<T> schema, bool skipMalformed)
+    {
+        var records = new List<T>();
+        int skipped = 0;
+        long line = 0;
+        var values = new string[schema.Columns.Length];
+        foreach (string text in File.ReadLines(path, Encoding.UTF8))
+        {
+            line++;
+            if (string.IsNullOrWhiteSpace(text)) continue;
+            string? problem = null;
+            T? record = default;
+            try
+            {
+                using var doc = JsonDocument.Parse(text);
+                if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                    problem = $"expected a JSON object like {schema.Example} but found a {doc.RootElement.ValueKind}";
+                else
+                {
+                    for (int c = 0; c < schema.Columns.Length && problem is null; c++)
+                    {
+                        string column = schema.Columns[c];
+                        if (!doc.RootElement.TryGetProperty(column, out JsonElement v))
+                            problem = $"missing field '{column}'; each line must be an object like {schema.Example}";
+                        else if (schema.Kinds[c] == ColumnKind.Text)
+                        {
+                            if (v.ValueKind != JsonValueKind.String)
+                                problem = $"field '{column}' must be a JSON string but is a {v.ValueKind}";
+                            else values[c] = v.GetString()!;
+                        }
+                        else if (v.ValueKind != JsonValueKind.Array)
+                            problem = $"field '{column}' must be a JSON array but is a {v.ValueKind}; write it like {schema.ExampleOf(c)}";
+                        else values[c] = v.GetRawText();
+                    }
+                    if (problem is null) (record, problem) = schema.Parse(values);
+                }
+            }
+            catch (JsonException e)
+            {
+                problem = $"not valid JSON ({e.Message}); each line must be one object like {schema.Example}";
+            }
+            if (problem is null) records.Add(record!);
+            else if (skipMalformed) skipped++;
+            else throw new DataFileException(path, line, problem);
+        }
+        return new DataRead<T>(records, skipped);
+    }
+
+    // ---- writing ----------------------------------------------------------------------------------------------
+
+    static void Write<T>(string path, Schema<T> schema, IEnumerable<T> records)
+    {
+        ArgumentNullException.ThrowIfNull(records);
+        DataFormat format = FormatOf(path);
+        WriteAtomic(path, stream =>
+        {
+            if (format == DataFormat.Csv)
+            {
+                var options = CsvWriterOptions.Default with { NewLine = "\n" };
+                using var csv = CsvWriter.Create(stream, options, leaveOpen: true);
+                csv.WriteHeader(schema.Columns);
+                foreach (T r in records) csv.WriteRecord(schema.Format(r));
+                csv.Flush();
+            }
+            else
+            {
+                using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = false });
+                foreach (T r in records)
+                {
+                    json.Reset();
+                    schema.WriteJson(json, r);
+                    json.Flush();
+                    stream.WriteByte((byte)'\n');
+                }
+            }
+        });
+    }
+
+    /// <summary>Writes through a temporary file next to <paramref name="path"/> and renames it over the target, so
+    /// readers never see a half-written file.</summary>
+    static void WriteAtomic(string path, Action<Stream> write)
+    {
+        string full = Path.GetFullPath(path);
+        string folder = Path.GetDirectoryName(full)!;
+        Directory.CreateDirectory(folder);
+        string temp = Path.Combine(folder, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                write(stream);
+                stream.Flush(flushToDisk: true);
+            }
+            File.Move(temp, full, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+        }
+    }
+
+    // ---- schemas ----------------------------------------------------------------------------------------------
+
+    enum ColumnKind { Text, StringArray, IntArray }
+
+    sealed class Schema<T>(
+        string[] columns,
+        ColumnKind[] kinds,
+        string example,
+        Func<string[], (T? Record, string? Problem)> parse,
+        Func<T, string[]> format,
+        Action<Utf8JsonWriter, T> writeJson)
+    {
+        public string[] Columns { get; } = columns;
+        public ColumnKind[] Kinds { get; } = kinds;
+        public string Example { get; } = example;
+
+        public string ExampleOf(int column) => Kinds[column] switch
+        {
+            ColumnKind.StringArray => "[\"first response\", \"second response\"]",
+            ColumnKind.IntArray => "[1, 0]",
+            _ => "\"text\"",
+        };
+
+        /// <summary>The record of one row's values (in <see cref="Columns"/> order), or what is wrong with them.</summary>
+        public (T? Record, string? Problem) Parse(string[] values) => parse(values);
+
+        public string[] Format(T record) => format(record);
+
+        public void WriteJson(Utf8JsonWriter w, T record) => writeJson(w, record);
+    }
+
+    static class Schemas
+    {
+        public static readonly Schema<SftExample> Sft = new(
+            ["prompt", "response"], [ColumnKind.Text, ColumnKind.Text],
+            "{\"prompt\": \"...\", \"response\": \"...\"}",
+            v => RequirePrompt(v[0]) ?? (v[1].Length == 0
+                ? Bad<SftExample>("empty response; every SFT example needs a response to learn from")
+                : (new SftExample(v[0], v[1]), null)),
+            r => [r.Prompt, r.Response],
+            (w, r) =>
+            {
+                w.WriteStartObject();
+                w.WriteString("prompt", r.Prompt);
+                w.WriteString("response", r.Response);
+                w.WriteEndObject();
+            });
+
+        public static readonly Schema<PreferencePair> Preference = new(
+            ["prompt", "chosen", "rejected"], [ColumnKind.Text, ColumnKind.Text, ColumnKind.Text],
+            "{\"prompt\": \"...\", \"chosen\": \"...\", \"rejected\": \"...\"}",
+            v => RequirePrompt<PreferencePair>(v[0]) ?? (new PreferencePair(v[0], v[1], v[2]), null),
+            r => [r.Prompt, r.Chosen, r.Rejected],
+            (w, r) =>
+            {
+                w.WriteStartObject();
+                w.WriteString("prompt", r.Prompt);
+                w.WriteString("chosen", r.Chosen);
+                w.WriteString("rejected", r.Rejected);
+                w.WriteEndObject();
+            });
+
+        public static readonly Schema<RankedExample> Ranked = new(
+            ["prompt", "responses", "ranking"], [ColumnKind.Text, ColumnKind.StringArray, ColumnKind.IntArray],
+            "{\"prompt\": \"...\", \"responses\": [\"a\", \"b\"], \"ranking\": [1, 0]}",
+            ParseRanked,
+            r => [r.Prompt, JsonSerializer.Serialize(r.Responses), JsonSerializer.Serialize(r.Ranking)],
+            (w, r) =>
+            {
+                w.WriteStartObject();
+                w.WriteString("prompt", r.Prompt);
+                w.WriteStartArray("responses");
+                foreach (string s in r.Responses) w.WriteStringValue(s);
+                w.WriteEndArray();
+                w.WriteStartArray("ranking");
+                foreach (int k in r.Ranking) w.WriteNumberValue(k);
+                w.WriteEndArray();
+                w.WriteEndObject();
+            });
+
+        public static readonly Schema<PromptExample> Prompt = new(
+            ["prompt"], [ColumnKind.Text],
+            "{\"prompt\": \"...\"}",
+            v => RequirePrompt<PromptExample>(v[0]) ?? (new PromptExample(v[0]), null),
+            r => [r.Prompt],
+            (w, r) =>
+            {
+                w.WriteStartObject();
+                w.WriteString("prompt", r.Prompt);
+                w.WriteEndObject();
+            });
+
+        static (RankedExample?, string?) ParseRanked(string[] v)
+        {
+            if (RequirePrompt<RankedExample>(v[0]) is { } bad) return bad;
+            string[]? responses;
+            int[]? ranking;
+            try
+            {
+                responses = JsonSerializer.Deserialize<string[]>(v[1]);
+            }
+            catch (JsonException e)
+            {
+                return Bad<RankedExample>($"column 'responses' is not a JSON array of strings ({e.Message}); "
+                    + "write it like [\"first response\", \"second response\"]");
+            }
+            try
+            {
+                ranking = JsonSerializer.Deserialize<int[]>(v[2]);
+            }
+            catch (JsonException e)
+            {
+                return Bad<RankedExample>($"column 'ranking' is not a JSON array of integers ({e.Message}); "
+                    + "write it like [1, 0] (ranking[i] = rank of responses[i], 0 = best)");
+            }
+            if (responses is null || responses.Any(r => r is null))
+                return Bad<RankedExample>("column 'responses' must be a JSON array of strings, not null");
+            if (ranking is null)
+                return Bad<RankedExample>("column 'ranking' must be a JSON array of integers, not null");
+            string? problem = RankedExample.Validate(responses, ranking);
+            return problem is null ? (new RankedExample(v[0], responses, ranking), null) : Bad<RankedExample>(problem);
+        }
+
+        static (T?, string?)? RequirePrompt<T>(string prompt) =>
+            string.IsNullOrWhiteSpace(prompt) ? Bad<T>("empty prompt; every row needs a non-empty prompt") : null;
+
+        static (SftExample?, string?)? RequirePrompt(string prompt) => RequirePrompt<SftExample>(prompt);
+
+        static (T?, string?) Bad<T>(string problem) => (default, problem);
+    }
+}

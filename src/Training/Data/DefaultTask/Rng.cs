@@ -1,0 +1,64 @@
+namespace Rlhf.Training.Data.DefaultTask;
+
+/// <summary>SplitMix64 (Steele, Lea, Flood 2014; the seeding generator of xoshiro). Written out here, not
+/// System.Random, so the default task's data is the same on every .NET version and machine.</summary>
+internal sealed class Rng
+{
+    ulong _state;
+
+    public Rng(ulong seed) => _state = seed;
+
+    public ulong NextU64()
+    {
+        ulong z = _state += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    /// <summary>Uniform in [0, 1) with 53 random bits.</summary>
+    public double NextDouble() => (NextU64() >> 11) * (1.0 / (1UL << 53));
+
+    /// <summary>Uniform integer in [0, n) (Lemire's multiply-shift; bias below 2^-32 for the n used here).</summary>
+    public int Next(int n)
+    {
+        if (n <= 0) throw new ArgumentOutOfRangeException(nameof(n), n, "n must be positive");
+        return (int)(((NextU64() >> 32) * (ulong)n) >> 32);
+    }
+
+    /// <summary>Uniform integer in [lo, hi] inclusive.</summary>
+    public int Between(int lo, int hi) => lo + Next(hi - lo + 1);
+
+    public bool Chance(double p) => NextDouble() < p;
+
+    public T Pick<T>(IReadOnlyList<T> items) => items[Next(items.Count)];
+
+    /// <summary>Standard normal by Box–Muller (one of the pair; simple and reproducible).</summary>
+    public double NextGaussian()
+    {
+        double u1 = 1.0 - NextDouble(); // (0, 1]
+        double u2 = NextDouble();
+        return Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2.0 * Math.PI * u2);
+    }
+
+    /// <summary>A seed for an independent stream named <paramref name="name"/> derived from <paramref name="seed"/>
+    /// (FNV-1a of the name mixed through SplitMix64), e.g. one per data split.</summary>
+    public static ulong Derive(ulong seed, string name)
+    {
+        ulong h = 0xCBF29CE484222325UL;
+        foreach (char c in name)
+        {
+            h ^= c;
+            h *= 0x100000001B3UL;
+        }
+        return Mix(seed ^ Mix(h));
+    }
+
+    public static ulong Mix(ulong x)
+    {
+        x += 0x9E3779B97F4A7C15UL;
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9UL;
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EBUL;
+        return x ^ (x >> 31);
+    }
+}
