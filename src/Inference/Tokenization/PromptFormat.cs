@@ -1,18 +1,27 @@
 namespace Rlhf.Inference.Tokenization;
 
 /// <summary>
-/// How a (prompt, response) pair becomes tokens, the same way in every stage:
-/// <c>[BOS] Encode(prompt)</c> | <c>Encode(sep + response) [EOS]</c>, where sep is one space unless the prompt
-/// already ends with, or the response starts with, whitespace. Responses are encoded on their own so a stage can
-/// mask the prompt part exactly.
+/// How a (prompt, response) pair becomes text and tokens, the same way in every stage. Responses are stored without a
+/// leading space; the text is the prompt, one space, then the response (no space when the response starts with
+/// punctuation or the prompt ends with whitespace). Tokens: <c>[BOS] Encode(prompt)</c> | <c>Encode(continuation) [EOS]</c>;
+/// the response is encoded on its own so a stage can mask the prompt part exactly.
 /// </summary>
 public static class PromptFormat
 {
-    /// <summary>The response text as it follows the prompt (with its leading separator).</summary>
-    public static string Continuation(string prompt, string response) =>
-        prompt.Length == 0 || response.Length == 0 || char.IsWhiteSpace(prompt[^1]) || char.IsWhiteSpace(response[0])
-            ? response
-            : " " + response;
+    /// <summary>The response text as it follows the prompt (with its leading separator, if any).</summary>
+    public static string Continuation(string prompt, string response)
+    {
+        string r = response.TrimStart();
+        if (prompt.Length == 0 || r.Length == 0 || char.IsWhiteSpace(prompt[^1])) return r;
+        return r[0] is '.' or ',' or '!' or '?' or ';' or ':' ? r : " " + r;
+    }
+
+    /// <summary>The full text: the prompt (trailing whitespace trimmed) followed by its continuation.</summary>
+    public static string Join(string prompt, string response)
+    {
+        string p = prompt.TrimEnd();
+        return p + Continuation(p, response);
+    }
 
     /// <summary>Prompt tokens: BOS (when the tokenizer has one) then the prompt.</summary>
     public static int[] PromptIds(TextTokenizer tokenizer, string prompt)

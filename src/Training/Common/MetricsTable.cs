@@ -51,17 +51,10 @@ public sealed class MetricsTable
     public static MetricsTable ReadCsv(string path)
     {
         var t = new MetricsTable();
-        string[] lines = File.ReadAllLines(path);
-        if (lines.Length == 0) return t;
         using var reader = CsvReader.FromFile(path);
-        string[]? header = null;
+        string[] header = reader.Headers.ToArray();
         while (reader.Read())
         {
-            if (header is null)
-            {
-                header = Enumerable.Range(0, reader.FieldCount).Select(i => reader.GetString(i)).ToArray();
-                continue;
-            }
             var row = new Dictionary<string, double>();
             for (int i = 0; i < header.Length && i < reader.FieldCount; i++)
             {
@@ -70,6 +63,7 @@ public sealed class MetricsTable
             }
             t.Add(row);
         }
+        foreach (string c in header) if (!t._columns.Contains(c)) t._columns.Add(c);
         return t;
     }
 }

@@ -1,3 +1,4 @@
+using Rlhf.Training.Common;
 using Rlhf.Training.Data.DefaultTask;
 
 namespace Rlhf.Training.Data;

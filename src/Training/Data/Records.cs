@@ -1,7 +1,8 @@
+using Rlhf.Inference.Tokenization;
 namespace Rlhf.Training.Data;
 
 /// <summary>One supervised fine-tuning demonstration: the model sees <see cref="Prompt"/> and learns to
-/// produce <see cref="Response"/>. The full text is <see cref="PromptResponse.Join"/>(Prompt, Response).</summary>
+/// produce <see cref="Response"/>. The full text is <see cref="PromptFormat.Join"/>(Prompt, Response).</summary>
 public sealed record SftExample(string Prompt, string Response);
 
 /// <summary>One human (or simulated) preference: for <see cref="Prompt"/>, <see cref="Chosen"/> was ranked above
@@ -89,19 +90,5 @@ public sealed record RankedExample
         foreach (string r in Responses) h.Add(r);
         foreach (int r in Ranking) h.Add(r);
         return h.ToHashCode();
-    }
-}
-
-/// <summary>How a prompt and its response make one text. Responses are stored without a leading space; the full
-/// text is the prompt, one space, and the response (no space when the response starts with punctuation).</summary>
-public static class PromptResponse
-{
-    public static string Join(string prompt, string response)
-    {
-        string p = prompt.TrimEnd();
-        string r = response.TrimStart();
-        if (p.Length == 0) return r;
-        if (r.Length == 0) return p;
-        return r[0] is '.' or ',' or '!' or '?' or ';' or ':' ? p + r : p + " " + r;
     }
 }

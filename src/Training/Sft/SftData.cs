@@ -1,5 +1,4 @@
 using Rlhf.Training.Data;
-using Rlhf.Training.Data.DefaultTask;
 
 namespace Rlhf.Training.Sft;
 
@@ -11,15 +10,15 @@ public sealed record SftData(IReadOnlyList<SftExample> Train, IReadOnlyList<SftE
     {
         if (cfg.TrainFile is null)
         {
-            var gen = new ReviewGenerator(cfg.Seed);
-            var train = gen.SftDemonstrations(DataSplit.SftTrain, cfg.DefaultTrainSize);
+            ulong seed = (ulong)cfg.Seed;
+            var train = DataSets.SftExamples(seed, DataSets.SftTrainName, cfg.DefaultTrainSize);
             var eval = cfg.EvalFile is null
-                ? gen.SftDemonstrations(DataSplit.SftEval, cfg.DefaultEvalSize)
+                ? DataSets.SftExamples(seed, DataSets.SftEvalName, cfg.DefaultEvalSize)
                 : DataFiles.ReadSft(cfg.EvalFile, cfg.SkipMalformed).Records;
             return new SftData(train, eval, 0, true);
         }
         var t = DataFiles.ReadSft(cfg.TrainFile, cfg.SkipMalformed);
-        var e = cfg.EvalFile is null ? (Records: (IReadOnlyList<SftExample>)[], Skipped: 0) : DataFiles.ReadSft(cfg.EvalFile, cfg.SkipMalformed);
+        var e = cfg.EvalFile is null ? new DataRead<SftExample>([], 0) : DataFiles.ReadSft(cfg.EvalFile, cfg.SkipMalformed);
         if (t.Records.Count == 0) throw new InvalidDataException($"{cfg.TrainFile}: no demonstrations.");
         return new SftData(t.Records, e.Records, t.Skipped + e.Skipped, false);
     }

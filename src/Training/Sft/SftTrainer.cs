@@ -195,10 +195,7 @@ public static class SftTrainer
         metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "sft_config.json"), ConfigLoader.ToJson(cfg));
         Plots.Lines(Path.Combine(cfg.Out, "loss.png"), "SFT loss (response tokens)", "step", "nats / token",
-        [
-            ("train", .. metrics.Series("step", "loss/train")),
-            ("eval", .. metrics.Series("step", "loss/eval")),
-        ]);
+            [Series("train", metrics, "loss/train"), Series("eval", metrics, "loss/eval")]);
 
         var (_, lossY) = metrics.Series("step", "loss/train");
         double finalTrain = lossY.Length == 0 ? double.NaN : lossY.Skip(lossY.Length - Math.Max(1, lossY.Length / 10)).Average();
@@ -240,14 +237,14 @@ public static class SftTrainer
         return result;
     }
 
-    /// <summary>Fisher–Yates permutation of 0..n−1 from a SplitMix64 stream (stable across .NET versions).</summary>
+    /// <summary>Fisher–Yates permutation of 0..n−1 from a seeded <see cref="Rng"/> (stable across .NET versions).</summary>
     internal static int[] Permutation(int n, long seed)
     {
         int[] p = Enumerable.Range(0, n).ToArray();
-        var rng = new SplitMix64((ulong)seed);
+        var rng = new Rng((ulong)seed);
         for (int i = n - 1; i > 0; i--)
         {
-            int j = (int)(rng.Next() % (ulong)(i + 1));
+            int j = rng.Next(i + 1);
             (p[i], p[j]) = (p[j], p[i]);
         }
         return p;
@@ -304,7 +301,7 @@ public static class SftTrainer
     {
         string folder = Path.Combine(cfg.Out, "init");
         var clock = Stopwatch.StartNew();
-        var corpus = data.Train.Select(e => e.Prompt + PromptFormat.Continuation(e.Prompt, e.Response));
+        var corpus = data.Train.Select(e => PromptFormat.Join(e.Prompt, e.Response));
         var bpe = Data.Tokenizer.BpeTrainer.Train(corpus, new Data.Tokenizer.BpeTrainerOptions { VocabSize = cfg.TokenizerVocabSize });
         Directory.CreateDirectory(folder);
         bpe.Save(folder);
@@ -348,6 +345,12 @@ public static class SftTrainer
             File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), JsonSerializer.Serialize(state, ConfigLoader.Json));
         });
         return dir;
+    }
+
+    static (string, double[], double[]) Series(string label, MetricsTable m, string column)
+    {
+        var (x, y) = m.Series("step", column);
+        return (label, x, y);
     }
 
     static void Log(string message) => Console.Error.WriteLine(message);

@@ -18,7 +18,9 @@ public sealed class MetricsTableTests
         Assert.Equal(2, back.Rows.Count);
         Assert.Equal(0.1 + 0.2, back.Rows[0]["loss/train"]);
         Assert.False(back.Rows[0].ContainsKey("loss/eval"));
-        Assert.Equal(([2.0], [2.5]), (back.Series("step", "loss/eval").X, back.Series("step", "loss/eval").Y));
+        var (x, y) = back.Series("step", "loss/eval");
+        Assert.Equal([2.0], x);
+        Assert.Equal([2.5], y);
         Assert.Single(Directory.GetFiles(dir));   // no temp file left behind
     }
 

@@ -1,3 +1,4 @@
+using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Data;
 
 namespace Rlhf.Training.Tests.Data;
@@ -44,5 +45,5 @@ public sealed class RecordsTests
     [InlineData("It was great", "!", "It was great!")]
     [InlineData("", "response", "response")]
     public void JoinPutsOneSpaceBetweenPromptAndResponse(string prompt, string response, string expected) =>
-        Assert.Equal(expected, PromptResponse.Join(prompt, response));
+        Assert.Equal(expected, PromptFormat.Join(prompt, response));
 }

@@ -1,3 +1,4 @@
+using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Data;
 using Rlhf.Training.Data.DefaultTask;
 
@@ -96,7 +97,7 @@ public sealed class ReviewGeneratorTests
             var ex = g.Split(review);
             Assert.InRange(ReviewGenerator.CountWords(ex.Prompt), 3, 6);
             Assert.True(ReviewGenerator.CountWords(ex.Response) >= 5, ex.Response);
-            Assert.Equal(review.Text, PromptResponse.Join(ex.Prompt, ex.Response));
+            Assert.Equal(review.Text, PromptFormat.Join(ex.Prompt, ex.Response));
         }
     }
 
@@ -112,8 +113,8 @@ public sealed class ReviewGeneratorTests
     [Fact]
     public void SplitsUseDisjointStreams()
     {
-        var train = DataSets.SftExamples(1, DataSets.SftTrainName, 300).Select(e => PromptResponse.Join(e.Prompt, e.Response));
-        var eval = DataSets.SftExamples(1, DataSets.SftEvalName, 300).Select(e => PromptResponse.Join(e.Prompt, e.Response));
+        var train = DataSets.SftExamples(1, DataSets.SftTrainName, 300).Select(e => PromptFormat.Join(e.Prompt, e.Response));
+        var eval = DataSets.SftExamples(1, DataSets.SftEvalName, 300).Select(e => PromptFormat.Join(e.Prompt, e.Response));
         Assert.True(train.Intersect(eval).Count() < 5);
         Assert.NotEqual(DataSets.SplitSeed(1, DataSets.RmPromptsName), DataSets.SplitSeed(1, DataSets.PpoPromptsName));
     }

@@ -1,3 +1,4 @@
+using Rlhf.Training.Common;
 namespace Rlhf.Training.Data.DefaultTask;
 
 /// <summary>One simulated labeller. Their utility for a response y to prompt x is

@@ -1,3 +1,4 @@
+using Rlhf.Inference.Tokenization;
 namespace Rlhf.Training.Data.DefaultTask;
 
 /// <summary>The parts of a gold score, for reports. <see cref="Total"/> = clamp(Sentiment − Penalty, −3, 3).</summary>
@@ -17,7 +18,7 @@ public sealed record GoldScore(
 
 /// <summary>The default task's stand-in for human judgement: how good is the review prompt + response?
 /// A pure, deterministic function of (prompt, response, endedWithEos).
-/// <para><b>Tokens.</b> The full text <see cref="PromptResponse.Join"/>(prompt, response) is lower-cased and split
+/// <para><b>Tokens.</b> The full text <see cref="PromptFormat.Join"/>(prompt, response) is lower-cased and split
 /// into words (runs of non-space characters other than . , ! ? ; :) and punctuation marks.</para>
 /// <para><b>Sentiment.</b> For every word w with lexicon strength s(w) (<see cref="Lexicon.SentimentWords"/>; only
 /// the first two occurrences of a word count):
@@ -45,7 +46,7 @@ public static class GoldScorer
     {
         ArgumentNullException.ThrowIfNull(prompt);
         ArgumentNullException.ThrowIfNull(response);
-        string[] tokens = Tokenize(PromptResponse.Join(prompt, response));
+        string[] tokens = Tokenize(PromptFormat.Join(prompt, response));
         string[] responseWords = Tokenize(response).Where(t => !IsPunctuation(t)).ToArray();
 
         double raw = RawSentiment(tokens);

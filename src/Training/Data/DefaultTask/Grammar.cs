@@ -1,3 +1,4 @@
+using Rlhf.Training.Common;
 namespace Rlhf.Training.Data.DefaultTask;
 
 /// <summary>The sentence templates of the default task. Each method returns one sentence, lower case except

@@ -1,3 +1,5 @@
+using Rlhf.Training.Common;
+using Rlhf.Inference.Tokenization;
 namespace Rlhf.Training.Data.DefaultTask;
 
 /// <summary>The latent sentiment a generated review was written with.</summary>
@@ -103,7 +105,7 @@ public sealed class ReviewGenerator
     }
 
     /// <summary>The next review split into an SFT demonstration: the first 3–6 words (options) are the prompt,
-    /// the rest (at least MinResponseWords) the response. <see cref="PromptResponse.Join"/> gives back the text.</summary>
+    /// the rest (at least MinResponseWords) the response. <see cref="PromptFormat.Join"/> gives back the text.</summary>
     public SftExample NextSft() => Split(Next());
 
     /// <summary>The opening words of the next review, as a prompt for RM sampling or PPO.</summary>

@@ -1,8 +1,8 @@
-namespace Rlhf.Training.Data.DefaultTask;
+namespace Rlhf.Training.Common;
 
 /// <summary>SplitMix64 (Steele, Lea, Flood 2014; the seeding generator of xoshiro). Written out here, not
-/// System.Random, so the default task's data is the same on every .NET version and machine.</summary>
-internal sealed class Rng
+/// System.Random, so data and data orders are the same on every .NET version and machine.</summary>
+public sealed class Rng
 {
     ulong _state;
 
