@@ -50,8 +50,7 @@ public static class SftSamples
         });
         Plots.Histograms(Path.Combine(outFolder, "gold.png"), "Gold score: SFT samples vs held-out references", "gold score",
             [("SFT samples", gold), ("references", reference)]);
-        double mean = gold.Average();
-        double std = Math.Sqrt(gold.Select(g => (g - mean) * (g - mean)).Sum() / Math.Max(1, gold.Length - 1));
+        var (mean, std) = TrainerParts.MeanStd(gold);
         return new SampleReport(mean, std, reference.Average(), eosCount / (double)heldOut.Count);
     }
 }

@@ -90,19 +90,17 @@ public static class SftTrainer
         int totalSteps = cfg.Epochs * stepsPerEpoch;
         if (cfg.MaxSteps > 0) totalSteps = Math.Min(totalSteps, cfg.MaxSteps);
 
-        using var optimizer = CreateOptimizer(model, cfg);
+        using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(cfg.Lr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
         var metrics = new MetricsTable();
         int startStep = 0;
         long trainTokens = 0;
         if (resumeFrom is not null)
         {
-            optimizer.load_state_dict(Path.Combine(resumeFrom, "optimizer.bin"));
-            var state = JsonSerializer.Deserialize<SftState>(File.ReadAllText(Path.Combine(resumeFrom, "trainer_state.json")), ConfigLoader.Json)!;
+            (var state, metrics) = TrainerParts.LoadCheckpoint<SftState>(resumeFrom, optimizer);
             if (state.ConfigJson != ConfigLoader.ToJson(cfg))
                 throw new InvalidOperationException($"--resume: the config differs from the checkpoint's ({resumeFrom}/trainer_state.json); resume with the same settings.");
             startStep = state.Step;
             trainTokens = state.TrainTokens;
-            metrics = MetricsTable.ReadCsv(Path.Combine(resumeFrom, "metrics.csv"));
             Log($"Resuming from step {startStep} of {totalSteps}.");
         }
         long parameters = model.parameters().Sum(p => p.numel());
@@ -116,7 +114,7 @@ public static class SftTrainer
             {
                 var stepClock = Stopwatch.StartNew();
                 double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, cfg.MinLrRatio);
-                foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
+                TrainerParts.SetLr(optimizer, lr);
                 torch.manual_seed(cfg.Seed * 1_000_003 + step);    // dropout noise depends on the step only: resume-exact
                 model.train();
                 optimizer.zero_grad();
@@ -135,9 +133,7 @@ public static class SftTrainer
                     lossSum += loss.item<float>();
                     positions += batch.InputIds.numel();
                 }
-                double gradNorm = cfg.GradClip > 0
-                    ? nn.utils.clip_grad_norm_(model.parameters(), cfg.GradClip)
-                    : GradNorm(model);
+                double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
                 if (!double.IsFinite(lossSum)) throw new NonFiniteLossException("sft", step, "the training loss", lossSum, lastCheckpoint);
                 if (!double.IsFinite(gradNorm)) throw new NonFiniteLossException("sft", step, "the gradient norm", gradNorm, lastCheckpoint);
                 optimizer.step();
@@ -165,7 +161,7 @@ public static class SftTrainer
                 metrics.Add(row);
                 if ((cfg.CheckpointEvery > 0 && (step + 1) % cfg.CheckpointEvery == 0) || last)
                 {
-                    lastCheckpoint = SaveCheckpoint(cfg, model, tokenizer, modelSource, optimizer, metrics, step + 1, trainTokens);
+                    lastCheckpoint = SaveCheckpoint(cfg, model, modelSource, optimizer, metrics, step + 1, trainTokens);
                     metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
                 }
                 onStep?.Invoke(step + 1);
@@ -173,20 +169,7 @@ public static class SftTrainer
             }
         }
 
-        try
-        {
-            if (control.Progress && !Console.IsOutputRedirected)
-                AnsiConsole.Progress().AutoClear(false).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(),
-                        new PercentageColumn(), new RemainingTimeColumn())
-                    .Start(ctx =>
-                    {
-                        var task = ctx.AddTask("SFT", maxValue: totalSteps);
-                        task.Value = startStep;
-                        TrainSteps(s => task.Value = s);
-                    });
-            else
-                TrainSteps(null);
-        }
+        try { TrainerParts.WithProgress("SFT", totalSteps, startStep, control.Progress, TrainSteps); }
         catch (SimulatedKill) { return new SftSummary { Steps = control.StopAfterStep }; }
 
         // Final artefacts: the HF folder itself, plots, samples and the summary.
@@ -195,7 +178,7 @@ public static class SftTrainer
         metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "sft_config.json"), ConfigLoader.ToJson(cfg));
         Plots.Lines(Path.Combine(cfg.Out, "loss.png"), "SFT loss (response tokens)", "step", "nats / token",
-            [Series("train", metrics, "loss/train"), Series("eval", metrics, "loss/eval")]);
+            [TrainerParts.Series("train", metrics, "loss/train"), TrainerParts.Series("eval", metrics, "loss/eval")]);
 
         var (_, lossY) = metrics.Series("step", "loss/train");
         double finalTrain = lossY.Length == 0 ? double.NaN : lossY.Skip(lossY.Length - Math.Max(1, lossY.Length / 10)).Average();
@@ -274,28 +257,6 @@ public static class SftTrainer
         AttentionDropout = cfg.AttentionDropout ?? c.AttentionDropout,
     };
 
-    /// <summary>AdamW with weight decay on matrices only (norm weights and biases are not decayed).</summary>
-    static TorchSharp.Modules.AdamW CreateOptimizer(LlamaForCausalLM model, SftConfig cfg)
-    {
-        var named = model.named_parameters().ToList();
-        var decay = named.Where(p => p.parameter.dim() >= 2).Select(p => p.parameter).ToList();
-        var noDecay = named.Where(p => p.parameter.dim() < 2).Select(p => p.parameter).ToList();
-        var groups = new List<TorchSharp.Modules.AdamW.ParamGroup>
-        {
-            new(decay, new TorchSharp.Modules.AdamW.Options { LearningRate = cfg.Lr, weight_decay = cfg.WeightDecay, beta1 = cfg.Beta1, beta2 = cfg.Beta2, eps = cfg.AdamEps }),
-            new(noDecay, new TorchSharp.Modules.AdamW.Options { LearningRate = cfg.Lr, weight_decay = 0.0, beta1 = cfg.Beta1, beta2 = cfg.Beta2, eps = cfg.AdamEps }),
-        };
-        return optim.AdamW(groups, cfg.Lr, cfg.Beta1, cfg.Beta2, cfg.AdamEps, cfg.WeightDecay);
-    }
-
-    static double GradNorm(nn.Module model)
-    {
-        double sq = 0;
-        foreach (var p in model.parameters())
-            if (p.grad is Tensor g) { using var n = g.norm(); sq += Math.Pow(n.item<float>(), 2); }
-        return Math.Sqrt(sq);
-    }
-
     /// <summary>A fresh model: tokenizer trained on the training texts, architecture from <see cref="SftConfig.ModelConfig"/>.</summary>
     static string PrepareFreshModel(SftConfig cfg, SftData data)
     {
@@ -331,27 +292,13 @@ public static class SftTrainer
         throw new FileNotFoundException($"Model config {path} not found (looked in the working folder and above the rlhf binary).", path);
     }
 
-    static string SaveCheckpoint(SftConfig cfg, LlamaForCausalLM model, TextTokenizer tokenizer, string tokenizerSource,
-                                 TorchSharp.Modules.AdamW optimizer, MetricsTable metrics, int step, long trainTokens)
-    {
-        string dir = Path.Combine(cfg.Out, CheckpointName);
-        AtomicFile.WriteFolder(dir, tmp =>
+    static string SaveCheckpoint(SftConfig cfg, LlamaForCausalLM model, string tokenizerSource, optim.Optimizer optimizer,
+                                 MetricsTable metrics, int step, long trainTokens) =>
+        TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
         {
             model.SavePretrained(tmp, ScalarType.Float32);
             TokenizerFiles.Copy(tokenizerSource, tmp);
-            optimizer.save_state_dict(Path.Combine(tmp, "optimizer.bin"));
-            metrics.WriteCsv(Path.Combine(tmp, "metrics.csv"));
-            var state = new SftState(step, trainTokens, ConfigLoader.ToJson(cfg));
-            File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), JsonSerializer.Serialize(state, ConfigLoader.Json));
-        });
-        return dir;
-    }
-
-    static (string, double[], double[]) Series(string label, MetricsTable m, string column)
-    {
-        var (x, y) = m.Series("step", column);
-        return (label, x, y);
-    }
+        }, optimizer, metrics, new SftState(step, trainTokens, ConfigLoader.ToJson(cfg)));
 
     static void Log(string message) => Console.Error.WriteLine(message);
 

@@ -1,0 +1,106 @@
+using System.Text.Json;
+using Spectre.Console;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Common;
+
+/// <summary>AdamW settings shared by the stages.</summary>
+public sealed record AdamWSettings(double Lr, double WeightDecay, double Beta1, double Beta2, double Eps);
+
+/// <summary>Pieces every trainer uses: the optimizer, gradient norms, checkpoints and the progress bar.</summary>
+public static class TrainerParts
+{
+    /// <summary>AdamW with decoupled weight decay on matrices only (norm weights and biases are not decayed).</summary>
+    public static TorchSharp.Modules.AdamW AdamW(nn.Module model, AdamWSettings s)
+    {
+        var named = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+        var decay = named.Where(p => p.parameter.dim() >= 2).Select(p => p.parameter).ToList();
+        var noDecay = named.Where(p => p.parameter.dim() < 2).Select(p => p.parameter).ToList();
+        var groups = new List<TorchSharp.Modules.AdamW.ParamGroup>
+        {
+            new(decay, new TorchSharp.Modules.AdamW.Options { LearningRate = s.Lr, weight_decay = s.WeightDecay, beta1 = s.Beta1, beta2 = s.Beta2, eps = s.Eps }),
+            new(noDecay, new TorchSharp.Modules.AdamW.Options { LearningRate = s.Lr, weight_decay = 0.0, beta1 = s.Beta1, beta2 = s.Beta2, eps = s.Eps }),
+        };
+        return optim.AdamW(groups, s.Lr, s.Beta1, s.Beta2, s.Eps, s.WeightDecay);
+    }
+
+    /// <summary>Sets the learning rate of every parameter group.</summary>
+    public static void SetLr(optim.Optimizer optimizer, double lr)
+    {
+        foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
+    }
+
+    /// <summary>Clips the global L2 gradient norm to <paramref name="maxNorm"/> (0 = measure only) and returns the norm before clipping.</summary>
+    public static double ClipGradNorm(nn.Module model, double maxNorm)
+    {
+        var ps = model.parameters().Where(p => p.requires_grad).ToList();
+        if (maxNorm > 0) return nn.utils.clip_grad_norm_(ps, maxNorm);
+        double sq = 0;
+        foreach (var p in ps)
+            if (p.grad is Tensor g) { using var n = g.norm(); sq += Math.Pow(n.item<float>(), 2); }
+        return Math.Sqrt(sq);
+    }
+
+    /// <summary>
+    /// Writes a resumable checkpoint folder atomically: <paramref name="saveModel"/> fills the folder with the model
+    /// (and tokenizer) files, then optimizer.bin, metrics.csv and trainer_state.json are added.
+    /// </summary>
+    public static string SaveCheckpoint<TState>(string folder, Action<string> saveModel, optim.Optimizer optimizer, MetricsTable metrics, TState state)
+    {
+        AtomicFile.WriteFolder(folder, tmp =>
+        {
+            saveModel(tmp);
+            ((TorchSharp.Modules.OptimizerHelper)optimizer).save_state_dict(Path.Combine(tmp, "optimizer.bin"));
+            metrics.WriteCsv(Path.Combine(tmp, "metrics.csv"));
+            File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), JsonSerializer.Serialize(state, ConfigLoader.Json));
+        });
+        return folder;
+    }
+
+    /// <summary>Restores the optimizer, metrics and state of a checkpoint written by <see cref="SaveCheckpoint"/>.</summary>
+    public static (TState State, MetricsTable Metrics) LoadCheckpoint<TState>(string folder, optim.Optimizer optimizer)
+    {
+        ((TorchSharp.Modules.OptimizerHelper)optimizer).load_state_dict(Path.Combine(folder, "optimizer.bin"));
+        var state = JsonSerializer.Deserialize<TState>(File.ReadAllText(Path.Combine(folder, "trainer_state.json")), ConfigLoader.Json)
+            ?? throw new InvalidDataException($"{folder}/trainer_state.json is empty.");
+        return (state, MetricsTable.ReadCsv(Path.Combine(folder, "metrics.csv")));
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/> (which reports progress through its callback) under a Spectre.Console progress bar
+    /// when the console is interactive, or plainly otherwise.
+    /// </summary>
+    public static void WithProgress(string label, int total, int start, bool show, Action<Action<int>?> body)
+    {
+        if (!show || Console.IsOutputRedirected || Console.IsErrorRedirected)
+        {
+            body(null);
+            return;
+        }
+        AnsiConsole.Progress().AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask(label, maxValue: total);
+                task.Value = start;
+                body(s => task.Value = s);
+            });
+    }
+
+    /// <summary>(label, x = step, y = column) for <see cref="Plots.Lines"/>.</summary>
+    public static (string, double[], double[]) Series(string label, MetricsTable m, string column)
+    {
+        var (x, y) = m.Series("step", column);
+        return (label, x, y);
+    }
+
+    /// <summary>Mean and sample standard deviation.</summary>
+    public static (double Mean, double Std) MeanStd(IReadOnlyCollection<double> xs)
+    {
+        if (xs.Count == 0) return (double.NaN, double.NaN);
+        double mean = xs.Average();
+        double std = Math.Sqrt(xs.Sum(x => (x - mean) * (x - mean)) / Math.Max(1, xs.Count - 1));
+        return (mean, std);
+    }
+}
