@@ -15,6 +15,7 @@ internal static class RlhfCommand
             "TorchSharp computes every gradient; ONNX Runtime generates and scores.")
         {
             SftCommand.Create(),
+            RmCommand.Create(),
             GenerateCommand.Create(),
             DataCommand.Create(),
         };

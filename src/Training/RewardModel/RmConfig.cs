@@ -1,0 +1,82 @@
+namespace Rlhf.Training.RewardModel;
+
+/// <summary>Reward-model stage settings. JSON keys are the snake_case property names (see README).</summary>
+public sealed record RmConfig
+{
+    /// <summary>Output folder: HF sequence-classification folder, rankings, metrics, plots, summary.json, onnx/.</summary>
+    public string Out { get; init; } = "runs/rm";
+    /// <summary>The SFT model folder the RM starts from (and samples responses from).</summary>
+    public string SftModel { get; init; } = "runs/sft";
+    /// <summary>Ranked records (prompt,responses,ranking) to train on; null = sample K responses from the SFT model and let the simulated annotators rank them.</summary>
+    public string? RankingsFile { get; init; }
+    /// <summary>Preference pairs (prompt,chosen,rejected) to train on, alone or added to the rankings.</summary>
+    public string? PairsFile { get; init; }
+    /// <summary>Held-out ranked records for accuracy; null = held-out prompts of the default task ranked by the gold scorer.</summary>
+    public string? EvalFile { get; init; }
+    /// <summary>Skip (and count) malformed rows instead of failing.</summary>
+    public bool SkipMalformed { get; init; }
+    /// <summary>Default task: prompts to label for training.</summary>
+    public int TrainPrompts { get; init; } = 2000;
+    /// <summary>Default task: held-out prompts for accuracy and normalisation.</summary>
+    public int EvalPrompts { get; init; } = 200;
+    /// <summary>Responses sampled per prompt (K, 2–9).</summary>
+    public int K { get; init; } = 4;
+    /// <summary>Simulated annotators per ranking.</summary>
+    public int Annotators { get; init; } = 5;
+    /// <summary>Scale of the annotators' noise (1 = default panel).</summary>
+    public double AnnotatorNoise { get; init; } = 1.0;
+    /// <summary>Sampling temperature for the K responses.</summary>
+    public double SampleTemperature { get; init; } = 1.0;
+    /// <summary>Tokens per sampled response.</summary>
+    public int MaxNewTokens { get; init; } = 48;
+    /// <summary>Passes over the comparisons (InstructGPT: 1; more overfits).</summary>
+    public int Epochs { get; init; } = 1;
+    /// <summary>Prompts per batch; all C(K,2) pairs of a prompt share its batch.</summary>
+    public int PromptsPerBatch { get; init; } = 8;
+    /// <summary>Longest tokenized prompt + response.</summary>
+    public int MaxSeqLen { get; init; } = 96;
+    /// <summary>Peak learning rate (decays to 0).</summary>
+    public double Lr { get; init; } = 5e-4;
+    /// <summary>Decay shape (cosine, linear, constant).</summary>
+    public Sft.LrDecay Decay { get; init; } = Sft.LrDecay.Cosine;
+    /// <summary>Linear warm-up steps.</summary>
+    public int WarmupSteps { get; init; }
+    /// <summary>AdamW weight decay on matrices.</summary>
+    public double WeightDecay { get; init; } = 0.0;
+    /// <summary>Clip the gradient norm (0 = off).</summary>
+    public double GradClip { get; init; } = 1.0;
+    /// <summary>Margin m in −log σ(r_w − r_l − m).</summary>
+    public double Margin { get; init; }
+    /// <summary>Evaluate every N steps (and at the end).</summary>
+    public int EvalEvery { get; init; } = 50;
+    /// <summary>Checkpoint every N steps (0 = only at the end).</summary>
+    public int CheckpointEvery { get; init; } = 100;
+    /// <summary>Also scale rewards to std 1 on SFT samples (mean 0 always).</summary>
+    public bool NormalizeStd { get; init; } = true;
+    /// <summary>Seed for sampling, labelling, head initialisation and data order.</summary>
+    public long Seed { get; init; } = 1;
+    /// <summary>cpu or cuda.</summary>
+    public string Device { get; init; } = "cpu";
+    /// <summary>Intra-op threads (0 = all cores).</summary>
+    public int Threads { get; init; }
+
+    /// <summary>Throws with what to change when a value is out of range.</summary>
+    public void Validate()
+    {
+        var e = new List<string>();
+        if (string.IsNullOrWhiteSpace(Out)) e.Add("out must be a folder");
+        if (K is < 2 or > 9) e.Add("k must be in 2..9");
+        if (TrainPrompts < 1 || EvalPrompts < 0) e.Add("train_prompts must be ≥ 1 and eval_prompts ≥ 0");
+        if (Annotators < 1) e.Add("annotators must be ≥ 1");
+        if (AnnotatorNoise < 0) e.Add("annotator_noise must be ≥ 0");
+        if (SampleTemperature <= 0) e.Add("sample_temperature must be > 0");
+        if (MaxNewTokens < 1) e.Add("max_new_tokens must be ≥ 1");
+        if (Epochs < 1) e.Add("epochs must be ≥ 1");
+        if (PromptsPerBatch < 1) e.Add("prompts_per_batch must be ≥ 1");
+        if (MaxSeqLen < 4) e.Add("max_seq_len must be ≥ 4");
+        if (Lr <= 0) e.Add("lr must be > 0");
+        if (WeightDecay < 0 || GradClip < 0 || Margin < 0) e.Add("weight_decay, grad_clip and margin must be ≥ 0");
+        if (EvalEvery < 1 || CheckpointEvery < 0) e.Add("eval_every must be ≥ 1 and checkpoint_every ≥ 0");
+        if (e.Count > 0) throw new InvalidDataException("Invalid RM config: " + string.Join("; ", e) + ".");
+    }
+}

@@ -1,0 +1,327 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Rlhf.Inference.Tokenization;
+using Rlhf.Training.Common;
+using Rlhf.Training.Data;
+using Rlhf.Training.Model;
+using Rlhf.Training.Sft;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.RewardModel;
+
+/// <summary>Reward normalisation r' = gain·r + bias, chosen so SFT samples score mean 0 (and std 1 when asked).</summary>
+public sealed record RewardNormalization(double Gain, double Bias, double RawMean, double RawStd)
+{
+    /// <summary>File name next to the RM weights.</summary>
+    public const string FileName = "reward_normalization.json";
+
+    /// <summary>gain = 1/σ (or 1), bias = −μ·gain.</summary>
+    public static RewardNormalization From(IReadOnlyCollection<double> raw, bool unitStd)
+    {
+        var (mean, std) = TrainerParts.MeanStd(raw);
+        double gain = unitStd && std > 1e-12 ? 1.0 / std : 1.0;
+        return new RewardNormalization(gain, -mean * gain, mean, std);
+    }
+
+    /// <summary>The normalised reward.</summary>
+    public double Apply(double raw) => Gain * raw + Bias;
+}
+
+/// <summary>Headline figures of an RM run (<c>summary.json</c>; keys documented in the README).</summary>
+public sealed record RmSummary
+{
+    /// <summary>Always "rm".</summary>
+    public string Stage { get; init; } = "rm";
+    /// <summary>Optimizer steps.</summary>
+    public int Steps { get; init; }
+    /// <summary>Prompts (groups) and comparisons trained on per epoch.</summary>
+    public int TrainPrompts { get; init; }
+    /// <summary>Comparisons per epoch.</summary>
+    public int TrainPairs { get; init; }
+    /// <summary>Held-out pairwise accuracy against the reference ranking (gold for the default task), ties excluded.</summary>
+    public double PairwiseAccuracy { get; init; }
+    /// <summary>Spearman correlation of RM scores with gold scores on held-out SFT samples (default task).</summary>
+    public double? GoldSpearman { get; init; }
+    /// <summary>Final mean training loss over the last 10% of steps.</summary>
+    public double FinalTrainLoss { get; init; }
+    /// <summary>Normalisation constants applied to raw rewards.</summary>
+    public required RewardNormalization Normalization { get; init; }
+    /// <summary>Seconds spent sampling and labelling responses.</summary>
+    public double LabelSeconds { get; init; }
+    /// <summary>Seconds of the whole stage.</summary>
+    public double Seconds { get; init; }
+}
+
+/// <summary>
+/// The reward-model stage: a scalar head on the SFT model reads the last real token; −log σ(r_w − r_l) over all
+/// C(K,2) comparisons of each prompt in the same batch, each prompt weighted once; LR decays to 0; dropout off;
+/// then normalisation on SFT samples, held-out accuracy, plots, checkpoints and exact resume.
+/// </summary>
+public static class RmTrainer
+{
+    const string CheckpointName = "checkpoint";
+
+    /// <summary>Runs the stage end to end.</summary>
+    public static RmSummary Run(RmConfig cfg, RunControl control)
+    {
+        cfg.Validate();
+        var clock = Stopwatch.StartNew();
+        Device device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
+        DeviceSelector.SetThreads(cfg.Threads);
+        string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
+        var tokenizer = TextTokenizer.Load(cfg.SftModel);
+
+        var labelClock = Stopwatch.StartNew();
+        RmData data = resumeFrom is not null ? Reload(cfg) : LabelFresh(cfg, tokenizer, device);
+        double labelSeconds = labelClock.Elapsed.TotalSeconds;
+        Log($"RM data: {data.Train.Count} training prompts ({data.Train.Sum(g => g.Pairs.Count)} comparisons), {data.Eval.Count} held-out prompts, in {labelSeconds:F1}s.");
+
+        using var model = resumeFrom is not null
+            ? LlamaForSequenceClassification.FromPretrained(resumeFrom, device, ScalarType.Float32)
+            : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
+        int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
+        var train = data.Train.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
+        var eval = data.Eval.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
+        int stepsPerEpoch = (train.Length + cfg.PromptsPerBatch - 1) / cfg.PromptsPerBatch;
+        int totalSteps = cfg.Epochs * stepsPerEpoch;
+
+        using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(cfg.Lr, cfg.WeightDecay, 0.9, 0.95, 1e-8));
+        var metrics = new MetricsTable();
+        int startStep = 0;
+        if (resumeFrom is not null)
+        {
+            (var state, metrics) = TrainerParts.LoadCheckpoint<RmState>(resumeFrom, optimizer);
+            if (state.ConfigJson != ConfigLoader.ToJson(cfg))
+                throw new InvalidOperationException($"--resume: the config differs from the checkpoint's ({resumeFrom}/trainer_state.json); resume with the same settings.");
+            startStep = state.Step;
+            Log($"Resuming from step {startStep} of {totalSteps}.");
+        }
+        string? lastCheckpoint = resumeFrom;
+
+        void TrainSteps(Action<int>? onStep)
+        {
+            model.eval();   // the RM trains with dropout off
+            for (int step = startStep; step < totalSteps; step++)
+            {
+                double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, 0.0);
+                TrainerParts.SetLr(optimizer, lr);
+                optimizer.zero_grad();
+                var groups = BatchGroups(train, step, stepsPerEpoch, cfg);
+                double loss, acc, margin;
+                using (var scope = NewDisposeScope())
+                {
+                    var scores = ScoreGroups(model, groups, padId, device);
+                    var (chosen, rejected, weight) = PairTensors(scores, groups, device);
+                    var l = PairwiseLoss.Compute(chosen, rejected, weight, groups.Length, cfg.Margin);
+                    l.backward();
+                    loss = l.item<float>();
+                    using var diff = (chosen - rejected).detach();
+                    acc = (diff > 0).to(ScalarType.Float32).mean().item<float>();
+                    margin = diff.mean().item<float>();
+                }
+                double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
+                if (!double.IsFinite(loss)) throw new NonFiniteLossException("rm", step, "the training loss", loss, lastCheckpoint);
+                if (!double.IsFinite(gradNorm)) throw new NonFiniteLossException("rm", step, "the gradient norm", gradNorm, lastCheckpoint);
+                optimizer.step();
+
+                var row = new Dictionary<string, double>
+                {
+                    ["step"] = step + 1, ["epoch"] = (step + 1) / (double)stepsPerEpoch, ["lr"] = lr, ["loss/train"] = loss,
+                    ["accuracy/train"] = acc, ["margin/train"] = margin, ["grad_norm"] = gradNorm,
+                };
+                bool last = step + 1 == totalSteps;
+                if (eval.Length > 0 && ((step + 1) % cfg.EvalEvery == 0 || last))
+                {
+                    double a = Accuracy(ScoreAll(model, eval, padId, device), eval);
+                    row["accuracy/eval"] = a;
+                    Log($"step {step + 1}/{totalSteps}  loss {loss:F4}  train acc {acc:P0}  held-out acc {a:P1}  lr {lr:E2}");
+                }
+                metrics.Add(row);
+                if ((cfg.CheckpointEvery > 0 && (step + 1) % cfg.CheckpointEvery == 0) || last)
+                {
+                    lastCheckpoint = TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
+                    {
+                        model.SavePretrained(tmp, ScalarType.Float32);
+                        TokenizerFiles.Copy(cfg.SftModel, tmp);
+                    }, optimizer, metrics, new RmState(step + 1, ConfigLoader.ToJson(cfg)));
+                    metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
+                }
+                onStep?.Invoke(step + 1);
+                if (control.StopAfterStep > 0 && step + 1 == control.StopAfterStep) throw new SimulatedKill();
+            }
+        }
+
+        try { TrainerParts.WithProgress("RM", totalSteps, startStep, control.Progress, TrainSteps); }
+        catch (SimulatedKill) { return new RmSummary { Steps = control.StopAfterStep, Normalization = new(1, 0, 0, 1) }; }
+
+        // Normalise on held-out SFT samples (or all training responses without them), then report.
+        var normSource = eval.Length > 0 ? eval : train;
+        var raw = ScoreAll(model, normSource, padId, device);
+        var norm = RewardNormalization.From(raw.SelectMany(r => r).ToList(), cfg.NormalizeStd);
+        double accuracy = eval.Length > 0 ? Accuracy(ScoreAll(model, eval, padId, device), eval) : double.NaN;
+        double? spearman = null;
+        if (data.IsDefaultTask && eval.Length > 0)
+        {
+            var scores = ScoreAll(model, eval, padId, device).SelectMany(r => r).ToList();
+            var gold = eval.SelectMany(g => g.Group.Gold).ToList();
+            spearman = PairwiseLoss.Spearman(scores, gold);
+        }
+
+        model.SavePretrained(cfg.Out, ScalarType.Float32);
+        TokenizerFiles.Copy(cfg.SftModel, cfg.Out);
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, RewardNormalization.FileName), JsonSerializer.Serialize(norm, ConfigLoader.Json));
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, "rm_config.json"), ConfigLoader.ToJson(cfg));
+        metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
+        Plots.Lines(Path.Combine(cfg.Out, "loss.png"), "RM loss and accuracy", "step", "value",
+            [TrainerParts.Series("loss (train)", metrics, "loss/train"), TrainerParts.Series("accuracy (held-out)", metrics, "accuracy/eval")]);
+        if (eval.Length > 0)
+        {
+            var scores = ScoreAll(model, eval, padId, device);
+            var chosen = new List<double>();
+            var rejected = new List<double>();
+            for (int g = 0; g < eval.Length; g++)
+                foreach (var (w, l) in eval[g].Group.Pairs)
+                    if (eval[g].Group.Gold[w] != eval[g].Group.Gold[l])
+                    {
+                        chosen.Add(norm.Apply(scores[g][w]));
+                        rejected.Add(norm.Apply(scores[g][l]));
+                    }
+            Plots.Histograms(Path.Combine(cfg.Out, "rewards.png"), "Normalised reward on held-out comparisons", "reward",
+                [("preferred", chosen.ToArray()), ("rejected", rejected.ToArray())]);
+        }
+        var (_, lossY) = metrics.Series("step", "loss/train");
+        var summary = new RmSummary
+        {
+            Steps = totalSteps, TrainPrompts = train.Length, TrainPairs = train.Sum(g => g.Group.Pairs.Count),
+            PairwiseAccuracy = accuracy, GoldSpearman = spearman, Normalization = norm,
+            FinalTrainLoss = lossY.Length == 0 ? double.NaN : lossY.Skip(lossY.Length - Math.Max(1, lossY.Length / 10)).Average(),
+            LabelSeconds = labelSeconds, Seconds = clock.Elapsed.TotalSeconds,
+        };
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), JsonSerializer.Serialize(summary, ConfigLoader.Json));
+        return summary;
+    }
+
+    /// <summary>A group with its tokenized sequences (prompt + response + EOS, truncated).</summary>
+    internal sealed record TokenizedGroup(RmGroup Group, int[][] Sequences);
+
+    internal static TokenizedGroup Tokenize(TextTokenizer tokenizer, RmGroup g, int maxLen)
+    {
+        var p = PromptFormat.PromptIds(tokenizer, g.Prompt);
+        return new TokenizedGroup(g, g.Responses.Select(r =>
+        {
+            int[] ids = [.. p, .. PromptFormat.ResponseIds(tokenizer, g.Prompt, r)];
+            return ids.Length > maxLen ? ids[..maxLen] : ids;
+        }).ToArray());
+    }
+
+    /// <summary>Scores every sequence of the groups in one right-padded forward: [Σ K] in group order.</summary>
+    internal static Tensor ScoreGroups(LlamaForSequenceClassification model, IReadOnlyList<TokenizedGroup> groups, int padId, Device device)
+    {
+        var seqs = groups.SelectMany(g => g.Sequences).ToList();
+        int n = seqs.Count, s = seqs.Max(x => x.Length);
+        var ids = new long[n * s];
+        var mask = new long[n * s];
+        for (int i = 0; i < n; i++)
+            for (int t = 0; t < s; t++)
+            {
+                bool real = t < seqs[i].Length;
+                ids[i * s + t] = real ? seqs[i][t] : padId;
+                mask[i * s + t] = real ? 1 : 0;
+            }
+        using var idsT = tensor(ids, [n, s], device: device);
+        using var maskT = tensor(mask, [n, s], device: device);
+        return model.Scores(idsT, maskT);
+    }
+
+    /// <summary>(r_w, r_l, 1/pairs-of-prompt) per comparison, gathered from the flat scores.</summary>
+    internal static (Tensor Chosen, Tensor Rejected, Tensor Weight) PairTensors(Tensor scores, IReadOnlyList<TokenizedGroup> groups, Device device)
+    {
+        var w = new List<long>();
+        var l = new List<long>();
+        var weight = new List<float>();
+        int offset = 0;
+        foreach (var g in groups)
+        {
+            foreach (var (win, lose) in g.Group.Pairs)
+            {
+                w.Add(offset + win);
+                l.Add(offset + lose);
+                weight.Add(1f / g.Group.Pairs.Count);
+            }
+            offset += g.Sequences.Length;
+        }
+        using var wi = tensor(w.ToArray(), device: device);
+        using var li = tensor(l.ToArray(), device: device);
+        return (scores.index_select(0, wi), scores.index_select(0, li), tensor(weight.ToArray(), device: device));
+    }
+
+    /// <summary>Raw scores per group (no gradients, no dropout).</summary>
+    internal static double[][] ScoreAll(LlamaForSequenceClassification model, IReadOnlyList<TokenizedGroup> groups, int padId, Device device, int groupsPerBatch = 16)
+    {
+        using var noGrad = no_grad();
+        var result = new List<double[]>();
+        for (int i = 0; i < groups.Count; i += groupsPerBatch)
+        {
+            using var scope = NewDisposeScope();
+            var batch = groups.Skip(i).Take(groupsPerBatch).ToList();
+            float[] flat = ScoreGroups(model, batch, padId, device).to(CPU).data<float>().ToArray();
+            int o = 0;
+            foreach (var g in batch)
+            {
+                result.Add(flat.Skip(o).Take(g.Sequences.Length).Select(x => (double)x).ToArray());
+                o += g.Sequences.Length;
+            }
+        }
+        return result.ToArray();
+    }
+
+    /// <summary>Held-out pairwise accuracy over every group's comparisons, against the group's reference utilities.</summary>
+    internal static double Accuracy(double[][] scores, IReadOnlyList<TokenizedGroup> groups)
+    {
+        var s = new List<double>();
+        var gold = new List<double>();
+        var pairs = new List<(int, int)>();
+        for (int g = 0; g < groups.Count; g++)
+        {
+            int o = s.Count;
+            s.AddRange(scores[g]);
+            gold.AddRange(groups[g].Group.Gold);
+            pairs.AddRange(groups[g].Group.Pairs.Select(p => (o + p.W, o + p.L)));
+        }
+        return PairwiseLoss.PairwiseAccuracy(s, gold, pairs);
+    }
+
+    static TokenizedGroup[] BatchGroups(TokenizedGroup[] train, int step, int stepsPerEpoch, RmConfig cfg)
+    {
+        int epoch = step / stepsPerEpoch, within = step % stepsPerEpoch;
+        int[] order = SftTrainer.Permutation(train.Length, cfg.Seed * 7919 + epoch);
+        return order.Skip(within * cfg.PromptsPerBatch).Take(cfg.PromptsPerBatch).Select(i => train[i]).ToArray();
+    }
+
+    static RmData LabelFresh(RmConfig cfg, TextTokenizer tokenizer, Device device)
+    {
+        if (cfg.RankingsFile is not null || cfg.PairsFile is not null) return RmData.Load(cfg, (_, _, _) => []);
+        using var policy = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
+        var data = RmData.Load(cfg, RmData.TorchSampler(policy, tokenizer, cfg.SampleTemperature, cfg.MaxNewTokens));
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, "eval_gold.json"), JsonSerializer.Serialize(data.Eval.Select(g => g.Gold).ToList()));
+        return data;
+    }
+
+    /// <summary>On resume, the labelled data written by the first run (the same comparisons, no re-sampling).</summary>
+    static RmData Reload(RmConfig cfg)
+    {
+        if (cfg.RankingsFile is not null || cfg.PairsFile is not null) return RmData.Load(cfg, (_, _, _) => []);
+        var train = DataFiles.ReadRanked(Path.Combine(cfg.Out, "rankings.jsonl")).Records.Select(RmGroup.FromRanked).ToList();
+        var gold = JsonSerializer.Deserialize<List<double[]>>(File.ReadAllText(Path.Combine(cfg.Out, "eval_gold.json")))!;
+        var eval = DataFiles.ReadRanked(Path.Combine(cfg.Out, "eval_rankings.jsonl")).Records
+            .Select((r, i) => RmGroup.FromRanked(r) with { Gold = gold[i] }).ToList();
+        return new RmData(train, eval, 0, true);
+    }
+
+    static void Log(string message) => Console.Error.WriteLine(message);
+
+    sealed record RmState(int Step, string ConfigJson);
+
+    sealed class SimulatedKill : Exception;
+}

@@ -1,0 +1,74 @@
+using Rlhf.Training.Data;
+using Rlhf.Training.Model;
+using Rlhf.Training.RewardModel;
+using Rlhf.Training.Sft;
+using Rlhf.Training.Tests.Sft;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Tests.RewardModel;
+
+/// <summary>Short real RM runs on a tiny SFT model.</summary>
+public sealed class RmTrainerTests
+{
+    static readonly Lazy<string> SftFolder = new(() =>
+    {
+        var cfg = SftTrainerTests.Tiny(Path.Combine(Directory.CreateTempSubdirectory().FullName, "sft"));
+        SftTrainer.Run(cfg, new RunControl { Progress = false });
+        return cfg.Out;
+    });
+
+    static RmConfig Tiny() => new()
+    {
+        Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "rm"), SftModel = SftFolder.Value, TrainPrompts = 12,
+        EvalPrompts = 4, K = 3, PromptsPerBatch = 4, MaxNewTokens = 8, MaxSeqLen = 40, EvalEvery = 1, CheckpointEvery = 1,
+        Threads = 1, Lr = 1e-3, Seed = 5,
+    };
+
+    [Fact]
+    public void DefaultTaskRunLabelsTrainsNormalisesAndWritesEverything()
+    {
+        var cfg = Tiny();
+        var s = RmTrainer.Run(cfg, new RunControl { Progress = false });
+        Assert.Equal(3, s.Steps);                                 // 12 prompts / 4 per batch
+        Assert.Equal(12 * 3, s.TrainPairs);                       // C(3,2) = 3 per prompt
+        Assert.True(double.IsNaN(s.PairwiseAccuracy) || s.PairwiseAccuracy is >= 0 and <= 1);   // NaN when every gold score ties
+        Assert.NotNull(s.GoldSpearman);
+        foreach (string f in new[] { "config.json", "model.safetensors", "tokenizer.json", "rankings.jsonl", "eval_rankings.jsonl", "metrics.csv", "loss.png", "rewards.png", "summary.json", RewardNormalization.FileName })
+            Assert.True(File.Exists(Path.Combine(cfg.Out, f)), f);
+        Assert.Equal(12, DataFiles.ReadRanked(Path.Combine(cfg.Out, "rankings.jsonl")).Records.Count);
+
+        // the saved RM reproduces the normalisation: eval responses score mean 0, std 1 after gain/bias
+        using var rm = LlamaForSequenceClassification.FromPretrained(cfg.Out, CPU, ScalarType.Float32);
+        var tok = Rlhf.Inference.Tokenization.TextTokenizer.Load(cfg.Out);
+        var groups = DataFiles.ReadRanked(Path.Combine(cfg.Out, "eval_rankings.jsonl")).Records
+            .Select(r => RmTrainer.Tokenize(tok, RmGroup.FromRanked(r), cfg.MaxSeqLen)).ToList();
+        var z = RmTrainer.ScoreAll(rm, groups, tok.PadId ?? 0, CPU).SelectMany(x => x).Select(s.Normalization.Apply).ToArray();
+        Assert.Equal(0, z.Average(), 4);
+        Assert.Equal(1, Math.Sqrt(z.Sum(v => v * v) / (z.Length - 1)), 4);
+    }
+
+    [Fact]
+    public void ResumeAfterAKillMatchesAnUninterruptedRun()
+    {
+        var a = Tiny();
+        RmTrainer.Run(a, new RunControl { Progress = false });
+        var b = a with { Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "rm") };
+        RmTrainer.Run(b, new RunControl { Progress = false, StopAfterStep = 2 });
+        RmTrainer.Run(b, new RunControl { Progress = false, Resume = true });
+        Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")));
+    }
+
+    [Fact]
+    public void TrainsFromAPairsFile()
+    {
+        string dir = Directory.CreateTempSubdirectory().FullName;
+        string pairs = Path.Combine(dir, "pairs.csv");
+        DataFiles.WritePreferences(pairs, Enumerable.Range(0, 8).Select(i =>
+            new PreferencePair($"The food {i} was", "great and the staff were friendly.", "awful and the staff were rude.")));
+        var cfg = Tiny() with { PairsFile = pairs, EvalFile = null };
+        var s = RmTrainer.Run(cfg, new RunControl { Progress = false });
+        Assert.Equal(2, s.Steps);
+        Assert.Equal(8, s.TrainPairs);
+        Assert.Null(s.GoldSpearman);
+    }
+}
