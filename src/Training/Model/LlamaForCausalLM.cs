@@ -82,6 +82,7 @@ public sealed class LlamaForCausalLM : nn.Module
         {
             foreach (var w in weights.Values) w.Dispose();
         }
+        m.eval();   // as Hugging Face's from_pretrained: inference mode until a trainer calls train()
         return m;
     }
 

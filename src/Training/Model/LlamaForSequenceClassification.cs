@@ -66,6 +66,7 @@ public sealed class LlamaForSequenceClassification : nn.Module
         {
             foreach (var w in weights.Values) w.Dispose();
         }
+        m.eval();   // as Hugging Face's from_pretrained: inference mode until a trainer calls train()
         return m;
     }
 

@@ -260,6 +260,7 @@ public static class RmTrainer
     internal static double[][] ScoreAll(LlamaForSequenceClassification model, IReadOnlyList<TokenizedGroup> groups, int padId, Device device, int groupsPerBatch = 16)
     {
         using var noGrad = no_grad();
+        model.eval();
         var result = new List<double[]>();
         for (int i = 0; i < groups.Count; i += groupsPerBatch)
         {
