@@ -21,11 +21,13 @@ public static class ConfigLoader
         Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
     };
 
-    /// <summary>Builds the config: defaults ← file ← overrides (later wins).</summary>
+    /// <summary>
+    /// Builds the config: defaults ← file ← overrides (later wins). Nested sections (a pipeline's <c>sft</c>, <c>rm</c>)
+    /// merge key by key, and an override reaches into them with a dotted key: <c>rm.lr=1e-3</c>.
+    /// </summary>
     public static T Load<T>(string? file, IEnumerable<string> overrides) where T : new()
     {
         JsonObject merged = JsonSerializer.SerializeToNode(new T(), Json)!.AsObject();
-        var known = merged.Select(kv => kv.Key).ToHashSet();
         if (file is not null)
         {
             if (!File.Exists(file)) throw new FileNotFoundException($"Config file not found: {file}", file);
@@ -33,31 +35,45 @@ public static class ConfigLoader
             try { fromFile = JsonNode.Parse(File.ReadAllText(file))!.AsObject(); }
             catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
             { throw new InvalidDataException($"{file}: not a JSON object ({e.Message})."); }
-            foreach (var (key, value) in fromFile)
-            {
-                CheckKey(key, known, file);
-                merged[key] = value?.DeepClone();
-            }
+            Merge(merged, fromFile, file, "");
         }
         foreach (string kv in overrides)
         {
             int eq = kv.IndexOf('=');
             if (eq <= 0) throw new ArgumentException($"Override '{kv}' must look like key=value (for example lr=3e-4).");
-            string key = kv[..eq].Trim().Replace('-', '_');
-            CheckKey(key, known, "--set");
-            merged[key] = ParseValue(kv[(eq + 1)..]);
+            string[] path = kv[..eq].Trim().Replace('-', '_').Split('.');
+            JsonObject target = merged;
+            for (int d = 0; d < path.Length - 1; d++)
+            {
+                CheckKey(path[d], target, "--set", string.Join('.', path[..d]));
+                target = target[path[d]] as JsonObject
+                    ?? throw new InvalidDataException($"--set: '{string.Join('.', path[..(d + 1)])}' is a value, not a section.");
+            }
+            CheckKey(path[^1], target, "--set", string.Join('.', path[..^1]));
+            target[path[^1]] = ParseValue(kv[(eq + 1)..]);
         }
         try { return merged.Deserialize<T>(Json)!; }
         catch (JsonException e) { throw new InvalidDataException($"Invalid {typeof(T).Name}: {e.Message}"); }
     }
 
+    static void Merge(JsonObject into, JsonObject from, string source, string prefix)
+    {
+        foreach (var (key, value) in from)
+        {
+            CheckKey(key, into, source, prefix);
+            if (into[key] is JsonObject section && value is JsonObject sub) Merge(section, sub, source, prefix.Length == 0 ? key : $"{prefix}.{key}");
+            else into[key] = value?.DeepClone();
+        }
+    }
+
     /// <summary>The config as indented snake_case JSON (written next to every stage output).</summary>
     public static string ToJson<T>(T config) => JsonSerializer.Serialize(config, Json);
 
-    static void CheckKey(string key, HashSet<string> known, string source)
+    static void CheckKey(string key, JsonObject known, string source, string section)
     {
-        if (!known.Contains(key))
-            throw new InvalidDataException($"{source}: unknown config key '{key}'. Known keys: {string.Join(", ", known.Order())}.");
+        if (!known.ContainsKey(key))
+            throw new InvalidDataException($"{source}: unknown config key '{(section.Length == 0 ? key : section + "." + key)}'. " +
+                $"Known keys{(section.Length == 0 ? "" : $" of '{section}'")}: {string.Join(", ", known.Select(k => k.Key).Order())}.");
     }
 
     static JsonNode? ParseValue(string text)

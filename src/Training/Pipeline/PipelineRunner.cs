@@ -1,0 +1,64 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Rlhf.Training.Common;
+using Rlhf.Training.RewardModel;
+using Rlhf.Training.Sft;
+
+namespace Rlhf.Training.Pipeline;
+
+/// <summary>
+/// Chains the stages (SFT → RM; PPO joins later). A stage whose folder already holds its summary.json is reused, one
+/// with a checkpoint but no summary is resumed, anything else starts fresh; <c>--overwrite</c> reruns everything.
+/// </summary>
+public static class PipelineRunner
+{
+    /// <summary>Runs the pipeline and returns its summary (also written to <c>summary.json</c>).</summary>
+    public static JsonObject Run(PipelineConfig cfg, RunControl control)
+    {
+        var clock = Stopwatch.StartNew();
+        if (control.Overwrite && Directory.Exists(cfg.Out)) Directory.Delete(cfg.Out, recursive: true);
+        Directory.CreateDirectory(cfg.Out);
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, "pipeline_config.json"), ConfigLoader.ToJson(cfg));
+        var summary = new JsonObject { ["stage"] = "pipeline" };
+
+        string sftFolder = cfg.SftFrom ?? Path.Combine(cfg.Out, "sft");
+        if (cfg.SftFrom is null)
+        {
+            var sft = cfg.Sft with { Out = sftFolder, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads };
+            summary["sft"] = Stage("SFT", sftFolder, control, c => JsonSerializer.SerializeToNode(SftTrainer.Run(sft, c), ConfigLoader.Json)!);
+        }
+        else summary["sft"] = ReadSummary(sftFolder);
+
+        string rmFolder = cfg.RmFrom ?? Path.Combine(cfg.Out, "rm");
+        if (cfg.RmFrom is null)
+        {
+            var rm = cfg.Rm with { Out = rmFolder, SftModel = sftFolder, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads };
+            summary["rm"] = Stage("RM", rmFolder, control, c => JsonSerializer.SerializeToNode(RmTrainer.Run(rm, c), ConfigLoader.Json)!);
+        }
+        else summary["rm"] = ReadSummary(rmFolder);
+
+        summary["seconds"] = clock.Elapsed.TotalSeconds;
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), summary.ToJsonString(ConfigLoader.Json));
+        return summary;
+    }
+
+    static JsonNode Stage(string name, string folder, RunControl control, Func<RunControl, JsonNode> run)
+    {
+        string summaryFile = Path.Combine(folder, "summary.json");
+        if (File.Exists(summaryFile))
+        {
+            Console.Error.WriteLine($"== {name}: reusing {folder}");
+            return ReadSummary(folder);
+        }
+        bool resume = Directory.Exists(Path.Combine(folder, "checkpoint"));
+        Console.Error.WriteLine($"== {name}: {(resume ? "resuming" : "running")} into {folder}");
+        return run(control with { Resume = resume, Overwrite = !resume });
+    }
+
+    static JsonNode ReadSummary(string folder)
+    {
+        string f = Path.Combine(folder, "summary.json");
+        return File.Exists(f) ? JsonNode.Parse(File.ReadAllText(f))! : new JsonObject { ["folder"] = folder };
+    }
+}
