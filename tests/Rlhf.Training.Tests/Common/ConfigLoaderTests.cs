@@ -44,3 +44,23 @@ public sealed class ConfigLoaderTests
         Assert.Equal(c, ConfigLoader.Load<SftConfig>(f, []));
     }
 }
+
+public sealed class NestedConfigTests
+{
+    [Fact]
+    public void SectionsMergeKeyByKeyAndDottedOverridesReachIntoThem()
+    {
+        string f = Path.GetTempFileName();
+        File.WriteAllText(f, """{ "out": "runs/p", "sft": { "lr": 0.01 }, "rm": { "k": 3 } }""");
+        var c = ConfigLoader.Load<Rlhf.Training.Pipeline.PipelineConfig>(f, ["rm.lr=0.002", "sft.epochs=2"]);
+        Assert.Equal("runs/p", c.Out);
+        Assert.Equal(0.01, c.Sft.Lr);
+        Assert.Equal(2, c.Sft.Epochs);
+        Assert.Equal(new SftConfig().BatchSize, c.Sft.BatchSize);   // untouched keys keep their defaults
+        Assert.Equal(3, c.Rm.K);
+        Assert.Equal(0.002, c.Rm.Lr);
+        var e = Assert.Throws<InvalidDataException>(() => ConfigLoader.Load<Rlhf.Training.Pipeline.PipelineConfig>(null, ["rm.kk=3"]));
+        Assert.Contains("'rm.kk'", e.Message);
+        Assert.Contains("Known keys of 'rm'", e.Message);
+    }
+}

@@ -1,0 +1,32 @@
+using System.Text.Json.Nodes;
+using Rlhf.Training.Pipeline;
+using Rlhf.Training.RewardModel;
+using Rlhf.Training.Sft;
+using Rlhf.Training.Tests.Sft;
+
+namespace Rlhf.Training.Tests.Pipeline;
+
+public sealed class PipelineTests
+{
+    [Fact]
+    public void RunsSftThenRmAndReusesFinishedStages()
+    {
+        string outDir = Path.Combine(Directory.CreateTempSubdirectory().FullName, "p");
+        var cfg = new PipelineConfig
+        {
+            Out = outDir, Threads = 1, Seed = 2,
+            Sft = SftTrainerTests.Tiny("ignored") with { SampleCount = 2 },
+            Rm = new RmConfig { TrainPrompts = 8, EvalPrompts = 4, K = 2, PromptsPerBatch = 4, MaxNewTokens = 6, MaxSeqLen = 40 },
+        };
+        var s = PipelineRunner.Run(cfg, new RunControl { Progress = false });
+        Assert.Equal(4, s["sft"]!["steps"]!.GetValue<int>());
+        Assert.Equal(2, s["rm"]!["steps"]!.GetValue<int>());
+        Assert.True(File.Exists(Path.Combine(outDir, "rm", "model.safetensors")));
+        var written = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "summary.json")))!;
+        Assert.Equal("pipeline", written["stage"]!.GetValue<string>());
+
+        DateTime before = File.GetLastWriteTimeUtc(Path.Combine(outDir, "rm", "model.safetensors"));
+        PipelineRunner.Run(cfg, new RunControl { Progress = false });     // both stages reused, nothing retrained
+        Assert.Equal(before, File.GetLastWriteTimeUtc(Path.Combine(outDir, "rm", "model.safetensors")));
+    }
+}
