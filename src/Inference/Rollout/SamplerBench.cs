@@ -38,7 +38,7 @@ public static class SamplerBench
         double Time(SamplingOptions o, int[] prev)
         {
             var rng = new Rng(1);
-            int warm = Math.Max(1, iterations / 10);
+            int warm = Math.Max(500, iterations / 2);   // let tiered JIT reach optimised code first
             for (int i = 0; i < warm; i++) sampler.Sample(logits[i % Rows], prev, o, rng, out _);
             long t0 = Stopwatch.GetTimestamp();
             for (int i = 0; i < iterations; i++) sampler.Sample(logits[i % Rows], prev, o, rng, out _);

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Numerics;
 using System.Numerics.Tensors;
 
@@ -21,9 +22,10 @@ namespace Rlhf.Inference.Rollout;
 /// tokens depend only on its seed. The inverse CDF walks the kept tokens in ascending token id. The kept set is fixed
 /// by the strict order (logit descending, then id ascending), so ties are broken by the lower id. Top-p keeps the
 /// smallest best-first prefix whose mass reaches P of the (top-k renormalised) distribution.</para>
-/// <para><b>Cost.</b> Three vectorised passes over V (copy/penalty, exp, sum) plus: top-k by a size-K min-heap over one
-/// vectorised pass that skips blocks below the heap's worst logit; top-p by the same selection of the best C candidates
-/// with C = 64, 256, 1024, ... until the mass reaches P (a full sort once C &gt; V/4); no truncation by a chunked scan.</para>
+/// <para><b>Cost.</b> Vectorised passes over V (copy/penalty, argmax, subtract, exp, sum) plus: top-k by a size-K
+/// min-heap filled in one vectorised pass that skips blocks below the bar (first the minimum of K block maxima, a lower
+/// bound on the K-th best logit, then the heap's worst logit); top-p by the same selection of the best C candidates with
+/// C = 64, 256, 1024, ... until their mass reaches P (a full sort once C &gt; V/4); no truncation by a chunked scan.</para>
 /// </remarks>
 public sealed class TokenSampler
 {
@@ -87,7 +89,8 @@ public sealed class TokenSampler
         bool greedy = o.IsGreedy;
         if (!greedy && o.Temperature != 1f) TensorPrimitives.Divide(z, o.Temperature, z);
 
-        float m = TensorPrimitives.Max(z);
+        int argmax = TensorPrimitives.IndexOfMax(z);   // first NaN if any, else the first maximum
+        float m = z[argmax];
         if (!float.IsFinite(m))
             throw new ArgumentException($"logits must contain no NaN or +inf and at least one finite value (max was {m}).", nameof(logits));
         TensorPrimitives.Subtract(z, m, p);
@@ -97,7 +100,7 @@ public sealed class TokenSampler
 
         if (greedy)
         {
-            int a = TensorPrimitives.IndexOfMax(z);
+            int a = argmax;
             _kept[0] = a;
             _keptCount = 1;
             logProb = z[a] - m - logS;
@@ -228,35 +231,45 @@ public sealed class TokenSampler
             return;
         }
 
-        // Min-heap (worst candidate at the root) over the first c ids, then one pass over the rest.
-        for (int i = 0; i < c; i++)
+        // A lower bound on the c-th best logit: the minimum of c block maxima (c distinct ids are >= it).
+        int block = V / c;
+        float tau = float.PositiveInfinity;
+        for (int b = 0; b < c; b++)
         {
-            h[i] = i;
-            SiftUp(h, i);
+            int start = b * block;
+            tau = MathF.Min(tau, TensorPrimitives.Max(z.AsSpan(start, b == c - 1 ? V - start : block)));
         }
-        float worst = z[h[0]];
+
+        // One pass: fill a min-heap (worst candidate at the root) with ids >= tau, then replace the root with any better
+        // id. Vector blocks below the current bar are skipped without touching the heap.
         int W = Vector<float>.Count;
-        int j = c;
+        int n = 0;
+        float worst = float.NegativeInfinity;
+        int j = 0;
         while (j < V)
         {
-            int end;
-            if (j + W <= V)
+            int end = Math.Min(j + W, V);
+            if (end - j == W)
             {
-                if (!Vector.GreaterThanAny(new Vector<float>(z.AsSpan(j, W)), new Vector<float>(worst)))
+                var v = new Vector<float>(z.AsSpan(j, W));
+                bool any = n < c ? Vector.GreaterThanOrEqualAny(v, new Vector<float>(tau)) : Vector.GreaterThanAny(v, new Vector<float>(worst));
+                if (!any)
                 {
-                    j += W;
+                    j = end;
                     continue;
                 }
-                end = j + W;
-            }
-            else
-            {
-                end = V;
             }
             for (; j < end; j++)
             {
-                // Equal logit loses: every id already in the heap is lower than j.
-                if (z[j] > worst)
+                float x = z[j];
+                if (n < c)
+                {
+                    if (x < tau) continue;
+                    h[n] = j;
+                    SiftUp(h, n);
+                    if (++n == c) worst = z[h[0]];
+                }
+                else if (x > worst)   // an equal logit loses: every id already in the heap is lower than j
                 {
                     h[0] = j;
                     SiftDown(h, 0, c);
@@ -264,6 +277,7 @@ public sealed class TokenSampler
                 }
             }
         }
+        Debug.Assert(n == c, "at least c ids are >= tau");
 
         // Heap sort: repeatedly move the worst to the end, leaving the best first.
         for (int end = c - 1; end > 0; end--)
