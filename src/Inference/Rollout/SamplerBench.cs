@@ -38,8 +38,10 @@ public static class SamplerBench
         double Time(SamplingOptions o, int[] prev)
         {
             var rng = new Rng(1);
-            int warm = Math.Max(500, iterations / 2);   // let tiered JIT reach optimised code first
-            for (int i = 0; i < warm; i++) sampler.Sample(logits[i % Rows], prev, o, rng, out _);
+            // Warm up for >= 300 ms and iterations/2 calls, so tiered JIT has installed optimised code.
+            long w0 = Stopwatch.GetTimestamp();
+            for (int i = 0; i < iterations / 2 || Stopwatch.GetElapsedTime(w0).TotalMilliseconds < 300; i++)
+                sampler.Sample(logits[i % Rows], prev, o, rng, out _);
             // Best of 5 batches: the least disturbed by other processes on a shared machine.
             double best = double.MaxValue;
             int batch = Math.Max(1, iterations / 5);

@@ -317,7 +317,7 @@ public sealed class TokenSampler
         for (int b = 0; b < c; b++)
         {
             int start = b * block;
-            tau = MathF.Min(tau, TensorPrimitives.Max(z.AsSpan(start, b == c - 1 ? V - start : block)));
+            tau = MathF.Min(tau, BlockMax(z.AsSpan(start, b == c - 1 ? V - start : block)));
         }
 
         // One pass: fill a min-heap (worst candidate at the root) with ids >= tau, then replace the root with any better
@@ -365,6 +365,22 @@ public sealed class TokenSampler
             (h[0], h[end]) = (h[end], h[0]);
             SiftDown(h, 0, end);
         }
+    }
+
+    /// <summary>Max of a short NaN-free span (TensorPrimitives.Max has a large fixed cost on spans of a few dozen).</summary>
+    static float BlockMax(ReadOnlySpan<float> x)
+    {
+        int W = Vector<float>.Count;
+        float best = float.NegativeInfinity;
+        int i = 0;
+        if (x.Length >= W)
+        {
+            var acc = new Vector<float>(x[..W]);
+            for (i = W; i + W <= x.Length; i += W) acc = Vector.Max(acc, new Vector<float>(x.Slice(i, W)));
+            for (int l = 0; l < W; l++) best = MathF.Max(best, acc[l]);
+        }
+        for (; i < x.Length; i++) best = MathF.Max(best, x[i]);
+        return best;
     }
 
     bool Worse(int a, int b)
