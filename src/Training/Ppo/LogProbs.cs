@@ -13,7 +13,7 @@ public static class LogProbs
     /// </summary>
     /// <param name="logits">z [B, S, V]</param>
     /// <param name="tokens">token ids [B, S] (int64)</param>
-    /// <returns>log-probs [B, S], in the logits' dtype</returns>
+    /// <returns>log-probs [B, S]: float32 for float16/bfloat16 logits (log_softmax is computed in float32 for them), else the logits' dtype</returns>
     public static Tensor OfTokens(Tensor logits, Tensor tokens, double temperature = 1.0)
     {
         Shapes.Rank(logits, 3, nameof(logits), "[B, S, V]");
@@ -22,7 +22,8 @@ public static class LogProbs
             throw new ArgumentException($"logits {Shapes.Of(logits)} must be [B, S, V] for tokens {Shapes.Of(tokens)}", nameof(logits));
         if (!(temperature > 0)) throw new ArgumentOutOfRangeException(nameof(temperature), temperature, "temperature must be > 0");
 
-        var z = temperature == 1.0 ? logits : logits / temperature;
+        var z = logits.dtype is ScalarType.Float16 or ScalarType.BFloat16 ? logits.to_type(ScalarType.Float32) : logits;
+        if (temperature != 1.0) z = z / temperature;
         var logProbs = nn.functional.log_softmax(z, -1);
         return logProbs.gather(-1, tokens.to_type(ScalarType.Int64).unsqueeze(-1)).squeeze(-1);
     }

@@ -27,7 +27,8 @@ public static class PpoLosses
         Shapes.BA(logp, nameof(logp), (logpOld, nameof(logpOld)), (advantages, nameof(advantages)), (mask, nameof(mask)));
         if (clipEps <= 0) throw new ArgumentOutOfRangeException(nameof(clipEps), clipEps, "ε must be > 0");
 
-        var logRatio = logp - logpOld.detach();
+        // padding is filled before exp so that garbage there cannot turn into Inf·0 = NaN gradients
+        var logRatio = Masked.Fill(logp - logpOld.detach(), mask);
         var ratio = logRatio.exp();
         var adv = advantages.detach();
         var pgLosses = -adv * ratio;
@@ -42,7 +43,8 @@ public static class PpoLosses
     /// <summary>
     /// Clipped value loss (PPO2 baselines; TRL/cleanrl): V_clip = V_old + clip(V − V_old, −ε_v, ε_v),
     /// L = ½·mean_masked(max((V − R)², (V_clip − R)²)). Where the clipped term is strictly larger the token's
-    /// gradient is 0. clipFrac = share of valid tokens where it is (TRL's <c>vf_clipfrac</c>).
+    /// gradient is 0. clipFrac = share of valid tokens where it is (TRL's <c>vf_clipfrac</c>, counting only tokens with
+    /// |V − V_old| > ε_v so that float rounding inside the range is not counted).
     /// </summary>
     /// <param name="values">V(s_t) of the current critic, with grad [B, A]</param>
     /// <param name="valuesOld">V_old(s_t) at rollout [B, A]</param>
@@ -55,12 +57,14 @@ public static class PpoLosses
 
         var vOld = valuesOld.detach();
         var r = returns.detach();
-        var vClip = vOld + (values - vOld).clamp(-clipEpsV, clipEpsV);
+        var diff = values - vOld;
+        var vClip = vOld + diff.clamp(-clipEpsV, clipEpsV);
         var vfLosses1 = (values - r).square();
         var vfLosses2 = (vClip - r).square();
         var loss = 0.5 * Masked.Mean(maximum(vfLosses1, vfLosses2), mask);
         using var _ = no_grad();
-        var clipFrac = Masked.Mean(vfLosses2.gt(vfLosses1).to_type(values.dtype), mask);
+        // |V − V_old| > ε_v as well: inside the range V_old + (V − V_old) can differ from V by an ulp in float32
+        var clipFrac = Masked.Mean(vfLosses2.gt(vfLosses1).logical_and(diff.abs().gt(clipEpsV)).to_type(values.dtype), mask);
         return (loss, clipFrac);
     }
 
