@@ -30,7 +30,7 @@ public static class PpoLosses
         // padding is filled before exp so that garbage there cannot turn into Inf·0 = NaN gradients
         var logRatio = Masked.Fill(logp - logpOld.detach(), mask);
         var ratio = logRatio.exp();
-        var adv = advantages.detach();
+        var adv = Masked.Fill(advantages.detach(), mask);
         var pgLosses = -adv * ratio;
         var pgLosses2 = -adv * ratio.clamp(1 - clipEps, 1 + clipEps);
         var loss = Masked.Mean(maximum(pgLosses, pgLosses2), mask);
@@ -55,8 +55,8 @@ public static class PpoLosses
         Shapes.BA(values, nameof(values), (valuesOld, nameof(valuesOld)), (returns, nameof(returns)), (mask, nameof(mask)));
         if (clipEpsV <= 0) throw new ArgumentOutOfRangeException(nameof(clipEpsV), clipEpsV, "ε_v must be > 0");
 
-        var vOld = valuesOld.detach();
-        var r = returns.detach();
+        var vOld = Masked.Fill(valuesOld.detach(), mask);
+        var r = Masked.Fill(returns.detach(), mask);
         var diff = values - vOld;
         var vClip = vOld + diff.clamp(-clipEpsV, clipEpsV);
         var vfLosses1 = (values - r).square();

@@ -50,6 +50,27 @@ public sealed class PpoLossesTests
     }
 
     [Fact]
+    public void NonFinitePaddingNeitherLeaksIntoLossNorGradient()
+    {
+        using var _ = NewDisposeScope();
+        var logp = T([[-1f, 0f]]).requires_grad_(true);
+        var logpOld = T([[-1f, float.NegativeInfinity]]);
+        var adv = T([[2f, float.NaN]]);
+        var mask = T([[1f, 0f]]);
+        var (loss, _, approxKl) = PpoLosses.Policy(logp, logpOld, adv, mask, 0.2);
+        loss.backward();
+        Assert.Equal(-2f, loss.item<float>(), 6);      // ratio 1, −A = −2
+        Assert.Equal(0f, approxKl.item<float>());
+        Close([-2f, 0f], Flat(logp.grad!), 1e-6);
+
+        var v = T([[1f, 0f]]).requires_grad_(true);
+        var (vLoss, _) = PpoLosses.Value(v, T([[1f, float.NaN]]), T([[0f, float.PositiveInfinity]]), mask, 0.2);
+        vLoss.backward();
+        Assert.Equal(0.5f, vLoss.item<float>(), 6);    // ½·(1 − 0)²
+        Close([1f, 0f], Flat(v.grad!), 1e-6);
+    }
+
+    [Fact]
     public void PolicyLossMatchesAPlainLoopOnRandomInputs()
     {
         using var _ = NewDisposeScope();
