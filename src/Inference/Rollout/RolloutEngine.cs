@@ -54,6 +54,7 @@ public sealed class RolloutEngine : IDisposable
     SessionOptions _sessionOptions;
     List<OrtValue> _weightValues = [];
     IDisposable? _weightOwner;
+    Dictionary<string, long[]>? _initializers;
     bool _disposed;
 
     RolloutEngine(string modelFile, string folder, RolloutEngineOptions options, TextTokenizer? tokenizer)
@@ -410,6 +411,18 @@ public sealed class RolloutEngine : IDisposable
     {
         ArgumentNullException.ThrowIfNull(weights);
         var sw = Stopwatch.StartNew();
+        _initializers ??= OnnxInitializers.Read(_modelFile);
+        var problems = new List<string>();
+        foreach (var (name, w) in weights)
+        {
+            if (!_initializers.TryGetValue(name, out var dims)) problems.Add($"'{name}' is not an initializer of the graph");
+            else if (!dims.SequenceEqual(w.Shape))
+                problems.Add($"'{name}' has shape [{string.Join(", ", w.Shape)}], the graph stores [{string.Join(", ", dims)}]" +
+                             (dims.Length == 2 && dims[0] == w.Shape.ElementAtOrDefault(1) && dims[1] == w.Shape.ElementAtOrDefault(0) ? " (pass the transpose)" : ""));
+        }
+        if (problems.Count > 0)
+            throw new ArgumentException("Weights do not fit the decoder graph: " + string.Join("; ", problems.Take(10)) +
+                                        (problems.Count > 10 ? $"; and {problems.Count - 10} more" : "") + ".");
         var options = OnnxModelPath.Options(_options.Threads);
         var values = new List<OrtValue>(weights.Count);
         InferenceSession? session = null;
