@@ -1,0 +1,480 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+using Rlhf.Inference.Onnx;
+using Rlhf.Inference.Tokenization;
+
+namespace Rlhf.Inference.Rollout;
+
+/// <summary>How prompts of different lengths share a batch.</summary>
+public enum PaddingSide
+{
+    /// <summary>Pads before the prompt; positions come from the mask (needs a graph with <c>position_ids</c>).</summary>
+    Left,
+    /// <summary>Pads after the prompt (ONNX Runtime GenAI's layout); the only layout the GroupQueryAttention graph accepts.</summary>
+    Right,
+}
+
+/// <summary>Engine settings.</summary>
+public sealed record RolloutEngineOptions
+{
+    /// <summary>ONNX Runtime intra-op threads; 0 = all cores (set explicitly: ORT's own 0 ran one thread here).</summary>
+    public int Threads { get; init; }
+    /// <summary>Padding of prompt batches; ignored (right) for graphs without <c>position_ids</c>.</summary>
+    public PaddingSide Padding { get; init; } = PaddingSide.Left;
+    /// <summary>Most rows per forward pass; larger request lists run in chunks.</summary>
+    public int MaxBatchSize { get; init; } = 64;
+    /// <summary>Tokens that end a response; null = genai_config.json's eos_token_id, else the tokenizer's EOS.</summary>
+    public IReadOnlyList<int>? EosTokenIds { get; init; }
+    /// <summary>Id fed for padding; null = the tokenizer's pad id, else genai_config.json's pad_token_id, else 0. Never attended to.</summary>
+    public int? PadTokenId { get; init; }
+    /// <summary>Drop finished rows from the KV cache so later steps compute only live rows.</summary>
+    public bool CompactFinishedRows { get; init; } = true;
+}
+
+/// <summary>
+/// Batched KV-cached generation on ONNX Runtime over an exported decoder (plain-ops graph or GroupQueryAttention graph,
+/// I/O read by name, see <see cref="DecoderSignature"/>): one prefill pass over the padded prompts, then one token per
+/// step for the live rows; per-row EOS, max_new_tokens, stop strings and seed. Only the last-position logits of each
+/// row are read (straight from ORT's output buffer); the present KV values of one step are fed back as the next
+/// step's past without copies. Safe to call from several threads (calls are serialised on one session; weight
+/// updates build the new session outside the lock and swap it in between batches). No TorchSharp types.
+/// </summary>
+public sealed class RolloutEngine : IDisposable
+{
+    readonly object _gate = new();
+    readonly string _modelFile;
+    readonly RolloutEngineOptions _options;
+    readonly int[] _eos;
+    readonly int _pad;
+    readonly TokenSampler _sampler;
+    readonly RunOptions _run = new();
+    InferenceSession _session;
+    SessionOptions _sessionOptions;
+    List<OrtValue> _weightValues = [];
+    IDisposable? _weightOwner;
+    Dictionary<string, long[]>? _initializers;
+    bool _disposed;
+
+    RolloutEngine(string modelFile, string folder, RolloutEngineOptions options, TextTokenizer? tokenizer)
+    {
+        _modelFile = modelFile;
+        _options = options;
+        if (options.MaxBatchSize < 1) throw new ArgumentException($"MaxBatchSize must be >= 1; got {options.MaxBatchSize}.");
+        _sessionOptions = OnnxModelPath.Options(options.Threads);
+        _session = new InferenceSession(modelFile, _sessionOptions);
+        Signature = DecoderSignature.Read(_session, folder);
+        Tokenizer = tokenizer;
+        (int[] cfgEos, int? cfgPad) = ReadGenAiTokens(folder);
+        _eos = options.EosTokenIds is { } e ? [.. e] : cfgEos.Length > 0 ? cfgEos : tokenizer?.EosId is int te ? [te] : [];
+        _pad = options.PadTokenId ?? tokenizer?.PadId ?? cfgPad ?? 0;
+        _sampler = new TokenSampler(Signature.VocabSize);
+    }
+
+    /// <summary>The decoder's I/O names and dimensions.</summary>
+    public DecoderSignature Signature { get; }
+
+    /// <summary>The tokenizer used for text prompts, response text and stop strings (null: ids only).</summary>
+    public TextTokenizer? Tokenizer { get; }
+
+    /// <summary>Tokens that end a response.</summary>
+    public IReadOnlyList<int> EosTokenIds => _eos;
+
+    /// <summary>The padding used: right for graphs without position ids, else <see cref="RolloutEngineOptions.Padding"/>.</summary>
+    public PaddingSide Padding => Signature.PositionsFromMask ? PaddingSide.Right : _options.Padding;
+
+    /// <summary>
+    /// Opens the decoder at <paramref name="path"/> (an ONNX folder with model.onnx / genai_config.json, or an .onnx file).
+    /// The tokenizer is loaded from the folder when it has tokenizer files and none is given.
+    /// </summary>
+    public static RolloutEngine Load(string path, RolloutEngineOptions? options = null, TextTokenizer? tokenizer = null)
+    {
+        var (file, folder) = OnnxModelPath.Resolve(path);
+        if (tokenizer is null)
+        {
+            try { tokenizer = TextTokenizer.Load(folder); }
+            catch (FileNotFoundException) { tokenizer = null; }
+        }
+        return new RolloutEngine(file, folder, options ?? new RolloutEngineOptions(), tokenizer);
+    }
+
+    static (int[] Eos, int? Pad) ReadGenAiTokens(string folder)
+    {
+        string f = Path.Combine(folder, "genai_config.json");
+        if (!File.Exists(f)) return ([], null);
+        using var doc = JsonDocument.Parse(File.ReadAllText(f));
+        if (!doc.RootElement.TryGetProperty("model", out var m)) return ([], null);
+        int[] eos = !m.TryGetProperty("eos_token_id", out var e) ? []
+            : e.ValueKind == JsonValueKind.Array ? [.. e.EnumerateArray().Select(x => x.GetInt32())]
+            : e.ValueKind == JsonValueKind.Number ? [e.GetInt32()] : [];
+        int? pad = m.TryGetProperty("pad_token_id", out var p) && p.ValueKind == JsonValueKind.Number ? p.GetInt32() : null;
+        return (eos, pad);
+    }
+
+    /// <summary>Generates one response.</summary>
+    public RolloutResult Generate(RolloutRequest request) => Generate([request])[0];
+
+    /// <summary>Generates a response for each request (in order), in batches of at most <see cref="RolloutEngineOptions.MaxBatchSize"/>.</summary>
+    public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests)
+    {
+        ArgumentNullException.ThrowIfNull(requests);
+        var prompts = new int[requests.Count][];
+        var sampling = new SamplingOptions[requests.Count];
+        for (int i = 0; i < requests.Count; i++)
+        {
+            var r = requests[i];
+            sampling[i] = (r.Sampling ?? new SamplingOptions()).Validate();
+            if (r.PromptIds is { } ids) prompts[i] = [.. ids];
+            else if (r.PromptText is { } text)
+                prompts[i] = PromptFormat.PromptIds(Tokenizer ?? throw new ArgumentException(
+                    "A text prompt needs a tokenizer: put the tokenizer files in the ONNX folder or pass one to RolloutEngine.Load."), text);
+            else throw new ArgumentException($"Request {i} has neither PromptIds nor PromptText.");
+            if (prompts[i].Length == 0) throw new ArgumentException($"Request {i} has an empty prompt (give at least a BOS token).");
+            foreach (int t in prompts[i])
+                if ((uint)t >= (uint)Signature.VocabSize) throw new ArgumentException($"Request {i}: token id {t} is outside the vocabulary (size {Signature.VocabSize}).");
+            if (sampling[i].StopStrings.Count > 0 && Tokenizer is null)
+                throw new ArgumentException($"Request {i} has stop strings but the engine has no tokenizer to decode responses.");
+        }
+        var results = new RolloutResult[requests.Count];
+        for (int start = 0; start < requests.Count; start += _options.MaxBatchSize)
+        {
+            int n = Math.Min(_options.MaxBatchSize, requests.Count - start);
+            lock (_gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                RunBatch(prompts.AsSpan(start, n).ToArray(), sampling.AsSpan(start, n).ToArray(), results.AsSpan(start, n));
+            }
+        }
+        return results;
+    }
+
+    /// <summary>Logits [S, V] (row-major) of one sequence, all positions, no cache (parity checks and scoring).</summary>
+    public float[] Logits(IReadOnlyList<int> ids)
+    {
+        int s = ids.Count;
+        long[] idArr = [.. ids.Select(x => (long)x)];
+        long[] mask = [.. Enumerable.Repeat(1L, s)];
+        long[] pos = [.. Enumerable.Range(0, s).Select(x => (long)x)];
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var (names, values) = Inputs(idArr, [1, s], mask, [1, s], pos, null, 1, 0);
+            using var outputs = _session.Run(_run, names, values, [Signature.Logits]);
+            foreach (var v in values) v.Dispose();
+            return outputs[0].GetTensorDataAsSpan<float>().ToArray();
+        }
+    }
+
+    (List<string> Names, List<OrtValue> Values) Inputs(long[] ids, long[] idShape, long[] mask, long[] maskShape, long[] pos,
+        OrtValue[]? past, int batch, int pastLen)
+    {
+        var sig = Signature;
+        var names = new List<string>(3 + 2 * sig.Layers) { sig.InputIds, sig.AttentionMask };
+        var values = new List<OrtValue>(3 + 2 * sig.Layers)
+        {
+            OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, ids.AsMemory(0, (int)(idShape[0] * idShape[1])), idShape),
+            OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, mask.AsMemory(0, (int)(maskShape[0] * maskShape[1])), maskShape),
+        };
+        if (sig.PositionIds is { } p)
+        {
+            names.Add(p);
+            values.Add(OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, pos.AsMemory(0, (int)(idShape[0] * idShape[1])), idShape));
+        }
+        for (int i = 0; i < sig.Layers; i++)
+        {
+            names.Add(sig.PastKeys[i]);
+            names.Add(sig.PastValues[i]);
+            if (past is null)
+            {
+                values.Add(OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, Memory<float>.Empty, [batch, sig.KvHeads, pastLen, sig.HeadDim]));
+                values.Add(OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, Memory<float>.Empty, [batch, sig.KvHeads, pastLen, sig.HeadDim]));
+            }
+            else
+            {
+                values.Add(past[2 * i]);
+                values.Add(past[2 * i + 1]);
+            }
+        }
+        return (names, values);
+    }
+
+    List<string> OutputNames()
+    {
+        var names = new List<string>(1 + 2 * Signature.Layers) { Signature.Logits };
+        for (int i = 0; i < Signature.Layers; i++) { names.Add(Signature.PresentKeys[i]); names.Add(Signature.PresentValues[i]); }
+        return names;
+    }
+
+    /// <summary>One batch: prefill, then decode steps until every row has ended.</summary>
+    void RunBatch(int[][] prompts, SamplingOptions[] sampling, Span<RolloutResult> results)
+    {
+        var sig = Signature;
+        int n = prompts.Length, V = sig.VocabSize;
+        int P = prompts.Max(p => p.Length);
+        int maxNew = sampling.Max(s => s.MaxNewTokens);
+        bool left = Padding == PaddingSide.Left;
+        bool contiguous = sig.PositionsFromMask;   // GQA: row r's mask is len_r + t ones then zeros
+        int cap = P + maxNew;
+
+        var rngs = sampling.Select(s => new Rng(s.Seed)).ToArray();
+        var stops = sampling.Select(s => s.StopStrings.Count > 0 ? new StopStringMatcher(s.StopStrings) : null).ToArray();
+        var history = new int[n][];                  // prompt + generated, for the repetition penalty
+        var logps = new float[n][];
+        var generated = new int[n];
+        var reason = new RolloutFinishReason?[n];
+        var stopAt = new int[n];
+        var textLen = new int[n];
+        for (int r = 0; r < n; r++)
+        {
+            history[r] = new int[prompts[r].Length + sampling[r].MaxNewTokens];
+            prompts[r].CopyTo(history[r], 0);
+            logps[r] = new float[sampling[r].MaxNewTokens];
+            stopAt[r] = -1;
+        }
+
+        // Prefill inputs [n, P].
+        var ids = new long[n * Math.Max(P, 1)];
+        var maskRows = new long[n * cap];            // per original row, stride cap: prefill mask then ones
+        var pos = new long[n * P];
+        var lastPos = new int[n];
+        for (int r = 0; r < n; r++)
+        {
+            int len = prompts[r].Length, pad = P - len;
+            for (int j = 0; j < P; j++)
+            {
+                int k = left ? j - pad : j;          // index into the prompt, or out of range for a pad
+                bool real = k >= 0 && k < len;
+                ids[r * P + j] = real ? prompts[r][k] : _pad;
+                maskRows[r * cap + j] = real ? 1 : 0;
+                pos[r * P + j] = real ? k : 0;
+            }
+            for (int j = P; j < cap; j++) maskRows[r * cap + j] = 1;
+            lastPos[r] = left ? P - 1 : len - 1;
+        }
+
+        var outNames = OutputNames();
+        var live = Enumerable.Range(0, n).ToArray();  // batch slot -> original row
+        int B = n;
+        var stepIds = new long[n];
+        var stepPos = new long[n];
+        var stepMask = new long[n * cap];
+        OrtValue[]? past = null;
+        var sw = Stopwatch.StartNew();
+        double prefillMs = 0;
+        int T = P;
+        try
+        {
+            for (int step = 0; ; step++)
+            {
+                List<string> names;
+                List<OrtValue> values;
+                if (step == 0)
+                {
+                    CompactMask(maskRows, cap, live, B, T, stepMask, prompts, contiguous, 0);
+                    (names, values) = Inputs(ids, [n, P], stepMask, [n, T], pos, null, n, 0);
+                }
+                else
+                {
+                    for (int i = 0; i < B; i++)
+                    {
+                        int r = live[i];
+                        if (reason[r] is not null) { stepIds[i] = _pad; continue; }   // only without compaction
+                        stepIds[i] = history[r][prompts[r].Length + generated[r] - 1];
+                        stepPos[i] = prompts[r].Length + generated[r] - 1;
+                    }
+                    CompactMask(maskRows, cap, live, B, T, stepMask, prompts, contiguous, step);
+                    (names, values) = Inputs(stepIds, [B, 1], stepMask, [B, T], stepPos, past, B, 0);
+                }
+                var outputs = _session.Run(_run, names, values, outNames).ToArray();
+                // Inputs made here are ours to free; the past values are the previous step's outputs.
+                for (int i = 0; i < values.Count; i++)
+                    if (past is null || !past.Contains(values[i])) values[i].Dispose();
+                if (past is not null) foreach (var v in past) v.Dispose();
+                past = outputs[1..];
+                using var logits = outputs[0];
+                if (step == 0) prefillMs = sw.Elapsed.TotalMilliseconds;
+
+                // Sample each live row from its last-position logits, read in place.
+                var all = logits.GetTensorDataAsSpan<float>();
+                int S = step == 0 ? P : 1;
+                bool anyFinished = false;
+                for (int i = 0; i < B; i++)
+                {
+                    int r = live[i];
+                    if (reason[r] is not null) continue;
+                    int at = step == 0 ? lastPos[r] : 0;
+                    var row = all.Slice((i * S + at) * V, V);
+                    int prevLen = prompts[r].Length + generated[r];
+                    int token = _sampler.Sample(row, history[r].AsSpan(0, prevLen), sampling[r], rngs[r], out float lp);
+                    history[r][prevLen] = token;
+                    logps[r][generated[r]] = lp;
+                    generated[r]++;
+                    if (Array.IndexOf(_eos, token) >= 0) reason[r] = RolloutFinishReason.Eos;
+                    else if (stops[r] is { } m && CheckStop(r, m, history[r].AsSpan(prompts[r].Length, generated[r]), textLen, stopAt))
+                        reason[r] = RolloutFinishReason.StopString;
+                    else if (generated[r] >= sampling[r].MaxNewTokens) reason[r] = RolloutFinishReason.Length;
+                    anyFinished |= reason[r] is not null;
+                }
+                T++;
+                if (anyFinished)
+                {
+                    var keepSlots = new List<int>(B);
+                    for (int i = 0; i < B; i++) if (reason[live[i]] is null) keepSlots.Add(i);
+                    if (keepSlots.Count == 0) break;
+                    if (_options.CompactFinishedRows)
+                    {
+                        past = Compact(past, keepSlots, B);
+                        live = [.. keepSlots.Select(i => live[i])];
+                        B = live.Length;
+                    }
+                }
+            }
+        }
+        finally
+        {
+            if (past is not null) foreach (var v in past) v.Dispose();
+        }
+        double totalMs = sw.Elapsed.TotalMilliseconds;
+        var timings = new RolloutTimings(prefillMs, totalMs - prefillMs, n, generated.Sum());
+        for (int r = 0; r < n; r++)
+        {
+            int[] resp = history[r].AsSpan(prompts[r].Length, generated[r]).ToArray();
+            string? text = null;
+            if (Tokenizer is not null)
+            {
+                if (reason[r] == RolloutFinishReason.StopString)
+                {
+                    string full = Tokenizer.Decode(resp, skipSpecial: true);
+                    text = full[..stopAt[r]].TrimStart();
+                }
+                else text = PromptFormat.ResponseText(Tokenizer, resp);
+            }
+            results[r] = new RolloutResult(prompts[r], resp, text, logps[r].AsSpan(0, generated[r]).ToArray(),
+                reason[r] ?? RolloutFinishReason.Length, timings);
+        }
+    }
+
+    bool CheckStop(int r, StopStringMatcher m, ReadOnlySpan<int> response, int[] textLen, int[] stopAt)
+    {
+        string text = Tokenizer!.Decode(response.ToArray(), skipSpecial: true);
+        int at = m.FindNew(text, Math.Min(textLen[r], text.Length));
+        textLen[r] = text.Length;
+        if (at < 0) return false;
+        stopAt[r] = at;
+        return true;
+    }
+
+    /// <summary>Writes the [B, T] mask of the live rows into <paramref name="dst"/>.</summary>
+    static long[] CompactMask(long[] rows, int cap, int[] live, int B, int T, long[] dst, int[][] prompts, bool contiguous, int step)
+    {
+        for (int i = 0; i < B; i++)
+        {
+            int r = live[i];
+            if (contiguous)
+            {
+                int ones = prompts[r].Length + step;
+                for (int j = 0; j < T; j++) dst[i * T + j] = j < ones ? 1 : 0;
+            }
+            else Array.Copy(rows, r * cap, dst, i * T, T);
+        }
+        return dst;
+    }
+
+    /// <summary>Keeps batch slots <paramref name="keep"/> of every KV tensor [B, Hkv, T, D] (rows are contiguous blocks).</summary>
+    static OrtValue[] Compact(OrtValue[] past, List<int> keep, int B)
+    {
+        var result = new OrtValue[past.Length];
+        for (int k = 0; k < past.Length; k++)
+        {
+            var shape = past[k].GetTensorTypeAndShape().Shape;
+            var src = past[k].GetTensorDataAsSpan<float>();
+            int rowLen = src.Length / B;
+            shape[0] = keep.Count;
+            var dst = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, TensorElementType.Float, shape);
+            var d = dst.GetTensorMutableDataAsSpan<float>();
+            for (int i = 0; i < keep.Count; i++) src.Slice(keep[i] * rowLen, rowLen).CopyTo(d.Slice(i * rowLen, rowLen));
+            past[k].Dispose();
+            result[k] = dst;
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Replaces the decoder weights with <paramref name="weights"/> (initializer name -> memory) without a file: a new
+    /// session is created on the same graph with each named initializer overridden by an OrtValue over the caller's
+    /// memory (<see cref="SessionOptions.AddInitializer"/>), then swapped in between batches. Initializers not named keep
+    /// the file's values. <paramref name="owner"/> (e.g. the tensors behind pointers) is disposed at the next update or
+    /// on disposal; the memory must not change meanwhile. Returns the time taken.
+    /// </summary>
+    public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        var sw = Stopwatch.StartNew();
+        _initializers ??= OnnxInitializers.Read(_modelFile);
+        var problems = new List<string>();
+        foreach (var (name, w) in weights)
+        {
+            if (!_initializers.TryGetValue(name, out var dims)) problems.Add($"'{name}' is not an initializer of the graph");
+            else if (!dims.SequenceEqual(w.Shape))
+                problems.Add($"'{name}' has shape [{string.Join(", ", w.Shape)}], the graph stores [{string.Join(", ", dims)}]" +
+                             (dims.Length == 2 && dims[0] == w.Shape.ElementAtOrDefault(1) && dims[1] == w.Shape.ElementAtOrDefault(0) ? " (pass the transpose)" : ""));
+        }
+        if (problems.Count > 0)
+            throw new ArgumentException("Weights do not fit the decoder graph: " + string.Join("; ", problems.Take(10)) +
+                                        (problems.Count > 10 ? $"; and {problems.Count - 10} more" : "") + ".");
+        var options = OnnxModelPath.Options(_options.Threads);
+        var values = new List<OrtValue>(weights.Count);
+        InferenceSession? session = null;
+        try
+        {
+            foreach (var (name, w) in weights)
+            {
+                w.Validate();
+                if (w.Name != name) throw new ArgumentException($"Weight key '{name}' names a buffer called '{w.Name}'.");
+                var v = w.Array is not null
+                    ? OrtValue.CreateTensorValueFromMemory(w.Array, w.Shape)
+                    : OrtValue.CreateTensorValueWithData(OrtMemoryInfo.DefaultInstance, TensorElementType.Float, w.Shape, w.Pointer, w.Count * sizeof(float));
+                values.Add(v);
+                options.AddInitializer(name, v);
+            }
+            session = new InferenceSession(_modelFile, options);
+        }
+        catch
+        {
+            session?.Dispose();
+            options.Dispose();
+            foreach (var v in values) v.Dispose();
+            throw;
+        }
+        InferenceSession oldSession;
+        SessionOptions oldOptions;
+        List<OrtValue> oldValues;
+        IDisposable? oldOwner;
+        lock (_gate)
+        {
+            (oldSession, oldOptions, oldValues, oldOwner) = (_session, _sessionOptions, _weightValues, _weightOwner);
+            (_session, _sessionOptions, _weightValues, _weightOwner) = (session, options, values, owner);
+        }
+        oldSession.Dispose();
+        oldOptions.Dispose();
+        foreach (var v in oldValues) v.Dispose();
+        oldOwner?.Dispose();
+        return sw.Elapsed;
+    }
+
+    /// <summary>Frees the session and the weight memory handed over.</summary>
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            _session.Dispose();
+            _sessionOptions.Dispose();
+            foreach (var v in _weightValues) v.Dispose();
+            _weightOwner?.Dispose();
+            _run.Dispose();
+        }
+    }
+}

@@ -1,0 +1,28 @@
+namespace Rlhf.Inference.Rollout;
+
+/// <summary>
+/// One float32 weight handed to <see cref="RolloutEngine.UpdateWeights"/> without a file: its initializer name, shape,
+/// and either a managed array or a pointer to contiguous native memory (e.g. a TorchSharp tensor's data). The memory
+/// must hold the layout the graph stores: for projections the ONNX graphs keep Wᵀ ([in, out]), so the trainer passes a
+/// transposed contiguous copy. The memory must stay valid and unchanged until the next update or the engine's disposal
+/// (pass its owner to <see cref="RolloutEngine.UpdateWeights"/> and the engine disposes it then).
+/// </summary>
+/// <param name="Name">ONNX initializer name (Hugging Face weight name, e.g. <c>model.layers.0.mlp.up_proj.weight</c>).</param>
+/// <param name="Shape">Shape as stored in the graph.</param>
+/// <param name="Array">Managed data (row-major), or null when <paramref name="Pointer"/> is used.</param>
+/// <param name="Pointer">Address of contiguous float32 data of <paramref name="Shape"/>, when <paramref name="Array"/> is null.</param>
+public sealed record WeightBuffer(string Name, long[] Shape, float[]? Array = null, nint Pointer = 0)
+{
+    /// <summary>Elements in <see cref="Shape"/>.</summary>
+    public long Count => Shape.Aggregate(1L, (a, d) => a * d);
+
+    /// <summary>Throws unless exactly one of array/pointer is given and it matches the shape.</summary>
+    public void Validate()
+    {
+        if (Shape.Any(d => d < 0)) throw new ArgumentException($"Weight '{Name}' has a negative dimension [{string.Join(", ", Shape)}].");
+        if (Array is null == (Pointer == 0))
+            throw new ArgumentException($"Weight '{Name}' needs exactly one of Array or Pointer.");
+        if (Array is not null && Array.LongLength != Count)
+            throw new ArgumentException($"Weight '{Name}' has {Array.LongLength} values for shape [{string.Join(", ", Shape)}] ({Count}).");
+    }
+}
