@@ -110,7 +110,7 @@ public sealed record RewardScorerOptions
 /// maximum length. The response text is re-tokenized with the RM's tokenizer; batches are right-padded. Scores are
 /// normalised as (raw − mean) / std. Thread-safe (ORT sessions are; no mutable state).
 /// </summary>
-public sealed class RewardScorer : IDisposable
+public sealed class RewardScorer : Services.IRewardService
 {
     readonly InferenceSession _session;
     readonly RewardScorerOptions _options;

@@ -41,7 +41,7 @@ public sealed record RolloutEngineOptions
 /// step's past without copies. Safe to call from several threads (calls are serialised on one session; weight
 /// updates build the new session outside the lock and swap it in between batches). No TorchSharp types.
 /// </summary>
-public sealed class RolloutEngine : IDisposable
+public sealed class RolloutEngine : Services.IRolloutService
 {
     readonly object _gate = new();
     readonly string _modelFile;

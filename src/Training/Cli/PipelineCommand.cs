@@ -5,7 +5,7 @@ using Rlhf.Training.Sft;
 
 namespace Rlhf.Training.Cli;
 
-/// <summary><c>rlhf pipeline</c>: SFT → RM (→ PPO) on the default task with no arguments.</summary>
+/// <summary><c>rlhf pipeline</c>: SFT → RM → PPO on the default task with no arguments.</summary>
 internal static class PipelineCommand
 {
     public static Command Create()
@@ -14,8 +14,8 @@ internal static class PipelineCommand
         var sftFrom = new Option<string?>("--sft-from") { Description = "Use this SFT model folder instead of running SFT." };
         var rmFrom = new Option<string?>("--rm-from") { Description = "Use this reward-model folder instead of running the RM stage." };
         var cmd = new Command("pipeline",
-            "Run the stages in order into --out (default runs/pipeline): sft/, rm/. A stage folder with a summary.json is reused, " +
-            "one with a checkpoint is resumed. Stage settings: --set sft.lr=1e-3, --set rm.k=4, or sections \"sft\"/\"rm\" in --config.");
+            "Run the stages in order into --out (default runs/pipeline): sft/, rm/, ppo/. A stage folder with a summary.json is reused, " +
+            "one with a checkpoint is resumed. Stage settings: --set sft.lr=1e-3, --set rm.k=4, --set ppo.iterations=40, or sections \"sft\"/\"rm\"/\"ppo\" in --config.");
         common.AddTo(cmd);
         cmd.Options.Add(sftFrom);
         cmd.Options.Add(rmFrom);

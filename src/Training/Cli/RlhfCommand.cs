@@ -16,6 +16,7 @@ internal static class RlhfCommand
         {
             SftCommand.Create(),
             RmCommand.Create(),
+            PpoCommand.Create(),
             PipelineCommand.Create(),
             GenerateCommand.Create(),
             DataCommand.Create(),

@@ -44,24 +44,27 @@ public static class TrainerParts
 
     /// <summary>
     /// Writes a resumable checkpoint folder atomically: <paramref name="saveModel"/> fills the folder with the model
-    /// (and tokenizer) files, then optimizer.bin, metrics.csv and trainer_state.json are added.
+    /// (and tokenizer) files, then one <c>{name}.bin</c> per optimizer, metrics.csv and trainer_state.json are added.
     /// </summary>
-    public static string SaveCheckpoint<TState>(string folder, Action<string> saveModel, optim.Optimizer optimizer, MetricsTable metrics, TState state)
+    public static string SaveCheckpoint<TState>(string folder, Action<string> saveModel, IReadOnlyDictionary<string, optim.Optimizer> optimizers,
+                                                MetricsTable metrics, TState state)
     {
         AtomicFile.WriteFolder(folder, tmp =>
         {
             saveModel(tmp);
-            ((TorchSharp.Modules.OptimizerHelper)optimizer).save_state_dict(Path.Combine(tmp, "optimizer.bin"));
+            foreach (var (name, optimizer) in optimizers)
+                ((TorchSharp.Modules.OptimizerHelper)optimizer).save_state_dict(Path.Combine(tmp, name + ".bin"));
             metrics.WriteCsv(Path.Combine(tmp, "metrics.csv"));
             File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), JsonSerializer.Serialize(state, ConfigLoader.Json));
         });
         return folder;
     }
 
-    /// <summary>Restores the optimizer, metrics and state of a checkpoint written by <see cref="SaveCheckpoint"/>.</summary>
-    public static (TState State, MetricsTable Metrics) LoadCheckpoint<TState>(string folder, optim.Optimizer optimizer)
+    /// <summary>Restores the optimizers, metrics and state of a checkpoint written by <see cref="SaveCheckpoint"/>.</summary>
+    public static (TState State, MetricsTable Metrics) LoadCheckpoint<TState>(string folder, IReadOnlyDictionary<string, optim.Optimizer> optimizers)
     {
-        ((TorchSharp.Modules.OptimizerHelper)optimizer).load_state_dict(Path.Combine(folder, "optimizer.bin"));
+        foreach (var (name, optimizer) in optimizers)
+            ((TorchSharp.Modules.OptimizerHelper)optimizer).load_state_dict(Path.Combine(folder, name + ".bin"));
         var state = JsonSerializer.Deserialize<TState>(File.ReadAllText(Path.Combine(folder, "trainer_state.json")), ConfigLoader.Json)
             ?? throw new InvalidDataException($"{folder}/trainer_state.json is empty.");
         return (state, MetricsTable.ReadCsv(Path.Combine(folder, "metrics.csv")));

@@ -1,3 +1,4 @@
+using Rlhf.Training.Ppo;
 using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
 
@@ -6,7 +7,7 @@ namespace Rlhf.Training.Pipeline;
 /// <summary>The whole InstructGPT recipe in one config: a section per stage (their <c>out</c> folders are derived).</summary>
 public sealed record PipelineConfig
 {
-    /// <summary>Output folder; stages write to <c>sft/</c>, <c>rm/</c> inside it.</summary>
+    /// <summary>Output folder; stages write to <c>sft/</c>, <c>rm/</c>, <c>ppo/</c> inside it.</summary>
     public string Out { get; init; } = "runs/pipeline";
     /// <summary>An existing SFT model folder to use instead of running the SFT stage.</summary>
     public string? SftFrom { get; init; }
@@ -22,4 +23,6 @@ public sealed record PipelineConfig
     public SftConfig Sft { get; init; } = new();
     /// <summary>RM settings (its out, sft_model, seed, device and threads come from the pipeline).</summary>
     public RmConfig Rm { get; init; } = new();
+    /// <summary>PPO settings (its out, sft_model, rm_model, seed, device and threads come from the pipeline).</summary>
+    public PpoConfig Ppo { get; init; } = new();
 }

@@ -2,13 +2,14 @@ using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Rlhf.Training.Common;
+using Rlhf.Training.Ppo;
 using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
 
 namespace Rlhf.Training.Pipeline;
 
 /// <summary>
-/// Chains the stages (SFT → RM; PPO joins later). A stage whose folder already holds its summary.json is reused, one
+/// Chains the stages SFT → RM → PPO. A stage whose folder already holds its summary.json is reused, one
 /// with a checkpoint but no summary is resumed, anything else starts fresh; <c>--overwrite</c> reruns everything.
 /// </summary>
 public static class PipelineRunner
@@ -37,6 +38,10 @@ public static class PipelineRunner
             summary["rm"] = Stage("RM", rmFolder, control, c => JsonSerializer.SerializeToNode(RmTrainer.Run(rm, c), ConfigLoader.Json)!);
         }
         else summary["rm"] = ReadSummary(rmFolder);
+
+        string ppoFolder = Path.Combine(cfg.Out, "ppo");
+        var ppo = cfg.Ppo with { Out = ppoFolder, SftModel = sftFolder, RmModel = rmFolder, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads };
+        summary["ppo"] = Stage("PPO", ppoFolder, control, c => JsonSerializer.SerializeToNode(PpoTrainer.Train(ppo, c), ConfigLoader.Json)!);
 
         summary["seconds"] = clock.Elapsed.TotalSeconds;
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), summary.ToJsonString(ConfigLoader.Json));

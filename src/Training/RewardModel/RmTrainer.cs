@@ -91,7 +91,7 @@ public static class RmTrainer
         int startStep = 0;
         if (resumeFrom is not null)
         {
-            (var state, metrics) = TrainerParts.LoadCheckpoint<RmState>(resumeFrom, optimizer);
+            (var state, metrics) = TrainerParts.LoadCheckpoint<RmState>(resumeFrom, Optimizers(optimizer));
             if (state.ConfigJson != ConfigLoader.ToJson(cfg))
                 throw new InvalidOperationException($"--resume: the config differs from the checkpoint's ({resumeFrom}/trainer_state.json); resume with the same settings.");
             startStep = state.Step;
@@ -144,7 +144,7 @@ public static class RmTrainer
                     {
                         model.SavePretrained(tmp, ScalarType.Float32);
                         TokenizerFiles.Copy(cfg.SftModel, tmp);
-                    }, optimizer, metrics, new RmState(step + 1, ConfigLoader.ToJson(cfg)));
+                    }, Optimizers(optimizer), metrics, new RmState(step + 1, ConfigLoader.ToJson(cfg)));
                     metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
                 }
                 onStep?.Invoke(step + 1);
@@ -319,6 +319,8 @@ public static class RmTrainer
             .Select((r, i) => RmGroup.FromRanked(r) with { Gold = gold[i] }).ToList();
         return new RmData(train, eval, 0, true);
     }
+
+    static Dictionary<string, optim.Optimizer> Optimizers(optim.Optimizer optimizer) => new() { ["optimizer"] = optimizer };
 
     static void Log(string message) => Console.Error.WriteLine(message);
 

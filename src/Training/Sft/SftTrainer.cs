@@ -96,7 +96,7 @@ public static class SftTrainer
         long trainTokens = 0;
         if (resumeFrom is not null)
         {
-            (var state, metrics) = TrainerParts.LoadCheckpoint<SftState>(resumeFrom, optimizer);
+            (var state, metrics) = TrainerParts.LoadCheckpoint<SftState>(resumeFrom, Optimizers(optimizer));
             if (state.ConfigJson != ConfigLoader.ToJson(cfg))
                 throw new InvalidOperationException($"--resume: the config differs from the checkpoint's ({resumeFrom}/trainer_state.json); resume with the same settings.");
             startStep = state.Step;
@@ -298,7 +298,9 @@ public static class SftTrainer
         {
             model.SavePretrained(tmp, ScalarType.Float32);
             TokenizerFiles.Copy(tokenizerSource, tmp);
-        }, optimizer, metrics, new SftState(step, trainTokens, ConfigLoader.ToJson(cfg)));
+        }, Optimizers(optimizer), metrics, new SftState(step, trainTokens, ConfigLoader.ToJson(cfg)));
+
+    static Dictionary<string, optim.Optimizer> Optimizers(optim.Optimizer optimizer) => new() { ["optimizer"] = optimizer };
 
     static void Log(string message) => Console.Error.WriteLine(message);
 

@@ -1,0 +1,42 @@
+using System.CommandLine;
+using Rlhf.Training.Common;
+using Rlhf.Training.Ppo;
+using Rlhf.Training.Sft;
+
+namespace Rlhf.Training.Cli;
+
+/// <summary><c>rlhf ppo</c>: PPO with a per-token KL penalty against the SFT model.</summary>
+internal static class PpoCommand
+{
+    public static Command Create()
+    {
+        var common = new StageOptions();
+        var sft = new Option<string?>("--sft-model") { Description = "SFT model folder: the actor's start and the frozen reference (default runs/sft)." };
+        var rm = new Option<string?>("--rm-model") { Description = "Our reward-model folder: the critic's start and, via its onnx/ export, the scorer (default runs/rm)." };
+        var reward = new Option<string?>("--reward-model") { Description = "Optimise this ONNX reward model instead (folder or .onnx; ours or external with its tokenizer and optional reward_spec.json)." };
+        var prompts = new Option<string?>("--prompts") { Description = "Prompts file (CSV/JSONL with a prompt column); default: the embedded task's PPO prompts." };
+        var iterations = new Option<int?>("--iterations") { Description = "PPO iterations (rollout, score, update, sync)." };
+        var engine = new Option<string?>("--engine") { Description = "ort (ONNX Runtime, default) or torch." };
+        var cmd = new Command("ppo",
+            "PPO as in InstructGPT: rollouts on ONNX Runtime, rewards −β·KL per token plus the RM score at the last token, GAE, " +
+            "clipped policy and value losses, optional PPO-ptx, in-memory weight sync after every update. Writes the aligned policy " +
+            "(HF folder + onnx/), critic/, metrics.csv, reward.png, kl.png, losses.png, report.md, report.png and summary.json.");
+        common.AddTo(cmd);
+        foreach (Option o in new Option[] { sft, rm, reward, prompts, iterations, engine }) cmd.Options.Add(o);
+        cmd.SetAction(r => RlhfCommand.Guard(() =>
+        {
+            var overrides = common.Overrides(r);
+            if (r.GetValue(sft) is string s) overrides.Add($"sft_model={StageOptions.Quote(s)}");
+            if (r.GetValue(rm) is string m) overrides.Add($"rm_model={StageOptions.Quote(m)}");
+            if (r.GetValue(reward) is string w) overrides.Add($"reward_model={StageOptions.Quote(w)}");
+            if (r.GetValue(prompts) is string p) overrides.Add($"prompts_file={StageOptions.Quote(p)}");
+            if (r.GetValue(iterations) is int n) overrides.Add($"iterations={n}");
+            if (r.GetValue(engine) is string e) overrides.Add($"engine={StageOptions.Quote(e)}");
+            var cfg = ConfigLoader.Load<PpoConfig>(r.GetValue(common.Config), overrides);
+            var summary = PpoTrainer.Train(cfg, new RunControl { Resume = r.GetValue(common.Resume), Overwrite = r.GetValue(common.Overwrite) });
+            Console.WriteLine(ConfigLoader.ToJson(summary));
+            return 0;
+        }));
+        return cmd;
+    }
+}

@@ -1,0 +1,107 @@
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Ppo;
+
+/// <summary>
+/// One rollout batch as tensors — the single place where rollouts (plain arrays from the inference side) become tensors.
+/// Layout: prompts left-padded to P, responses right-padded to A, so response position t of every row sits at sequence
+/// position P + t and the logits that predict it at P − 1 + t.
+/// </summary>
+public sealed class Experience : IDisposable
+{
+    /// <summary>Prompt length after left padding (P).</summary>
+    public required int PromptLength { get; init; }
+    /// <summary>[B, P + A] int64 token ids.</summary>
+    public required Tensor InputIds { get; init; }
+    /// <summary>[B, P + A] int64, 1 = real token.</summary>
+    public required Tensor AttentionMask { get; init; }
+    /// <summary>[B, P + A] int64 positions (cumsum(mask) − 1, clamped at 0).</summary>
+    public required Tensor PositionIds { get; init; }
+    /// <summary>[B, A] int64 response tokens (pad where masked).</summary>
+    public required Tensor Responses { get; init; }
+    /// <summary>[B, A] float32, 1 = response token.</summary>
+    public required Tensor ResponseMask { get; init; }
+
+    /// <summary>log π_old(a_t|s_t) recorded with TorchSharp at rollout time [B, A] (set by the trainer).</summary>
+    public Tensor? LogpOld { get; set; }
+    /// <summary>log π_ref(a_t|s_t) [B, A].</summary>
+    public Tensor? LogpRef { get; set; }
+    /// <summary>V_old(s_t) [B, A].</summary>
+    public Tensor? ValuesOld { get; set; }
+    /// <summary>Per-token rewards [B, A].</summary>
+    public Tensor? Rewards { get; set; }
+    /// <summary>GAE advantages [B, A].</summary>
+    public Tensor? Advantages { get; set; }
+    /// <summary>Returns A + V_old [B, A].</summary>
+    public Tensor? Returns { get; set; }
+
+    /// <summary>Rows (B).</summary>
+    public long Rows => InputIds.shape[0];
+
+    /// <summary>Builds the tensors from prompt and response ids (each response non-empty or empty; prompts non-empty).</summary>
+    public static Experience Build(IReadOnlyList<int[]> prompts, IReadOnlyList<int[]> responses, int padId, Device device)
+    {
+        if (prompts.Count != responses.Count || prompts.Count == 0)
+            throw new ArgumentException($"{prompts.Count} prompts and {responses.Count} responses: need the same non-zero number.");
+        int b = prompts.Count, p = prompts.Max(x => x.Length), a = Math.Max(1, responses.Max(x => x.Length)), s = p + a;
+        var ids = new long[b * s];
+        var mask = new long[b * s];
+        var pos = new long[b * s];
+        var resp = new long[b * a];
+        var respMask = new float[b * a];
+        for (int i = 0; i < b; i++)
+        {
+            int pad = p - prompts[i].Length, n = 0;
+            for (int t = 0; t < s; t++)
+            {
+                int k = i * s + t;
+                int token = t < pad ? -1 : t < p ? prompts[i][t - pad] : t - p < responses[i].Length ? responses[i][t - p] : -1;
+                ids[k] = token < 0 ? padId : token;
+                mask[k] = token < 0 ? 0 : 1;
+                pos[k] = token < 0 ? 0 : n++;
+            }
+            for (int t = 0; t < a; t++)
+            {
+                bool real = t < responses[i].Length;
+                resp[i * a + t] = real ? responses[i][t] : padId;
+                respMask[i * a + t] = real ? 1f : 0f;
+            }
+        }
+        return new Experience
+        {
+            PromptLength = p,
+            InputIds = tensor(ids, [b, s], device: device),
+            AttentionMask = tensor(mask, [b, s], device: device),
+            PositionIds = tensor(pos, [b, s], device: device),
+            Responses = tensor(resp, [b, a], device: device),
+            ResponseMask = tensor(respMask, [b, a], device: device),
+        };
+    }
+
+    /// <summary>The [B, S, ·] positions whose outputs predict/evaluate the response: P − 1 … P + A − 2 → [B, A, ·].</summary>
+    public Tensor ResponseSlice(Tensor perPosition) => perPosition.narrow(1, PromptLength - 1, Responses.shape[1]);
+
+    /// <summary>Rows <paramref name="index"/> of every tensor, as a new experience (for minibatches).</summary>
+    public Experience Select(Tensor index) => new()
+    {
+        PromptLength = PromptLength,
+        InputIds = InputIds.index_select(0, index),
+        AttentionMask = AttentionMask.index_select(0, index),
+        PositionIds = PositionIds.index_select(0, index),
+        Responses = Responses.index_select(0, index),
+        ResponseMask = ResponseMask.index_select(0, index),
+        LogpOld = LogpOld?.index_select(0, index),
+        LogpRef = LogpRef?.index_select(0, index),
+        ValuesOld = ValuesOld?.index_select(0, index),
+        Rewards = Rewards?.index_select(0, index),
+        Advantages = Advantages?.index_select(0, index),
+        Returns = Returns?.index_select(0, index),
+    };
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (var t in new[] { InputIds, AttentionMask, PositionIds, Responses, ResponseMask, LogpOld, LogpRef, ValuesOld, Rewards, Advantages, Returns })
+            t?.Dispose();
+    }
+}

@@ -1,0 +1,122 @@
+namespace Rlhf.Training.Ppo;
+
+/// <summary>Where PPO rollouts are generated.</summary>
+public enum RolloutBackend
+{
+    /// <summary>ONNX Runtime over the exported actor, weights synced in memory after every update (the default).</summary>
+    Ort,
+    /// <summary>TorchSharp eager generation with the KV cache (reference path, no export).</summary>
+    Torch,
+}
+
+/// <summary>PPO stage settings. JSON keys are the snake_case property names (see README).</summary>
+public sealed record PpoConfig
+{
+    /// <summary>Output folder: the aligned policy (HF folder + onnx/), critic/, metrics, plots, report, summary.json.</summary>
+    public string Out { get; init; } = "runs/ppo";
+    /// <summary>SFT folder: the actor's start and the frozen reference π_ref.</summary>
+    public string SftModel { get; init; } = "runs/sft";
+    /// <summary>Our reward-model folder (HF + onnx/): the critic's start, and the scorer unless <see cref="RewardModel"/> is set.</summary>
+    public string? RmModel { get; init; } = "runs/rm";
+    /// <summary>A reward model to optimise instead: an ONNX folder or file (ours or external, with its tokenizer and optional reward_spec.json).</summary>
+    public string? RewardModel { get; init; }
+    /// <summary>Prompts (CSV/JSONL with a prompt column); null = the default task's PPO prompts.</summary>
+    public string? PromptsFile { get; init; }
+    /// <summary>Held-out prompts for evaluation and the report; null = the default task's held-out PPO prompts.</summary>
+    public string? EvalPromptsFile { get; init; }
+    /// <summary>Default task: training prompts generated.</summary>
+    public int DefaultPrompts { get; init; } = 4000;
+    /// <summary>Held-out prompts scored at each evaluation and in the report.</summary>
+    public int EvalPrompts { get; init; } = 128;
+    /// <summary>PPO iterations (rollout → score → update → sync).</summary>
+    public int Iterations { get; init; } = 60;
+    /// <summary>Prompts (= responses) per rollout batch.</summary>
+    public int RolloutBatch { get; init; } = 64;
+    /// <summary>Passes over each rollout batch.</summary>
+    public int PpoEpochs { get; init; } = 4;
+    /// <summary>Rows per minibatch.</summary>
+    public int MiniBatch { get; init; } = 16;
+    /// <summary>Minibatches accumulated per optimizer step.</summary>
+    public int GradAccum { get; init; } = 1;
+    /// <summary>Actor learning rate (constant).</summary>
+    public double ActorLr { get; init; } = 1e-4;
+    /// <summary>Critic learning rate (constant).</summary>
+    public double CriticLr { get; init; } = 3e-4;
+    /// <summary>Gradient norm clip per model (0 = off).</summary>
+    public double GradClip { get; init; } = 1.0;
+    /// <summary>PPO ratio clip ε.</summary>
+    public double ClipEps { get; init; } = 0.2;
+    /// <summary>Value clip ε_v.</summary>
+    public double ValueClipEps { get; init; } = 0.2;
+    /// <summary>Value-loss coefficient c_v.</summary>
+    public double VfCoef { get; init; } = 0.5;
+    /// <summary>Entropy bonus coefficient (0 = off).</summary>
+    public double EntropyCoef { get; init; }
+    /// <summary>PPO-ptx coefficient γ_ptx on SFT demonstrations (0 = off).</summary>
+    public double PtxCoef { get; init; }
+    /// <summary>GAE discount γ.</summary>
+    public double Gamma { get; init; } = 1.0;
+    /// <summary>GAE λ (0 = one-step TD, 1 = Monte Carlo).</summary>
+    public double Lambda { get; init; } = 0.95;
+    /// <summary>Per-token KL estimator (k1, k3).</summary>
+    public KlEstimator KlEstimator { get; init; } = KlEstimator.K1;
+    /// <summary>Initial KL coefficient β.</summary>
+    public double InitKlCoef { get; init; } = 0.05;
+    /// <summary>Adapt β toward <see cref="TargetKl"/> (Ziegler et al.); false = fixed β.</summary>
+    public bool AdaptiveKl { get; init; } = true;
+    /// <summary>Target KL per response (nats) for the adaptive controller.</summary>
+    public double TargetKl { get; init; } = 4.0;
+    /// <summary>Horizon (responses) of the adaptive controller.</summary>
+    public double KlHorizon { get; init; } = 2000;
+    /// <summary>Stop an iteration's epochs early when the minibatch approx KL exceeds this (0 = never).</summary>
+    public double EarlyStopKl { get; init; }
+    /// <summary>Whiten advantages over valid tokens.</summary>
+    public bool WhitenAdvantages { get; init; } = true;
+    /// <summary>Score given instead of the RM's to responses that end without EOS (null = keep the RM score).</summary>
+    public double? MissingEosPenalty { get; init; } = -2.0;
+    /// <summary>Clip RM scores to ±this (0 = off).</summary>
+    public double RewardClip { get; init; } = 5.0;
+    /// <summary>Sampling temperature of rollouts (logprobs use logits / T).</summary>
+    public double Temperature { get; init; } = 1.0;
+    /// <summary>Rollout top-k (0 = off).</summary>
+    public int TopK { get; init; }
+    /// <summary>Rollout top-p (1 = off).</summary>
+    public double TopP { get; init; } = 1.0;
+    /// <summary>Response length cap.</summary>
+    public int MaxNewTokens { get; init; } = 48;
+    /// <summary>Rollout engine.</summary>
+    public RolloutBackend Engine { get; init; } = RolloutBackend.Ort;
+    /// <summary>Evaluate on held-out prompts every N iterations (and at the end).</summary>
+    public int EvalEvery { get; init; } = 10;
+    /// <summary>Checkpoint every N iterations (0 = only at the end).</summary>
+    public int CheckpointEvery { get; init; } = 10;
+    /// <summary>Best-of-N sizes compared in the report.</summary>
+    public IReadOnlyList<int> BestOfN { get; init; } = [1, 4, 16];
+    /// <summary>Seed for prompt order and sampling.</summary>
+    public long Seed { get; init; } = 1;
+    /// <summary>cpu or cuda.</summary>
+    public string Device { get; init; } = "cpu";
+    /// <summary>Threads for TorchSharp and ONNX Runtime (0 = all cores).</summary>
+    public int Threads { get; init; }
+
+    /// <summary>Throws with what to change when a value is out of range.</summary>
+    public void Validate()
+    {
+        var e = new List<string>();
+        if (string.IsNullOrWhiteSpace(Out)) e.Add("out must be a folder");
+        if (RmModel is null && RewardModel is null) e.Add("set rm_model (our RM folder) or reward_model (an ONNX reward model)");
+        if (Iterations < 1 || RolloutBatch < 1 || PpoEpochs < 1 || MiniBatch < 1 || GradAccum < 1) e.Add("iterations, rollout_batch, ppo_epochs, mini_batch and grad_accum must be ≥ 1");
+        if (RolloutBatch % MiniBatch != 0) e.Add($"rollout_batch ({RolloutBatch}) must be a multiple of mini_batch ({MiniBatch})");
+        if (ActorLr <= 0 || CriticLr <= 0) e.Add("actor_lr and critic_lr must be > 0");
+        if (ClipEps <= 0 || ValueClipEps <= 0) e.Add("clip_eps and value_clip_eps must be > 0");
+        if (Gamma is < 0 or > 1 || Lambda is < 0 or > 1) e.Add("gamma and lambda must be in [0, 1]");
+        if (InitKlCoef < 0) e.Add("init_kl_coef must be ≥ 0");
+        if (AdaptiveKl && (TargetKl <= 0 || KlHorizon <= 0)) e.Add("target_kl and kl_horizon must be > 0 with adaptive_kl");
+        if (Temperature <= 0) e.Add("temperature must be > 0 (PPO samples its rollouts)");
+        if (TopK < 0 || TopP is <= 0 or > 1) e.Add("top_k must be ≥ 0 and top_p in (0, 1]");
+        if (MaxNewTokens < 1) e.Add("max_new_tokens must be ≥ 1");
+        if (EvalEvery < 1 || CheckpointEvery < 0 || EvalPrompts < 1) e.Add("eval_every and eval_prompts must be ≥ 1, checkpoint_every ≥ 0");
+        if (BestOfN.Any(n => n < 1)) e.Add("best_of_n sizes must be ≥ 1");
+        if (e.Count > 0) throw new InvalidDataException("Invalid PPO config: " + string.Join("; ", e) + ".");
+    }
+}

@@ -1,0 +1,62 @@
+using Rlhf.Training.Common;
+
+namespace Rlhf.Training.Ppo;
+
+/// <summary>Headline figures of a PPO run (<c>summary.json</c>; keys documented in the README).</summary>
+public sealed record PpoSummary
+{
+    /// <summary>Always "ppo".</summary>
+    public string Stage { get; init; } = "ppo";
+    /// <summary>Iterations run.</summary>
+    public int Iterations { get; init; }
+    /// <summary>Held-out gold score of the SFT model's samples: mean and std.</summary>
+    public double SftGoldMean { get; init; }
+    /// <summary>Standard deviation of the SFT model's held-out gold scores.</summary>
+    public double SftGoldStd { get; init; }
+    /// <summary>Held-out mean RM score of SFT samples.</summary>
+    public double SftScore { get; init; }
+    /// <summary>Held-out gold score of PPO's samples.</summary>
+    public double PpoGoldMean { get; init; }
+    /// <summary>Held-out mean RM score of PPO's samples.</summary>
+    public double PpoScore { get; init; }
+    /// <summary>Held-out KL of PPO to the SFT model, nats per response.</summary>
+    public double PpoKl { get; init; }
+    /// <summary>(PPO gold − SFT gold) / SFT gold std.</summary>
+    public double GoldGainInSftStd { get; init; }
+    /// <summary>Best-of-N points from the SFT model.</summary>
+    public IReadOnlyList<BestOfNPoint> BestOfN { get; init; } = [];
+    /// <summary>Mean seconds per iteration by phase (generate, score, experience, train, sync).</summary>
+    public IReadOnlyDictionary<string, double> SecondsPerIteration { get; init; } = new Dictionary<string, double>();
+    /// <summary>Rollouts processed per second of iteration time.</summary>
+    public double SamplesPerSecond { get; init; }
+    /// <summary>Mean |log π_ORT − log π_TorchSharp| per token over the run.</summary>
+    public double RolloutLogprobMismatch { get; init; }
+    /// <summary>Peak resident memory of the process (MB).</summary>
+    public double PeakRssMb { get; init; }
+    /// <summary>Wall-clock seconds of the stage.</summary>
+    public double Seconds { get; init; }
+
+    /// <summary>Assembles the summary from the metrics table and the final comparison.</summary>
+    public static PpoSummary From(MetricsTable m, Comparison c, double seconds)
+    {
+        double Mean(string col) => m.Rows.Where(r => r.ContainsKey(col)).Select(r => r[col]).DefaultIfEmpty(double.NaN).Average();
+        var (sftMean, sftStd) = c.SftGoldStats;
+        return new PpoSummary
+        {
+            Iterations = m.Rows.Count,
+            SftGoldMean = sftMean,
+            SftGoldStd = sftStd,
+            SftScore = c.SftScores.Average(),
+            PpoGoldMean = c.PpoGoldStats.Mean,
+            PpoScore = c.PpoScores.Average(),
+            PpoKl = c.PpoKl,
+            GoldGainInSftStd = (c.PpoGoldStats.Mean - sftMean) / Math.Max(sftStd, 1e-9),
+            BestOfN = c.BestOfN,
+            SecondsPerIteration = new[] { "generate", "score", "experience", "train", "sync" }.ToDictionary(k => k, k => Mean("time/" + k)),
+            SamplesPerSecond = Mean("samples/s"),
+            RolloutLogprobMismatch = Mean("policy/rollout_logprob_mismatch"),
+            PeakRssMb = System.Diagnostics.Process.GetCurrentProcess().PeakWorkingSet64 / 1e6,
+            Seconds = seconds,
+        };
+    }
+}

@@ -1,0 +1,461 @@
+using System.Diagnostics;
+using Rlhf.Inference.Reward;
+using Rlhf.Inference.Rollout;
+using Rlhf.Inference.Services;
+using Rlhf.Inference.Tokenization;
+using Rlhf.Training.Common;
+using Rlhf.Training.Data;
+using Rlhf.Training.Data.DefaultTask;
+using Rlhf.Training.Model;
+using Rlhf.Training.Sft;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Ppo;
+
+/// <summary>
+/// PPO with a per-token KL penalty, as InstructGPT: each iteration reads top to bottom —
+/// rollout (ONNX Runtime) → score (reward model) → experience (TorchSharp, no grad: old/ref logprobs, values,
+/// KL-shaped rewards) → GAE → clipped policy/value updates over shuffled minibatches → weight sync into the engine.
+/// </summary>
+public static class PpoTrainer
+{
+    const string CheckpointName = "checkpoint";
+
+    /// <summary>Models and services of a run.</summary>
+    sealed class Run : IDisposable
+    {
+        public required PpoConfig Cfg { get; init; }
+        public required Device Device { get; init; }
+        public required TextTokenizer Tokenizer { get; init; }
+        public required LlamaForCausalLM Actor { get; init; }
+        public required LlamaForCausalLM Reference { get; init; }
+        public required LlamaForSequenceClassification Critic { get; init; }
+        public required IRolloutService Rollouts { get; init; }
+        public required IRewardService Rewards { get; init; }
+        public int PadId => Tokenizer.PadId ?? Tokenizer.EosId ?? 0;
+
+        public void Dispose()
+        {
+            Rollouts.Dispose();
+            Rewards.Dispose();
+            Actor.Dispose();
+            Reference.Dispose();
+            Critic.Dispose();
+        }
+    }
+
+    /// <summary>A scored rollout batch: what came back from the inference side, as plain arrays.</summary>
+    internal sealed record ScoredRollouts(string[] Prompts, int[][] PromptIds, RolloutResult[] Results, string[] Texts, bool[] EndedWithEos, float[] RmScores, float[] Scores);
+
+    /// <summary>Runs the stage end to end.</summary>
+    public static PpoSummary Train(PpoConfig cfg, RunControl control)
+    {
+        cfg.Validate();
+        var clock = Stopwatch.StartNew();
+        var device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
+        DeviceSelector.SetThreads(cfg.Threads);
+        string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
+        using var run = Open(cfg, device, resumeFrom);
+
+        var prompts = TrainingPrompts(cfg);
+        var evalPrompts = EvalPrompts(cfg);
+        var promptIds = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
+        using var actorOpt = TrainerParts.AdamW(run.Actor, new AdamWSettings(cfg.ActorLr, 0.0, 0.9, 0.95, 1e-8));
+        using var criticOpt = TrainerParts.AdamW(run.Critic, new AdamWSettings(cfg.CriticLr, 0.0, 0.9, 0.95, 1e-8));
+        var optimizers = new Dictionary<string, optim.Optimizer> { ["actor_optimizer"] = actorOpt, ["critic_optimizer"] = criticOpt };
+        KlController kl = cfg.AdaptiveKl ? new AdaptiveKlController(cfg.InitKlCoef, cfg.TargetKl, cfg.KlHorizon) : new FixedKlController(cfg.InitKlCoef);
+        var ptx = cfg.PtxCoef > 0 ? PtxData(cfg, run.Tokenizer) : null;
+
+        var metrics = new MetricsTable();
+        int start = 0;
+        if (resumeFrom is not null)
+        {
+            (var state, metrics) = TrainerParts.LoadCheckpoint<PpoState>(resumeFrom, optimizers);
+            if (state.ConfigJson != ConfigLoader.ToJson(cfg))
+                throw new InvalidOperationException($"--resume: the config differs from the checkpoint's ({resumeFrom}/trainer_state.json); resume with the same settings.");
+            start = state.Iteration;
+            kl.Restore(state.Kl);
+            Log($"Resuming from iteration {start} of {cfg.Iterations}.");
+        }
+        string? lastCheckpoint = resumeFrom;
+        Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmModel}.");
+
+        void Iterations(Action<int>? onIteration)
+        {
+            for (int it = start; it < cfg.Iterations; it++)
+            {
+                var row = new Dictionary<string, double> { ["iteration"] = it + 1, ["objective/kl_coef"] = kl.Beta };
+                var t = Stopwatch.StartNew();
+
+                // 1. rollout (ONNX Runtime)
+                int[] batch = BatchRows(prompts.Count, it, cfg);
+                var rolled = Rollout(run, [.. batch.Select(i => prompts[i])], [.. batch.Select(i => promptIds[i])], SamplingSeed(cfg.Seed, it), cfg);
+                row["time/generate"] = t.Elapsed.TotalSeconds;
+                t.Restart();
+
+                // 2. score (reward model) with the missing-EOS penalty and clipping
+                var scored = Score(run, rolled, cfg);
+                row["time/score"] = t.Elapsed.TotalSeconds;
+                t.Restart();
+
+                // 3–5. experience: old/ref logprobs, values, KL-shaped rewards, GAE
+                using var exp = BuildExperience(run, scored, kl.Beta, cfg, row);
+                row["time/experience"] = t.Elapsed.TotalSeconds;
+                t.Restart();
+
+                // 6. PPO epochs over shuffled minibatches
+                Update(run, exp, actorOpt, criticOpt, ptx, it, cfg, row, lastCheckpoint);
+                row["time/train"] = t.Elapsed.TotalSeconds;
+                t.Restart();
+
+                // 7. weight sync into the rollout engine
+                row["time/sync"] = PpoServices.Sync(run.Rollouts, run.Actor).TotalSeconds;
+                kl.Update(row["objective/kl"], cfg.RolloutBatch);
+                row["samples/s"] = cfg.RolloutBatch / new[] { "generate", "score", "experience", "train", "sync" }.Sum(k => row["time/" + k]);
+
+                bool last = it + 1 == cfg.Iterations;
+                if ((it + 1) % cfg.EvalEvery == 0 || last)
+                {
+                    var e = Evaluate(run, evalPrompts, cfg);
+                    row["eval/gold"] = e.Gold;
+                    row["eval/score"] = e.Score;
+                    row["eval/kl"] = e.Kl;
+                    Log($"iter {it + 1}/{cfg.Iterations}  score {row["objective/scores"]:F3}  gold {row["objective/gold"]:F3}  kl {row["objective/kl"]:F2}  " +
+                        $"β {kl.Beta:F4}  held-out gold {e.Gold:F3} kl {e.Kl:F2}");
+                }
+                metrics.Add(row);
+                if ((cfg.CheckpointEvery > 0 && (it + 1) % cfg.CheckpointEvery == 0) || last)
+                {
+                    lastCheckpoint = TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
+                    {
+                        run.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
+                        TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
+                        run.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
+                    }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg)));
+                    metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
+                }
+                onIteration?.Invoke(it + 1);
+                if (control.StopAfterStep > 0 && it + 1 == control.StopAfterStep) throw new SimulatedKill();
+            }
+        }
+
+        try { TrainerParts.WithProgress("PPO", cfg.Iterations, start, control.Progress, Iterations); }
+        catch (SimulatedKill) { return new PpoSummary { Iterations = control.StopAfterStep }; }
+
+        // Outputs: the aligned policy as an HF folder (+ ONNX), the critic, metrics, curves, the report.
+        run.Actor.SavePretrained(cfg.Out, ScalarType.Float32);
+        TokenizerFiles.Copy(cfg.SftModel, cfg.Out);
+        run.Critic.SavePretrained(Path.Combine(cfg.Out, "critic"), ScalarType.Float32);
+        OnnxExport.ExportStage.AfterStage(run.Actor, cfg.Out, "ppo");
+        metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, "ppo_config.json"), ConfigLoader.ToJson(cfg));
+        PpoReport.Curves(cfg.Out, metrics);
+        var comparison = Compare(run, evalPrompts, cfg);
+        PpoReport.Write(cfg.Out, comparison);
+        var summary = PpoSummary.From(metrics, comparison, clock.Elapsed.TotalSeconds);
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), System.Text.Json.JsonSerializer.Serialize(summary, ConfigLoader.Json));
+        return summary;
+    }
+
+    static Run Open(PpoConfig cfg, Device device, string? resumeFrom)
+    {
+        var tokenizer = TextTokenizer.Load(cfg.SftModel);
+        var actor = LlamaForCausalLM.FromPretrained(resumeFrom is null ? cfg.SftModel : Path.Combine(resumeFrom, "actor"), device, ScalarType.Float32);
+        var reference = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
+        foreach (var p in reference.parameters()) p.requires_grad = false;
+        var critic = resumeFrom is not null
+            ? LlamaForSequenceClassification.FromPretrained(Path.Combine(resumeFrom, "critic"), device, ScalarType.Float32)
+            : cfg.RmModel is not null
+                ? LlamaForSequenceClassification.FromPretrained(cfg.RmModel, device, ScalarType.Float32)
+                : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
+        var rewards = PpoServices.Rewards(cfg);
+        var rollouts = PpoServices.Rollouts(cfg.Engine, actor, tokenizer, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
+        // dropout off for the whole stage: the ratio must compare the same function at rollout and update time
+        actor.eval();
+        reference.eval();
+        critic.eval();
+        return new Run
+        {
+            Cfg = cfg, Device = device, Tokenizer = tokenizer, Actor = actor, Reference = reference, Critic = critic,
+            Rollouts = rollouts, Rewards = rewards,
+        };
+    }
+
+    /// <summary>Rows of iteration <paramref name="it"/>: consecutive slices of a seeded permutation per pass over the prompts.</summary>
+    internal static int[] BatchRows(int promptCount, int it, PpoConfig cfg)
+    {
+        int perPass = Math.Max(1, promptCount / cfg.RolloutBatch);
+        int pass = it / perPass, within = it % perPass;
+        int[] order = SftTrainer.Permutation(promptCount, cfg.Seed * 31 + pass);
+        return [.. Enumerable.Range(within * cfg.RolloutBatch, cfg.RolloutBatch).Select(i => order[i % promptCount])];
+    }
+
+    static ulong SamplingSeed(long seed, int it) => Common.Rng.Mix((ulong)seed ^ Common.Rng.Mix((ulong)it + 0x5EED));
+
+    static (string[] Prompts, int[][] PromptIds, RolloutResult[] Results) Rollout(Run run, string[] prompts, int[][] ids, ulong seed, PpoConfig cfg)
+    {
+        var requests = ids.Select((p, i) => RolloutRequest.FromIds(p, new SamplingOptions
+        {
+            Temperature = (float)cfg.Temperature, TopK = cfg.TopK, TopP = (float)cfg.TopP, MaxNewTokens = cfg.MaxNewTokens,
+            Seed = Common.Rng.Mix(seed + (ulong)i),
+        })).ToList();
+        return (prompts, ids, [.. run.Rollouts.Generate(requests)]);
+    }
+
+    static ScoredRollouts Score(Run run, (string[] Prompts, int[][] PromptIds, RolloutResult[] Results) r, PpoConfig cfg)
+    {
+        string[] texts = [.. r.Results.Select(x => PromptFormat.ResponseText(run.Tokenizer, x.ResponseIds))];
+        bool[] eos = [.. r.Results.Select(x => x.FinishReason == RolloutFinishReason.Eos)];
+        float[] rm = run.Rewards.Score([.. r.Prompts.Select((p, i) => new RewardRequest(p, texts[i]))]);
+        float[] scores = new float[rm.Length];
+        for (int i = 0; i < rm.Length; i++)
+        {
+            double s = !eos[i] && cfg.MissingEosPenalty is double pen ? pen : rm[i];
+            scores[i] = (float)(cfg.RewardClip > 0 ? Math.Clamp(s, -cfg.RewardClip, cfg.RewardClip) : s);
+        }
+        return new ScoredRollouts(r.Prompts, r.PromptIds, r.Results, texts, eos, rm, scores);
+    }
+
+    /// <summary>
+    /// Steps 3–5 of the loop, without gradients: log π_old (TorchSharp, logits / T), log π_ref, V_old, per-token
+    /// rewards r_t = −β·kl_t (+ score at the last token), GAE advantages (whitened) and returns.
+    /// </summary>
+    static Experience BuildExperience(Run run, ScoredRollouts s, double beta, PpoConfig cfg, Dictionary<string, double> row)
+    {
+        var exp = Experience.Build(s.PromptIds, [.. s.Results.Select(x => x.ResponseIds)], run.PadId, run.Device);
+        using (no_grad())
+        {
+            var (logp, logpRef, values) = ForwardAll(run, exp, cfg.Temperature, cfg.MiniBatch);
+            exp.LogpOld = logp;
+            exp.LogpRef = logpRef;
+            exp.ValuesOld = values;
+            using var scores = tensor(s.Scores, device: run.Device);
+            var (rewards, klPerToken) = RewardShaping.PerToken(scores, logp, logpRef, exp.ResponseMask, beta, cfg.KlEstimator);
+            exp.Rewards = rewards;
+            var (adv, ret) = Gae.Compute(rewards, values, exp.ResponseMask, cfg.Gamma, cfg.Lambda);
+            exp.Returns = ret;
+            exp.Advantages = cfg.WhitenAdvantages ? Masked.Whiten(adv, exp.ResponseMask) : adv;
+            adv.Dispose();
+
+            using var klRow = klPerToken.sum(1);
+            using var entRow = (-logp * exp.ResponseMask).sum(1);
+            double klMean = klRow.mean().item<float>();
+            row["objective/kl"] = klMean;
+            row["objective/entropy"] = entRow.mean().item<float>();
+            row["objective/scores"] = s.Scores.Average();
+            row["objective/rm_scores"] = s.RmScores.Average();
+            row["objective/rlhf_reward"] = s.Scores.Average() - beta * klMean;
+            row["objective/gold"] = s.Prompts.Select((p, i) => GoldScorer.Score(p, s.Texts[i], s.EndedWithEos[i]).Total).Average();
+            row["tokens/eos_fraction"] = s.EndedWithEos.Count(x => x) / (double)s.EndedWithEos.Length;
+            row["tokens/response_length"] = s.Results.Average(x => x.ResponseIds.Length);
+            row["val/mean"] = Masked.Mean(values, exp.ResponseMask).item<float>();
+            row["returns"] = Masked.Mean(ret, exp.ResponseMask).item<float>();
+            row["val/explained_variance"] = ExplainedVariance.Compute(values, ret, exp.ResponseMask);
+            row["policy/rollout_logprob_mismatch"] = RolloutMismatch(s.Results, logp);
+            klPerToken.Dispose();
+        }
+        return exp;
+    }
+
+    /// <summary>log π, log π_ref and V over the response positions of <paramref name="exp"/>, in chunks of rows.</summary>
+    static (Tensor Logp, Tensor LogpRef, Tensor Values) ForwardAll(Run run, Experience exp, double temperature, int chunk)
+    {
+        var logps = new List<Tensor>();
+        var refs = new List<Tensor>();
+        var vals = new List<Tensor>();
+        for (long i = 0; i < exp.Rows; i += chunk)
+        {
+            using var scope = NewDisposeScope();
+            using var idx = arange(i, Math.Min(exp.Rows, i + chunk), dtype: ScalarType.Int64, device: run.Device);
+            using var mb = exp.Select(idx);
+            var lp = LogProbs.OfTokens(mb.ResponseSlice(run.Actor.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), mb.Responses, temperature);
+            var lr = LogProbs.OfTokens(mb.ResponseSlice(run.Reference.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), mb.Responses, temperature);
+            var v = mb.ResponseSlice(run.Critic.Values(mb.InputIds, mb.AttentionMask, mb.PositionIds));
+            logps.Add(lp.MoveToOuterDisposeScope());
+            refs.Add(lr.MoveToOuterDisposeScope());
+            vals.Add(v.MoveToOuterDisposeScope());
+        }
+        Tensor Cat(List<Tensor> parts)
+        {
+            var c = cat(parts, 0);
+            foreach (var p in parts) p.Dispose();
+            return c;
+        }
+        return (Cat(logps) * exp.ResponseMask, Cat(refs) * exp.ResponseMask, Cat(vals) * exp.ResponseMask);
+    }
+
+    /// <summary>Mean |log π_ORT − log π_TorchSharp| over response tokens (NaN when the engine records none).</summary>
+    static double RolloutMismatch(RolloutResult[] results, Tensor logp)
+    {
+        float[] flat = logp.to(CPU).data<float>().ToArray();
+        long a = logp.shape[1];
+        double sum = 0;
+        long n = 0;
+        for (int i = 0; i < results.Length; i++)
+            for (int t = 0; t < results[i].LogProbs.Length; t++)
+            {
+                if (float.IsNaN(results[i].LogProbs[t])) return double.NaN;
+                sum += Math.Abs(results[i].LogProbs[t] - flat[i * a + t]);
+                n++;
+            }
+        return n == 0 ? double.NaN : sum / n;
+    }
+
+    /// <summary>Step 6: <see cref="PpoConfig.PpoEpochs"/> passes of shuffled minibatches, clipped losses, separate actor/critic optimizers.</summary>
+    static void Update(Run run, Experience exp, optim.Optimizer actorOpt, optim.Optimizer criticOpt, PtxBatches? ptx, int it,
+                       PpoConfig cfg, Dictionary<string, double> row, string? lastCheckpoint)
+    {
+        var stats = new Dictionary<string, List<double>>();
+        void Add(string k, double v) { if (!stats.TryGetValue(k, out var l)) stats[k] = l = []; l.Add(v); }
+        int mbPerEpoch = cfg.RolloutBatch / cfg.MiniBatch;
+        bool stop = false;
+        int update = 0;
+        for (int epoch = 0; epoch < cfg.PpoEpochs && !stop; epoch++)
+        {
+            int[] order = SftTrainer.Permutation((int)exp.Rows, cfg.Seed * 1_000_033 + it * 97 + epoch);
+            for (int m = 0; m < mbPerEpoch && !stop; m++)
+            {
+                if (m % cfg.GradAccum == 0) { actorOpt.zero_grad(); criticOpt.zero_grad(); }
+                using (var scope = NewDisposeScope())
+                {
+                    using var idx = tensor(order.Skip(m * cfg.MiniBatch).Take(cfg.MiniBatch).Select(x => (long)x).ToArray(), device: run.Device);
+                    var mb = exp.Select(idx);
+                    var logits = mb.ResponseSlice(run.Actor.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)) / cfg.Temperature;
+                    var logp = LogProbs.OfTokens(logits, mb.Responses);
+                    var (pg, clipFrac, approxKl) = PpoLosses.Policy(logp, mb.LogpOld!, mb.Advantages!, mb.ResponseMask, cfg.ClipEps);
+                    var actorLoss = pg;
+                    if (cfg.EntropyCoef > 0)
+                    {
+                        var ent = PpoLosses.Entropy(logits, mb.ResponseMask);
+                        actorLoss = actorLoss - cfg.EntropyCoef * ent;
+                        Add("policy/entropy", ent.item<float>());
+                    }
+                    if (ptx is not null)
+                    {
+                        var ptxLoss = ptx.Loss(run.Actor, it * 1000 + update, cfg.PtxCoef, run.Device);
+                        actorLoss = actorLoss + ptxLoss;
+                        Add("loss/ptx", ptxLoss.item<float>());
+                    }
+                    var values = mb.ResponseSlice(run.Critic.Values(mb.InputIds, mb.AttentionMask, mb.PositionIds));
+                    var (vf, vfClip) = PpoLosses.Value(values, mb.ValuesOld!, mb.Returns!, mb.ResponseMask, cfg.ValueClipEps);
+                    var loss = (actorLoss + cfg.VfCoef * vf) / cfg.GradAccum;
+                    loss.backward();
+                    double pgv = pg.item<float>(), vfv = vf.item<float>();
+                    if (!double.IsFinite(pgv) || !double.IsFinite(vfv))
+                        throw new NonFiniteLossException("ppo", it, "a loss", double.IsFinite(pgv) ? vfv : pgv, lastCheckpoint);
+                    Add("loss/policy", pgv);
+                    Add("loss/value", vfv);
+                    Add("policy/clipfrac", clipFrac.item<float>());
+                    Add("policy/approxkl", approxKl.item<float>());
+                    Add("val/clipfrac", vfClip.item<float>());
+                    if (cfg.EarlyStopKl > 0 && approxKl.item<float>() > cfg.EarlyStopKl) stop = true;
+                }
+                if ((m + 1) % cfg.GradAccum == 0 || stop)
+                {
+                    Add("grad_norm/actor", TrainerParts.ClipGradNorm(run.Actor, cfg.GradClip));
+                    Add("grad_norm/critic", TrainerParts.ClipGradNorm(run.Critic, cfg.GradClip));
+                    actorOpt.step();
+                    criticOpt.step();
+                    update++;
+                }
+            }
+        }
+        foreach (var (k, v) in stats) row[k] = v.Average();
+        row["policy/updates"] = update;
+    }
+
+    /// <summary>Held-out evaluation of the current actor: gold score, RM score and KL to the SFT model of sampled responses.</summary>
+    internal sealed record EvalResult(double Gold, double Score, double Kl, string[] Prompts, string[] Responses, double[] GoldPer, double[] ScorePer);
+
+    static EvalResult Evaluate(Run run, IReadOnlyList<string> prompts, PpoConfig cfg)
+    {
+        var ids = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
+        var results = Rollout(run, [.. prompts], ids, 0xE7A1, cfg).Results;
+        var scored = Score(run, ([.. prompts], ids, results), cfg);
+        using var exp = Experience.Build(ids, [.. results.Select(r => r.ResponseIds)], run.PadId, run.Device);
+        double kl;
+        using (no_grad())
+        {
+            var (lp, lr, v) = ForwardAll(run, exp, cfg.Temperature, cfg.MiniBatch);
+            using var k = ((lp - lr) * exp.ResponseMask).sum(1);
+            kl = k.mean().item<float>();
+            lp.Dispose(); lr.Dispose(); v.Dispose();
+        }
+        double[] gold = [.. prompts.Select((p, i) => GoldScorer.Score(p, scored.Texts[i], scored.EndedWithEos[i]).Total)];
+        double[] score = [.. scored.RmScores.Select(x => (double)x)];
+        return new EvalResult(gold.Average(), score.Average(), kl, [.. prompts], scored.Texts, gold, score);
+    }
+
+    /// <summary>
+    /// SFT vs best-of-N vs PPO on the held-out prompts: PPO's samples with their KL to SFT; N samples per prompt from
+    /// the SFT model (synced into the same engine), of which best-of-N keeps the one the reward model scores highest
+    /// (KL = log N − (N − 1)/N, Stiennon et al. 2020); N = 1 is the SFT model itself.
+    /// </summary>
+    static Comparison Compare(Run run, IReadOnlyList<string> prompts, PpoConfig cfg)
+    {
+        var ppo = Evaluate(run, prompts, cfg);
+        int nMax = cfg.BestOfN.Max();
+        PpoServices.Sync(run.Rollouts, run.Reference);
+        var ids = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
+        var rows = Enumerable.Range(0, nMax).SelectMany(n => prompts.Select((p, i) => (Prompt: p, Ids: ids[i], N: n))).ToArray();
+        var rolled = Rollout(run, [.. rows.Select(r => r.Prompt)], [.. rows.Select(r => r.Ids)], 0xB0F, cfg);
+        var scored = Score(run, rolled, cfg);
+        PpoServices.Sync(run.Rollouts, run.Actor);
+        var bestOf = new List<BestOfNPoint>();
+        string[] sftTexts = new string[prompts.Count];
+        foreach (int n in cfg.BestOfN.Distinct().Order())
+        {
+            double gold = 0, score = 0;
+            for (int i = 0; i < prompts.Count; i++)
+            {
+                int best = Enumerable.Range(0, n).Select(k => k * prompts.Count + i).MaxBy(j => scored.Scores[j]);
+                gold += GoldScorer.Score(prompts[i], scored.Texts[best], scored.EndedWithEos[best]).Total;
+                score += scored.RmScores[best];
+                if (n == 1) sftTexts[i] = scored.Texts[best];
+            }
+            bestOf.Add(new BestOfNPoint(n, gold / prompts.Count, score / prompts.Count, Math.Log(n) - (n - 1.0) / n));
+        }
+        double[] sftGold = [.. prompts.Select((p, i) => GoldScorer.Score(p, scored.Texts[i], scored.EndedWithEos[i]).Total)];
+        return new Comparison([.. prompts], [.. scored.Texts.Take(prompts.Count)], sftGold, [.. scored.RmScores.Take(prompts.Count).Select(x => (double)x)],
+            ppo.Responses, ppo.GoldPer, ppo.ScorePer, ppo.Kl, bestOf);
+    }
+
+    static IReadOnlyList<string> TrainingPrompts(PpoConfig cfg) => cfg.PromptsFile is null
+        ? [.. DataSets.Prompts((ulong)cfg.Seed, DataSets.PpoPromptsName, cfg.DefaultPrompts).Select(p => p.Prompt)]
+        : NonEmpty(DataFiles.ReadPrompts(cfg.PromptsFile).Records.Select(p => p.Prompt).ToList(), cfg.PromptsFile);
+
+    static IReadOnlyList<string> EvalPrompts(PpoConfig cfg) => cfg.EvalPromptsFile is null
+        ? [.. DataSets.Prompts((ulong)cfg.Seed, DataSets.PpoEvalPromptsName, cfg.EvalPrompts).Select(p => p.Prompt)]
+        : NonEmpty(DataFiles.ReadPrompts(cfg.EvalPromptsFile).Records.Select(p => p.Prompt).Take(cfg.EvalPrompts).ToList(), cfg.EvalPromptsFile);
+
+    static List<string> NonEmpty(List<string> list, string file) =>
+        list.Count > 0 ? list : throw new InvalidDataException($"{file}: no prompts.");
+
+    static PtxBatches PtxData(PpoConfig cfg, TextTokenizer tokenizer) =>
+        new([.. DataSets.SftExamples((ulong)cfg.Seed, DataSets.SftTrainName, 4096).Select(e => SftBatch.Tokenize(tokenizer, e, 96))],
+            tokenizer.PadId ?? 0, cfg.MiniBatch);
+
+    static void Log(string message) => Console.Error.WriteLine(message);
+
+    sealed record PpoState(int Iteration, KlControllerState Kl, string ConfigJson);
+
+    sealed class SimulatedKill : Exception;
+}
+
+/// <summary>PPO-ptx: minibatches of SFT demonstrations and the term −γ_ptx·mean log π on them.</summary>
+internal sealed class PtxBatches(TokenizedExample[] data, int padId, int batchSize)
+{
+    /// <summary>γ_ptx · (−mean log π(demonstration response tokens)) for batch number <paramref name="k"/>.</summary>
+    public Tensor Loss(LlamaForCausalLM actor, int k, double coef, Device device)
+    {
+        var rows = Enumerable.Range(0, batchSize).Select(i => data[(k * batchSize + i) % data.Length]).ToArray();
+        using var batch = SftBatch.Collate(rows, padId, device);
+        var logits = actor.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
+        long s = batch.InputIds.shape[1];
+        var targets = batch.Targets.narrow(1, 0, s - 1);
+        var mask = targets.ne(SftBatch.Ignore).to(ScalarType.Float32);
+        var logp = LogProbs.OfTokens(logits.narrow(1, 0, s - 1), targets.clamp_min(0));
+        return PpoLosses.Ptx(logp, mask, coef);
+    }
+}
