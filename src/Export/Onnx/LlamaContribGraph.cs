@@ -74,13 +74,13 @@ public static class LlamaContribGraph
             b.Prefix = $"layers.{i}/attn";
             string qkv = b.Node("MatMul", [h, PackedQkvInitializer(b, cfg, weights, i)]);
             if (cfg.QkvBias) qkv = b.Node("Add", [qkv, PackedQkvBiasInitializer(b, weights, i)]);
-            string attn = b.UniqueName("GroupQueryAttention");
+            string attn = $"layers.{i}/attn/GroupQueryAttention/output";
             b.AddNode("GroupQueryAttention", [qkv, "", "", past[i].Key, past[i].Value, seqlensK, totalLen, cosCache, sinCache],
                 [attn, $"present.{i}.key", $"present.{i}.value"], GraphBuilder.MicrosoftDomain,
                 [Attr.Int("num_heads", cfg.NumAttentionHeads), Attr.Int("kv_num_heads", nKv), Attr.Float("scale", (float)(1.0 / Math.Sqrt(d))),
                  Attr.Int("do_rotary", 1), Attr.Int("rotary_interleaved", 0), Attr.Int("local_window_size", -1)]);
             string o = Linear(b, weights, attn, p + "self_attn.o_proj", cfg.OutputBias);
-            (h, residual) = SkipNorm(b, o, residual, Weight(b, weights, p + "post_attention_layernorm.weight"), eps);
+            (h, residual) = SkipNorm(b, $"layers.{i}/post_attention_norm", o, residual, Weight(b, weights, p + "post_attention_layernorm.weight"), eps);
 
             b.Prefix = $"layers.{i}/mlp";
             string gate = Linear(b, weights, h, p + "mlp.gate_proj", false);
@@ -89,7 +89,7 @@ public static class LlamaContribGraph
             string down = Linear(b, weights, act, p + "mlp.down_proj", false);
             bool last = i == cfg.NumHiddenLayers - 1;
             b.Prefix = last ? "final_norm" : $"layers.{i + 1}/attn";
-            (h, residual) = SkipNorm(b, down, residual,
+            (h, residual) = SkipNorm(b, last ? "final_norm" : $"layers.{i + 1}/input_norm", down, residual,
                 Weight(b, weights, last ? "model.norm.weight" : $"model.layers.{i + 1}.input_layernorm.weight"), eps);
         }
 
@@ -159,9 +159,9 @@ public static class LlamaContribGraph
     }
 
     /// <summary>SkipSimplifiedLayerNormalization: residual' = x + skip; returns (RMSNorm(residual')·w, residual').</summary>
-    static (string Normed, string Residual) SkipNorm(GraphBuilder b, string x, string skip, string weight, float eps)
+    static (string Normed, string Residual) SkipNorm(GraphBuilder b, string name, string x, string skip, string weight, float eps)
     {
-        string normed = b.UniqueName("SkipSimplifiedLayerNormalization"), sum = b.UniqueName("input_skip_bias_sum");
+        string normed = name + "/output", sum = name + "/input_skip_bias_sum";
         b.AddNode("SkipSimplifiedLayerNormalization", [x, skip, weight], [normed, "", "", sum], GraphBuilder.MicrosoftDomain,
             [Attr.Float("epsilon", eps)]);
         return (normed, sum);
