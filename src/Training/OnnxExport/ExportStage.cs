@@ -66,8 +66,14 @@ public static class ExportStage
             return ExportPolicy(model, outFolder, graph ?? DefaultGraph(model.Config), options);
         }
         if (graph == GraphKind.ContribGqa) throw new ArgumentException("Reward and value models are exported with the plain graph only (no KV cache); drop --graph gqa.");
-        using var rm = LlamaForSequenceClassification.FromPretrained(modelFolder, torch.CPU, ScalarType.Float32);
-        return ExportReward(rm, outFolder, kind, options);
+        LlamaForSequenceClassification rm;
+        try { rm = LlamaForSequenceClassification.FromPretrained(modelFolder, torch.CPU, ScalarType.Float32); }
+        catch (InvalidDataException e) when (e.Message.Contains("Missing: score.weight", StringComparison.Ordinal))
+        {
+            throw new InvalidDataException($"{modelFolder} has no score.weight: --kind {ExportNames.Name(kind)} needs a reward/value model " +
+                                           "(LlamaForSequenceClassification, e.g. the output of `rlhf rm`); export a causal LM with --kind policy.", e);
+        }
+        using (rm) return ExportReward(rm, outFolder, kind, options);
     }
 
     /// <summary>

@@ -25,13 +25,17 @@ public static class OnnxParity
     /// The decode layout follows the graph: the plain graph appends a mask column (gaps stay masked, position = real
     /// tokens so far); the GQA graph keeps each row contiguous from slot 0 (mask row = ones then zeros), as GroupQueryAttention requires.
     /// Logits are compared at every real position. The model must be on the CPU in float32 (put it in eval mode first).
+    /// With <paramref name="sharedBuffer"/> (GQA graph only) the past is a buffer of max_length = longest row + steps
+    /// slots from the start, as GenAI runs it with <c>past_present_share_buffer</c>.
     /// </summary>
-    public static PolicyParity Policy(LlamaForCausalLM model, string folder, int[] lengths, int steps, bool leftPad, int seed, int threads = 2)
+    public static PolicyParity Policy(LlamaForCausalLM model, string folder, int[] lengths, int steps, bool leftPad, int seed, int threads = 2,
+        bool sharedBuffer = false)
     {
         if (lengths.Length == 0 || lengths.Any(l => l < 1)) throw new ArgumentException("Every row needs at least one token.", nameof(lengths));
         using var decoder = new OrtDecoder(folder, threads);
         bool gqa = !decoder.TakesPositionIds;
         if (gqa && leftPad) throw new ArgumentException("The GroupQueryAttention graph supports right padding only.", nameof(leftPad));
+        if (!gqa && sharedBuffer) throw new ArgumentException("Only the GroupQueryAttention graph takes a shared past/present buffer.", nameof(sharedBuffer));
         var cfg = model.Config;
         int B = lengths.Length, W = lengths.Max();
         var rng = new Random(seed);
@@ -51,7 +55,7 @@ public static class OnnxParity
                 pos[b, col] = j;
             }
         double prefill = 0, decode = 0;
-        var step = decoder.Run(ids, mask, pos, null);
+        var step = decoder.Run(ids, mask, pos, null, sharedBuffer ? W + steps : 0);
         try
         {
             for (int b = 0; b < B; b++)

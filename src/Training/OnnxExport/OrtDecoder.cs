@@ -41,9 +41,11 @@ public sealed class OrtDecoder : IDisposable
 
     /// <summary>
     /// One forward. ids [B, S], mask [B, T] (T = past + S), positions [B, S] (ignored by the GQA graph; required by the
-    /// plain one); <paramref name="past"/>: the previous step, or null for an empty cache.
+    /// plain one); <paramref name="past"/>: the previous step, or null for an empty cache. With no past and
+    /// <paramref name="pastCapacity"/> &gt; 0 the past is a zeroed buffer of that many slots, as GenAI passes it with
+    /// <c>past_present_share_buffer</c> (GQA graph only; its presents then keep that length).
     /// </summary>
-    public DecoderStep Run(long[,] ids, long[,] mask, long[,]? positions, DecoderStep? past)
+    public DecoderStep Run(long[,] ids, long[,] mask, long[,]? positions, DecoderStep? past, int pastCapacity = 0)
     {
         int b = ids.GetLength(0);
         var names = new List<string>();
@@ -60,6 +62,9 @@ public sealed class OrtDecoder : IDisposable
                 foreach (string kv in new[] { "key", "value" })
                 {
                     if (past is not null) Add($"past_key_values.{i}.{kv}", past.Output($"present.{i}.{kv}"), false);
+                    else if (pastCapacity > 0)
+                        Add($"past_key_values.{i}.{kv}", OrtValue.CreateTensorValueFromMemory(new float[(long)b * KvHeads * pastCapacity * HeadDim],
+                            [b, KvHeads, pastCapacity, HeadDim]), true);
                     else Add($"past_key_values.{i}.{kv}", OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance,
                         TensorElementType.Float, [b, KvHeads, 0, HeadDim]), true);
                 }

@@ -56,6 +56,24 @@ public sealed class ExportParityTests(ITestOutputHelper output)
         finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
     }
 
+    /// <summary>The GQA graph with GenAI's shared past/present layout: past is a max_length buffer from the prefill on.</summary>
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("qwen2")]
+    public void GqaWithSharedMaxLengthBufferMatches(string variant)
+    {
+        using var model = ExportModels.Policy(variant, seed: 12);
+        string dir = ExportModels.TempPath("gqa-shared");
+        try
+        {
+            PolicyExport.Export(model.Config, model.state_dict(), dir, GraphKind.ContribGqa);
+            var p = OnnxParity.Policy(model, dir, [6, 2, 4], steps: 4, leftPad: false, seed: 3, sharedBuffer: true);
+            output.WriteLine($"gqa shared buffer {variant}: prefill {p.Prefill:E2}, decode {p.Decode:E2}");
+            Assert.True(p.Max <= Tolerance, $"max |diff| {p.Max}");
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+
     /// <summary>Reward graph vs LlamaForSequenceClassification.Scores/Values, left and right padding (same position ids).</summary>
     [Theory]
     [InlineData("llama")]
