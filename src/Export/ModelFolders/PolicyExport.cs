@@ -64,7 +64,7 @@ public static class PolicyExport
             manifest = NewManifest(cfg, options, ModelKind.Policy, graph, saved, sw.Elapsed.TotalSeconds);
             manifest.Save(tmp);
         });
-        return new ExportResult(Path.GetFullPath(outFolder), manifest!, saved! with { ModelPath = Path.Combine(Path.GetFullPath(outFolder), ModelFile) }, tok);
+        return new ExportResult(Path.GetFullPath(outFolder), manifest!, InFolder(saved!, outFolder), tok);
     }
 
     /// <summary>
@@ -88,7 +88,18 @@ public static class PolicyExport
             manifest = NewManifest(cfg, options, kind, GraphKind.Plain, saved, sw.Elapsed.TotalSeconds);
             manifest.Save(tmp);
         });
-        return new ExportResult(Path.GetFullPath(outFolder), manifest!, saved! with { ModelPath = Path.Combine(Path.GetFullPath(outFolder), ModelFile) }, tok);
+        return new ExportResult(Path.GetFullPath(outFolder), manifest!, InFolder(saved!, outFolder), tok);
+    }
+
+    /// <summary>The save result with paths in the final folder (it was written in a temp folder).</summary>
+    static OnnxSaveResult InFolder(OnnxSaveResult saved, string outFolder)
+    {
+        string full = Path.GetFullPath(outFolder);
+        return saved with
+        {
+            ModelPath = Path.Combine(full, ModelFile),
+            DataPath = saved.DataPath is null ? null : Path.Combine(full, Path.GetFileName(saved.DataPath)),
+        };
     }
 
     /// <summary>SHA-256 of the parent's config.json bytes when it exists, else of the config as SavePretrained writes it.</summary>

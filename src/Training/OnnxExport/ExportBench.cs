@@ -73,45 +73,26 @@ public static class ExportBench
                 using var model = LlamaForCausalLM.Create(cfg with { ResidualDropout = 0, AttentionDropout = 0 }, torch.CPU, ScalarType.Float32, seed: 7);
                 model.eval();
                 var rng = new Random(3);
-                foreach (var graph in new[] { GraphKind.Plain, GraphKind.ContribGqa })
+                var engines = new List<(string Engine, OrtDecoder Decoder)>();
+                try
                 {
-                    if (graph == GraphKind.ContribGqa && cfg.HeadDim % 16 != 0) continue;
-                    string engine = "ort-" + ExportNames.Name(graph);
-                    string folder = Path.Combine(work, $"{name}-{ExportNames.Name(graph)}");
-                    var sw = Stopwatch.StartNew();
-                    var result = PolicyExport.Export(model.Config, model.state_dict(), folder, graph, new ExportOptions { Overwrite = true });
-                    Add(new BenchRow(name, engine, "export", 0, sw.Elapsed.TotalMilliseconds, "ms"));
-                    Add(new BenchRow(name, engine, "size", 0, (result.Saved.ModelBytes + result.Saved.DataBytes) / 1e6, "MB"));
-                    using var decoder = new OrtDecoder(folder, options.Threads);
-                    foreach (int b in options.Batches)
+                    foreach (var graph in new[] { GraphKind.Plain, GraphKind.ContribGqa })
                     {
-                        var (ids, mask, pos) = Prompt(b, options.Tokens, cfg.VocabSize, rng);
-                        Add(new BenchRow(name, engine, "prefill", b, Median(options.Repeats, () => decoder.Run(ids, mask, pos, null).Dispose()), "ms"));
-                        using var cache = decoder.Run(ids, mask, pos, null);
-                        var (sIds, sMask, sPos) = Step(b, options.Tokens, cfg.VocabSize, rng);
-                        Add(new BenchRow(name, engine, "decode", b, Median(options.Repeats, () => decoder.Run(sIds, sMask, sPos, cache).Dispose()), "ms"));
+                        if (graph == GraphKind.ContribGqa && cfg.HeadDim % 16 != 0) continue;
+                        string engine = "ort-" + ExportNames.Name(graph);
+                        string folder = Path.Combine(work, $"{name}-{ExportNames.Name(graph)}");
+                        var sw = Stopwatch.StartNew();
+                        var result = PolicyExport.Export(model.Config, model.state_dict(), folder, graph, new ExportOptions { Overwrite = true });
+                        Add(new BenchRow(name, engine, "export", 0, sw.Elapsed.TotalMilliseconds, "ms"));
+                        Add(new BenchRow(name, engine, "size", 0, (result.Saved.ModelBytes + result.Saved.DataBytes) / 1e6, "MB"));
+                        engines.Add((engine, new OrtDecoder(folder, options.Threads)));
                     }
-                    Directory.Delete(folder, recursive: true);
+                    foreach (int b in options.Batches)
+                        foreach (var row in Forward(name, model, engines, b, options, rng)) Add(row);
                 }
-                foreach (int b in options.Batches)
+                finally
                 {
-                    var (ids, mask, pos) = Prompt(b, options.Tokens, cfg.VocabSize, rng);
-                    var (sIds, sMask, sPos) = Step(b, options.Tokens, cfg.VocabSize, rng);
-                    using var idsT = torch.tensor(Flat(ids), [b, options.Tokens]);
-                    using var maskT = torch.tensor(Flat(mask), [b, options.Tokens]);
-                    using var posT = torch.tensor(Flat(pos), [b, options.Tokens]);
-                    using var sIdsT = torch.tensor(Flat(sIds), [b, 1]);
-                    using var sMaskT = torch.tensor(Flat(sMask), [b, options.Tokens + 1]);
-                    using var sPosT = torch.tensor(Flat(sPos), [b, 1]);
-                    using var noGrad = torch.no_grad();
-                    Add(new BenchRow(name, "torch", "prefill", b, Median(options.Repeats, () => model.Forward(idsT, maskT, posT).Dispose()), "ms"));
-                    double decode = MedianWithSetup(options.Repeats, () =>
-                    {
-                        var cache = new KvCache(cfg.NumHiddenLayers);
-                        model.Forward(idsT, maskT, posT, cache).Dispose();
-                        return cache;
-                    }, cache => model.Forward(sIdsT, sMaskT, sPosT, cache).Dispose());
-                    Add(new BenchRow(name, "torch", "decode", b, decode, "ms"));
+                    foreach (var (_, d) in engines) d.Dispose();
                 }
             }
         }
@@ -120,6 +101,76 @@ public static class ExportBench
             if (Directory.Exists(work)) Directory.Delete(work, recursive: true);
         }
         return rows;
+    }
+
+    /// <summary>
+    /// Prefill and decode times of every engine at batch <paramref name="b"/>. The engines run interleaved within each
+    /// repetition (ORT graphs, then TorchSharp), so load changes on a shared machine hit them alike.
+    /// </summary>
+    static IEnumerable<BenchRow> Forward(string name, LlamaForCausalLM model, List<(string Engine, OrtDecoder Decoder)> engines, int b,
+        BenchOptions options, Random rng)
+    {
+        var cfg = model.Config;
+        int t = options.Tokens;
+        var (ids, mask, pos) = Prompt(b, t, cfg.VocabSize, rng);
+        var (sIds, sMask, sPos) = Step(b, t, cfg.VocabSize, rng);
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var idsT = torch.tensor(Flat(ids), [b, t]);
+        var maskT = torch.tensor(Flat(mask), [b, t]);
+        var posT = torch.tensor(Flat(pos), [b, t]);
+        var sIdsT = torch.tensor(Flat(sIds), [b, 1]);
+        var sMaskT = torch.tensor(Flat(sMask), [b, t + 1]);
+        var sPosT = torch.tensor(Flat(sPos), [b, 1]);
+        var caches = engines.Select(e => e.Decoder.Run(ids, mask, pos, null)).ToList();
+        try
+        {
+            int n = engines.Count + 1;
+            var prefill = Enumerable.Range(0, n).Select(_ => new List<double>()).ToArray();
+            var decode = Enumerable.Range(0, n).Select(_ => new List<double>()).ToArray();
+            for (int r = 0; r <= Math.Max(1, options.Repeats); r++)
+            {
+                bool keep = r > 0;                                                       // repetition 0 is a warm-up
+                for (int e = 0; e < engines.Count; e++)
+                {
+                    var d = engines[e].Decoder;
+                    double p = Time(() => d.Run(ids, mask, pos, null).Dispose());
+                    var c = caches[e];
+                    double s = Time(() => d.Run(sIds, sMask, sPos, c).Dispose());
+                    if (keep) { prefill[e].Add(p); decode[e].Add(s); }
+                }
+                double tp = Time(() => model.Forward(idsT, maskT, posT).Dispose());
+                using var cache = new KvCache(cfg.NumHiddenLayers);
+                model.Forward(idsT, maskT, posT, cache).Dispose();
+                double ts = Time(() => model.Forward(sIdsT, sMaskT, sPosT, cache).Dispose());
+                if (keep) { prefill[^1].Add(tp); decode[^1].Add(ts); }
+            }
+            var names = engines.Select(e => e.Engine).Append("torch").ToList();
+            var rows = new List<BenchRow>();
+            for (int e = 0; e < n; e++)
+            {
+                rows.Add(new BenchRow(name, names[e], "prefill", b, Median(prefill[e]), "ms"));
+                rows.Add(new BenchRow(name, names[e], "decode", b, Median(decode[e]), "ms"));
+            }
+            return rows;
+        }
+        finally
+        {
+            foreach (var c in caches) c.Dispose();
+        }
+    }
+
+    static double Time(Action run)
+    {
+        var sw = Stopwatch.StartNew();
+        run();
+        return sw.Elapsed.TotalMilliseconds;
+    }
+
+    static double Median(List<double> times)
+    {
+        var sorted = times.Order().ToList();
+        return sorted[sorted.Count / 2];
     }
 
     /// <summary>Rows as a side-by-side table: one line per config/measure/batch, one column per engine.</summary>
@@ -157,23 +208,5 @@ public static class ExportBench
         var f = new long[a.Length];
         Buffer.BlockCopy(a, 0, f, 0, a.Length * sizeof(long));
         return f;
-    }
-
-    static double Median(int repeats, Action run) => MedianWithSetup(repeats, () => 0, _ => run());
-
-    static double MedianWithSetup<T>(int repeats, Func<T> setup, Action<T> run)
-    {
-        var times = new List<double>();
-        for (int i = 0; i <= Math.Max(1, repeats); i++)
-        {
-            var state = setup();
-            var sw = Stopwatch.StartNew();
-            run(state);
-            double ms = sw.Elapsed.TotalMilliseconds;
-            (state as IDisposable)?.Dispose();
-            if (i > 0) times.Add(ms);                                                  // the first run is a warm-up
-        }
-        times.Sort();
-        return times[times.Count / 2];
     }
 }

@@ -54,6 +54,8 @@ public sealed class ExportFolderTests
             Assert.NotNull(m.Parity);
             Assert.InRange(m.Parity!.MaxAbsDiff, 0, 1e-4);
             Assert.Equal(result.Manifest, m);
+            Assert.True(File.Exists(result.Saved.DataPath), result.Saved.DataPath);
+            Assert.Equal(new FileInfo(result.Saved.DataPath!).Length + new FileInfo(result.Saved.ModelPath).Length, m.OnnxBytes);
             Assert.Empty(Siblings(dir));
         }
         finally
