@@ -78,6 +78,9 @@ public sealed class ExportFolderTests
         Assert.DoesNotContain(proto.Graph.Input, i => i.Name == "position_ids");
         var qkv = proto.Graph.Initializer.Single(t => t.Name == LlamaContribGraph.PackedQkvName(0));
         Assert.Equal([64L, (4 + 2 * 2) * 16], qkv.Dims);
+        Assert.Equal([128L], proto.Graph.Initializer.Single(t => t.Name == "model.layers.1.self_attn.qkv_proj.bias").Dims);
+        Assert.DoesNotContain(proto.Graph.Initializer, t => t.Name.Contains("q_proj", StringComparison.Ordinal));
+        Assert.True(LlamaGraph.IsStoredTransposed(LlamaContribGraph.PackedQkvName(0)));
         Assert.Equal([64L, 8], proto.Graph.Initializer.Single(t => t.Name == "cos_cache").Dims);
         var gqa = proto.Graph.Node.First(n => n.OpType == "GroupQueryAttention");
         Assert.Equal("", gqa.Input[1]);
