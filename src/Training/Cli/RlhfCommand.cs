@@ -20,6 +20,7 @@ internal static class RlhfCommand
             PipelineCommand.Create(),
             GenerateCommand.Create(),
             DataCommand.Create(),
+            ExportCommand.Create(), BenchCommand.Create(),
         };
         return root.Parse(args).Invoke();
     }

@@ -175,6 +175,7 @@ public static class SftTrainer
         // Final artefacts: the HF folder itself, plots, samples and the summary.
         model.SavePretrained(cfg.Out, ScalarType.Float32);
         TokenizerFiles.Copy(modelSource, cfg.Out);
+        OnnxExport.ExportStage.AfterStage(model, cfg.Out, "sft");   // <out>/onnx: the frozen reference / rollout policy
         metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "sft_config.json"), ConfigLoader.ToJson(cfg));
         Plots.Lines(Path.Combine(cfg.Out, "loss.png"), "SFT loss (response tokens)", "step", "nats / token",

@@ -1,0 +1,109 @@
+using Rlhf.Export;
+using Rlhf.Export.Hf;
+using Rlhf.Training.Model;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.OnnxExport;
+
+/// <summary>
+/// Training-side export: writes the ONNX folder of a TorchSharp model (<see cref="PolicyExport"/>), then measures ORT
+/// vs TorchSharp parity on a few random sequences and records it in the folder's manifest.
+/// </summary>
+public static class ExportStage
+{
+    /// <summary>Sub-folder of a stage's output that holds its ONNX export.</summary>
+    public const string OnnxFolderName = "onnx";
+
+    /// <summary>Rows and decode steps of the parity check run after each export.</summary>
+    static readonly int[] ParityLengths = [9, 5, 2];
+    const int ParitySteps = 4;
+
+    /// <summary>
+    /// The graph used for rollouts by default: the GQA contrib graph (faster on CPU, see <c>rlhf bench export</c>) when
+    /// the head size allows it (a multiple of 16), else the plain graph.
+    /// </summary>
+    public static GraphKind DefaultGraph(ModelConfig cfg) => cfg.HeadDim % 16 == 0 ? GraphKind.ContribGqa : GraphKind.Plain;
+
+    /// <summary>Exports a causal LM and (when it is on the CPU in float32, or <paramref name="parity"/> forces a CPU copy) measures parity.</summary>
+    public static ExportResult ExportPolicy(LlamaForCausalLM model, string outFolder, GraphKind graph, ExportOptions options, bool parity = true)
+    {
+        var weights = model.state_dict();
+        var result = PolicyExport.Export(model.Config, weights, outFolder, graph, options);
+        if (!parity || !OnCpuFloat32(model)) return result;
+        var figure = WithEval(model, () =>
+        {
+            var p = OnnxParity.Policy(model, result.Folder, ParityLengths, ParitySteps, leftPad: false, seed: 1234);
+            return new ParityFigure(p.Max, $"{ParityLengths.Length} right-padded rows (lengths {string.Join(", ", ParityLengths)}): " +
+                                           $"prefill {p.Prefill:E2}, {ParitySteps} decode steps {p.Decode:E2} (logits)", "TorchSharp cpu float32");
+        });
+        return Record(result, figure);
+    }
+
+    /// <summary>Exports a reward or value model and measures parity of rewards and values (left and right padding).</summary>
+    public static ExportResult ExportReward(LlamaForSequenceClassification model, string outFolder, ModelKind kind, ExportOptions options, bool parity = true)
+    {
+        var result = PolicyExport.ExportReward(model.Config, model.state_dict(), outFolder, kind, options);
+        if (!parity || !OnCpuFloat32(model)) return result;
+        double diff = WithEval(model, () => OnnxParity.Reward(model, result.Folder, ParityLengths, seed: 1234));
+        return Record(result, new ParityFigure(diff, $"{ParityLengths.Length} rows (lengths {string.Join(", ", ParityLengths)}), left and right padding (rewards, values)",
+            "TorchSharp cpu float32"));
+    }
+
+    /// <summary>
+    /// <c>rlhf export</c>: loads a HF folder (llama/qwen2/mistral; for reward/value it must hold <c>score.weight</c>) on
+    /// the CPU in float32 and exports it with parity. Tokenizer files of the folder are copied.
+    /// </summary>
+    public static ExportResult FromHfFolder(string modelFolder, string outFolder, ModelKind kind, GraphKind? graph, bool overwrite)
+    {
+        if (!Directory.Exists(modelFolder)) throw new DirectoryNotFoundException($"Model folder {modelFolder} does not exist.");
+        if (!HfFolder.HasWeights(modelFolder))
+            throw new FileNotFoundException($"{modelFolder} has no model.safetensors or model.safetensors.index.json (a Hugging Face model folder is expected).");
+        var options = new ExportOptions { TokenizerFolder = modelFolder, Overwrite = overwrite, Stage = "export", Parent = modelFolder };
+        if (kind == ModelKind.Policy)
+        {
+            using var model = LlamaForCausalLM.FromPretrained(modelFolder, torch.CPU, ScalarType.Float32);
+            return ExportPolicy(model, outFolder, graph ?? DefaultGraph(model.Config), options);
+        }
+        if (graph == GraphKind.ContribGqa) throw new ArgumentException("Reward and value models are exported with the plain graph only (no KV cache); drop --graph gqa.");
+        LlamaForSequenceClassification rm;
+        try { rm = LlamaForSequenceClassification.FromPretrained(modelFolder, torch.CPU, ScalarType.Float32); }
+        catch (InvalidDataException e) when (e.Message.Contains("Missing: score.weight", StringComparison.Ordinal))
+        {
+            throw new InvalidDataException($"{modelFolder} has no score.weight: --kind {ExportNames.Name(kind)} needs a reward/value model " +
+                                           "(LlamaForSequenceClassification, e.g. the output of `rlhf rm`); export a causal LM with --kind policy.", e);
+        }
+        using (rm) return ExportReward(rm, outFolder, kind, options);
+    }
+
+    /// <summary>
+    /// The export at the end of a training stage: <c>{stageOut}/onnx</c>, replacing an earlier one, default graph,
+    /// tokenizer files from <paramref name="stageOut"/>, manifest stage <paramref name="stage"/>.
+    /// </summary>
+    public static ExportResult AfterStage(LlamaForCausalLM model, string stageOut, string stage) =>
+        ExportPolicy(model, Path.Combine(stageOut, OnnxFolderName), DefaultGraph(model.Config),
+            new ExportOptions { TokenizerFolder = stageOut, Overwrite = true, Stage = stage, Parent = stageOut });
+
+    /// <summary>Reward-model variant of <see cref="AfterStage(LlamaForCausalLM, string, string)"/>.</summary>
+    public static ExportResult AfterStage(LlamaForSequenceClassification model, string stageOut, string stage, ModelKind kind = ModelKind.Reward) =>
+        ExportReward(model, Path.Combine(stageOut, OnnxFolderName), kind,
+            new ExportOptions { TokenizerFolder = stageOut, Overwrite = true, Stage = stage, Parent = stageOut });
+
+    static ExportResult Record(ExportResult result, ParityFigure figure)
+    {
+        var manifest = result.Manifest with { Parity = figure };
+        manifest.Save(result.Folder);
+        return result with { Manifest = manifest };
+    }
+
+    static bool OnCpuFloat32(nn.Module m) =>
+        m.parameters().All(p => p.device.type == DeviceType.CPU && p.dtype == ScalarType.Float32);
+
+    static T WithEval<T>(nn.Module m, Func<T> body)
+    {
+        bool wasTraining = m.training;
+        m.eval();
+        try { return body(); }
+        finally { m.train(wasTraining); }
+    }
+}
