@@ -64,6 +64,9 @@ public sealed record RewardSpec
         AllowTrailingCommas = true,
     };
 
+    /// <summary>The spec as <c>reward_spec.json</c> text (snake_case keys).</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, Json);
+
     /// <summary>Reads a spec file; unknown keys are an error naming the file.</summary>
     public static RewardSpec Load(string path)
     {

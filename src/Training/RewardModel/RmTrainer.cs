@@ -3,7 +3,9 @@ using System.Text.Json;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;
+using Rlhf.Inference.Reward;
 using Rlhf.Training.Model;
+using Rlhf.Training.OnnxExport;
 using Rlhf.Training.Sft;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -171,6 +173,10 @@ public static class RmTrainer
         model.SavePretrained(cfg.Out, ScalarType.Float32);
         TokenizerFiles.Copy(cfg.SftModel, cfg.Out);
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, RewardNormalization.FileName), JsonSerializer.Serialize(norm, ConfigLoader.Json));
+        var export = ExportStage.AfterStage(model, cfg.Out, "rm");
+        // the ONNX scorer applies the same normalisation, (raw − mean) / std = gain·raw + bias
+        AtomicFile.WriteAllText(Path.Combine(export.Folder, RewardSpec.FileName),
+            new RewardSpec { Output = "rewards", Mean = -norm.Bias / norm.Gain, Std = 1 / norm.Gain }.ToJson());
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "rm_config.json"), ConfigLoader.ToJson(cfg));
         metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
         Plots.Lines(Path.Combine(cfg.Out, "loss.png"), "RM loss and accuracy", "step", "value",

@@ -45,6 +45,13 @@ public sealed class RmTrainerTests
         var z = RmTrainer.ScoreAll(rm, groups, tok.PadId ?? 0, CPU).SelectMany(x => x).Select(s.Normalization.Apply).ToArray();
         Assert.Equal(0, z.Average(), 4);
         Assert.Equal(1, Math.Sqrt(z.Sum(v => v * v) / (z.Length - 1)), 4);
+
+        // the ONNX export in onnx/ scores the same pairs identically, normalisation included (ONNX Runtime vs TorchSharp)
+        using var scorer = Rlhf.Inference.Reward.RewardScorer.Load(Path.Combine(cfg.Out, "onnx"));
+        var requests = DataFiles.ReadRanked(Path.Combine(cfg.Out, "eval_rankings.jsonl")).Records
+            .SelectMany(r => r.Responses.Select(x => new Rlhf.Inference.Reward.RewardRequest(r.Prompt, x))).ToList();
+        float[] ort = scorer.Score(requests);
+        for (int i = 0; i < z.Length; i++) Assert.Equal(z[i], ort[i], 4);
     }
 
     [Fact]
