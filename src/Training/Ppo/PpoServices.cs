@@ -1,4 +1,5 @@
-using Rlhf.Export.Onnx;
+using Rlhf.Export;
+using Rlhf.Training.OnnxExport;
 using Rlhf.Inference.Reward;
 using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Services;
@@ -13,35 +14,50 @@ namespace Rlhf.Training.Ppo;
 public static class PpoServices
 {
     /// <summary>
-    /// The rollout service for <paramref name="actor"/>: ONNX Runtime over a plain-ops export written once to
-    /// <paramref name="scratch"/> (weights then flow in memory via <see cref="Sync"/>), or TorchSharp generation.
+    /// The rollout service for <paramref name="actor"/>: ONNX Runtime over the default rollout graph (GroupQueryAttention
+    /// where the head size allows, see <see cref="ExportStage.DefaultGraph"/>) exported once to <paramref name="scratch"/>,
+    /// weights then flowing in memory via <see cref="Sync"/>; or TorchSharp generation.
     /// </summary>
-    public static IRolloutService Rollouts(RolloutBackend backend, LlamaForCausalLM actor, TextTokenizer tokenizer, string scratch, int threads) =>
-        backend switch
-        {
-            RolloutBackend.Ort => OrtRollouts(actor, tokenizer, scratch, threads),
-            RolloutBackend.Torch => new TorchRollouts(actor, tokenizer),
-            _ => throw new ArgumentOutOfRangeException(nameof(backend)),
-        };
-
-    static RolloutEngine OrtRollouts(LlamaForCausalLM actor, TextTokenizer tokenizer, string scratch, int threads)
+    public static IRolloutService Rollouts(RolloutBackend backend, LlamaForCausalLM actor, TextTokenizer tokenizer, string tokenizerFolder, string scratch, int threads)
     {
-        if (Directory.Exists(scratch)) Directory.Delete(scratch, recursive: true);
-        LlamaGraph.Export(actor.Config, actor.state_dict(), scratch);
-        var engine = RolloutEngine.Load(scratch, new RolloutEngineOptions { Threads = threads, MaxBatchSize = 64 }, tokenizer);
-        return engine;
+        switch (backend)
+        {
+            case RolloutBackend.Ort:
+                var graph = ExportStage.DefaultGraph(actor.Config);
+                ExportStage.ExportPolicy(actor, scratch, graph,
+                    new ExportOptions { TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = "ppo-rollout" }, parity: false);
+                var engine = RolloutEngine.Load(scratch, new RolloutEngineOptions { Threads = threads, MaxBatchSize = 64 }, tokenizer);
+                return new OrtRollouts(engine, graph == GraphKind.ContribGqa);
+            case RolloutBackend.Torch:
+                return new TorchRollouts(actor, tokenizer);
+            default:
+                throw new ArgumentOutOfRangeException(nameof(backend));
+        }
     }
 
     /// <summary>Sends <paramref name="policy"/>'s current weights to the rollout service (the TorchSharp backend just samples from it).</summary>
     public static TimeSpan Sync(IRolloutService rollouts, LlamaForCausalLM policy)
     {
-        if (rollouts is TorchRollouts torchRollouts)
+        switch (rollouts)
         {
-            torchRollouts.Policy = policy;
-            return TimeSpan.Zero;
+            case TorchRollouts t:
+                t.Policy = policy;
+                return TimeSpan.Zero;
+            case OrtRollouts o:
+                var weights = OrtWeights.From(policy, packedQkv: o.PackedQkv);
+                return o.UpdateWeights(weights.Buffers, weights);
+            default:
+                throw new ArgumentException($"Unknown rollout service {rollouts.GetType().Name}.");
         }
-        var weights = OrtWeights.From(policy);
-        return rollouts.UpdateWeights(weights.Buffers, weights);
+    }
+
+    /// <summary>The ONNX Runtime engine with the weight layout its graph reads (packed q/k/v for GroupQueryAttention).</summary>
+    sealed class OrtRollouts(RolloutEngine engine, bool packedQkv) : IRolloutService
+    {
+        public bool PackedQkv => packedQkv;
+        public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests) => engine.Generate(requests);
+        public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null) => engine.UpdateWeights(weights, owner);
+        public void Dispose() => engine.Dispose();
     }
 
     /// <summary>The reward service: an external/ours ONNX reward model, or our RM folder's <c>onnx/</c> export.</summary>

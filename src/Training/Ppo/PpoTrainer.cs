@@ -170,7 +170,7 @@ public static class PpoTrainer
                 ? LlamaForSequenceClassification.FromPretrained(cfg.RmModel, device, ScalarType.Float32)
                 : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
         var rewards = PpoServices.Rewards(cfg);
-        var rollouts = PpoServices.Rollouts(cfg.Engine, actor, tokenizer, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
+        var rollouts = PpoServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, "rollout_engine"), cfg.Threads);
         // dropout off for the whole stage: the ratio must compare the same function at rollout and update time
         actor.eval();
         reference.eval();

@@ -1,0 +1,68 @@
+using System.Text.Json.Nodes;
+using Rlhf.Training.Common;
+using Rlhf.Training.Ppo;
+using Rlhf.Training.RewardModel;
+using Rlhf.Training.Sft;
+using Rlhf.Training.Tests.Sft;
+
+namespace Rlhf.Training.Tests.Ppo;
+
+/// <summary>Short real PPO runs: tiny SFT and RM models, ONNX Runtime rollouts, in-memory weight sync.</summary>
+public sealed class PpoTrainerTests
+{
+    static readonly Lazy<(string Sft, string Rm)> Models = new(() =>
+    {
+        string root = Directory.CreateTempSubdirectory().FullName;
+        var sft = SftTrainerTests.Tiny(Path.Combine(root, "sft"));
+        SftTrainer.Run(sft, new RunControl { Progress = false });
+        var rm = new RmConfig
+        {
+            Out = Path.Combine(root, "rm"), SftModel = sft.Out, TrainPrompts = 8, EvalPrompts = 4, K = 2, PromptsPerBatch = 4,
+            MaxNewTokens = 8, MaxSeqLen = 40, Threads = 1,
+        };
+        RmTrainer.Run(rm, new RunControl { Progress = false });
+        return (sft.Out, rm.Out);
+    });
+
+    static PpoConfig Tiny() => new()
+    {
+        Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "ppo"), SftModel = Models.Value.Sft, RmModel = Models.Value.Rm,
+        DefaultPrompts = 64, EvalPrompts = 8, Iterations = 3, RolloutBatch = 8, MiniBatch = 4, PpoEpochs = 2, MaxNewTokens = 10,
+        EvalEvery = 2, CheckpointEvery = 1, BestOfN = [1, 2], Threads = 1, Seed = 4,
+    };
+
+    [Fact]
+    public void RunLogsEveryMetricAndWritesPolicyReportAndSummary()
+    {
+        var cfg = Tiny();
+        var s = PpoTrainer.Train(cfg, new RunControl { Progress = false });
+        Assert.Equal(3, s.Iterations);
+        var m = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv"));
+        foreach (string k in new[] { "objective/rlhf_reward", "objective/scores", "objective/kl", "objective/entropy", "objective/gold",
+                     "policy/approxkl", "policy/clipfrac", "val/clipfrac", "loss/policy", "loss/value", "val/explained_variance",
+                     "val/mean", "returns", "tokens/eos_fraction", "time/generate", "time/score", "time/experience", "time/train",
+                     "time/sync", "samples/s", "policy/rollout_logprob_mismatch", "eval/gold", "eval/kl" })
+            Assert.Contains(k, m.Columns);
+        // the ORT rollout logprobs and TorchSharp's old logprobs are the same numbers (weights synced each iteration)
+        Assert.All(m.Rows, r => Assert.True(r["policy/rollout_logprob_mismatch"] < 1e-3, $"mismatch {r["policy/rollout_logprob_mismatch"]}"));
+        foreach (string f in new[] { "config.json", "model.safetensors", "tokenizer.json", "critic/model.safetensors", "onnx/model.onnx",
+                     "reward.png", "kl.png", "losses.png", "report.md", "report.png", "summary.json" })
+            Assert.True(File.Exists(Path.Combine(cfg.Out, f)), f);
+        Assert.Equal(2, s.BestOfN.Count);
+        Assert.Equal(0, s.BestOfN[0].Kl, 12);                          // N = 1 is the SFT model
+        Assert.Equal(Math.Log(2) - 0.5, s.BestOfN[1].Kl, 12);          // log N − (N − 1)/N
+        Assert.Equal("ppo", JsonNode.Parse(File.ReadAllText(Path.Combine(cfg.Out, "summary.json")))!["stage"]!.GetValue<string>());
+    }
+
+    [Fact]
+    public void ResumeAfterAKillMatchesAnUninterruptedRun()
+    {
+        var a = Tiny() with { BestOfN = [1] };
+        PpoTrainer.Train(a, new RunControl { Progress = false });
+        var b = a with { Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "ppo") };
+        PpoTrainer.Train(b, new RunControl { Progress = false, StopAfterStep = 2 });
+        PpoTrainer.Train(b, new RunControl { Progress = false, Resume = true });
+        Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")));
+        Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "critic", "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "critic", "model.safetensors")));
+    }
+}
