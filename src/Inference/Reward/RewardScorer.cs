@@ -222,14 +222,7 @@ public sealed class RewardScorer : Services.IRewardService
         }
         else
         {
-            int[] p = tk.Encode(prompt.TrimEnd());
-            int[] r = tk.Encode(PromptFormat.Continuation(prompt.TrimEnd(), response));
-            int? bos = Spec.AddSpecialTokens ? tk.BosId : null, eos = Spec.AddSpecialTokens ? tk.EosId : null;
-            int special = (bos is null ? 0 : 1) + (eos is null ? 0 : 1);
-            int over = p.Length + r.Length + special - MaxLength;
-            if (over > 0) { int cut = Math.Min(over, p.Length); p = p[cut..]; over -= cut; }
-            if (over > 0) r = r[..Math.Max(0, r.Length - over)];
-            int[] ids = [.. bos is int b ? [b] : Array.Empty<int>(), .. p, .. r, .. eos is int e ? [e] : Array.Empty<int>()];
+            int[] ids = PromptFormat.JoinedIds(tk, prompt, response, MaxLength, Spec.AddSpecialTokens);
             return (ids, new int[ids.Length]);
         }
     }

@@ -40,4 +40,22 @@ public static class PromptFormat
     /// <summary>Response text from generated ids: special tokens dropped, the leading separator trimmed.</summary>
     public static string ResponseText(TextTokenizer tokenizer, IEnumerable<int> responseIds) =>
         tokenizer.Decode(responseIds, skipSpecial: true).TrimStart();
+
+    /// <summary>
+    /// Tokens of a (prompt, response) pair as a sequence scorer reads them: <c>[BOS] prompt continuation [EOS]</c>
+    /// (BOS/EOS when <paramref name="addSpecial"/> and the tokenizer has them), at most <paramref name="maxLength"/>
+    /// tokens: the prompt loses tokens from its start first, then the response from its end; BOS and EOS stay.
+    /// </summary>
+    public static int[] JoinedIds(TextTokenizer tokenizer, string prompt, string response, int maxLength, bool addSpecial = true)
+    {
+        string p0 = prompt.TrimEnd();
+        int[] p = tokenizer.Encode(p0);
+        int[] r = tokenizer.Encode(Continuation(p0, response));
+        int? bos = addSpecial ? tokenizer.BosId : null, eos = addSpecial ? tokenizer.EosId : null;
+        int special = (bos is null ? 0 : 1) + (eos is null ? 0 : 1);
+        int over = p.Length + r.Length + special - maxLength;
+        if (over > 0) { int cut = Math.Min(over, p.Length); p = p[cut..]; over -= cut; }
+        if (over > 0) r = r[..Math.Max(0, r.Length - over)];
+        return [.. bos is int b ? [b] : Array.Empty<int>(), .. p, .. r, .. eos is int e ? [e] : Array.Empty<int>()];
+    }
 }

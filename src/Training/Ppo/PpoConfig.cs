@@ -1,13 +1,6 @@
-namespace Rlhf.Training.Ppo;
+using Rlhf.Training.Common;
 
-/// <summary>Where PPO rollouts are generated.</summary>
-public enum RolloutBackend
-{
-    /// <summary>ONNX Runtime over the exported actor, weights synced in memory after every update (the default).</summary>
-    Ort,
-    /// <summary>TorchSharp eager generation with the KV cache (reference path, no export).</summary>
-    Torch,
-}
+namespace Rlhf.Training.Ppo;
 
 /// <summary>PPO stage settings. JSON keys are the snake_case property names (see README).</summary>
 public sealed record PpoConfig

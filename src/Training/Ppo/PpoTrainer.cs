@@ -110,7 +110,7 @@ public static class PpoTrainer
                 t.Restart();
 
                 // 7. weight sync into the rollout engine
-                row["time/sync"] = PpoServices.Sync(run.Rollouts, run.Actor).TotalSeconds;
+                row["time/sync"] = InferenceServices.Sync(run.Rollouts, run.Actor).TotalSeconds;
                 kl.Update(row["objective/kl"], cfg.RolloutBatch);
                 row["samples/s"] = cfg.RolloutBatch / new[] { "generate", "score", "experience", "train", "sync" }.Sum(k => row["time/" + k]);
 
@@ -169,8 +169,8 @@ public static class PpoTrainer
             : cfg.RmModel is not null
                 ? LlamaForSequenceClassification.FromPretrained(cfg.RmModel, device, ScalarType.Float32)
                 : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
-        var rewards = PpoServices.Rewards(cfg);
-        var rollouts = PpoServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, "rollout_engine"), cfg.Threads);
+        var rewards = InferenceServices.Rewards(cfg.RewardModel, cfg.RmModel, cfg.Threads);
+        var rollouts = InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
         // dropout off for the whole stage: the ratio must compare the same function at rollout and update time
         actor.eval();
         reference.eval();
@@ -396,12 +396,12 @@ public static class PpoTrainer
     {
         var ppo = Evaluate(run, prompts, cfg);
         int nMax = cfg.BestOfN.Max();
-        PpoServices.Sync(run.Rollouts, run.Reference);
+        InferenceServices.Sync(run.Rollouts, run.Reference);
         var ids = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
         var rows = Enumerable.Range(0, nMax).SelectMany(n => prompts.Select((p, i) => (Prompt: p, Ids: ids[i], N: n))).ToArray();
         var rolled = Rollout(run, [.. rows.Select(r => r.Prompt)], [.. rows.Select(r => r.Ids)], 0xB0F, cfg);
         var scored = Score(run, rolled, cfg);
-        PpoServices.Sync(run.Rollouts, run.Actor);
+        InferenceServices.Sync(run.Rollouts, run.Actor);
         var bestOf = new List<BestOfNPoint>();
         string[] sftTexts = new string[prompts.Count];
         foreach (int n in cfg.BestOfN.Distinct().Order())

@@ -1,8 +1,6 @@
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Data;
 using Rlhf.Training.Data.DefaultTask;
-using Rlhf.Training.Model;
-using static TorchSharp.torch;
 
 namespace Rlhf.Training.RewardModel;
 
@@ -90,25 +88,4 @@ public sealed record RmData(IReadOnlyList<RmGroup> Train, IReadOnlyList<RmGroup>
         DataFiles.WriteRanked(Path.Combine(cfg.Out, "eval_rankings.jsonl"), evalRanked);
         return new RmData(ranked.Select(RmGroup.FromRanked).ToList(), evalGroups, 0, true);
     }
-
-    /// <summary>A sampler over the TorchSharp policy (KV-cached, batched; each prompt repeated K times).</summary>
-    public static ResponseSampler TorchSampler(LlamaForCausalLM policy, TextTokenizer tokenizer, double temperature, int maxNewTokens, int batchRows = 64) =>
-        (prompts, k, seed) =>
-        {
-            var rows = prompts.SelectMany(p => Enumerable.Repeat(p, k)).ToList();
-            var ids = rows.Select(p => PromptFormat.PromptIds(tokenizer, p).Select(x => (long)x).ToArray()).ToList();
-            var options = new GenerationOptions
-            {
-                MaxNewTokens = maxNewTokens, Temperature = temperature, EosTokenIds = tokenizer.EosId is int e ? [e] : [],
-                PadTokenId = tokenizer.PadId ?? 0,
-            };
-            var outputs = new List<GeneratedSequence>();
-            for (int i = 0; i < ids.Count; i += batchRows)
-                outputs.AddRange(Generation.Generate(policy, ids.Skip(i).Take(batchRows).ToList(), options with { Seed = seed * 100_003 + i }));
-            return Enumerable.Range(0, prompts.Count).Select(p => Enumerable.Range(0, k).Select(j =>
-            {
-                var o = outputs[p * k + j];
-                return (PromptFormat.ResponseText(tokenizer, o.Tokens.Select(t => (int)t)), o.FinishReason == FinishReason.Stop);
-            }).ToArray()).ToList();
-        };
 }

@@ -4,6 +4,7 @@ using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;
 using Rlhf.Inference.Reward;
+using Rlhf.Inference.Rollout;
 using Rlhf.Training.Model;
 using Rlhf.Training.OnnxExport;
 using Rlhf.Training.Sft;
@@ -176,7 +177,7 @@ public static class RmTrainer
         var export = ExportStage.AfterStage(model, cfg.Out, "rm");
         // the ONNX scorer applies the same normalisation, (raw − mean) / std = gain·raw + bias
         AtomicFile.WriteAllText(Path.Combine(export.Folder, RewardSpec.FileName),
-            new RewardSpec { Output = "rewards", Mean = -norm.Bias / norm.Gain, Std = 1 / norm.Gain }.ToJson());
+            new RewardSpec { Output = "rewards", MaxLength = cfg.MaxSeqLen, Mean = -norm.Bias / norm.Gain, Std = 1 / norm.Gain }.ToJson());
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "rm_config.json"), ConfigLoader.ToJson(cfg));
         metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
         Plots.Lines(Path.Combine(cfg.Out, "loss.png"), "RM loss and accuracy", "step", "value",
@@ -208,18 +209,11 @@ public static class RmTrainer
         return summary;
     }
 
-    /// <summary>A group with its tokenized sequences (prompt + response + EOS, truncated).</summary>
+    /// <summary>A group with its tokenized sequences (<see cref="PromptFormat.JoinedIds"/>, as the ONNX scorer reads them).</summary>
     internal sealed record TokenizedGroup(RmGroup Group, int[][] Sequences);
 
-    internal static TokenizedGroup Tokenize(TextTokenizer tokenizer, RmGroup g, int maxLen)
-    {
-        var p = PromptFormat.PromptIds(tokenizer, g.Prompt);
-        return new TokenizedGroup(g, g.Responses.Select(r =>
-        {
-            int[] ids = [.. p, .. PromptFormat.ResponseIds(tokenizer, g.Prompt, r)];
-            return ids.Length > maxLen ? ids[..maxLen] : ids;
-        }).ToArray());
-    }
+    internal static TokenizedGroup Tokenize(TextTokenizer tokenizer, RmGroup g, int maxLen) =>
+        new(g, [.. g.Responses.Select(r => PromptFormat.JoinedIds(tokenizer, g.Prompt, r, maxLen))]);
 
     /// <summary>Scores every sequence of the groups in one right-padded forward: [Σ K] in group order.</summary>
     internal static Tensor ScoreGroups(LlamaForSequenceClassification model, IReadOnlyList<TokenizedGroup> groups, int padId, Device device)
@@ -310,7 +304,9 @@ public static class RmTrainer
     {
         if (cfg.RankingsFile is not null || cfg.PairsFile is not null) return RmData.Load(cfg, (_, _, _) => []);
         using var policy = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
-        var data = RmData.Load(cfg, RmData.TorchSampler(policy, tokenizer, cfg.SampleTemperature, cfg.MaxNewTokens));
+        using var rollouts = InferenceServices.Rollouts(RolloutBackend.Ort, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
+        var data = RmData.Load(cfg, (prompts, k, seed) => InferenceServices.Sample(rollouts, tokenizer, prompts, k,
+            new SamplingOptions { Temperature = (float)cfg.SampleTemperature, MaxNewTokens = cfg.MaxNewTokens, Seed = (ulong)seed }));
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "eval_gold.json"), JsonSerializer.Serialize(data.Eval.Select(g => g.Gold).ToList()));
         return data;
     }

@@ -4,14 +4,22 @@ using Rlhf.Inference.Reward;
 using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Services;
 using Rlhf.Inference.Tokenization;
-using Rlhf.Training.Common;
 using Rlhf.Training.Model;
 using static TorchSharp.torch;
 
-namespace Rlhf.Training.Ppo;
+namespace Rlhf.Training.Common;
 
-/// <summary>Opens the rollout and reward services PPO talks to (in-process here; the same interfaces serve a remote service).</summary>
-public static class PpoServices
+/// <summary>Where rollouts are generated.</summary>
+public enum RolloutBackend
+{
+    /// <summary>ONNX Runtime over the exported actor, weights synced in memory after every update (the default).</summary>
+    Ort,
+    /// <summary>TorchSharp eager generation with the KV cache (reference path, no export).</summary>
+    Torch,
+}
+
+/// <summary>Opens the rollout and reward services the stages talk to (in-process here; the same interfaces serve a remote service).</summary>
+public static class InferenceServices
 {
     /// <summary>
     /// The rollout service for <paramref name="actor"/>: ONNX Runtime over the default rollout graph (GroupQueryAttention
@@ -27,7 +35,7 @@ public static class PpoServices
                 ExportStage.ExportPolicy(actor, scratch, graph,
                     new ExportOptions { TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = "ppo-rollout" }, parity: false);
                 var engine = RolloutEngine.Load(scratch, new RolloutEngineOptions { Threads = threads, MaxBatchSize = 64 }, tokenizer);
-                return new OrtRollouts(engine, graph == GraphKind.ContribGqa);
+                return new OrtRollouts(engine, graph == GraphKind.ContribGqa, scratch);
             case RolloutBackend.Torch:
                 return new TorchRollouts(actor, tokenizer);
             default:
@@ -51,22 +59,43 @@ public static class PpoServices
         }
     }
 
-    /// <summary>The ONNX Runtime engine with the weight layout its graph reads (packed q/k/v for GroupQueryAttention).</summary>
-    sealed class OrtRollouts(RolloutEngine engine, bool packedQkv) : IRolloutService
+    /// <summary>
+    /// The ONNX Runtime engine with the weight layout its graph reads (packed q/k/v for GroupQueryAttention); its
+    /// scratch export is deleted on dispose.
+    /// </summary>
+    sealed class OrtRollouts(RolloutEngine engine, bool packedQkv, string scratch) : IRolloutService
     {
         public bool PackedQkv => packedQkv;
         public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests) => engine.Generate(requests);
         public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null) => engine.UpdateWeights(weights, owner);
-        public void Dispose() => engine.Dispose();
+
+        public void Dispose()
+        {
+            engine.Dispose();
+            if (Directory.Exists(scratch)) Directory.Delete(scratch, recursive: true);
+        }
     }
 
-    /// <summary>The reward service: an external/ours ONNX reward model, or our RM folder's <c>onnx/</c> export.</summary>
-    public static IRewardService Rewards(PpoConfig cfg)
+    /// <summary>The reward service: an ONNX reward model (external or ours), or our RM folder's <c>onnx/</c> export.</summary>
+    public static IRewardService Rewards(string? onnxRewardModel, string? rmFolder, int threads)
     {
-        string path = cfg.RewardModel ?? Path.Combine(cfg.RmModel!, "onnx");
-        if (cfg.RewardModel is null && !Directory.Exists(path))
-            throw new DirectoryNotFoundException($"{cfg.RmModel} has no onnx/ reward export; rerun `rlhf rm` or pass --reward-model.");
-        return RewardScorer.Load(path, new RewardScorerOptions { Threads = cfg.Threads });
+        string path = onnxRewardModel ?? Path.Combine(rmFolder ?? throw new ArgumentException("No reward model given."), ExportStage.OnnxFolderName);
+        if (onnxRewardModel is null && !Directory.Exists(path))
+            throw new DirectoryNotFoundException($"{rmFolder} has no {ExportStage.OnnxFolderName}/ reward export; rerun `rlhf rm` or pass --reward-model.");
+        return RewardScorer.Load(path, new RewardScorerOptions { Threads = threads });
+    }
+
+    /// <summary>K sampled responses per prompt through a rollout service (seeded per prompt and sample).</summary>
+    public static IReadOnlyList<(string Text, bool EndedWithEos)[]> Sample(IRolloutService rollouts, TextTokenizer tokenizer,
+        IReadOnlyList<string> prompts, int k, SamplingOptions sampling)
+    {
+        var requests = prompts.SelectMany((p, i) => Enumerable.Range(0, k).Select(j =>
+            RolloutRequest.FromIds(PromptFormat.PromptIds(tokenizer, p), sampling with { Seed = Rng.Mix(sampling.Seed ^ Rng.Mix((ulong)(i * k + j))) })))
+            .ToList();
+        var results = rollouts.Generate(requests);
+        return [.. prompts.Select((_, i) => Enumerable.Range(0, k)
+            .Select(j => (PromptFormat.ResponseText(tokenizer, results[i * k + j].ResponseIds), results[i * k + j].FinishReason == RolloutFinishReason.Eos))
+            .ToArray())];
     }
 
     /// <summary>TorchSharp eager generation behind the rollout interface (reference backend; logprobs are not recorded).</summary>
