@@ -17,6 +17,7 @@ internal static class RlhfCommand
             SftCommand.Create(),
             GenerateCommand.Create(),
             DataCommand.Create(),
+            ScoreCommand.Create(),
         };
         return root.Parse(args).Invoke();
     }
