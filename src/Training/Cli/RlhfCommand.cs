@@ -18,6 +18,7 @@ internal static class RlhfCommand
             GenerateCommand.Create(),
             DataCommand.Create(),
             ScoreCommand.Create(),
+            BenchCommand.Create(),
         };
         return root.Parse(args).Invoke();
     }
