@@ -118,6 +118,7 @@ public static class OnnxModelPath
             ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
             GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL,
         };
+        if (Environment.GetEnvironmentVariable("RLHF_ORT_PROFILE") is { Length: > 0 } prefix) { o.EnableProfiling = true; o.ProfileOutputPathPrefix = prefix; }
         return o;
     }
 }

@@ -50,6 +50,34 @@ public sealed class OrtCommandTests : IDisposable
     }
 
     [Fact]
+    public void StopStringCutsTheTextAndEndsTheRow()
+    {
+        var (folder, bpe) = TokenizerFolder("stop");
+        var cfg = TinyModels.Config() with { VocabSize = bpe.VocabSize };
+        using var m = TinyModels.Randomized(cfg, 9);
+        string onnx = Path.Combine(_dir, "stop-onnx");
+        LlamaGraph.Export(cfg, m.state_dict(), onnx);
+        var tok = TextTokenizer.Load(folder);
+        using var engine = Inference.Rollout.RolloutEngine.Load(onnx, new Inference.Rollout.RolloutEngineOptions { Threads = 1, EosTokenIds = [] }, tok);
+        var greedy = new Inference.Rollout.SamplingOptions { Temperature = 0, MaxNewTokens = 12 };
+        var free = engine.Generate(Inference.Rollout.RolloutRequest.FromText("the product", greedy));
+        Assert.Equal(Inference.Rollout.RolloutFinishReason.Length, free.FinishReason);
+        Assert.Equal(12, free.ResponseIds.Length);
+        // A stop string made of the text of response tokens 4..5 (skip if they decode to nothing visible).
+        string prefix = tok.Decode(free.ResponseIds[..4]), upTo6 = tok.Decode(free.ResponseIds[..6]);
+        string stop = upTo6[prefix.Length..];
+        if (stop.Trim().Length == 0) return;
+        var cut = engine.Generate(Inference.Rollout.RolloutRequest.FromText("the product", greedy with { StopStrings = [stop] }));
+        Assert.Equal(Inference.Rollout.RolloutFinishReason.StopString, cut.FinishReason);
+        string full = tok.Decode(free.ResponseIds);
+        int at = full.IndexOf(stop, StringComparison.Ordinal);
+        Assert.Equal(full[..at].TrimStart(), cut.Text);
+        Assert.True(cut.ResponseIds.Length <= 6);
+        Assert.Equal(free.ResponseIds[..cut.ResponseIds.Length], cut.ResponseIds);
+        Assert.Equal(cut.ResponseIds.Length, cut.LogProbs.Length);
+    }
+
+    [Fact]
     public void ExportedRewardModelScoresEqualTorchSharp()
     {
         var (folder, bpe) = TokenizerFolder("rm");
