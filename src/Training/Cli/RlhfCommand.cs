@@ -18,7 +18,7 @@ internal static class RlhfCommand
             GenerateCommand.Create(),
             DataCommand.Create(),
             ScoreCommand.Create(),
-            BenchCommand.Create(),
+            new Command("bench", "Benchmarks.") { RolloutBenchCommand.Create() },
         };
         return root.Parse(args).Invoke();
     }

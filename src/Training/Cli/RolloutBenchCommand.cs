@@ -19,8 +19,9 @@ namespace Rlhf.Training.Cli;
 /// ORT MatMul peak measured in the same run, the weight-sync cost (in-memory initializer override vs re-export to a
 /// file), left vs right padding, and peak RSS.
 /// </summary>
-internal static class BenchCommand
+internal static class RolloutBenchCommand
 {
+    /// <summary>The <c>rollout</c> sub-command of <c>rlhf bench</c>.</summary>
     public static Command Create()
     {
         var config = new Option<string>("--config") { Description = "Model config.json of the default model.", DefaultValueFactory = _ => "models/tiny/config.json" };
@@ -43,7 +44,7 @@ internal static class BenchCommand
             RunRollout(configs, bs, r.GetValue(newTokens), r.GetValue(promptLen), r.GetValue(threads), !r.GetValue(noTorch), Console.Out, Math.Max(1, r.GetValue(repeats)));
             return 0;
         }));
-        return new Command("bench", "Throughput benchmarks.") { rollout };
+        return rollout;
     }
 
     /// <summary>A ~100M-parameter Llama config (96M with tied embeddings).</summary>
