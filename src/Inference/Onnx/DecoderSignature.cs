@@ -108,7 +108,8 @@ public static class OnnxModelPath
         throw new FileNotFoundException($"No {name} in '{path}'" + (any.Length > 1 ? $" and several .onnx files ({string.Join(", ", any.Select(Path.GetFileName))}); pass the file." : "."));
     }
 
-    /// <summary>Session options with <paramref name="threads"/> intra-op threads (0 = all cores: ORT's own 0 ran one thread here) and full graph optimisation.</summary>
+    /// <summary>Session options with <paramref name="threads"/> intra-op threads (0 = all cores: ORT's own 0 ran one thread here) and full graph optimisation.
+    /// Setting the environment variable <c>RLHF_ORT_PROFILE</c> to a path prefix turns on ORT's per-node profiling (JSON traces).</summary>
     public static SessionOptions Options(int threads)
     {
         var o = new SessionOptions
