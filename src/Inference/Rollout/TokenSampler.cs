@@ -24,13 +24,15 @@ namespace Rlhf.Inference.Rollout;
 /// smallest best-first prefix whose mass reaches P of the (top-k renormalised) distribution.</para>
 /// <para><b>Cost.</b> Vectorised passes over V (copy/penalty, argmax, subtract, exp, sum) plus: top-k by a size-K
 /// min-heap filled in one vectorised pass that skips blocks below the bar (first the minimum of K block maxima, a lower
-/// bound on the K-th best logit, then the heap's worst logit); top-p by the same selection of the best C candidates with
-/// C = 64, 256, 1024, ... until their mass reaches P (a full sort once C &gt; V/4); no truncation by a chunked scan.</para>
+/// bound on the K-th best logit, then the heap's worst logit); top-p alone by masked-sum passes that find a logit bar
+/// (max - 2, 4, 8, ... nats, bisected) above which the mass reaches P, then a sort of just those candidates; no
+/// truncation by a chunked scan.</para>
 /// </remarks>
 public sealed class TokenSampler
 {
     const int ScanChunk = 256;
-    const int FirstNucleusGuess = 64;
+    const float FirstNucleusWidth = 2f;   // nats below the best logit: the first guess at the nucleus' extent
+    const int NucleusRefineAbove = 256;
 
     readonly float[] _z;       // [V] processed logits: penalised, divided by T
     readonly float[] _p;       // [V] exp(z - max z), unnormalised probabilities
@@ -133,15 +135,7 @@ public sealed class TokenSampler
         }
         else
         {
-            int c = Math.Min(V, FirstNucleusGuess);
-            while (true)
-            {
-                SelectBest(c);
-                n = NucleusLength(c, o.TopP * (double)s);
-                if (n > 0 || c == V) break;
-                c = (int)Math.Min(V, 4L * c);
-            }
-            if (n < 0) n = V;   // rounding: the double cumulative of all V fell just short of P * s
+            n = SelectNucleus(m, o.TopP * (double)s);
         }
 
         Span<int> kept = _kept.AsSpan(0, n);
@@ -218,6 +212,92 @@ public sealed class TokenSampler
         return -1;
     }
 
+    /// <summary>
+    /// Top-p without top-k (<paramref name="m"/> = max z): puts the nucleus (shortest best-first prefix with mass &gt;= <paramref name="target"/>) into
+    /// _order[0..n) best first and returns n. Candidates are the ids with z &gt;= max z - w for w = 2, 4, 8, ... nats
+    /// (one vectorised masked-sum pass each; bisected a few times when the set is large), a best-first prefix whose mass
+    /// reaches the target is then sorted; only those candidates are sorted, not V.
+    /// </summary>
+    int SelectNucleus(float m, double target)
+    {
+        int V = _z.Length;
+        float lo = 0f, w = FirstNucleusWidth;   // lo: widest width known to fall short
+        while (true)
+        {
+            (double mass, int count) = MassAtLeast(m - w);
+            if (mass >= target)
+            {
+                for (int i = 0; i < 4 && count > NucleusRefineAbove; i++)
+                {
+                    float mid = 0.5f * (lo + w);
+                    (double midMass, int midCount) = MassAtLeast(m - mid);
+                    if (midMass >= target) (w, count) = (mid, midCount);
+                    else lo = mid;
+                }
+                int c = CompactAtLeast(m - w);
+                _order.AsSpan(0, c).Sort(_bestFirst);
+                int n = NucleusLength(c, target);
+                if (n > 0) return n;
+                if (c == V) return V;   // rounding: the double cumulative of all V fell just short of the target
+            }
+            lo = w;
+            w *= 2f;
+            if (w > 256f || float.IsInfinity(m - w)) w = float.PositiveInfinity;   // beyond float exp's range: take all
+        }
+    }
+
+    /// <summary>Unnormalised mass and count of the ids with z &gt;= <paramref name="bar"/> (vectorised; float lanes).</summary>
+    (double Mass, int Count) MassAtLeast(float bar)
+    {
+        float[] z = _z, p = _p;
+        int W = Vector<float>.Count;
+        var vBar = new Vector<float>(bar);
+        var acc = Vector<float>.Zero;
+        var cnt = Vector<int>.Zero;
+        int i = 0;
+        for (; i + W <= z.Length; i += W)
+        {
+            Vector<int> mask = Vector.GreaterThanOrEqual(new Vector<float>(z.AsSpan(i, W)), vBar);
+            acc += Vector.ConditionalSelect(mask, new Vector<float>(p.AsSpan(i, W)), Vector<float>.Zero);
+            cnt -= mask;   // a true lane is -1
+        }
+        double mass = Vector.Sum(acc);
+        int count = Vector.Sum(cnt);
+        for (; i < z.Length; i++)
+        {
+            if (z[i] >= bar)
+            {
+                mass += p[i];
+                count++;
+            }
+        }
+        return (mass, count);
+    }
+
+    /// <summary>Writes the ids with z &gt;= <paramref name="bar"/> into _order in id order; returns how many.</summary>
+    int CompactAtLeast(float bar)
+    {
+        float[] z = _z;
+        int[] h = _order;
+        int W = Vector<float>.Count;
+        var vBar = new Vector<float>(bar);
+        int c = 0, j = 0;
+        while (j < z.Length)
+        {
+            int end = Math.Min(j + W, z.Length);
+            if (end - j == W && !Vector.GreaterThanOrEqualAny(new Vector<float>(z.AsSpan(j, W)), vBar))
+            {
+                j = end;
+                continue;
+            }
+            for (; j < end; j++)
+            {
+                if (z[j] >= bar) h[c++] = j;
+            }
+        }
+        return c;
+    }
+
     /// <summary>Puts the best <paramref name="c"/> ids (logit descending, id ascending) into _order[0..c), best first.</summary>
     void SelectBest(int c)
     {
@@ -237,7 +317,7 @@ public sealed class TokenSampler
         for (int b = 0; b < c; b++)
         {
             int start = b * block;
-            tau = MathF.Min(tau, TensorPrimitives.Max(z.AsSpan(start, b == c - 1 ? V - start : block)));
+            tau = MathF.Min(tau, BlockMax(z.AsSpan(start, b == c - 1 ? V - start : block)));
         }
 
         // One pass: fill a min-heap (worst candidate at the root) with ids >= tau, then replace the root with any better
@@ -285,6 +365,22 @@ public sealed class TokenSampler
             (h[0], h[end]) = (h[end], h[0]);
             SiftDown(h, 0, end);
         }
+    }
+
+    /// <summary>Max of a short NaN-free span (TensorPrimitives.Max has a large fixed cost on spans of a few dozen).</summary>
+    static float BlockMax(ReadOnlySpan<float> x)
+    {
+        int W = Vector<float>.Count;
+        float best = float.NegativeInfinity;
+        int i = 0;
+        if (x.Length >= W)
+        {
+            var acc = new Vector<float>(x[..W]);
+            for (i = W; i + W <= x.Length; i += W) acc = Vector.Max(acc, new Vector<float>(x.Slice(i, W)));
+            for (int l = 0; l < W; l++) best = MathF.Max(best, acc[l]);
+        }
+        for (; i < x.Length; i++) best = MathF.Max(best, x[i]);
+        return best;
     }
 
     bool Worse(int a, int b)
