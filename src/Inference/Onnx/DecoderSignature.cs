@@ -108,8 +108,9 @@ public static class OnnxModelPath
         throw new FileNotFoundException($"No {name} in '{path}'" + (any.Length > 1 ? $" and several .onnx files ({string.Join(", ", any.Select(Path.GetFileName))}); pass the file." : "."));
     }
 
-    /// <summary>Session options with <paramref name="threads"/> intra-op threads (0 = all cores: ORT's own 0 ran one thread here) and full graph optimisation.</summary>
-    public static SessionOptions Options(int threads)
+    /// <summary>Session options with <paramref name="threads"/> intra-op threads (0 = all cores: ORT's own 0 ran one thread here) and full graph optimisation; ORT's thread spinning is off unless <paramref name="spin"/>.
+    /// Setting the environment variable <c>RLHF_ORT_PROFILE</c> to a path prefix turns on ORT's per-node profiling (JSON traces).</summary>
+    public static SessionOptions Options(int threads, bool spin = false)
     {
         var o = new SessionOptions
         {
@@ -118,6 +119,10 @@ public static class OnnxModelPath
             ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
             GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL,
         };
+        // Worker threads sleep instead of spinning between runs: on these shared 2-core machines spinning cost ORT itself
+        // ~45% of its tokens/s and slowed the TorchSharp work that alternates with it in one process (bench rollout).
+        if (!spin) o.AddSessionConfigEntry("session.intra_op.allow_spinning", "0");
+        if (Environment.GetEnvironmentVariable("RLHF_ORT_PROFILE") is { Length: > 0 } prefix) { o.EnableProfiling = true; o.ProfileOutputPathPrefix = prefix; }
         return o;
     }
 }

@@ -31,6 +31,10 @@ public sealed record RolloutEngineOptions
     public int? PadTokenId { get; init; }
     /// <summary>Drop finished rows from the KV cache so later steps compute only live rows.</summary>
     public bool CompactFinishedRows { get; init; } = true;
+    /// <summary>For graphs without position ids (GroupQueryAttention): preallocate one [B, Hkv, prompt + max_new, D]
+    /// buffer per layer bound (OrtIoBinding) as both past and present, so no step copies the cache (GenAI's
+    /// past_present_share_buffer). The plain graph concatenates its cache and ignores this.</summary>
+    public bool ShareKvBuffer { get; init; } = true;
 }
 
 /// <summary>
@@ -215,6 +219,7 @@ public sealed class RolloutEngine : Services.IRolloutService
         int maxNew = sampling.Max(s => s.MaxNewTokens);
         bool left = Padding == PaddingSide.Left;
         bool contiguous = sig.PositionsFromMask;   // GQA: row r's mask is len_r + t ones then zeros
+        bool share = contiguous && _options.ShareKvBuffer;
         int cap = P + maxNew;
 
         var rngs = sampling.Select(s => new Rng(s.Seed)).ToArray();
@@ -261,6 +266,12 @@ public sealed class RolloutEngine : Services.IRolloutService
         var stepMask = new long[n * cap];
         OrtValue[]? past = null;
         var sw = Stopwatch.StartNew();
+        if (share)
+        {
+            past = new OrtValue[2 * sig.Layers];
+            for (int k = 0; k < past.Length; k++)
+                past[k] = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, TensorElementType.Float, [n, sig.KvHeads, cap, sig.HeadDim]);
+        }
         double prefillMs = 0;
         int T = P;
         try
@@ -272,7 +283,7 @@ public sealed class RolloutEngine : Services.IRolloutService
                 if (step == 0)
                 {
                     CompactMask(maskRows, cap, live, B, T, stepMask, prompts, contiguous, 0);
-                    (names, values) = Inputs(ids, [n, P], stepMask, [n, T], pos, null, n, 0);
+                    (names, values) = Inputs(ids, [n, P], stepMask, [n, T], pos, past, n, 0);
                 }
                 else
                 {
@@ -286,13 +297,36 @@ public sealed class RolloutEngine : Services.IRolloutService
                     CompactMask(maskRows, cap, live, B, T, stepMask, prompts, contiguous, step);
                     (names, values) = Inputs(stepIds, [B, 1], stepMask, [B, T], stepPos, past, B, 0);
                 }
-                var outputs = _session.Run(_run, names, values, outNames).ToArray();
-                // Inputs made here are ours to free; the past values are the previous step's outputs.
-                for (int i = 0; i < values.Count; i++)
-                    if (past is null || !past.Contains(values[i])) values[i].Dispose();
-                if (past is not null) foreach (var v in past) v.Dispose();
-                past = outputs[1..];
-                using var logits = outputs[0];
+                OrtValue logitsValue;
+                if (share)
+                {
+                    // Past and present are the same preallocated buffers; only the logits are allocated by ORT.
+                    using var binding = _session.CreateIoBinding();
+                    for (int i = 0; i < names.Count; i++) binding.BindInput(names[i], values[i]);
+                    binding.BindOutputToDevice(sig.Logits, OrtMemoryInfo.DefaultInstance);
+                    for (int l = 0; l < sig.Layers; l++)
+                    {
+                        binding.BindOutput(sig.PresentKeys[l], past![2 * l]);
+                        binding.BindOutput(sig.PresentValues[l], past[2 * l + 1]);
+                    }
+                    _session.RunWithBinding(_run, binding);
+                    var bound = binding.GetOutputValues().ToArray();
+                    logitsValue = bound[0];
+                    foreach (var v in bound.AsSpan(1)) v.Dispose();   // extra handles on our buffers
+                    for (int i = 0; i < values.Count; i++)
+                        if (!past.Contains(values[i])) values[i].Dispose();
+                }
+                else
+                {
+                    var outputs = _session.Run(_run, names, values, outNames).ToArray();
+                    // Inputs made here are ours to free; the past values are the previous step's outputs.
+                    for (int i = 0; i < values.Count; i++)
+                        if (past is null || !past.Contains(values[i])) values[i].Dispose();
+                    if (past is not null) foreach (var v in past) v.Dispose();
+                    past = outputs[1..];
+                    logitsValue = outputs[0];
+                }
+                using var logits = logitsValue;
                 if (step == 0) prefillMs = sw.Elapsed.TotalMilliseconds;
 
                 // Sample each live row from its last-position logits, read in place.
@@ -324,7 +358,7 @@ public sealed class RolloutEngine : Services.IRolloutService
                     if (keepSlots.Count == 0) break;
                     if (_options.CompactFinishedRows)
                     {
-                        past = Compact(past, keepSlots, B);
+                        past = Compact(past!, keepSlots, B);
                         live = [.. keepSlots.Select(i => live[i])];
                         B = live.Length;
                     }

@@ -49,6 +49,6 @@ internal static class BenchCommand
             Console.Write(ExportBench.Format(rows));
             return 0;
         }));
-        return new Command("bench", "Benchmarks.") { export };
+        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward) and `bench rollout` (ONNX Runtime engine vs TorchSharp generation).") { export, RolloutBenchCommand.Create() };
     }
 }

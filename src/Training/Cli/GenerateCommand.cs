@@ -1,4 +1,6 @@
 using System.CommandLine;
+using Rlhf.Export.Onnx;
+using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;
@@ -8,12 +10,19 @@ using static TorchSharp.torch;
 
 namespace Rlhf.Training.Cli;
 
-/// <summary><c>rlhf generate</c>: sample continuations from an HF model folder with the TorchSharp model (KV-cached).</summary>
+/// <summary>Sampling settings of <c>rlhf generate</c>, shared by both engines.</summary>
+internal sealed record GenerateSettings(int MaxNewTokens = 64, double Temperature = 0.7, int TopK = 0, double TopP = 1.0, long Seed = 1, int Threads = 0);
+
+/// <summary>
+/// <c>rlhf generate</c>: sample continuations with the TorchSharp model (<c>--engine torch</c>, KV-cached eager) or the
+/// ONNX Runtime rollout engine (<c>--engine ort</c>; an HF folder is exported to a temporary ONNX folder first, an ONNX
+/// folder is used as is). Greedy outputs of both engines are identical on the same weights.
+/// </summary>
 internal static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "HF model folder (config.json, model.safetensors, tokenizer files).", Required = true };
+        var model = new Option<string>("--model") { Description = "HF model folder (config.json, model.safetensors, tokenizer files), or an ONNX folder (model.onnx) for --engine ort.", Required = true };
         var prompt = new Option<string[]>("--prompt") { Description = "A prompt (repeatable)." };
         var prompts = new Option<string?>("--prompts") { Description = "CSV/JSONL file with a prompt column." };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate per prompt.", DefaultValueFactory = _ => 64 };
@@ -22,42 +31,90 @@ internal static class GenerateCommand
         var topP = new Option<double>("--top-p") { Description = "Nucleus sampling mass (1 = off).", DefaultValueFactory = _ => 1.0 };
         var seed = new Option<long>("--seed") { Description = "Sampling seed.", DefaultValueFactory = _ => 1 };
         var gold = new Option<bool>("--gold") { Description = "Also print the default task's gold score of each response." };
-        var device = new Option<string>("--device") { Description = "cpu or cuda.", DefaultValueFactory = _ => "cpu" };
-        var engine = new Option<string>("--engine") { Description = "torch (TorchSharp eager, KV cache).", DefaultValueFactory = _ => "torch" };
+        var device = new Option<string>("--device") { Description = "cpu or cuda (torch engine).", DefaultValueFactory = _ => "cpu" };
+        var engine = new Option<string>("--engine") { Description = "torch (TorchSharp eager, KV cache) or ort (ONNX Runtime rollout engine).", DefaultValueFactory = _ => "torch" };
+        var threads = new Option<int>("--threads") { Description = "Intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
         var cmd = new Command("generate", "Sample continuations of prompts from a model folder.")
         {
-            model, prompt, prompts, maxNew, temperature, topK, topP, seed, gold, device, engine,
+            model, prompt, prompts, maxNew, temperature, topK, topP, seed, gold, device, engine, threads,
         };
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
-            if (r.GetValue(engine) != "torch")
-                throw new ArgumentException($"--engine {r.GetValue(engine)} is not available; use torch.");
             var texts = new List<string>(r.GetValue(prompt) ?? []);
             if (r.GetValue(prompts) is string file) texts.AddRange(DataFiles.ReadPrompts(file).Records.Select(p => p.Prompt));
             if (texts.Count == 0) throw new ArgumentException("Give at least one --prompt or a --prompts file.");
-            var dev = DeviceSelector.Resolve(DeviceSelector.Parse(r.GetValue(device)!));
-            DeviceSelector.SetThreads(0);
-            string folder = r.GetValue(model)!;
-            var tokenizer = TextTokenizer.Load(folder);
-            using var lm = LlamaForCausalLM.FromPretrained(folder, dev, ScalarType.Float32);
-            var options = new GenerationOptions
-            {
-                MaxNewTokens = r.GetValue(maxNew), Temperature = r.GetValue(temperature), TopK = r.GetValue(topK),
-                TopP = r.GetValue(topP), Seed = r.GetValue(seed),
-                EosTokenIds = tokenizer.EosId is int e ? [e] : lm.Config.EosTokenIds, PadTokenId = tokenizer.PadId ?? 0,
-            };
-            var ids = texts.Select(t => PromptFormat.PromptIds(tokenizer, t).Select(x => (long)x).ToArray()).ToList();
-            var outputs = Generation.Generate(lm, ids, options);
+            var settings = new GenerateSettings(r.GetValue(maxNew), r.GetValue(temperature), r.GetValue(topK), r.GetValue(topP), r.GetValue(seed), r.GetValue(threads));
+            var outputs = Run(r.GetValue(model)!, r.GetValue(engine)!, texts, settings, r.GetValue(device)!);
             for (int i = 0; i < texts.Count; i++)
             {
-                string response = PromptFormat.ResponseText(tokenizer, outputs[i].Tokens.Select(t => (int)t));
-                string line = PromptFormat.Join(texts[i], response);
+                string line = PromptFormat.Join(texts[i], outputs[i].Response);
                 if (r.GetValue(gold))
-                    line += $"\t[gold {GoldScorer.Score(texts[i], response, outputs[i].FinishReason == FinishReason.Stop).Total:F2}]";
+                    line += $"\t[gold {GoldScorer.Score(texts[i], outputs[i].Response, outputs[i].Eos).Total:F2}]";
                 Console.WriteLine(line);
             }
             return 0;
         }));
         return cmd;
     }
+
+    /// <summary>Responses (text, ended with EOS) of <paramref name="texts"/> with the chosen engine.</summary>
+    public static IReadOnlyList<(string Response, int[] Ids, bool Eos)> Run(string folder, string engine, IReadOnlyList<string> texts,
+        GenerateSettings s, string device = "cpu")
+    {
+        DeviceSelector.SetThreads(s.Threads);
+        switch (engine)
+        {
+            case "torch":
+            {
+                var dev = DeviceSelector.Resolve(DeviceSelector.Parse(device));
+                var tokenizer = TextTokenizer.Load(folder);
+                using var lm = LlamaForCausalLM.FromPretrained(folder, dev, ScalarType.Float32);
+                var options = new GenerationOptions
+                {
+                    MaxNewTokens = s.MaxNewTokens, Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = s.Seed,
+                    EosTokenIds = tokenizer.EosId is int e ? [e] : lm.Config.EosTokenIds, PadTokenId = tokenizer.PadId ?? 0,
+                };
+                var ids = texts.Select(t => PromptFormat.PromptIds(tokenizer, t).Select(x => (long)x).ToArray()).ToList();
+                return [.. Generation.Generate(lm, ids, options).Select(o =>
+                    (PromptFormat.ResponseText(tokenizer, o.Tokens.Select(t => (int)t)), o.Tokens.Select(t => (int)t).ToArray(), o.FinishReason == FinishReason.Stop))];
+            }
+            case "ort":
+            {
+                if (DeviceSelector.Parse(device) != ComputeDevice.Cpu)
+                    throw new ArgumentException("--engine ort runs on the CPU (this build has the CPU ONNX Runtime); drop --device.");
+                var tokenizer = TextTokenizer.Load(folder);
+                string? temp = null;
+                IReadOnlyList<int>? eos = null;
+                try
+                {
+                    string onnx = folder;
+                    if (!IsOnnxFolder(folder))
+                    {
+                        temp = Path.Combine(Path.GetTempPath(), $"rlhf-generate-{Guid.NewGuid():N}");
+                        using var lm = LlamaForCausalLM.FromPretrained(folder, CPU, ScalarType.Float32);
+                        LlamaGraph.Export(lm.Config, lm.state_dict(), temp);
+                        eos = tokenizer.EosId is int e ? [e] : lm.Config.EosTokenIds;
+                        onnx = temp;
+                    }
+                    using var rollout = RolloutEngine.Load(onnx, new RolloutEngineOptions { Threads = s.Threads, EosTokenIds = eos, PadTokenId = tokenizer.PadId ?? 0 }, tokenizer);
+                    var sampling = new SamplingOptions
+                    {
+                        Temperature = (float)s.Temperature, TopK = s.TopK, TopP = (float)s.TopP, MaxNewTokens = s.MaxNewTokens, Seed = (ulong)s.Seed,
+                    };
+                    var results = rollout.Generate([.. texts.Select((t, i) => RolloutRequest.FromText(t, sampling with { Seed = (ulong)s.Seed + (ulong)i }))]);
+                    return [.. results.Select(x => (x.Text ?? "", x.ResponseIds, x.FinishReason == RolloutFinishReason.Eos))];
+                }
+                finally
+                {
+                    if (temp is not null) try { Directory.Delete(temp, true); } catch (IOException) { }
+                }
+            }
+            default:
+                throw new ArgumentException($"--engine {engine} is not known; use torch or ort.");
+        }
+    }
+
+    /// <summary>True for a folder holding an exported ONNX decoder rather than HF safetensors.</summary>
+    public static bool IsOnnxFolder(string folder) =>
+        File.Exists(Path.Combine(folder, "genai_config.json")) || File.Exists(Path.Combine(folder, "model.onnx")) || folder.EndsWith(".onnx", StringComparison.Ordinal);
 }

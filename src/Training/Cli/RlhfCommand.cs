@@ -20,7 +20,9 @@ internal static class RlhfCommand
             PipelineCommand.Create(),
             GenerateCommand.Create(),
             DataCommand.Create(),
-            ExportCommand.Create(), BenchCommand.Create(),
+            ScoreCommand.Create(),
+            ExportCommand.Create(),
+            BenchCommand.Create(),
         };
         return root.Parse(args).Invoke();
     }

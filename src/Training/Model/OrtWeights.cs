@@ -60,7 +60,11 @@ public sealed class OrtWeights : IDisposable
     {
         Tensor t;
         using (torch.NewDisposeScope())
-            t = (transpose ? source.t() : source).to(ScalarType.Float32, torch.CPU).contiguous().clone().MoveToOuterDisposeScope();
+        {
+            var x = source.detach().to(ScalarType.Float32, torch.CPU);
+            // One copy either way: the transpose materialised by contiguous(), or a clone of the already contiguous tensor.
+            t = (transpose ? x.t().contiguous() : x.clone()).MoveToOuterDisposeScope();
+        }
         _tensors.Add(t);
         nint ptr;
         fixed (byte* p = t.bytes) ptr = (nint)p;

@@ -1,0 +1,216 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Microsoft.ML.OnnxRuntime;
+using Rlhf.Export.Hf;
+using Rlhf.Export.Onnx;
+using Rlhf.Inference.Onnx;
+using Rlhf.Inference.Rollout;
+using Rlhf.Training.Common;
+using Rlhf.Training.Model;
+using static TorchSharp.torch;
+using DataType = Rlhf.Export.Onnx.Proto.TensorProto.Types.DataType;
+
+namespace Rlhf.Training.Cli;
+
+/// <summary>
+/// <c>rlhf bench rollout</c>: tokens/s of the ONNX Runtime rollout engine vs TorchSharp eager KV-cached
+/// <see cref="Generation.Generate"/> on the same random weights, per batch size, with achieved GFLOP/s as a share of an
+/// ORT MatMul peak measured in the same run, the weight-sync cost (in-memory initializer override vs re-export to a
+/// file), left vs right padding, and peak RSS.
+/// </summary>
+internal static class RolloutBenchCommand
+{
+    /// <summary>The <c>rollout</c> sub-command of <c>rlhf bench</c>.</summary>
+    public static Command Create()
+    {
+        var config = new Option<string>("--config") { Description = "Model config.json of the default model.", DefaultValueFactory = _ => "models/tiny/config.json" };
+        var large = new Option<bool>("--large") { Description = "Also run a ~100M-parameter random config (a few minutes on 2 cores)." };
+        var batches = new Option<string>("--batches") { Description = "Comma-separated batch sizes.", DefaultValueFactory = _ => "1,8,32,64" };
+        var newTokens = new Option<int>("--new-tokens") { Description = "Tokens generated per row.", DefaultValueFactory = _ => 64 };
+        var promptLen = new Option<int>("--prompt-length") { Description = "Longest prompt (rows get lengths between half of it and it).", DefaultValueFactory = _ => 16 };
+        var threads = new Option<int>("--threads") { Description = "Threads for both engines (0 = all cores).", DefaultValueFactory = _ => 0 };
+        var noTorch = new Option<bool>("--skip-torch") { Description = "Only the ORT engine." };
+        var repeats = new Option<int>("--repeats") { Description = "Timed runs per cell; the fastest counts (the machine may be shared).", DefaultValueFactory = _ => 2 };
+        var rollout = new Command("rollout", "ORT rollout engine vs TorchSharp eager generation.") { config, large, batches, newTokens, promptLen, threads, noTorch, repeats };
+        rollout.SetAction(r => RlhfCommand.Guard(() =>
+        {
+            int[] bs = [.. r.GetValue(batches)!.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s.Trim(), CultureInfo.InvariantCulture))];
+            var configs = new List<(string Name, ModelConfig Cfg)>();
+            string path = r.GetValue(config)!;
+            configs.Add((Path.GetFileName(Path.GetDirectoryName(Path.GetFullPath(path))) ?? "default",
+                File.Exists(path) ? ModelConfig.Load(path) : throw new FileNotFoundException($"Model config '{path}' not found; pass --config.")));
+            if (r.GetValue(large)) configs.Add(("~100M", Large));
+            RunRollout(configs, bs, r.GetValue(newTokens), r.GetValue(promptLen), r.GetValue(threads), !r.GetValue(noTorch), Console.Out, Math.Max(1, r.GetValue(repeats)));
+            return 0;
+        }));
+        return rollout;
+    }
+
+    /// <summary>A ~100M-parameter Llama config (96M with tied embeddings).</summary>
+    public static ModelConfig Large => new()
+    {
+        VocabSize = 16384, HiddenSize = 768, IntermediateSize = 2304, NumHiddenLayers = 12, NumAttentionHeads = 12, NumKeyValueHeads = 4,
+        MaxPositionEmbeddings = 512, TieWordEmbeddings = true, EosTokenIds = [2], PadTokenId = 0,
+    };
+
+    /// <summary>Runs the benchmark and writes the report to <paramref name="w"/>.</summary>
+    public static void RunRollout(IReadOnlyList<(string Name, ModelConfig Cfg)> configs, int[] batches, int newTokens, int promptLen, int threads, bool torchToo, TextWriter w, int repeats = 1)
+    {
+        int nThreads = threads > 0 ? threads : Environment.ProcessorCount;
+        DeviceSelector.SetThreads(nThreads);
+        double peak = MatMulPeak(nThreads);
+        w.WriteLine($"ORT MatMul peak ({nThreads} threads, fp32, 512x1024x1024): {peak:F1} GFLOP/s");
+        w.WriteLine($"{newTokens} new tokens per row, prompts of {Math.Max(1, promptLen / 2)}..{promptLen} tokens, sampling T=1, no EOS.");
+        foreach (var (name, cfg) in configs)
+        {
+            using var model = LlamaForCausalLM.Create(cfg, CPU, ScalarType.Float32, 1234);
+            model.eval();
+            long nParams = model.parameters().Sum(p => p.numel());
+            string dir = Path.Combine(Path.GetTempPath(), $"rlhf-bench-{Guid.NewGuid():N}");
+            try
+            {
+                var sw = Stopwatch.StartNew();
+                LlamaGraph.Export(cfg, model.state_dict(), dir);
+                double exportMs = sw.Elapsed.TotalMilliseconds;
+                using var engine = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = nThreads, EosTokenIds = [], PadTokenId = 0, MaxBatchSize = batches.Max() });
+                w.WriteLine();
+                w.WriteLine($"== {name}: {nParams / 1e6:F1}M parameters (V={cfg.VocabSize}, H={cfg.HiddenSize}, L={cfg.NumHiddenLayers}, heads {cfg.NumAttentionHeads}/{cfg.NumKeyValueHeads}, F={cfg.IntermediateSize})");
+                w.WriteLine($"{"batch",5} | {"ORT tok/s",10} {"GFLOP/s",8} {"%peak",6} {"prefill ms",10} | {"torch tok/s",11} {"GFLOP/s",8} {"%peak",6} | {"ORT/torch",9}");
+                var rng = new Random(7);
+                foreach (int b in batches)
+                {
+                    var prompts = Enumerable.Range(0, b).Select(_ => Enumerable.Range(0, rng.Next(Math.Max(1, promptLen / 2), promptLen + 1))
+                        .Select(_ => rng.Next(3, cfg.VocabSize)).ToArray()).ToArray();
+                    double flops = Flops(cfg, prompts.Select(p => p.Length).ToArray(), newTokens);
+                    var sampling = new SamplingOptions { Temperature = 1f, MaxNewTokens = newTokens };
+                    var requests = prompts.Select((p, i) => RolloutRequest.FromIds(p, sampling with { Seed = (ulong)i })).ToList();
+                    engine.Generate([.. requests.Take(Math.Min(b, 4)).Select(q => q with { Sampling = sampling with { MaxNewTokens = 4 } })]);   // warm-up
+                    double ortS = double.MaxValue;
+                    IReadOnlyList<RolloutResult> res = [];
+                    for (int k = 0; k < repeats; k++)
+                    {
+                        sw.Restart();
+                        res = engine.Generate(requests);
+                        ortS = Math.Min(ortS, sw.Elapsed.TotalSeconds);
+                    }
+                    double ortTps = b * newTokens / ortS;
+                    string torchCols = $"{"-",11} {"-",8} {"-",6}";
+                    string ratio = "-";
+                    if (torchToo)
+                    {
+                        var opts = new GenerationOptions { MaxNewTokens = newTokens, Temperature = 1.0, EosTokenIds = [], PadTokenId = 0, Seed = 1 };
+                        var longPrompts = prompts.Select(p => p.Select(x => (long)x).ToArray()).ToList();
+                        Generation.Generate(model, [.. longPrompts.Take(Math.Min(b, 4))], opts with { MaxNewTokens = 4 });   // warm-up
+                        double torchS = double.MaxValue;
+                        for (int k = 0; k < repeats; k++)
+                        {
+                            sw.Restart();
+                            Generation.Generate(model, longPrompts, opts);
+                            torchS = Math.Min(torchS, sw.Elapsed.TotalSeconds);
+                        }
+                        double torchTps = b * newTokens / torchS;
+                        torchCols = $"{torchTps,11:F0} {flops / torchS / 1e9,8:F1} {100 * flops / torchS / 1e9 / peak,5:F0}%";
+                        ratio = $"{ortTps / torchTps:F2}x";
+                    }
+                    w.WriteLine($"{b,5} | {ortTps,10:F0} {flops / ortS / 1e9,8:F1} {100 * flops / ortS / 1e9 / peak,5:F0}% {res[0].Timings.PrefillMs,10:F1} | {torchCols} | {ratio,9}");
+                }
+
+                // Padding: the same batch, left vs right, on the plain graph.
+                int pb = batches.Contains(32) ? 32 : batches.Max();
+                var pp = Enumerable.Range(0, pb).Select(_ => Enumerable.Range(0, rng.Next(1, promptLen * 2 + 1)).Select(_ => rng.Next(3, cfg.VocabSize)).ToArray()).ToArray();
+                var pr = pp.Select((p, i) => RolloutRequest.FromIds(p, new SamplingOptions { Temperature = 1f, MaxNewTokens = newTokens, Seed = (ulong)i })).ToList();
+                string padLine = "";
+                foreach (var side in new[] { PaddingSide.Left, PaddingSide.Right })
+                {
+                    using var e = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = nThreads, EosTokenIds = [], Padding = side, MaxBatchSize = pb });
+                    e.Generate([.. pr.Take(2)]);
+                    double best = double.MaxValue;
+                    for (int k = 0; k < repeats; k++)
+                    {
+                        sw.Restart();
+                        e.Generate(pr);
+                        best = Math.Min(best, sw.Elapsed.TotalSeconds);
+                    }
+                    padLine += $"{side} {pb * newTokens / best:F0} tok/s  ";
+                }
+                w.WriteLine($"padding (batch {pb}, prompts 1..{promptLen * 2}): {padLine}");
+
+                // Weight sync: in-memory initializer override vs re-export + reload.
+                sw.Restart();
+                var snapshot = OrtWeights.From(model);
+                double snapMs = sw.Elapsed.TotalMilliseconds;
+                var sessionMs = engine.UpdateWeights(snapshot.Buffers, snapshot).TotalMilliseconds;
+                string dir2 = dir + "-reexport";
+                sw.Restart();
+                LlamaGraph.Export(cfg, model.state_dict(), dir2);
+                using (var reloaded = RolloutEngine.Load(dir2, new RolloutEngineOptions { Threads = nThreads })) { }
+                double reexportMs = sw.Elapsed.TotalMilliseconds;
+                try { Directory.Delete(dir2, true); } catch (IOException) { }
+                w.WriteLine($"weight sync: in-memory {snapMs + sessionMs:F0} ms (snapshot copy {snapMs:F0} ms + new session {sessionMs:F0} ms, {snapshot.Bytes / 1e6:F0} MB); " +
+                            $"re-export to file + reload {reexportMs:F0} ms (first export {exportMs:F0} ms)");
+            }
+            finally
+            {
+                try { Directory.Delete(dir, true); } catch (IOException) { }
+            }
+        }
+        using var self = Process.GetCurrentProcess();
+        w.WriteLine();
+        w.WriteLine($"peak RSS: {self.PeakWorkingSet64 / (1024.0 * 1024):F0} MiB");
+    }
+
+    /// <summary>
+    /// Forward FLOPs of generating <paramref name="newTokens"/> after prompts of the given lengths (multiply-add = 2):
+    /// 2·(matmul weights) per token plus attention 4·L·heads·D·context per token.
+    /// </summary>
+    static double Flops(ModelConfig c, int[] promptLens, int newTokens)
+    {
+        double d = c.HeadDim, h = c.HiddenSize;
+        double perLayer = h * c.NumAttentionHeads * d * 2 + h * c.NumKeyValueHeads * d * 2 + 3 * h * c.IntermediateSize;
+        double matmul = 2 * (c.NumHiddenLayers * perLayer + h * c.VocabSize);
+        double total = 0;
+        int pMax = promptLens.Max();
+        foreach (int p in promptLens)
+        {
+            int tokens = p + newTokens;
+            total += tokens * matmul;
+            for (int t = 0; t < newTokens; t++) total += 4.0 * c.NumHiddenLayers * c.NumAttentionHeads * d * (pMax + t);
+            total += 4.0 * c.NumHiddenLayers * c.NumAttentionHeads * d * p * p / 2;
+        }
+        return total;
+    }
+
+    /// <summary>GFLOP/s of one ORT MatMul [512, 1024] x [1024, 1024] (best of 10 after warm-up).</summary>
+    static double MatMulPeak(int threads)
+    {
+        const int M = 512, K = 1024, N = 1024;
+        string dir = Path.Combine(Path.GetTempPath(), $"rlhf-matmul-{Guid.NewGuid():N}");
+        try
+        {
+            var b = new GraphBuilder("matmul_peak");
+            var rng = new Random(1);
+            string w = b.Initializer("w", [.. Enumerable.Range(0, K * N).Select(_ => (float)rng.NextDouble() - 0.5f)], K, N);
+            b.AddNode("MatMul", [b.Input("x", DataType.Float, M, K), w], ["y"]);
+            b.Output("y", DataType.Float, M, N);
+            var saved = b.Save(dir);
+            using var so = OnnxModelPath.Options(threads);
+            using var session = new InferenceSession(saved.ModelPath, so);
+            var x = Enumerable.Range(0, M * K).Select(_ => (float)rng.NextDouble()).ToArray();
+            using var input = OrtValue.CreateTensorValueFromMemory(x, [M, K]);
+            using var run = new RunOptions();
+            double best = double.MaxValue;
+            for (int i = 0; i < 13; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                using var outputs = session.Run(run, ["x"], [input], ["y"]);
+                if (i >= 3) best = Math.Min(best, sw.Elapsed.TotalSeconds);
+            }
+            return 2.0 * M * K * N / best / 1e9;
+        }
+        finally
+        {
+            try { Directory.Delete(dir, true); } catch (IOException) { }
+        }
+    }
+}
