@@ -54,11 +54,11 @@ public sealed record PpoConfig
     /// <summary>Per-token KL estimator (k1, k3).</summary>
     public KlEstimator KlEstimator { get; init; } = KlEstimator.K1;
     /// <summary>Initial KL coefficient β.</summary>
-    public double InitKlCoef { get; init; } = 0.05;
+    public double InitKlCoef { get; init; } = 0.1;
     /// <summary>Adapt β toward <see cref="TargetKl"/> (Ziegler et al.); false = fixed β.</summary>
     public bool AdaptiveKl { get; init; } = true;
     /// <summary>Target KL per response (nats) for the adaptive controller.</summary>
-    public double TargetKl { get; init; } = 4.0;
+    public double TargetKl { get; init; } = 3.0;
     /// <summary>Horizon (responses) of the adaptive controller.</summary>
     public double KlHorizon { get; init; } = 2000;
     /// <summary>Stop an iteration's epochs early when the minibatch approx KL exceeds this (0 = never).</summary>
