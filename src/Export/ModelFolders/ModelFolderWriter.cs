@@ -39,7 +39,7 @@ public static class ModelFolderWriter
         }
     }
 
-    /// <summary>Tokenizer file names copied with the weights (as the Training side's list).</summary>
+    /// <summary>Tokenizer file names copied with the weights (the one list; Training's TokenizerFiles reads it).</summary>
     public static readonly string[] TokenizerFileNames =
     [
         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",

@@ -3,12 +3,8 @@ namespace Rlhf.Training.Common;
 /// <summary>The tokenizer files a Hugging Face model folder may hold, copied along with weights.</summary>
 public static class TokenizerFiles
 {
-    /// <summary>File names recognised as tokenizer files.</summary>
-    public static readonly string[] Names =
-    [
-        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-        "tokenizer.model", "vocab.txt", "added_tokens.json", "generation_config.json",
-    ];
+    /// <summary>File names recognised as tokenizer files (one list, kept by the export side).</summary>
+    public static IReadOnlyList<string> Names => Rlhf.Export.ModelFolderWriter.TokenizerFileNames;
 
     /// <summary>Copies every tokenizer file present in <paramref name="from"/> into <paramref name="to"/> (no-op when the same folder).</summary>
     public static void Copy(string from, string to)
