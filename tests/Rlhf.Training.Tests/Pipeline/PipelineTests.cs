@@ -1,3 +1,4 @@
+using Rlhf.Training.Common;
 using System.Text.Json.Nodes;
 using Rlhf.Training.Pipeline;
 using Rlhf.Training.RewardModel;

@@ -1,3 +1,4 @@
+using Rlhf.Training.Common;
 using Rlhf.Training.Data;
 using Rlhf.Training.Model;
 using Rlhf.Training.RewardModel;
