@@ -21,7 +21,7 @@ public sealed class RmTrainerTests
     static RmConfig Tiny() => new()
     {
         Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "rm"), SftModel = SftFolder.Value, TrainPrompts = 12,
-        EvalPrompts = 4, K = 3, PromptsPerBatch = 4, MaxNewTokens = 8, MaxSeqLen = 40, EvalEvery = 1, CheckpointEvery = 1,
+        EvalPrompts = 4, K = 3, PromptsPerBatch = 4, Epochs = 1, MaxNewTokens = 8, MaxSeqLen = 40, EvalEvery = 1, CheckpointEvery = 1,
         Threads = 1, Lr = 1e-3, Seed = 5,
     };
 
