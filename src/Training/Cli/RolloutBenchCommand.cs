@@ -1,3 +1,5 @@
+using Rlhf.Export;
+using Rlhf.Training.OnnxExport;
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -71,11 +73,14 @@ internal static class RolloutBenchCommand
             try
             {
                 var sw = Stopwatch.StartNew();
-                LlamaGraph.Export(cfg, model.state_dict(), dir);
+                var graph = ExportStage.DefaultGraph(cfg);   // the graph PPO rolls out on
+                ExportStage.ExportPolicy(model, dir, graph, new ExportOptions { Overwrite = true }, parity: false);
                 double exportMs = sw.Elapsed.TotalMilliseconds;
+                string plainDir = dir + "-plain";
+                LlamaGraph.Export(cfg, model.state_dict(), plainDir);
                 using var engine = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = nThreads, EosTokenIds = [], PadTokenId = 0, MaxBatchSize = batches.Max() });
                 w.WriteLine();
-                w.WriteLine($"== {name}: {nParams / 1e6:F1}M parameters (V={cfg.VocabSize}, H={cfg.HiddenSize}, L={cfg.NumHiddenLayers}, heads {cfg.NumAttentionHeads}/{cfg.NumKeyValueHeads}, F={cfg.IntermediateSize})");
+                w.WriteLine($"== {name}: {nParams / 1e6:F1}M parameters (V={cfg.VocabSize}, H={cfg.HiddenSize}, L={cfg.NumHiddenLayers}, heads {cfg.NumAttentionHeads}/{cfg.NumKeyValueHeads}, F={cfg.IntermediateSize}); ORT graph: {graph}");
                 w.WriteLine($"{"batch",5} | {"ORT tok/s",10} {"GFLOP/s",8} {"%peak",6} {"prefill ms",10} | {"torch tok/s",11} {"GFLOP/s",8} {"%peak",6} | {"ORT/torch",9}");
                 var rng = new Random(7);
                 foreach (int b in batches)
@@ -123,7 +128,7 @@ internal static class RolloutBenchCommand
                 string padLine = "";
                 foreach (var side in new[] { PaddingSide.Left, PaddingSide.Right })
                 {
-                    using var e = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = nThreads, EosTokenIds = [], Padding = side, MaxBatchSize = pb });
+                    using var e = RolloutEngine.Load(plainDir, new RolloutEngineOptions { Threads = nThreads, EosTokenIds = [], Padding = side, MaxBatchSize = pb });
                     e.Generate([.. pr.Take(2)]);
                     double best = double.MaxValue;
                     for (int k = 0; k < repeats; k++)
@@ -134,11 +139,11 @@ internal static class RolloutBenchCommand
                     }
                     padLine += $"{side} {pb * newTokens / best:F0} tok/s  ";
                 }
-                w.WriteLine($"padding (batch {pb}, prompts 1..{promptLen * 2}): {padLine}");
+                w.WriteLine($"padding, plain graph (batch {pb}, prompts 1..{promptLen * 2}): {padLine}");
 
                 // Weight sync: in-memory initializer override vs re-export + reload.
                 sw.Restart();
-                var snapshot = OrtWeights.From(model);
+                var snapshot = OrtWeights.From(model, packedQkv: graph == GraphKind.ContribGqa);
                 double snapMs = sw.Elapsed.TotalMilliseconds;
                 var sessionMs = engine.UpdateWeights(snapshot.Buffers, snapshot).TotalMilliseconds;
                 string dir2 = dir + "-reexport";
@@ -153,6 +158,7 @@ internal static class RolloutBenchCommand
             finally
             {
                 try { Directory.Delete(dir, true); } catch (IOException) { }
+                try { Directory.Delete(dir + "-plain", true); } catch (IOException) { }
             }
         }
         using var self = Process.GetCurrentProcess();
