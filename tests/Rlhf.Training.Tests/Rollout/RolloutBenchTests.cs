@@ -15,7 +15,7 @@ public sealed class RolloutBenchTests
         Assert.Contains("ORT MatMul peak", text);
         Assert.Contains("ORT/torch", text);
         Assert.Contains("weight sync: in-memory", text);
-        Assert.Contains("padding (batch 2", text);
+        Assert.Contains("padding, plain graph (batch 2", text);
         Assert.Contains("peak RSS", text);
         Assert.Equal(2, text.Split('\n').Count(l => l.TrimStart().StartsWith("1 |", StringComparison.Ordinal) || l.TrimStart().StartsWith("2 |", StringComparison.Ordinal)));
     }
