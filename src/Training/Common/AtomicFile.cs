@@ -22,35 +22,4 @@ public static class AtomicFile
 
     /// <summary>Writes text atomically.</summary>
     public static void WriteAllText(string path, string text) => Write(path, tmp => File.WriteAllText(tmp, text));
-
-    /// <summary>
-    /// Builds a folder through <paramref name="fill"/> in a sibling temp folder, then swaps it into place:
-    /// the old folder (if any) is renamed aside and deleted only after the new one is in place.
-    /// </summary>
-    public static void WriteFolder(string folder, Action<string> fill)
-    {
-        string full = Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar);
-        string parent = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(parent);
-        string name = Path.GetFileName(full);
-        string tmp = Path.Combine(parent, $".{name}.{Environment.ProcessId}.tmp");
-        string old = Path.Combine(parent, $".{name}.{Environment.ProcessId}.old");
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
-        Directory.CreateDirectory(tmp);
-        try
-        {
-            fill(tmp);
-            if (Directory.Exists(full))
-            {
-                if (Directory.Exists(old)) Directory.Delete(old, recursive: true);
-                Directory.Move(full, old);
-            }
-            Directory.Move(tmp, full);
-            if (Directory.Exists(old)) Directory.Delete(old, recursive: true);
-        }
-        finally
-        {
-            if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
-        }
-    }
 }

@@ -49,7 +49,7 @@ public static class TrainerParts
     public static string SaveCheckpoint<TState>(string folder, Action<string> saveModel, IReadOnlyDictionary<string, optim.Optimizer> optimizers,
                                                 MetricsTable metrics, TState state)
     {
-        AtomicFile.WriteFolder(folder, tmp =>
+        Rlhf.Export.ModelFolderWriter.Write(folder, overwrite: true, tmp =>
         {
             saveModel(tmp);
             foreach (var (name, optimizer) in optimizers)
