@@ -16,7 +16,7 @@ public sealed record RmConfig
     /// <summary>Skip (and count) malformed rows instead of failing.</summary>
     public bool SkipMalformed { get; init; }
     /// <summary>Default task: prompts to label for training.</summary>
-    public int TrainPrompts { get; init; } = 1000;
+    public int TrainPrompts { get; init; } = 2000;
     /// <summary>Default task: held-out prompts for accuracy and normalisation.</summary>
     public int EvalPrompts { get; init; } = 200;
     /// <summary>Responses sampled per prompt (K, 2–9).</summary>
