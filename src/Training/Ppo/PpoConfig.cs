@@ -54,13 +54,13 @@ public sealed record PpoConfig
     /// <summary>Per-token KL estimator (k1, k3).</summary>
     public KlEstimator KlEstimator { get; init; } = KlEstimator.K1;
     /// <summary>Initial KL coefficient β.</summary>
-    public double InitKlCoef { get; init; } = 0.1;
+    public double InitKlCoef { get; init; } = 0.15;
     /// <summary>Adapt β toward <see cref="TargetKl"/> (Ziegler et al.); false = fixed β.</summary>
     public bool AdaptiveKl { get; init; } = true;
     /// <summary>Target KL per response (nats) for the adaptive controller.</summary>
     public double TargetKl { get; init; } = 3.0;
     /// <summary>Horizon (responses) of the adaptive controller.</summary>
-    public double KlHorizon { get; init; } = 2000;
+    public double KlHorizon { get; init; } = 1000;
     /// <summary>Stop an iteration's epochs early when the minibatch approx KL exceeds this (0 = never).</summary>
     public double EarlyStopKl { get; init; }
     /// <summary>Whiten advantages over valid tokens.</summary>
