@@ -12,3 +12,6 @@ public sealed record RunControl
     /// <summary>Show a progress bar.</summary>
     public bool Progress { get; init; } = true;
 }
+
+/// <summary>Thrown by a trainer right after the checkpoint of <see cref="RunControl.StopAfterStep"/>, standing in for a kill.</summary>
+internal sealed class SimulatedKill(int step) : Exception($"stopped after step {step}");

@@ -5,6 +5,13 @@ using static TorchSharp.torch;
 
 namespace Rlhf.Training.Common;
 
+/// <summary>Trainer state saved in a checkpoint: every stage records the config it ran with.</summary>
+public interface ICheckpointState
+{
+    /// <summary>The stage config as JSON, compared on resume.</summary>
+    string ConfigJson { get; }
+}
+
 /// <summary>AdamW settings shared by the stages.</summary>
 public sealed record AdamWSettings(double Lr, double WeightDecay, double Beta1, double Beta2, double Eps);
 
@@ -60,13 +67,19 @@ public static class TrainerParts
         return folder;
     }
 
-    /// <summary>Restores the optimizers, metrics and state of a checkpoint written by <see cref="SaveCheckpoint"/>.</summary>
-    public static (TState State, MetricsTable Metrics) LoadCheckpoint<TState>(string folder, IReadOnlyDictionary<string, optim.Optimizer> optimizers)
+    /// <summary>
+    /// Restores the optimizers, metrics and state of a checkpoint written by <see cref="SaveCheckpoint"/>, refusing one
+    /// whose config differs from <paramref name="configJson"/> (a resumed run must repeat the same settings).
+    /// </summary>
+    public static (TState State, MetricsTable Metrics) LoadCheckpoint<TState>(string folder, IReadOnlyDictionary<string, optim.Optimizer> optimizers,
+                                                                             string configJson) where TState : ICheckpointState
     {
         foreach (var (name, optimizer) in optimizers)
             ((TorchSharp.Modules.OptimizerHelper)optimizer).load_state_dict(Path.Combine(folder, name + ".bin"));
         var state = JsonSerializer.Deserialize<TState>(File.ReadAllText(Path.Combine(folder, "trainer_state.json")), ConfigLoader.Json)
             ?? throw new InvalidDataException($"{folder}/trainer_state.json is empty.");
+        if (state.ConfigJson != configJson)
+            throw new InvalidOperationException($"--resume: the config differs from the checkpoint's ({folder}/trainer_state.json); resume with the same settings.");
         return (state, MetricsTable.ReadCsv(Path.Combine(folder, "metrics.csv")));
     }
 
@@ -91,10 +104,10 @@ public static class TrainerParts
             });
     }
 
-    /// <summary>(label, x = step, y = column) for <see cref="Plots.Lines"/>.</summary>
-    public static (string, double[], double[]) Series(string label, MetricsTable m, string column)
+    /// <summary>(label, x, y = column) for <see cref="Plots.Lines"/>; x is the <paramref name="xColumn"/> column.</summary>
+    public static (string, double[], double[]) Series(string label, MetricsTable m, string column, string xColumn = "step")
     {
-        var (x, y) = m.Series("step", column);
+        var (x, y) = m.Series(xColumn, column);
         return (label, x, y);
     }
 

@@ -26,11 +26,7 @@ public static class PpoReport
     /// <summary>Training curves: reward/score/gold, KL, and losses per iteration (PNG).</summary>
     public static void Curves(string folder, MetricsTable m)
     {
-        (string, double[], double[]) S(string label, string col)
-        {
-            var (x, y) = m.Series("iteration", col);
-            return (label, x, y);
-        }
+        (string, double[], double[]) S(string label, string col) => TrainerParts.Series(label, m, col, "iteration");
         Plots.Lines(Path.Combine(folder, "reward.png"), "PPO: reward per iteration", "iteration", "mean per response",
             [S("RM score", "objective/scores"), S("RLHF reward (score − β·KL)", "objective/rlhf_reward"), S("gold score", "objective/gold"), S("held-out gold", "eval/gold")]);
         Plots.Lines(Path.Combine(folder, "kl.png"), "PPO: KL to the SFT model", "iteration", "nats per response",

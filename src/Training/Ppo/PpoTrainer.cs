@@ -25,7 +25,6 @@ public static class PpoTrainer
     /// <summary>Models and services of a run.</summary>
     sealed class Run : IDisposable
     {
-        public required PpoConfig Cfg { get; init; }
         public required Device Device { get; init; }
         public required TextTokenizer Tokenizer { get; init; }
         public required LlamaForCausalLM Actor { get; init; }
@@ -71,9 +70,7 @@ public static class PpoTrainer
         int start = 0;
         if (resumeFrom is not null)
         {
-            (var state, metrics) = TrainerParts.LoadCheckpoint<PpoState>(resumeFrom, optimizers);
-            if (state.ConfigJson != ConfigLoader.ToJson(cfg))
-                throw new InvalidOperationException($"--resume: the config differs from the checkpoint's ({resumeFrom}/trainer_state.json); resume with the same settings.");
+            (var state, metrics) = TrainerParts.LoadCheckpoint<PpoState>(resumeFrom, optimizers, ConfigLoader.ToJson(cfg));
             start = state.Iteration;
             kl.Restore(state.Kl);
             Log($"Resuming from iteration {start} of {cfg.Iterations}.");
@@ -136,7 +133,7 @@ public static class PpoTrainer
                     metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
                 }
                 onIteration?.Invoke(it + 1);
-                if (control.StopAfterStep > 0 && it + 1 == control.StopAfterStep) throw new SimulatedKill();
+                if (control.StopAfterStep > 0 && it + 1 == control.StopAfterStep) throw new SimulatedKill(it + 1);
             }
         }
 
@@ -177,7 +174,7 @@ public static class PpoTrainer
         critic.eval();
         return new Run
         {
-            Cfg = cfg, Device = device, Tokenizer = tokenizer, Actor = actor, Reference = reference, Critic = critic,
+            Device = device, Tokenizer = tokenizer, Actor = actor, Reference = reference, Critic = critic,
             Rollouts = rollouts, Rewards = rewards,
         };
     }
@@ -438,9 +435,8 @@ public static class PpoTrainer
 
     static void Log(string message) => Console.Error.WriteLine(message);
 
-    sealed record PpoState(int Iteration, KlControllerState Kl, string ConfigJson);
+    sealed record PpoState(int Iteration, KlControllerState Kl, string ConfigJson) : ICheckpointState;
 
-    sealed class SimulatedKill : Exception;
 }
 
 /// <summary>PPO-ptx: minibatches of SFT demonstrations and the term −γ_ptx·mean log π on them.</summary>

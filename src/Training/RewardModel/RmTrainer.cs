@@ -94,9 +94,7 @@ public static class RmTrainer
         int startStep = 0;
         if (resumeFrom is not null)
         {
-            (var state, metrics) = TrainerParts.LoadCheckpoint<RmState>(resumeFrom, Optimizers(optimizer));
-            if (state.ConfigJson != ConfigLoader.ToJson(cfg))
-                throw new InvalidOperationException($"--resume: the config differs from the checkpoint's ({resumeFrom}/trainer_state.json); resume with the same settings.");
+            (var state, metrics) = TrainerParts.LoadCheckpoint<RmState>(resumeFrom, Optimizers(optimizer), ConfigLoader.ToJson(cfg));
             startStep = state.Step;
             Log($"Resuming from step {startStep} of {totalSteps}.");
         }
@@ -151,7 +149,7 @@ public static class RmTrainer
                     metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
                 }
                 onStep?.Invoke(step + 1);
-                if (control.StopAfterStep > 0 && step + 1 == control.StopAfterStep) throw new SimulatedKill();
+                if (control.StopAfterStep > 0 && step + 1 == control.StopAfterStep) throw new SimulatedKill(step + 1);
             }
         }
 
@@ -326,7 +324,6 @@ public static class RmTrainer
 
     static void Log(string message) => Console.Error.WriteLine(message);
 
-    sealed record RmState(int Step, string ConfigJson);
+    sealed record RmState(int Step, string ConfigJson) : ICheckpointState;
 
-    sealed class SimulatedKill : Exception;
 }

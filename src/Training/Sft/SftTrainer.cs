@@ -83,9 +83,7 @@ public static class SftTrainer
         long trainTokens = 0;
         if (resumeFrom is not null)
         {
-            (var state, metrics) = TrainerParts.LoadCheckpoint<SftState>(resumeFrom, Optimizers(optimizer));
-            if (state.ConfigJson != ConfigLoader.ToJson(cfg))
-                throw new InvalidOperationException($"--resume: the config differs from the checkpoint's ({resumeFrom}/trainer_state.json); resume with the same settings.");
+            (var state, metrics) = TrainerParts.LoadCheckpoint<SftState>(resumeFrom, Optimizers(optimizer), ConfigLoader.ToJson(cfg));
             startStep = state.Step;
             trainTokens = state.TrainTokens;
             Log($"Resuming from step {startStep} of {totalSteps}.");
@@ -292,7 +290,6 @@ public static class SftTrainer
 
     static void Log(string message) => Console.Error.WriteLine(message);
 
-    sealed record SftState(int Step, long TrainTokens, string ConfigJson);
+    sealed record SftState(int Step, long TrainTokens, string ConfigJson) : ICheckpointState;
 
-    sealed class SimulatedKill(int step) : Exception($"stopped after step {step}");
 }
