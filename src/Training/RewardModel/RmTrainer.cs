@@ -157,17 +157,13 @@ public static class RmTrainer
         catch (SimulatedKill) { return new RmSummary { Steps = control.StopAfterStep, Normalization = new(1, 0, 0, 1) }; }
 
         // Normalise on held-out SFT samples (or all training responses without them), then report.
-        var normSource = eval.Length > 0 ? eval : train;
-        var raw = ScoreAll(model, normSource, padId, device);
+        double[][] evalScores = ScoreAll(model, eval, padId, device);
+        var raw = eval.Length > 0 ? evalScores : ScoreAll(model, train, padId, device);
         var norm = RewardNormalization.From(raw.SelectMany(r => r).ToList(), cfg.NormalizeStd);
-        double accuracy = eval.Length > 0 ? Accuracy(ScoreAll(model, eval, padId, device), eval) : double.NaN;
-        double? spearman = null;
-        if (data.IsDefaultTask && eval.Length > 0)
-        {
-            var scores = ScoreAll(model, eval, padId, device).SelectMany(r => r).ToList();
-            var gold = eval.SelectMany(g => g.Group.Gold).ToList();
-            spearman = PairwiseLoss.Spearman(scores, gold);
-        }
+        double accuracy = eval.Length > 0 ? Accuracy(evalScores, eval) : double.NaN;
+        double? spearman = data.IsDefaultTask && eval.Length > 0
+            ? PairwiseLoss.Spearman(evalScores.SelectMany(r => r).ToList(), eval.SelectMany(g => g.Group.Gold).ToList())
+            : null;
 
         model.SavePretrained(cfg.Out, ScalarType.Float32);
         TokenizerFiles.Copy(cfg.SftModel, cfg.Out);
@@ -182,15 +178,14 @@ public static class RmTrainer
             [TrainerParts.Series("loss (train)", metrics, "loss/train"), TrainerParts.Series("accuracy (held-out)", metrics, "accuracy/eval")]);
         if (eval.Length > 0)
         {
-            var scores = ScoreAll(model, eval, padId, device);
             var chosen = new List<double>();
             var rejected = new List<double>();
             for (int g = 0; g < eval.Length; g++)
                 foreach (var (w, l) in eval[g].Group.Pairs)
                     if (eval[g].Group.Gold[w] != eval[g].Group.Gold[l])
                     {
-                        chosen.Add(norm.Apply(scores[g][w]));
-                        rejected.Add(norm.Apply(scores[g][l]));
+                        chosen.Add(norm.Apply(evalScores[g][w]));
+                        rejected.Add(norm.Apply(evalScores[g][l]));
                     }
             Plots.Histograms(Path.Combine(cfg.Out, "rewards.png"), "Normalised reward on held-out comparisons", "reward",
                 [("preferred", chosen.ToArray()), ("rejected", rejected.ToArray())]);
@@ -213,11 +208,33 @@ public static class RmTrainer
     internal static TokenizedGroup Tokenize(TextTokenizer tokenizer, RmGroup g, int maxLen) =>
         new(g, [.. g.Responses.Select(r => PromptFormat.JoinedIds(tokenizer, g.Prompt, r, maxLen))]);
 
-    /// <summary>Scores every sequence of the groups in one right-padded forward: [Σ K] in group order.</summary>
+    /// <summary>Sequences per forward chunk in <see cref="ScoreGroups"/>.</summary>
+    internal const int ScoreChunk = 8;
+
+    /// <summary>
+    /// Scores every sequence of the groups: [Σ K] in group order. The sequences run shortest first in chunks of
+    /// <see cref="ScoreChunk"/>, each right-padded only to its own longest sequence, so padding costs little compute;
+    /// the scores (and their gradients) are the same as from one padded batch.
+    /// </summary>
     internal static Tensor ScoreGroups(LlamaForSequenceClassification model, IReadOnlyList<TokenizedGroup> groups, int padId, Device device)
     {
-        var seqs = groups.SelectMany(g => g.Sequences).ToList();
-        int n = seqs.Count, s = seqs.Max(x => x.Length);
+        int[][] seqs = [.. groups.SelectMany(g => g.Sequences)];
+        int[] order = [.. Enumerable.Range(0, seqs.Length).OrderBy(i => seqs[i].Length)];
+        var chunks = new List<Tensor>();
+        for (int c = 0; c < order.Length; c += ScoreChunk)
+            chunks.Add(ScorePadded(model, [.. order.Skip(c).Take(ScoreChunk).Select(i => seqs[i])], padId, device));
+        var inverse = new long[order.Length];
+        for (int r = 0; r < order.Length; r++) inverse[order[r]] = r;
+        using var sorted = cat(chunks, 0);
+        foreach (var t in chunks) t.Dispose();
+        using var inv = tensor(inverse, device: device);
+        return sorted.index_select(0, inv);
+    }
+
+    /// <summary>Scores [n] of n sequences right-padded to the longest of them.</summary>
+    static Tensor ScorePadded(LlamaForSequenceClassification model, int[][] seqs, int padId, Device device)
+    {
+        int n = seqs.Length, s = seqs.Max(x => x.Length);
         var ids = new long[n * s];
         var mask = new long[n * s];
         for (int i = 0; i < n; i++)

@@ -56,6 +56,27 @@ public sealed class RmTrainerTests
     }
 
     [Fact]
+    public void ChunkedScoringMatchesScoringEachSequenceAlone()
+    {
+        // 3 groups × 7 responses of different lengths = 21 sequences: three chunks, shortest first, then put back in order
+        var tok = Rlhf.Inference.Tokenization.TextTokenizer.Load(SftFolder.Value);
+        using var rm = LlamaForSequenceClassification.FromPretrained(SftFolder.Value, CPU, ScalarType.Float32, newHeadSeed: 3);
+        string[] words = ["good", "the staff were rude", "a long and very slow evening with cold soup", "", "fine.", "we loved it, really", "the room"];
+        var groups = Enumerable.Range(0, 3).Select(g => RmTrainer.Tokenize(tok,
+            new RmGroup($"Prompt {g}: the food", words.Select((w, i) => string.Join(' ', Enumerable.Repeat(w, 1 + (i + g) % 3))).ToArray(), [], new double[words.Length]), 40)).ToList();
+        using var noGrad = no_grad();
+        var chunked = RmTrainer.ScoreGroups(rm, groups, tok.PadId ?? 0, CPU).data<float>().ToArray();
+        var alone = groups.SelectMany(g => g.Sequences).Select(seq =>
+        {
+            using var ids = tensor(seq.Select(x => (long)x).ToArray(), [1, seq.Length]);
+            using var mask = ones_like(ids);
+            return rm.Scores(ids, mask).item<float>();
+        }).ToArray();
+        Assert.Equal(21, chunked.Length);
+        for (int i = 0; i < alone.Length; i++) Assert.True(Math.Abs(chunked[i] - alone[i]) < 1e-4, $"sequence {i}: chunked {chunked[i]} alone {alone[i]}");
+    }
+
+    [Fact]
     public void ResumeAfterAKillMatchesAnUninterruptedRun()
     {
         var a = Tiny();
