@@ -50,7 +50,7 @@ internal static class ScoreCommand
         }
         else
         {
-            var rows = DataFiles.ReadSft(input).Records;
+            var rows = DataFiles.ReadResponses(input).Records;
             var scores = scorer.Score([.. rows.Select(p => new RewardRequest(p.Prompt, p.Response))]);
             sb.Append("prompt,response,score\n");
             for (int i = 0; i < rows.Count; i++)

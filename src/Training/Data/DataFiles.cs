@@ -58,6 +58,10 @@ public static class DataFiles
     public static DataRead<SftExample> ReadSft(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Sft, skipMalformed);
 
+    /// <summary>prompt,response rows to score: like <see cref="ReadSft"/>, but an empty response is a valid answer.</summary>
+    public static DataRead<SftExample> ReadResponses(string path, bool skipMalformed = false) =>
+        Read(path, Schemas.Response, skipMalformed);
+
     public static DataRead<PreferencePair> ReadPreferences(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Preference, skipMalformed);
 
@@ -313,6 +317,11 @@ public static class DataFiles
                 w.WriteString("response", r.Response);
                 w.WriteEndObject();
             });
+
+        public static readonly Schema<SftExample> Response = new(
+            Sft.Columns, Sft.Kinds, Sft.Example,
+            v => RequirePrompt<SftExample>(v[0]) ?? (new SftExample(v[0], v[1]), null),
+            Sft.Format, Sft.WriteJson);
 
         public static readonly Schema<PreferencePair> Preference = new(
             ["prompt", "chosen", "rejected"], [ColumnKind.Text, ColumnKind.Text, ColumnKind.Text],

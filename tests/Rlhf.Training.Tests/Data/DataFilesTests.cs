@@ -106,6 +106,17 @@ public sealed class DataFilesTests : IDisposable
     }
 
     [Fact]
+    public void ResponsesToScoreMayBeEmptyButDemonstrationsMayNot()
+    {
+        string path = PathOf("responses.csv");
+        File.WriteAllText(path, "prompt,response\nThe soup was,\nThe soup was,hot.\n");
+        Assert.Equal(["", "hot."], DataFiles.ReadResponses(path).Records.Select(r => r.Response));
+        var e = Assert.Throws<DataFileException>(() => DataFiles.ReadSft(path));
+        Assert.Equal(2, e.Line);
+        Assert.Contains("empty response", e.Message);
+    }
+
+    [Fact]
     public void SkipFlagCountsEveryBadRow()
     {
         string path = PathOf("bad.csv");
