@@ -1,6 +1,8 @@
 using System.CommandLine;
 using Rlhf.Export;
 using Rlhf.Training.OnnxExport;
+using Rlhf.Training.RewardModel;
+using TorchSharp;
 
 namespace Rlhf.Training.Cli;
 
@@ -49,6 +51,29 @@ internal static class BenchCommand
             Console.Write(ExportBench.Format(rows));
             return 0;
         }));
-        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward) and `bench rollout` (ONNX Runtime engine vs TorchSharp generation).") { export, RolloutBenchCommand.Create() };
+        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward), `bench rollout` (ONNX Runtime engine vs TorchSharp generation) and `bench rm` (RM training step, one padded batch vs length-sorted chunks).")
+            { export, RolloutBenchCommand.Create(), RmBenchCommand() };
+    }
+
+    /// <summary><c>rlhf bench rm</c>: see <see cref="RmBench"/>.</summary>
+    static Command RmBenchCommand()
+    {
+        var model = new Option<string?>("--model") { Description = "HF folder to start the RM from (an SFT model); default: a fresh tiny model with a tokenizer trained on the default task." };
+        var k = new Option<int>("--k") { Description = "Responses per prompt.", DefaultValueFactory = _ => 8 };
+        var ppb = new Option<int>("--prompts-per-batch") { Description = "Prompts (groups of K) per step.", DefaultValueFactory = _ => 4 };
+        var steps = new Option<int>("--steps") { Description = "Timed steps per layout (median reported).", DefaultValueFactory = _ => 20 };
+        var threads = new Option<int>("--threads") { Description = "Intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
+        var cmd = new Command("rm", "Milliseconds per RM training step: all K·P sequences in one right-padded batch vs length-sorted chunks of 16, 8 and 4 (the trainer uses 16).") { model, k, ppb, steps, threads };
+        cmd.SetAction(r => RlhfCommand.Guard(() =>
+        {
+            Common.DeviceSelector.SetThreads(r.GetValue(threads));
+            var rows = RmBench.Run(r.GetValue(model), r.GetValue(k), r.GetValue(ppb), Math.Max(1, r.GetValue(steps)), [16, 8, 4]);
+            Console.WriteLine($"RM training step, {r.GetValue(ppb)} prompts x K={r.GetValue(k)} sequences, {torch.get_num_threads()} threads");
+            Console.WriteLine($"{"layout",-18} {"ms/step",8} {"seq/s",8} {"padding",8} {"speedup",8}");
+            foreach (var row in rows)
+                Console.WriteLine($"{row.Layout,-18} {row.MsPerStep,8:F1} {row.SequencesPerSecond,8:F0} {row.PaddedShare,8:P0} {row.Speedup,7:F2}x");
+            return 0;
+        }));
+        return cmd;
     }
 }

@@ -16,7 +16,7 @@ public sealed record RmConfig
     /// <summary>Skip (and count) malformed rows instead of failing.</summary>
     public bool SkipMalformed { get; init; }
     /// <summary>Default task: prompts to label for training.</summary>
-    public int TrainPrompts { get; init; } = 2000;
+    public int TrainPrompts { get; init; } = 3000;
     /// <summary>Default task: held-out prompts for accuracy and normalisation.</summary>
     public int EvalPrompts { get; init; } = 200;
     /// <summary>Responses sampled per prompt (K, 2–9).</summary>
@@ -30,16 +30,19 @@ public sealed record RmConfig
     /// <summary>Tokens per sampled response.</summary>
     public int MaxNewTokens { get; init; } = 48;
     /// <summary>
-    /// Passes over the comparisons. InstructGPT used 1 (more overfits its 6B RM); the 3.5M default model learns word
-    /// polarity slowly from comparisons, and 2 passes over fresh samples measured better held-out accuracy here.
+    /// Passes over the comparisons. InstructGPT used 1 (more overfits its 6B RM). The 3.5M default model underfits
+    /// instead (its accuracy on the annotators' labels stays below its held-out accuracy against gold), and on the
+    /// default task 3000 prompts × 2 passes measured 86.2% held-out accuracy vs 85.4% for 6000 prompts × 1 pass, at
+    /// half the sampling time.
     /// </summary>
     public int Epochs { get; init; } = 2;
     /// <summary>Prompts per batch; all C(K,2) pairs of a prompt share its batch.</summary>
     public int PromptsPerBatch { get; init; } = 4;
     /// <summary>Longest tokenized prompt + response.</summary>
     public int MaxSeqLen { get; init; } = 96;
-    /// <summary>Peak learning rate (decays to 0).</summary>
-    public double Lr { get; init; } = 1e-3;
+    /// <summary>Peak learning rate (decays to 0). Measured on the default task (4000 prompts, 1 pass): 2.5e-4 → 77.5%,
+    /// 5e-4 → 81.3%, 1e-3 → 77.0%, 3e-3 → 72.7% held-out accuracy; higher rates disturb the SFT features.</summary>
+    public double Lr { get; init; } = 5e-4;
     /// <summary>Decay shape (cosine, linear, constant).</summary>
     public Sft.LrDecay Decay { get; init; } = Sft.LrDecay.Cosine;
     /// <summary>Linear warm-up steps.</summary>
@@ -51,9 +54,9 @@ public sealed record RmConfig
     /// <summary>Margin m in −log σ(r_w − r_l − m).</summary>
     public double Margin { get; init; }
     /// <summary>Evaluate every N steps (and at the end).</summary>
-    public int EvalEvery { get; init; } = 100;
+    public int EvalEvery { get; init; } = 500;
     /// <summary>Checkpoint every N steps (0 = only at the end).</summary>
-    public int CheckpointEvery { get; init; } = 100;
+    public int CheckpointEvery { get; init; } = 250;
     /// <summary>Also scale rewards to std 1 on SFT samples (mean 0 always).</summary>
     public bool NormalizeStd { get; init; } = true;
     /// <summary>Seed for sampling, labelling, head initialisation and data order.</summary>

@@ -52,6 +52,8 @@ public sealed record RmSummary
     public required RewardNormalization Normalization { get; init; }
     /// <summary>Seconds spent sampling and labelling responses.</summary>
     public double LabelSeconds { get; init; }
+    /// <summary>Seconds spent training (optimizer steps with their periodic held-out evaluations and checkpoints).</summary>
+    public double TrainSeconds { get; init; }
     /// <summary>Seconds of the whole stage.</summary>
     public double Seconds { get; init; }
 }
@@ -153,8 +155,10 @@ public static class RmTrainer
             }
         }
 
+        var trainClock = Stopwatch.StartNew();
         try { TrainerParts.WithProgress("RM", totalSteps, startStep, control.Progress, TrainSteps); }
         catch (SimulatedKill) { return new RmSummary { Steps = control.StopAfterStep, Normalization = new(1, 0, 0, 1) }; }
+        double trainSeconds = trainClock.Elapsed.TotalSeconds;
 
         // Normalise on held-out SFT samples (or all training responses without them), then report.
         double[][] evalScores = ScoreAll(model, eval, padId, device);
@@ -196,7 +200,7 @@ public static class RmTrainer
             Steps = totalSteps, TrainPrompts = train.Length, TrainPairs = train.Sum(g => g.Group.Pairs.Count),
             PairwiseAccuracy = accuracy, GoldSpearman = spearman, Normalization = norm,
             FinalTrainLoss = lossY.Length == 0 ? double.NaN : lossY.Skip(lossY.Length - Math.Max(1, lossY.Length / 10)).Average(),
-            LabelSeconds = labelSeconds, Seconds = clock.Elapsed.TotalSeconds,
+            LabelSeconds = labelSeconds, TrainSeconds = trainSeconds, Seconds = clock.Elapsed.TotalSeconds,
         };
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), JsonSerializer.Serialize(summary, ConfigLoader.Json));
         return summary;
@@ -208,21 +212,21 @@ public static class RmTrainer
     internal static TokenizedGroup Tokenize(TextTokenizer tokenizer, RmGroup g, int maxLen) =>
         new(g, [.. g.Responses.Select(r => PromptFormat.JoinedIds(tokenizer, g.Prompt, r, maxLen))]);
 
-    /// <summary>Sequences per forward chunk in <see cref="ScoreGroups"/>.</summary>
-    internal const int ScoreChunk = 8;
+    /// <summary>Sequences per forward chunk in <see cref="ScoreGroups"/> (<c>rlhf bench rm</c> compares chunk sizes).</summary>
+    internal const int ScoreChunk = 16;
 
     /// <summary>
     /// Scores every sequence of the groups: [Σ K] in group order. The sequences run shortest first in chunks of
     /// <see cref="ScoreChunk"/>, each right-padded only to its own longest sequence, so padding costs little compute;
     /// the scores (and their gradients) are the same as from one padded batch.
     /// </summary>
-    internal static Tensor ScoreGroups(LlamaForSequenceClassification model, IReadOnlyList<TokenizedGroup> groups, int padId, Device device)
+    internal static Tensor ScoreGroups(LlamaForSequenceClassification model, IReadOnlyList<TokenizedGroup> groups, int padId, Device device, int chunk = ScoreChunk)
     {
         int[][] seqs = [.. groups.SelectMany(g => g.Sequences)];
         int[] order = [.. Enumerable.Range(0, seqs.Length).OrderBy(i => seqs[i].Length)];
         var chunks = new List<Tensor>();
-        for (int c = 0; c < order.Length; c += ScoreChunk)
-            chunks.Add(ScorePadded(model, [.. order.Skip(c).Take(ScoreChunk).Select(i => seqs[i])], padId, device));
+        for (int c = 0; c < order.Length; c += chunk)
+            chunks.Add(ScorePadded(model, [.. order.Skip(c).Take(chunk).Select(i => seqs[i])], padId, device));
         var inverse = new long[order.Length];
         for (int r = 0; r < order.Length; r++) inverse[order[r]] = r;
         using var sorted = cat(chunks, 0);

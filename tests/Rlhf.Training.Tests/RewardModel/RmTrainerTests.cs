@@ -58,7 +58,7 @@ public sealed class RmTrainerTests
     [Fact]
     public void ChunkedScoringMatchesScoringEachSequenceAlone()
     {
-        // 3 groups × 7 responses of different lengths = 21 sequences: three chunks, shortest first, then put back in order
+        // 3 groups × 7 responses of different lengths = 21 sequences: two chunks, shortest first, then put back in order
         var tok = Rlhf.Inference.Tokenization.TextTokenizer.Load(SftFolder.Value);
         using var rm = LlamaForSequenceClassification.FromPretrained(SftFolder.Value, CPU, ScalarType.Float32, newHeadSeed: 3);
         string[] words = ["good", "the staff were rude", "a long and very slow evening with cold soup", "", "fine.", "we loved it, really", "the room"];
@@ -74,6 +74,16 @@ public sealed class RmTrainerTests
         }).ToArray();
         Assert.Equal(21, chunked.Length);
         for (int i = 0; i < alone.Length; i++) Assert.True(Math.Abs(chunked[i] - alone[i]) < 1e-4, $"sequence {i}: chunked {chunked[i]} alone {alone[i]}");
+    }
+
+    [Fact]
+    public void BenchComparesOnePaddedBatchWithChunksThatPadLess()
+    {
+        var rows = RmBench.Run(SftFolder.Value, k: 4, promptsPerBatch: 2, steps: 2, chunks: [4, 2, 99]);
+        Assert.Equal(["one padded batch", "chunks of 4", "chunks of 2"], rows.Select(r => r.Layout));   // 99 ≥ 8 sequences: not a chunking
+        Assert.Equal(1.0, rows[0].Speedup);
+        Assert.All(rows, r => Assert.True(r.MsPerStep > 0 && r.PaddedShare is >= 0 and < 1));
+        Assert.True(rows[1].PaddedShare <= rows[0].PaddedShare && rows[2].PaddedShare <= rows[1].PaddedShare);   // sorted chunks pad less
     }
 
     [Fact]
