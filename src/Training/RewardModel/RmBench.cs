@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using Rlhf.Export.Hf;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;
@@ -58,9 +57,7 @@ public static class RmBench
                     optimizer.zero_grad();
                     using (var scope = NewDisposeScope())
                     {
-                        var scores = RmTrainer.ScoreGroups(model, batches[b], padId, CPU, chunk);
-                        var (chosen, rejected, weight) = RmTrainer.PairTensors(scores, batches[b], CPU);
-                        PairwiseLoss.Compute(chosen, rejected, weight, batches[b].Length).backward();
+                        RmTrainer.BatchLoss(model, batches[b], padId, CPU, margin: 0, chunk).Loss.backward();
                     }
                     optimizer.step();
                     if (b < 2) continue;
@@ -90,14 +87,7 @@ public static class RmBench
     static string FreshTinyFolder(string dir)
     {
         var texts = DataSets.SftExamples(7, DataSets.SftTrainName, 2000).Select(e => PromptFormat.Join(e.Prompt, e.Response));
-        Data.Tokenizer.BpeTrainer.Train(texts, new Data.Tokenizer.BpeTrainerOptions { VocabSize = 2000 }).Save(dir);
-        var tokenizer = TextTokenizer.Load(dir);
-        var arch = ModelConfig.Load(SftTrainer.ResolveRepoPath("models/tiny/config.json")) with
-        {
-            VocabSize = tokenizer.VocabSize, BosTokenId = tokenizer.BosId, EosTokenIds = tokenizer.EosId is int e ? [e] : [], PadTokenId = tokenizer.PadId,
-        };
-        using var model = LlamaForCausalLM.Create(arch, CPU, ScalarType.Float32, 1);
-        model.SavePretrained(dir, ScalarType.Float32);
+        SftTrainer.WriteFreshModel(dir, texts, vocabSize: 2000, "models/tiny/config.json", seed: 1);
         return dir;
     }
 }

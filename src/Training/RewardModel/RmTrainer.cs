@@ -114,9 +114,7 @@ public static class RmTrainer
                 double loss, acc, margin;
                 using (var scope = NewDisposeScope())
                 {
-                    var scores = ScoreGroups(model, groups, padId, device);
-                    var (chosen, rejected, weight) = PairTensors(scores, groups, device);
-                    var l = PairwiseLoss.Compute(chosen, rejected, weight, groups.Length, cfg.Margin);
+                    var (l, chosen, rejected) = BatchLoss(model, groups, padId, device, cfg.Margin);
                     l.backward();
                     loss = l.item<float>();
                     using var diff = (chosen - rejected).detach();
@@ -251,6 +249,15 @@ public static class RmTrainer
         using var idsT = tensor(ids, [n, s], device: device);
         using var maskT = tensor(mask, [n, s], device: device);
         return model.Scores(idsT, maskT);
+    }
+
+    /// <summary>The pairwise loss of one batch of groups (<see cref="PairwiseLoss.Compute"/>) with r_w and r_l per comparison.</summary>
+    internal static (Tensor Loss, Tensor Chosen, Tensor Rejected) BatchLoss(LlamaForSequenceClassification model, IReadOnlyList<TokenizedGroup> groups,
+                                                                       int padId, Device device, double margin, int chunk = ScoreChunk)
+    {
+        var scores = ScoreGroups(model, groups, padId, device, chunk);
+        var (chosen, rejected, weight) = PairTensors(scores, groups, device);
+        return (PairwiseLoss.Compute(chosen, rejected, weight, groups.Count, margin), chosen, rejected);
     }
 
     /// <summary>(r_w, r_l, 1/pairs-of-prompt) per comparison, gathered from the flat scores.</summary>

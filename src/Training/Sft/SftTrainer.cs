@@ -248,22 +248,32 @@ public static class SftTrainer
     {
         string folder = Path.Combine(cfg.Out, "init");
         var clock = Stopwatch.StartNew();
-        var corpus = data.Train.Select(e => PromptFormat.Join(e.Prompt, e.Response));
-        var bpe = Data.Tokenizer.BpeTrainer.Train(corpus, new Data.Tokenizer.BpeTrainerOptions { VocabSize = cfg.TokenizerVocabSize });
+        var tokenizer = WriteFreshModel(folder, data.Train.Select(e => PromptFormat.Join(e.Prompt, e.Response)), cfg.TokenizerVocabSize, cfg.ModelConfig, cfg.Seed);
+        Log($"Trained a byte-level BPE tokenizer ({tokenizer.VocabSize} tokens) and initialised the model in {clock.Elapsed.TotalSeconds:F1}s.");
+        return folder;
+    }
+
+    /// <summary>
+    /// Writes a fresh HF model folder: a byte-level BPE tokenizer trained on <paramref name="texts"/>, and a causal LM
+    /// with the architecture of <paramref name="modelConfig"/> (repo-relative path allowed), the tokenizer's vocabulary
+    /// size and special ids, and HF initialisation from <paramref name="seed"/>. Returns the tokenizer.
+    /// </summary>
+    internal static TextTokenizer WriteFreshModel(string folder, IEnumerable<string> texts, int vocabSize, string modelConfig, long seed)
+    {
+        var bpe = Data.Tokenizer.BpeTrainer.Train(texts, new Data.Tokenizer.BpeTrainerOptions { VocabSize = vocabSize });
         Directory.CreateDirectory(folder);
         bpe.Save(folder);
         var tokenizer = TextTokenizer.Load(folder);
-        Log($"Trained a byte-level BPE tokenizer ({tokenizer.VocabSize} tokens) in {clock.Elapsed.TotalSeconds:F1}s.");
-        var arch = ModelConfig.Load(ResolveRepoPath(cfg.ModelConfig)) with
+        var arch = ModelConfig.Load(ResolveRepoPath(modelConfig)) with
         {
             VocabSize = tokenizer.VocabSize,
             BosTokenId = tokenizer.BosId,
             EosTokenIds = tokenizer.EosId is int e ? [e] : [],
             PadTokenId = tokenizer.PadId,
         };
-        using var model = LlamaForCausalLM.Create(arch, CPU, ScalarType.Float32, cfg.Seed);
+        using var model = LlamaForCausalLM.Create(arch, CPU, ScalarType.Float32, seed);
         model.SavePretrained(folder, ScalarType.Float32);
-        return folder;
+        return tokenizer;
     }
 
     /// <summary>Finds a repo-relative path (like models/tiny/config.json) from the working folder or the app's folder upwards.</summary>
