@@ -9,6 +9,19 @@ public enum GraphKind
     ContribGqa,
 }
 
+/// <summary>Where a policy graph keeps its weights.</summary>
+public enum WeightPlacement
+{
+    /// <summary>Initializers in <c>model.onnx.data</c>: a plain GenAI folder any ONNX Runtime application can open.</summary>
+    Initializers,
+    /// <summary>
+    /// Required float32 graph inputs named like the initializers they replace (no initializer, no data file): the caller
+    /// feeds every weight at run time, e.g. ONNX Runtime GenAI's <c>Generator.SetModelInput</c> with the trainer's memory,
+    /// so a weight update needs no file and no new session.
+    /// </summary>
+    Inputs,
+}
+
 /// <summary>What an exported folder is for.</summary>
 public enum ModelKind
 {
@@ -29,6 +42,22 @@ public static class ExportNames
         GraphKind.Plain => "plain",
         GraphKind.ContribGqa => "gqa",
         _ => throw new ArgumentOutOfRangeException(nameof(g), g, null),
+    };
+
+    /// <summary>initializers | inputs.</summary>
+    public static string Name(WeightPlacement w) => w switch
+    {
+        WeightPlacement.Initializers => "initializers",
+        WeightPlacement.Inputs => "inputs",
+        _ => throw new ArgumentOutOfRangeException(nameof(w), w, null),
+    };
+
+    /// <summary>Parses initializers | inputs (case-insensitive).</summary>
+    public static WeightPlacement ParseWeights(string s) => s.ToLowerInvariant() switch
+    {
+        "initializers" => WeightPlacement.Initializers,
+        "inputs" => WeightPlacement.Inputs,
+        _ => throw new ArgumentException($"Unknown weight placement '{s}': use initializers or inputs."),
     };
 
     /// <summary>policy | reward | value.</summary>

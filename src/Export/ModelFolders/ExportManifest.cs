@@ -31,6 +31,8 @@ public sealed record ExportManifest
     public string Kind { get; init; } = "policy";
     /// <summary>plain | gqa (reward/value graphs are always plain).</summary>
     public string Graph { get; init; } = "plain";
+    /// <summary>initializers | inputs (policies only; see <see cref="WeightPlacement"/>).</summary>
+    public string Weights { get; init; } = "initializers";
     /// <summary>HF model_type.</summary>
     public string ModelType { get; init; } = "llama";
     /// <summary>Padding the graph supports: "left or right" or "right".</summary>

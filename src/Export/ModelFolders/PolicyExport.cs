@@ -17,6 +17,8 @@ public sealed record ExportOptions
     public string Stage { get; init; } = "export";
     /// <summary>Source folder for the manifest; its <c>config.json</c> bytes are hashed when present.</summary>
     public string? Parent { get; init; }
+    /// <summary>Policies: weights as initializers (a plain GenAI folder) or as graph inputs fed at run time.</summary>
+    public WeightPlacement Weights { get; init; } = WeightPlacement.Initializers;
 }
 
 /// <summary>What an export wrote.</summary>
@@ -57,6 +59,7 @@ public static class PolicyExport
                 GraphKind.ContribGqa => LlamaContribGraph.Build(cfg, weights),
                 _ => throw new ArgumentOutOfRangeException(nameof(graph), graph, null),
             };
+            if (options.Weights == WeightPlacement.Inputs) builder.WeightsToInputs();
             saved = builder.Save(tmp, ModelFile);
             HfFolder.WriteTextAtomically(Path.Combine(tmp, GenAiConfigFile),
                 GenAiConfig.Build(cfg, graph, ModelFile).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
@@ -119,6 +122,7 @@ public static class PolicyExport
         ConfigSha256 = ConfigHash(cfg, o.Parent),
         Kind = ExportNames.Name(kind),
         Graph = ExportNames.Name(graph),
+        Weights = ExportNames.Name(o.Weights),
         ModelType = cfg.ModelType,
         Padding = graph == GraphKind.ContribGqa ? "right" : "left or right",
         ExportedAt = DateTimeOffset.UtcNow,

@@ -219,6 +219,20 @@ public sealed class GraphBuilder
         return name;
     }
 
+    /// <summary>
+    /// Turns every model weight (the initializers added from TorchSharp tensors) into a required float32 graph input of
+    /// the same name and stored shape; constants (rotary caches, shape values) stay initializers. The weights are then
+    /// fed at run time and nothing of them is written.
+    /// </summary>
+    public void WeightsToInputs()
+    {
+        foreach (var init in _inits.OfType<TorchInit>().ToList())
+        {
+            _inits.Remove(init);
+            _inputs.Add(ValueInfo(init.Name, DataType.Float, [.. init.Dims.Select(d => (Dim)d)]));
+        }
+    }
+
     static void CheckCount(string name, long count, long[] dims)
     {
         long n = 1;
@@ -411,6 +425,7 @@ public sealed class GraphBuilder
     abstract class Init(string name, DataType type, long[] dims)
     {
         public string Name { get; } = name;
+        public long[] Dims => dims;
         public long ByteLength => dims.Aggregate(1L, (a, d) => a * d) * ElementSize(type);
         public TensorProto Header()
         {

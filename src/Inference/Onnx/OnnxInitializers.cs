@@ -54,6 +54,74 @@ public static class OnnxInitializers
         return result;
     }
 
+    /// <summary>
+    /// Graph inputs of the model file at <paramref name="path"/>: name -> dims (null for a symbolic dimension), in graph
+    /// order (GraphProto.input = 11; ValueInfoProto.name = 1, .type = 2; TypeProto.tensor_type = 1;
+    /// TypeProto.Tensor.shape = 2; TensorShapeProto.dim = 1; Dimension.dim_value = 1).
+    /// </summary>
+    public static List<(string Name, long?[] Dims)> ReadInputs(string path)
+    {
+        var result = new List<(string, long?[])>();
+        using var s = new BufferedStream(File.OpenRead(path), 1 << 16);
+        long end = s.Length;
+        while (s.Position < end)
+        {
+            var (field, wire) = Tag(s);
+            if (field != 7 || wire != 2) { Skip(s, wire); continue; }
+            long graphEnd = (long)Varint(s) + s.Position;
+            while (s.Position < graphEnd)
+            {
+                var (gf, gw) = Tag(s);
+                if (gf != 11 || gw != 2) { Skip(s, gw); continue; }
+                long vEnd = (long)Varint(s) + s.Position;
+                string? name = null;
+                var dims = new List<long?>();
+                while (s.Position < vEnd)
+                {
+                    var (vf, vw) = Tag(s);
+                    if (vf == 1 && vw == 2) name = String(s);
+                    else if (vf == 2 && vw == 2) Nested(s, 1, () => Nested(s, 2, () => Nested(s, 1, () =>
+                    {
+                        long? dim = null;
+                        long dEnd = (long)Varint(s) + s.Position;
+                        while (s.Position < dEnd)
+                        {
+                            var (df, dw) = Tag(s);
+                            if (df == 1 && dw == 0) dim = (long)Varint(s);
+                            else Skip(s, dw);
+                        }
+                        dims.Add(dim);
+                    })));
+                    else Skip(s, vw);
+                }
+                if (name is not null) result.Add((name, [.. dims]));
+            }
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Reads one length-delimited message, calling <paramref name="onField"/> (which reads that field's own length and
+    /// content) for each occurrence of the length-delimited <paramref name="field"/>, skipping every other field.
+    /// </summary>
+    static void Nested(Stream s, int field, Action onField)
+    {
+        long end = (long)Varint(s) + s.Position;
+        while (s.Position < end)
+        {
+            var (f, w) = Tag(s);
+            if (f == field && w == 2) onField();
+            else Skip(s, w);
+        }
+    }
+
+    static string String(Stream s)
+    {
+        var bytes = new byte[(int)Varint(s)];
+        s.ReadExactly(bytes);
+        return System.Text.Encoding.UTF8.GetString(bytes);
+    }
+
     static (int Field, int Wire) Tag(Stream s)
     {
         ulong t = Varint(s);

@@ -76,6 +76,31 @@ public sealed class TokenSampler
         return SampleWithUniform(logits, previousTokens, options, u, out logProb, out truncatedLogProb);
     }
 
+    /// <summary>
+    /// The logprob the sampler reports for a token chosen elsewhere (e.g. by ONNX Runtime GenAI):
+    /// <c>log softmax(penalise(logits) / T)[token]</c> over the full vocabulary (T = 1 for greedy), before top-k/top-p,
+    /// exactly as <see cref="Sample(ReadOnlySpan{float}, ReadOnlySpan{int}, SamplingOptions, Rng, out float)"/> defines it.
+    /// <paramref name="logits"/> // [V]; <paramref name="previousTokens"/> // [prompt + generated] for the repetition penalty.
+    /// </summary>
+    public float LogProb(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens, SamplingOptions o, int token)
+    {
+        int V = _z.Length;
+        if (logits.Length != V)
+            throw new ArgumentException($"logits has length {logits.Length}; this sampler was built for vocab size {V}.", nameof(logits));
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)token, (uint)V, nameof(token));
+        Span<float> z = _z;
+        logits.CopyTo(z);
+        if (o.RepetitionPenalty != 1f) ApplyRepetitionPenalty(z, previousTokens, o.RepetitionPenalty);
+        if (!o.IsGreedy && o.Temperature != 1f) TensorPrimitives.Divide(z, o.Temperature, z);
+        float m = TensorPrimitives.Max(z);
+        if (!float.IsFinite(m))
+            throw new ArgumentException($"logits must contain no NaN or +inf and at least one finite value (max was {m}).", nameof(logits));
+        Span<float> p = _p;
+        TensorPrimitives.Subtract(z, m, p);
+        TensorPrimitives.Exp(p, p);
+        return z[token] - m - MathF.Log(TensorPrimitives.Sum(p));
+    }
+
     /// <summary>The step with the uniform draw <paramref name="u"/> in [0, 1) given (tests compare against a reference).</summary>
     internal int SampleWithUniform(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens, SamplingOptions o,
         double u, out float logProb, out float truncatedLogProb)

@@ -15,16 +15,18 @@ internal static class ExportCommand
         var output = new Option<string>("--out") { Description = "Output folder (must not exist unless --overwrite).", Required = true };
         var kind = new Option<string>("--kind") { Description = "policy (causal LM, GenAI folder), reward or value (needs score.weight).", DefaultValueFactory = _ => "policy" };
         var graph = new Option<string?>("--graph") { Description = "plain (portable ONNX ops, any padding) or gqa (ONNX Runtime GroupQueryAttention, right padding; default when head_dim % 16 == 0)." };
+        var weights = new Option<string>("--weights") { Description = "Policies: initializers (default; a plain GenAI folder) or inputs (weights are required graph inputs fed at run time, as `--engine genai` does after every PPO update; no parity is measured).", DefaultValueFactory = _ => "initializers" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output folder." };
         var cmd = new Command("export", "Export a model folder to ONNX (model.onnx + model.onnx.data, genai_config.json, tokenizer files, rlhf_manifest.json with ORT-vs-TorchSharp parity).");
-        foreach (Option o in new Option[] { model, output, kind, graph, overwrite }) cmd.Options.Add(o);
+        foreach (Option o in new Option[] { model, output, kind, graph, weights, overwrite }) cmd.Options.Add(o);
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var k = ExportNames.ParseKind(r.GetValue(kind) ?? "policy");
             GraphKind? g = r.GetValue(graph) is string s ? ExportNames.ParseGraph(s) : null;
-            var result = ExportStage.FromHfFolder(r.GetValue(model)!, r.GetValue(output)!, k, g, r.GetValue(overwrite));
+            var w = ExportNames.ParseWeights(r.GetValue(weights) ?? "initializers");
+            var result = ExportStage.FromHfFolder(r.GetValue(model)!, r.GetValue(output)!, k, g, r.GetValue(overwrite), w);
             var m = result.Manifest;
-            Console.WriteLine($"exported {m.Kind} ({m.Graph} graph) to {result.Folder}: {m.OnnxBytes / 1e6:F1} MB in {m.ExportSeconds:F1} s; " +
+            Console.WriteLine($"exported {m.Kind} ({m.Graph} graph, weights as {m.Weights}) to {result.Folder}: {m.OnnxBytes / 1e6:F1} MB in {m.ExportSeconds:F1} s; " +
                               (m.Parity is { } p ? $"parity max |ORT - TorchSharp| = {p.MaxAbsDiff:E2}" : "parity not measured"));
             return 0;
         }));

@@ -1,5 +1,7 @@
 using System.CommandLine;
-using Rlhf.Export.Onnx;
+using Rlhf.Export;
+using Rlhf.Inference.Services;
+using Rlhf.Training.OnnxExport;
 using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
@@ -22,7 +24,7 @@ internal static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "HF model folder (config.json, model.safetensors, tokenizer files), or an ONNX folder (model.onnx) for --engine ort.", Required = true };
+        var model = new Option<string>("--model") { Description = "HF model folder (config.json, model.safetensors, tokenizer files), or an ONNX folder (model.onnx; genai_config.json for genai) for --engine ort or genai.", Required = true };
         var prompt = new Option<string[]>("--prompt") { Description = "A prompt (repeatable)." };
         var prompts = new Option<string?>("--prompts") { Description = "CSV/JSONL file with a prompt column." };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate per prompt.", DefaultValueFactory = _ => 64 };
@@ -32,7 +34,7 @@ internal static class GenerateCommand
         var seed = new Option<long>("--seed") { Description = "Sampling seed.", DefaultValueFactory = _ => 1 };
         var gold = new Option<bool>("--gold") { Description = "Also print the default task's gold score of each response." };
         var device = new Option<string>("--device") { Description = "cpu or cuda (torch engine).", DefaultValueFactory = _ => "cpu" };
-        var engine = new Option<string>("--engine") { Description = "torch (TorchSharp eager, KV cache) or ort (ONNX Runtime rollout engine).", DefaultValueFactory = _ => "torch" };
+        var engine = new Option<string>("--engine") { Description = "torch (TorchSharp eager, KV cache), ort (our ONNX Runtime rollout engine) or genai (ONNX Runtime GenAI; its per-chunk seed makes sampled tokens depend on the batch, see README).", DefaultValueFactory = _ => "torch" };
         var threads = new Option<int>("--threads") { Description = "Intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
         var cmd = new Command("generate", "Sample continuations of prompts from a model folder.")
         {
@@ -79,9 +81,10 @@ internal static class GenerateCommand
                     (PromptFormat.ResponseText(tokenizer, o.Tokens.Select(t => (int)t)), o.Tokens.Select(t => (int)t).ToArray(), o.FinishReason == FinishReason.Stop))];
             }
             case "ort":
+            case "genai":
             {
                 if (DeviceSelector.Parse(device) != ComputeDevice.Cpu)
-                    throw new ArgumentException("--engine ort runs on the CPU (this build has the CPU ONNX Runtime); drop --device.");
+                    throw new ArgumentException($"--engine {engine} runs on the CPU (this build has the CPU ONNX Runtime); drop --device.");
                 var tokenizer = TextTokenizer.Load(folder);
                 string? temp = null;
                 IReadOnlyList<int>? eos = null;
@@ -92,11 +95,14 @@ internal static class GenerateCommand
                     {
                         temp = Path.Combine(Path.GetTempPath(), $"rlhf-generate-{Guid.NewGuid():N}");
                         using var lm = LlamaForCausalLM.FromPretrained(folder, CPU, ScalarType.Float32);
-                        LlamaGraph.Export(lm.Config, lm.state_dict(), temp);
+                        ExportStage.ExportPolicy(lm, temp, ExportStage.DefaultGraph(lm.Config),
+                            new ExportOptions { TokenizerFolder = folder, Stage = "generate" }, parity: false);
                         eos = tokenizer.EosId is int e ? [e] : lm.Config.EosTokenIds;
                         onnx = temp;
                     }
-                    using var rollout = RolloutEngine.Load(onnx, new RolloutEngineOptions { Threads = s.Threads, EosTokenIds = eos, PadTokenId = tokenizer.PadId ?? 0 }, tokenizer);
+                    using IRolloutService rollout = engine == "ort"
+                        ? RolloutEngine.Load(onnx, new RolloutEngineOptions { Threads = s.Threads, EosTokenIds = eos, PadTokenId = tokenizer.PadId ?? 0 }, tokenizer)
+                        : GenAiRolloutEngine.Load(onnx, new GenAiEngineOptions { Threads = s.Threads, EosTokenIds = eos }, tokenizer);
                     var sampling = new SamplingOptions
                     {
                         Temperature = (float)s.Temperature, TopK = s.TopK, TopP = (float)s.TopP, MaxNewTokens = s.MaxNewTokens, Seed = (ulong)s.Seed,
@@ -110,7 +116,7 @@ internal static class GenerateCommand
                 }
             }
             default:
-                throw new ArgumentException($"--engine {engine} is not known; use torch or ort.");
+                throw new ArgumentException($"--engine {engine} is not known; use torch, ort or genai.");
         }
     }
 

@@ -16,7 +16,7 @@ internal static class PpoCommand
         var reward = new Option<string?>("--reward-model") { Description = "Optimise this ONNX reward model instead (folder or .onnx; ours or external with its tokenizer and optional reward_spec.json)." };
         var prompts = new Option<string?>("--prompts") { Description = "Prompts file (CSV/JSONL with a prompt column); default: the embedded task's PPO prompts." };
         var iterations = new Option<int?>("--iterations") { Description = "PPO iterations (rollout, score, update, sync)." };
-        var engine = new Option<string?>("--engine") { Description = "ort (ONNX Runtime, default) or torch." };
+        var engine = new Option<string?>("--engine") { Description = "ort (our ONNX Runtime engine, default), genai (ONNX Runtime GenAI, weights fed as graph inputs after every update) or torch." };
         var cmd = new Command("ppo",
             "PPO as in InstructGPT: rollouts on ONNX Runtime, rewards −β·KL per token plus the RM score at the last token, GAE, " +
             "clipped policy and value losses, optional PPO-ptx, in-memory weight sync after every update. Writes the aligned policy " +

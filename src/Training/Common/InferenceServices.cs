@@ -16,26 +16,39 @@ public enum RolloutBackend
     Ort,
     /// <summary>TorchSharp eager generation with the KV cache (reference path, no export).</summary>
     Torch,
+    /// <summary>
+    /// ONNX Runtime GenAI over the actor exported once with its weights as graph inputs; after every update the
+    /// generators read the trainer's weight copy in place (no file, no new session). Chunks of at most 32 rows.
+    /// </summary>
+    Genai,
 }
 
 /// <summary>Opens the rollout and reward services the stages talk to (in-process here; the same interfaces serve a remote service).</summary>
 public static class InferenceServices
 {
     /// <summary>
-    /// The rollout service for <paramref name="actor"/>: ONNX Runtime over the default rollout graph (GroupQueryAttention
-    /// where the head size allows, see <see cref="ExportStage.DefaultGraph"/>) exported once to <paramref name="scratch"/>,
-    /// weights then flowing in memory via <see cref="Sync"/>; or TorchSharp generation.
+    /// The rollout service for <paramref name="actor"/>: ONNX Runtime (our engine) or ONNX Runtime GenAI over the default
+    /// rollout graph (GroupQueryAttention where the head size allows, see <see cref="ExportStage.DefaultGraph"/>) exported
+    /// once to <paramref name="scratch"/>, weights then flowing in memory via <see cref="Sync"/>; or TorchSharp generation.
     /// </summary>
     public static IRolloutService Rollouts(RolloutBackend backend, LlamaForCausalLM actor, TextTokenizer tokenizer, string tokenizerFolder, string scratch, int threads)
     {
+        var graph = ExportStage.DefaultGraph(actor.Config);
+        bool packed = graph == GraphKind.ContribGqa;
         switch (backend)
         {
             case RolloutBackend.Ort:
-                var graph = ExportStage.DefaultGraph(actor.Config);
                 ExportStage.ExportPolicy(actor, scratch, graph,
                     new ExportOptions { TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = "ppo-rollout" }, parity: false);
-                var engine = RolloutEngine.Load(scratch, new RolloutEngineOptions { Threads = threads, MaxBatchSize = 64 }, tokenizer);
-                return new OrtRollouts(engine, graph == GraphKind.ContribGqa, scratch);
+                return new OnnxRollouts(RolloutEngine.Load(scratch, new RolloutEngineOptions { Threads = threads, MaxBatchSize = 64 }, tokenizer), packed, scratch);
+            case RolloutBackend.Genai:
+                ExportStage.ExportPolicy(actor, scratch, graph, new ExportOptions
+                {
+                    TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = "ppo-rollout", Weights = WeightPlacement.Inputs,
+                }, parity: false);
+                var rollouts = new OnnxRollouts(GenAiRolloutEngine.Load(scratch, new GenAiEngineOptions { Threads = threads }, tokenizer), packed, scratch);
+                Sync(rollouts, actor);   // the graph holds no weights: feed the actor's before the first rollout
+                return rollouts;
             case RolloutBackend.Torch:
                 return new TorchRollouts(actor, tokenizer);
             default:
@@ -51,7 +64,7 @@ public static class InferenceServices
             case TorchRollouts t:
                 t.Policy = policy;
                 return TimeSpan.Zero;
-            case OrtRollouts o:
+            case OnnxRollouts o:
                 var weights = OrtWeights.From(policy, packedQkv: o.PackedQkv);
                 return o.UpdateWeights(weights.Buffers, weights);
             default:
@@ -60,10 +73,10 @@ public static class InferenceServices
     }
 
     /// <summary>
-    /// The ONNX Runtime engine with the weight layout its graph reads (packed q/k/v for GroupQueryAttention); its
-    /// scratch export is deleted on dispose.
+    /// An ONNX engine (ours or GenAI's) with the weight layout its graph reads (packed q/k/v for GroupQueryAttention);
+    /// its scratch export is deleted on dispose.
     /// </summary>
-    sealed class OrtRollouts(RolloutEngine engine, bool packedQkv, string scratch) : IRolloutService
+    sealed class OnnxRollouts(IRolloutService engine, bool packedQkv, string scratch) : IRolloutService
     {
         public bool PackedQkv => packedQkv;
         public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests) => engine.Generate(requests);

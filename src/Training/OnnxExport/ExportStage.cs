@@ -25,12 +25,15 @@ public static class ExportStage
     /// </summary>
     public static GraphKind DefaultGraph(ModelConfig cfg) => cfg.HeadDim % 16 == 0 ? GraphKind.ContribGqa : GraphKind.Plain;
 
-    /// <summary>Exports a causal LM and (when it is on the CPU in float32, or <paramref name="parity"/> forces a CPU copy) measures parity.</summary>
+    /// <summary>
+    /// Exports a causal LM and (when it is on the CPU in float32 and the graph holds its weights) measures parity; a graph
+    /// that takes its weights as inputs (<see cref="WeightPlacement.Inputs"/>) is checked where it is fed (the GenAI engine's tests).
+    /// </summary>
     public static ExportResult ExportPolicy(LlamaForCausalLM model, string outFolder, GraphKind graph, ExportOptions options, bool parity = true)
     {
         var weights = model.state_dict();
         var result = PolicyExport.Export(model.Config, weights, outFolder, graph, options);
-        if (!parity || !OnCpuFloat32(model)) return result;
+        if (!parity || options.Weights == WeightPlacement.Inputs || !OnCpuFloat32(model)) return result;
         var figure = WithEval(model, () =>
         {
             var p = OnnxParity.Policy(model, result.Folder, ParityLengths, ParitySteps, leftPad: false, seed: 1234);
@@ -54,12 +57,15 @@ public static class ExportStage
     /// <c>rlhf export</c>: loads a HF folder (llama/qwen2/mistral; for reward/value it must hold <c>score.weight</c>) on
     /// the CPU in float32 and exports it with parity. Tokenizer files of the folder are copied.
     /// </summary>
-    public static ExportResult FromHfFolder(string modelFolder, string outFolder, ModelKind kind, GraphKind? graph, bool overwrite)
+    public static ExportResult FromHfFolder(string modelFolder, string outFolder, ModelKind kind, GraphKind? graph, bool overwrite,
+        WeightPlacement weights = WeightPlacement.Initializers)
     {
         if (!Directory.Exists(modelFolder)) throw new DirectoryNotFoundException($"Model folder {modelFolder} does not exist.");
         if (!HfFolder.HasWeights(modelFolder))
             throw new FileNotFoundException($"{modelFolder} has no model.safetensors or model.safetensors.index.json (a Hugging Face model folder is expected).");
-        var options = new ExportOptions { TokenizerFolder = modelFolder, Overwrite = overwrite, Stage = "export", Parent = modelFolder };
+        if (weights == WeightPlacement.Inputs && kind != ModelKind.Policy)
+            throw new ArgumentException("--weights inputs applies to policies (rollout engines feed them); reward and value models keep their initializers.");
+        var options = new ExportOptions { TokenizerFolder = modelFolder, Overwrite = overwrite, Stage = "export", Parent = modelFolder, Weights = weights };
         if (kind == ModelKind.Policy)
         {
             using var model = LlamaForCausalLM.FromPretrained(modelFolder, torch.CPU, ScalarType.Float32);

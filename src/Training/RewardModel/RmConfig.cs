@@ -29,6 +29,8 @@ public sealed record RmConfig
     public double SampleTemperature { get; init; } = 1.0;
     /// <summary>Tokens per sampled response.</summary>
     public int MaxNewTokens { get; init; } = 48;
+    /// <summary>Engine that samples the K responses to label: ort (ours), genai (ONNX Runtime GenAI) or torch.</summary>
+    public Common.RolloutBackend Engine { get; init; } = Common.RolloutBackend.Ort;
     /// <summary>
     /// Passes over the comparisons. InstructGPT used 1 (more overfits its 6B RM). The 3.5M default model underfits
     /// instead (its accuracy on the annotators' labels stays below its held-out accuracy against gold), and on the

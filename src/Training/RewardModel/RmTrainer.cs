@@ -330,7 +330,7 @@ public static class RmTrainer
     {
         if (cfg.RankingsFile is not null || cfg.PairsFile is not null) return RmData.Load(cfg, (_, _, _) => []);
         using var policy = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
-        using var rollouts = InferenceServices.Rollouts(RolloutBackend.Ort, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
+        using var rollouts = InferenceServices.Rollouts(cfg.Engine, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
         var data = RmData.Load(cfg, (prompts, k, seed) => InferenceServices.Sample(rollouts, tokenizer, prompts, k,
             new SamplingOptions { Temperature = (float)cfg.SampleTemperature, MaxNewTokens = cfg.MaxNewTokens, Seed = (ulong)seed }));
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "eval_gold.json"), JsonSerializer.Serialize(data.Eval.Select(g => g.Gold).ToList()));
