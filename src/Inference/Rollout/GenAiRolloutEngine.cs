@@ -23,14 +23,15 @@ public sealed record GenAiEngineOptions
 /// Rollouts on ONNX Runtime GenAI (<c>Microsoft.ML.OnnxRuntimeGenAI</c>) over an exported GenAI folder, behind the same
 /// contract as our <see cref="RolloutEngine"/>:
 /// <list type="bullet">
-/// <item>Requests are grouped by sampling settings (temperature, top-k, top-p, repetition penalty: one generator has one
-/// of each) and cut into chunks of at most <see cref="GenAiEngineOptions.MaxBatchSize"/> (≤ 32) rows; prompts are
+/// <item>Requests are grouped by sampling settings (temperature, top-k, top-p: one generator has one of each) and cut into chunks of at most <see cref="GenAiEngineOptions.MaxBatchSize"/> (≤ 32) rows; prompts are
 /// right-padded with genai_config.json's <c>pad_token_id</c> (GenAI derives masks and positions from it), prompt ids are
 /// used as given (text prompts get BOS + prompt, <see cref="PromptFormat.PromptIds"/>; GenAI's own tokenizer adds no BOS).</item>
 /// <item>Logprobs: GenAI returns none, so after each step the logits that chose the token (<c>GetOutput("logits")</c>:
 /// [B, P, V] after the prefill, read at each row's last prompt token; [B, 1, V] after) go through
-/// <see cref="TokenSampler.LogProb"/>: log softmax(penalise(logits) / T)[token] over the full vocabulary, the
-/// convention of our engine and of the trainer.</item>
+/// <see cref="TokenSampler.LogProb"/>: log softmax(logits / T)[token] over the full vocabulary, the convention of our
+/// engine and of the trainer. A repetition penalty is refused: with one, the logits GenAI hands back are no longer the
+/// model's (its CPU search keeps a view of the logits buffer and penalises it in place; measured: tokens equal to our
+/// engine's, logprobs off by ~6e-3), so the convention could not be kept.</item>
 /// <item>Per-row max_new_tokens, EOS and stop strings are applied here (GenAI runs the batch to the longest limit; a
 /// finished row's later tokens are discarded).</item>
 /// <item>Seeds: one generator has one <c>random_seed</c>, derived from the chunk's request seeds in order
@@ -192,11 +193,15 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
             }
             if (sampling[i].StopStrings.Count > 0 && Tokenizer is null)
                 throw new ArgumentException($"Request {i} has stop strings but the engine has no tokenizer to decode responses.");
+            if (sampling[i].RepetitionPenalty != 1f)
+                throw new ArgumentException($"Request {i} asks for a repetition penalty ({sampling[i].RepetitionPenalty}): GenAI applies it in place to " +
+                                            "the logits it hands back, so the logprobs could not follow the trainer's convention; " +
+                                            "use --engine ort for a repetition penalty.");
         }
         var results = new RolloutResult[requests.Count];
         // One generator has one set of sampling settings: group by them, keep request order within a group.
         var groups = Enumerable.Range(0, requests.Count)
-            .GroupBy(i => (sampling[i].Temperature, sampling[i].TopK, sampling[i].TopP, sampling[i].RepetitionPenalty));
+            .GroupBy(i => (sampling[i].Temperature, sampling[i].TopK, sampling[i].TopP));
         foreach (var g in groups)
         {
             int[] rows = [.. g];
@@ -230,7 +235,6 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
         gp.SetSearchOption("max_length", P + maxNew);
         gp.SetSearchOption("min_length", 0);
         gp.SetSearchOption("num_beams", 1);
-        gp.SetSearchOption("repetition_penalty", o.RepetitionPenalty);
         if (o.IsGreedy) gp.SetSearchOption("do_sample", false);
         else
         {
@@ -333,14 +337,14 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
             throw new InvalidOperationException("This GenAI folder keeps its weights as initializers; export it with `rlhf export --weights inputs` " +
                                                 "to update weights in memory (the --engine genai rollouts of PPO do so).");
         var problems = new List<string>();
+        foreach (string name in _weightInputs.Keys)
+            if (!weights.ContainsKey(name)) problems.Add($"'{name}' is missing");
         foreach (var (name, w) in weights)
         {
             if (!_weightInputs.TryGetValue(name, out var dims)) problems.Add($"'{name}' is not a weight input of the graph");
             else if (!dims.SequenceEqual(w.Shape))
                 problems.Add($"'{name}' has shape [{string.Join(", ", w.Shape)}], the graph takes [{string.Join(", ", dims)}]");
         }
-        foreach (string name in _weightInputs.Keys)
-            if (!weights.ContainsKey(name)) problems.Add($"'{name}' is missing");
         if (problems.Count > 0)
             throw new ArgumentException("Weights do not fit the GenAI graph: " + string.Join("; ", problems.Take(10)) +
                                         (problems.Count > 10 ? $"; and {problems.Count - 10} more" : "") + ".");

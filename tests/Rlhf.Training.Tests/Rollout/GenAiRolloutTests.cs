@@ -1,0 +1,224 @@
+using Rlhf.Export;
+using Rlhf.Inference.Rollout;
+using Rlhf.Inference.Tokenization;
+using Rlhf.Training.Cli;
+using Rlhf.Training.Data.Tokenizer;
+using Rlhf.Training.Model;
+using Rlhf.Training.OnnxExport;
+using Rlhf.Training.Tests.Export;
+using Rlhf.Training.Tests.Model;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Tests.Rollout;
+
+/// <summary>
+/// ONNX Runtime GenAI opens every policy folder we export and decodes as our engine and TorchSharp do; its logprobs
+/// follow the trainer's convention; a <c>--weights inputs</c> graph follows in-memory weight updates.
+/// </summary>
+public sealed class GenAiRolloutTests : IDisposable
+{
+    readonly string _dir = Path.Combine(Path.GetTempPath(), $"rlhf-genai-{Guid.NewGuid():N}");
+
+    public void Dispose()
+    {
+        try { Directory.Delete(_dir, true); } catch (IOException) { }
+    }
+
+    /// <summary>Prompts of mixed lengths (right padding leaves a different number of pads on each row); no id is the pad id 0.</summary>
+    static readonly int[][] Prompts = [[1, 5, 9, 12, 7], [1, 30], [1, 4, 4, 8, 16, 23, 42, 3, 77, 60, 11], [1], [1, 90, 33]];
+
+    static SamplingOptions Greedy(int maxNew = 12) => new() { Temperature = 0, MaxNewTokens = maxNew };
+
+    string Export(LlamaForCausalLM m, string name, GraphKind graph, WeightPlacement weights = WeightPlacement.Initializers, string? tokenizer = null)
+    {
+        string dir = Path.Combine(_dir, name);
+        ExportStage.ExportPolicy(m, dir, graph, new ExportOptions { Weights = weights, TokenizerFolder = tokenizer }, parity: false);
+        return dir;
+    }
+
+    [Theory]
+    [InlineData("llama", GraphKind.ContribGqa)]
+    [InlineData("llama", GraphKind.Plain)]
+    [InlineData("qwen2", GraphKind.ContribGqa)]
+    [InlineData("qwen2", GraphKind.Plain)]
+    [InlineData("llama_bias", GraphKind.Plain)]
+    [InlineData("mistral", GraphKind.ContribGqa)]
+    [InlineData("tied", GraphKind.ContribGqa)]
+    [InlineData("tied", GraphKind.Plain)]
+    [InlineData("mha", GraphKind.ContribGqa)]
+    [InlineData("mha", GraphKind.Plain)]
+    public void EveryExportedPolicyOpensInGenAiAndDecodesAsOurEngine(string variant, GraphKind graph)
+    {
+        using var m = ExportModels.Policy(variant);
+        string dir = Export(m, $"{variant}-{graph}", graph);
+        var requests = Prompts.Select(p => RolloutRequest.FromIds(p, Greedy())).ToList();
+        using var genai = GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { Threads = 2 });
+        using var ours = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = 2 });
+        var g = genai.Generate(requests);
+        var o = ours.Generate(requests);
+        var t = Generation.Generate(m, [.. Prompts.Select(p => p.Select(x => (long)x).ToArray())],
+            new GenerationOptions { MaxNewTokens = 12, Temperature = 0, EosTokenIds = [2], PadTokenId = 0 });
+        for (int i = 0; i < Prompts.Length; i++)
+        {
+            Assert.Equal(t[i].Tokens.Select(x => (int)x), g[i].ResponseIds);
+            Assert.Equal(o[i].ResponseIds, g[i].ResponseIds);
+            Assert.Equal(o[i].FinishReason, g[i].FinishReason);
+            Assert.Equal(Prompts[i], g[i].PromptIds);
+            for (int j = 0; j < g[i].LogProbs.Length; j++) Assert.Equal(o[i].LogProbs[j], g[i].LogProbs[j], 1e-4f);
+        }
+    }
+
+    [Theory]
+    [InlineData(0.7f, 0, 1f)]
+    [InlineData(1.0f, 5, 1f)]
+    [InlineData(1.3f, 0, 0.9f)]
+    public void SampledLogprobsAreTheTrainersLogSoftmaxOfLogitsOverT(float temperature, int topK, float topP)
+    {
+        using var m = ExportModels.Policy("qwen2", seed: 11);
+        string dir = Export(m, "sampled", GraphKind.ContribGqa);
+        using var genai = GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { Threads = 2 });
+        var sampling = new SamplingOptions { Temperature = temperature, TopK = topK, TopP = topP, MaxNewTokens = 10, Seed = 42 };
+        var results = genai.Generate([.. Prompts.Select(p => RolloutRequest.FromIds(p, sampling))]);
+        int compared = 0;
+        foreach (var r in results)
+        {
+            long[] seq = [.. r.PromptIds.Select(x => (long)x), .. r.ResponseIds.Select(x => (long)x)];
+            using var logits = TinyModels.RowLogits(m, seq);                       // [S, V], independent TorchSharp forward
+            using var lp = torch.nn.functional.log_softmax(logits / temperature, 1);
+            for (int j = 0; j < r.ResponseIds.Length; j++)
+            {
+                float expected = lp[r.PromptIds.Length - 1 + j, r.ResponseIds[j]].item<float>();
+                Assert.Equal(expected, r.LogProbs[j], 1e-4f);
+                if (topK > 0) Assert.True(lp[r.PromptIds.Length - 1 + j].topk(topK).values[topK - 1].item<float>() <= expected + 1e-6f,
+                    "a top-k draw must be among the k most likely tokens");
+                compared++;
+            }
+        }
+        Assert.True(compared >= 20, $"only {compared} tokens compared");
+        // One generator seed per chunk, derived from the request seeds: the same requests give the same tokens.
+        var again = genai.Generate([.. Prompts.Select(p => RolloutRequest.FromIds(p, sampling))]);
+        Assert.Equal(results.Select(r => r.ResponseIds), again.Select(r => r.ResponseIds));
+        var otherSeed = genai.Generate([.. Prompts.Select(p => RolloutRequest.FromIds(p, sampling with { Seed = 43 }))]);
+        Assert.NotEqual(results.SelectMany(r => r.ResponseIds), otherSeed.SelectMany(r => r.ResponseIds));
+    }
+
+    [Fact]
+    public void RepetitionPenaltyIsRefusedWithTheReason()
+    {
+        using var m = ExportModels.Policy("llama", seed: 13);
+        string dir = Export(m, "penalty", GraphKind.ContribGqa);
+        using var genai = GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { Threads = 2 });
+        var e = Assert.Throws<ArgumentException>(() => genai.Generate([RolloutRequest.FromIds(Prompts[0], Greedy() with { RepetitionPenalty = 1.3f })]));
+        Assert.Contains("repetition penalty", e.Message);
+        Assert.Contains("--engine ort", e.Message);
+    }
+
+    [Fact]
+    public void ChunksOf32GroupsBySettingsAndPerRowLimits()
+    {
+        using var m = ExportModels.Policy("llama", seed: 17);
+        string dir = Export(m, "chunks", GraphKind.ContribGqa);
+        // 41 requests: two sampling groups interleaved, per-row max_new_tokens 1..9.
+        var requests = Enumerable.Range(0, 41).Select(i => RolloutRequest.FromIds(Prompts[i % Prompts.Length],
+            i % 3 == 0 ? new SamplingOptions { Temperature = 0.8f, MaxNewTokens = 1 + i % 9, Seed = (ulong)i } : Greedy(1 + i % 9))).ToList();
+        using var genai = GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { Threads = 2 });
+        using var ours = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = 2 });
+        var g = genai.Generate(requests);
+        var o = ours.Generate(requests);
+        Assert.Equal(41, g.Count);
+        for (int i = 0; i < 41; i++)
+        {
+            var s = requests[i].Sampling!;
+            Assert.Equal(Prompts[i % Prompts.Length], g[i].PromptIds);
+            Assert.InRange(g[i].ResponseIds.Length, 1, s.MaxNewTokens);
+            Assert.Equal(g[i].ResponseIds.Length, g[i].LogProbs.Length);
+            var expected = g[i].ResponseIds[^1] == 2 ? RolloutFinishReason.Eos : RolloutFinishReason.Length;
+            Assert.Equal(expected, g[i].FinishReason);
+            if (expected == RolloutFinishReason.Length) Assert.Equal(s.MaxNewTokens, g[i].ResponseIds.Length);
+            if (s.IsGreedy) Assert.Equal(o[i].ResponseIds, g[i].ResponseIds);
+        }
+        Assert.Throws<ArgumentException>(() => GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { MaxBatchSize = 33 }));
+        var padInPrompt = Assert.Throws<ArgumentException>(() => genai.Generate([RolloutRequest.FromIds([1, 0, 5], Greedy())]));
+        Assert.Contains("pad id 0", padInPrompt.Message);
+    }
+
+    [Fact]
+    public void WeightInputsGraphFollowsInMemoryUpdates()
+    {
+        using var a = ExportModels.Policy("qwen2", seed: 21);
+        using var b = ExportModels.Policy("qwen2", seed: 22);
+        string dir = Export(a, "inputs", GraphKind.ContribGqa, WeightPlacement.Inputs);
+        using (var names = OrtWeights.From(a, packedQkv: true))
+        {
+            var initializers = Rlhf.Inference.Onnx.OnnxInitializers.Read(Path.Combine(dir, "model.onnx"));
+            Assert.DoesNotContain(names.Buffers.Keys, initializers.ContainsKey);   // no weight is written, every one is an input
+            Assert.Contains("cos_cache", initializers.Keys);                      // constants stay
+        }
+        Assert.Equal("inputs", ExportManifest.Load(dir).Weights);
+        using var genai = GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { Threads = 2 });
+        Assert.True(genai.WeightsAreInputs);
+        var requests = Prompts.Select(p => RolloutRequest.FromIds(p, Greedy())).ToList();
+        var before = Assert.Throws<InvalidOperationException>(() => genai.Generate(requests));
+        Assert.Contains("UpdateWeights", before.Message);
+
+        foreach (var model in new[] { b, a, b })
+        {
+            var w = OrtWeights.From(model, packedQkv: true);
+            genai.UpdateWeights(w.Buffers, w);
+            var t = Generation.Generate(model, [.. Prompts.Select(p => p.Select(x => (long)x).ToArray())],
+                new GenerationOptions { MaxNewTokens = 12, Temperature = 0, EosTokenIds = [2], PadTokenId = 0 });
+            var g = genai.Generate(requests);
+            for (int i = 0; i < Prompts.Length; i++) Assert.Equal(t[i].Tokens.Select(x => (int)x), g[i].ResponseIds);
+        }
+
+        // Wrong layouts are refused with the names and shapes involved.
+        using var unpacked = OrtWeights.From(a, packedQkv: false);
+        var e = Assert.Throws<ArgumentException>(() => genai.UpdateWeights(unpacked.Buffers));
+        Assert.Contains("'model.layers.0.self_attn.qkv_proj.weight' is missing", e.Message);
+        Assert.Contains("more", e.Message);   // 4 packed weights missing, 12 unpacked ones unknown: the first 10 are listed
+
+        // A folder with initializers cannot take weights in memory, and says how to get one that can.
+        string plainDir = Export(a, "initializers", GraphKind.ContribGqa);
+        using var fixedWeights = GenAiRolloutEngine.Load(plainDir, new GenAiEngineOptions { Threads = 2 });
+        using var w2 = OrtWeights.From(a, packedQkv: true);
+        Assert.Contains("--weights inputs", Assert.Throws<InvalidOperationException>(() => fixedWeights.UpdateWeights(w2.Buffers)).Message);
+    }
+
+    [Fact]
+    public void StopStringsAndTextPromptsWithATrainedTokenizer()
+    {
+        string[] corpus = [.. Enumerable.Range(0, 60).Select(i => $"the product {i % 7} was great and the service was slow, review number {i}.")];
+        string tokDir = Path.Combine(_dir, "tok");
+        var bpe = BpeTrainer.Train(corpus, new BpeTrainerOptions { VocabSize = 300 });
+        bpe.Save(tokDir);
+        var cfg = ExportModels.Config("llama") with { VocabSize = bpe.VocabSize };
+        using var m = TinyModels.Randomized(cfg, 31);
+        string dir = Export(m, "tokenized", GraphKind.ContribGqa, tokenizer: tokDir);
+        var tok = TextTokenizer.Load(dir);
+        using var genai = GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { Threads = 2 });
+        using var ours = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = 2 });
+        var full = ours.Generate(RolloutRequest.FromText("the product", Greedy(20)));
+        var fromGenAi = genai.Generate([RolloutRequest.FromText("the product", Greedy(20))])[0];
+        Assert.Equal(PromptFormat.PromptIds(tok, "the product"), fromGenAi.PromptIds);   // BOS + prompt
+        Assert.Equal(full.ResponseIds, fromGenAi.ResponseIds);
+        Assert.Equal(full.Text, fromGenAi.Text);
+
+        // A visible stop string from the middle of the greedy text: both engines cut just before it.
+        string text = tok.Decode(full.ResponseIds, skipSpecial: true);
+        int cut = Enumerable.Range(3, Math.Max(0, text.Length - 6)).First(i => !char.IsWhiteSpace(text[i]) && !char.IsWhiteSpace(text[i + 1]));
+        string stop = text.Substring(cut, 2);
+        int first = text.IndexOf(stop, StringComparison.Ordinal);
+        var sampling = Greedy(20) with { StopStrings = [stop] };
+        var g = genai.Generate([RolloutRequest.FromText("the product", sampling)])[0];
+        var o = ours.Generate(RolloutRequest.FromText("the product", sampling));
+        Assert.Equal(RolloutFinishReason.StopString, g.FinishReason);
+        Assert.Equal(text[..first].TrimStart(), g.Text);
+        Assert.Equal(o.Text, g.Text);
+        Assert.Equal(o.ResponseIds, g.ResponseIds);
+
+        // The CLI engine option end to end.
+        var viaCli = GenerateCommand.Run(dir, "genai", ["the product"], new GenerateSettings(MaxNewTokens: 20, Temperature: 0, Threads: 2));
+        Assert.Equal(full.ResponseIds, viaCli[0].Ids);
+    }
+}
