@@ -65,4 +65,18 @@ public sealed class PpoTrainerTests
         Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")));
         Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "critic", "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "critic", "model.safetensors")));
     }
+
+    [Fact]
+    public void GenAiRolloutsFollowEveryUpdate()
+    {
+        var cfg = Tiny() with { Engine = RolloutBackend.Genai, BestOfN = [1] };
+        var s = PpoTrainer.Train(cfg, new RunControl { Progress = false });
+        Assert.Equal(3, s.Iterations);
+        var m = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv"));
+        // GenAI's logprobs equal TorchSharp's old logprobs in every iteration: the weights fed to its generators are the
+        // actor's after each update (a stale policy would differ by the update's size from iteration 2 on).
+        Assert.All(m.Rows, r => Assert.True(r["policy/rollout_logprob_mismatch"] < 1e-3, $"mismatch {r["policy/rollout_logprob_mismatch"]}"));
+        Assert.True(m.Rows[^1]["policy/approxkl"] > 0);
+        Assert.False(Directory.Exists(Path.Combine(cfg.Out, ".rollout_engine")));   // the scratch export is removed
+    }
 }
