@@ -34,7 +34,8 @@ internal static class RolloutBenchCommand
         var threads = new Option<int>("--threads") { Description = "Threads for both engines (0 = all cores).", DefaultValueFactory = _ => 0 };
         var noTorch = new Option<bool>("--skip-torch") { Description = "Only the ORT engine." };
         var repeats = new Option<int>("--repeats") { Description = "Timed runs per cell; the fastest counts (the machine may be shared).", DefaultValueFactory = _ => 2 };
-        var rollout = new Command("rollout", "ORT rollout engine vs TorchSharp eager generation.") { config, large, batches, newTokens, promptLen, threads, noTorch, repeats };
+        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (keys tokens_per_s.<engine>.<greedy|sample>.<batch>, sync_seconds.<engine>; the --large model's keys start with large.)." };
+        var rollout = new Command("rollout", "Our ORT rollout engine vs ONNX Runtime GenAI vs TorchSharp eager generation, weight sync of each.") { config, large, batches, newTokens, promptLen, threads, noTorch, repeats, json };
         rollout.SetAction(r => RlhfCommand.Guard(() =>
         {
             int[] bs = [.. r.GetValue(batches)!.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s.Trim(), CultureInfo.InvariantCulture))];
@@ -43,7 +44,10 @@ internal static class RolloutBenchCommand
             configs.Add((Path.GetFileName(Path.GetDirectoryName(Path.GetFullPath(path))) ?? "default",
                 File.Exists(path) ? ModelConfig.Load(path) : throw new FileNotFoundException($"Model config '{path}' not found; pass --config.")));
             if (r.GetValue(large)) configs.Add(("~100M", Large));
-            RunRollout(configs, bs, r.GetValue(newTokens), r.GetValue(promptLen), r.GetValue(threads), !r.GetValue(noTorch), Console.Out, Math.Max(1, r.GetValue(repeats)));
+            var figures = new SortedDictionary<string, double>(StringComparer.Ordinal);
+            RunRollout(configs, bs, r.GetValue(newTokens), r.GetValue(promptLen), r.GetValue(threads), !r.GetValue(noTorch), Console.Out, Math.Max(1, r.GetValue(repeats)), figures);
+            if (r.GetValue(json) is string file)
+                AtomicFile.WriteAllText(file, System.Text.Json.JsonSerializer.Serialize(figures, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
             return 0;
         }));
         return rollout;
@@ -56,16 +60,20 @@ internal static class RolloutBenchCommand
         MaxPositionEmbeddings = 512, TieWordEmbeddings = true, EosTokenIds = [2], PadTokenId = 0,
     };
 
-    /// <summary>Runs the benchmark and writes the report to <paramref name="w"/>.</summary>
-    public static void RunRollout(IReadOnlyList<(string Name, ModelConfig Cfg)> configs, int[] batches, int newTokens, int promptLen, int threads, bool torchToo, TextWriter w, int repeats = 1)
+    /// <summary>Runs the benchmark and writes the report to <paramref name="w"/> (and the figures to <paramref name="figures"/>).</summary>
+    public static void RunRollout(IReadOnlyList<(string Name, ModelConfig Cfg)> configs, int[] batches, int newTokens, int promptLen, int threads, bool torchToo, TextWriter w, int repeats = 1,
+        IDictionary<string, double>? figures = null)
     {
+        figures ??= new Dictionary<string, double>();
         int nThreads = threads > 0 ? threads : Environment.ProcessorCount;
         DeviceSelector.SetThreads(nThreads);
         double peak = MatMulPeak(nThreads);
         w.WriteLine($"ORT MatMul peak ({nThreads} threads, fp32, 512x1024x1024): {peak:F1} GFLOP/s");
         w.WriteLine($"{newTokens} new tokens per row, prompts of {Math.Max(1, promptLen / 2)}..{promptLen} tokens, sampling T=1, no EOS.");
-        foreach (var (name, cfg) in configs)
+        for (int ci = 0; ci < configs.Count; ci++)
         {
+            var (name, cfg) = configs[ci];
+            string keyPrefix = ci == 0 ? "" : "large.";
             using var model = LlamaForCausalLM.Create(cfg, CPU, ScalarType.Float32, 1234);
             model.eval();
             long nParams = model.parameters().Sum(p => p.numel());
@@ -115,9 +123,11 @@ internal static class RolloutBenchCommand
                             torchS = Math.Min(torchS, sw.Elapsed.TotalSeconds);
                         }
                         double torchTps = b * newTokens / torchS;
+                        figures[$"{keyPrefix}tokens_per_s.torch.sample.{b}"] = torchTps;
                         torchCols = $"{torchTps,11:F0} {flops / torchS / 1e9,8:F1} {100 * flops / torchS / 1e9 / peak,5:F0}%";
                         ratio = $"{ortTps / torchTps:F2}x";
                     }
+                    figures[$"{keyPrefix}tokens_per_s.ort.sample.{b}"] = ortTps;
                     w.WriteLine($"{b,5} | {ortTps,10:F0} {flops / ortS / 1e9,8:F1} {100 * flops / ortS / 1e9 / peak,5:F0}% {res[0].Timings.PrefillMs,10:F1} | {torchCols} | {ratio,9}");
                 }
 
@@ -154,6 +164,9 @@ internal static class RolloutBenchCommand
                 try { Directory.Delete(dir2, true); } catch (IOException) { }
                 w.WriteLine($"weight sync: in-memory {snapMs + sessionMs:F0} ms (snapshot copy {snapMs:F0} ms + new session {sessionMs:F0} ms, {snapshot.Bytes / 1e6:F0} MB); " +
                             $"re-export to file + reload {reexportMs:F0} ms (first export {exportMs:F0} ms)");
+                figures[keyPrefix + "sync_seconds.ort"] = (snapMs + sessionMs) / 1000;
+
+                Engines(model, cfg, dir, graph, batches, newTokens, promptLen, nThreads, repeats, w, keyPrefix, figures);
             }
             finally
             {
@@ -164,6 +177,65 @@ internal static class RolloutBenchCommand
         using var self = Process.GetCurrentProcess();
         w.WriteLine();
         w.WriteLine($"peak RSS: {self.PeakWorkingSet64 / (1024.0 * 1024):F0} MiB");
+    }
+
+    /// <summary>
+    /// Our engine vs ONNX Runtime GenAI on the same folder, greedy and T=1 sampling, then GenAI on the graph PPO uses
+    /// with it (weights as inputs, fed per generator), and each engine's weight sync.
+    /// </summary>
+    static void Engines(LlamaForCausalLM model, ModelConfig cfg, string dir, GraphKind graph, int[] batches, int newTokens, int promptLen,
+        int nThreads, int repeats, TextWriter w, string keyPrefix, IDictionary<string, double> figures)
+    {
+        string inputsDir = dir + "-inputs";
+        try
+        {
+            ExportStage.ExportPolicy(model, inputsDir, graph, new ExportOptions { Overwrite = true, Weights = WeightPlacement.Inputs }, parity: false);
+            using var ours = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = nThreads, EosTokenIds = [], PadTokenId = 0, MaxBatchSize = batches.Max() });
+            using var genai = GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { Threads = nThreads, EosTokenIds = [] });
+            using var fed = GenAiRolloutEngine.Load(inputsDir, new GenAiEngineOptions { Threads = nThreads, EosTokenIds = [] });
+            var sw = Stopwatch.StartNew();
+            var snapshot = OrtWeights.From(model, packedQkv: graph == GraphKind.ContribGqa);
+            double snapMs = sw.Elapsed.TotalMilliseconds;
+            double feedMs = fed.UpdateWeights(snapshot.Buffers, snapshot).TotalMilliseconds;
+            figures[keyPrefix + "sync_seconds.genai"] = (snapMs + feedMs) / 1000;
+
+            w.WriteLine($"engines (tokens/s; GenAI runs chunks of <= {GenAiRolloutEngine.MaxGeneratorBatch}; 'GenAI fed' = weights as graph inputs, the PPO path):");
+            w.WriteLine($"{"batch",5} | {"ours greedy",11} {"GenAI greedy",12} {"ratio",6} | {"ours T=1",9} {"GenAI T=1",9} {"ratio",6} | {"GenAI fed T=1",13} {"ratio",6}");
+            var rng = new Random(11);
+            foreach (int b in batches)
+            {
+                var prompts = Enumerable.Range(0, b).Select(_ => Enumerable.Range(0, rng.Next(Math.Max(1, promptLen / 2), promptLen + 1))
+                    .Select(_ => rng.Next(3, cfg.VocabSize)).ToArray()).ToArray();
+                double Tps(Rlhf.Inference.Services.IRolloutService e, SamplingOptions o)
+                {
+                    var requests = prompts.Select((p, i) => RolloutRequest.FromIds(p, o with { Seed = (ulong)i })).ToList();
+                    e.Generate([.. requests.Take(Math.Min(b, 4)).Select(q => q with { Sampling = o with { MaxNewTokens = 4 } })]);   // warm-up
+                    double best = double.MaxValue;
+                    for (int k = 0; k < repeats; k++)
+                    {
+                        var t = Stopwatch.StartNew();
+                        e.Generate(requests);
+                        best = Math.Min(best, t.Elapsed.TotalSeconds);
+                    }
+                    return b * newTokens / best;
+                }
+                var greedy = new SamplingOptions { Temperature = 0f, MaxNewTokens = newTokens };
+                var sample = new SamplingOptions { Temperature = 1f, MaxNewTokens = newTokens };
+                double og = Tps(ours, greedy), gg = Tps(genai, greedy), os = Tps(ours, sample), gs = Tps(genai, sample), fs = Tps(fed, sample);
+                figures[$"{keyPrefix}tokens_per_s.ort.greedy.{b}"] = og;
+                figures[$"{keyPrefix}tokens_per_s.genai.greedy.{b}"] = gg;
+                figures[$"{keyPrefix}tokens_per_s.ort.sample.{b}"] = os;
+                figures[$"{keyPrefix}tokens_per_s.genai.sample.{b}"] = gs;
+                figures[$"{keyPrefix}tokens_per_s.genai_inputs.sample.{b}"] = fs;
+                w.WriteLine($"{b,5} | {og,11:F0} {gg,12:F0} {gg / og,5:F2}x | {os,9:F0} {gs,9:F0} {gs / os,5:F2}x | {fs,13:F0} {fs / os,5:F2}x");
+            }
+            w.WriteLine($"weight sync: GenAI fed {snapMs + feedMs:F1} ms (snapshot copy {snapMs:F1} ms + handing {snapshot.Buffers.Count} buffers to the engine {feedMs:F2} ms; " +
+                        "each generator then reads them in place)");
+        }
+        finally
+        {
+            try { Directory.Delete(inputsDir, true); } catch (IOException) { }
+        }
     }
 
     /// <summary>
