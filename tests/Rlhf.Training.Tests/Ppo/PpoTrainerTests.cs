@@ -78,5 +78,9 @@ public sealed class PpoTrainerTests
         Assert.All(m.Rows, r => Assert.True(r["policy/rollout_logprob_mismatch"] < 1e-3, $"mismatch {r["policy/rollout_logprob_mismatch"]}"));
         Assert.True(m.Rows[^1]["policy/approxkl"] > 0);
         Assert.False(Directory.Exists(Path.Combine(cfg.Out, ".rollout_engine")));   // the scratch export is removed
+        // The policies the stages export (SFT's and PPO's onnx/) are GenAI folders that decode as our engine does.
+        int vocab = Rlhf.Export.Hf.ModelConfig.Load(Path.Combine(cfg.Out, "config.json")).VocabSize;
+        Assert.True(Rollout.GenAiRolloutTests.AssertGenAiDecodesAsOurEngine(Path.Combine(Models.Value.Sft, "onnx"), vocab) > 0);
+        Assert.True(Rollout.GenAiRolloutTests.AssertGenAiDecodesAsOurEngine(Path.Combine(cfg.Out, "onnx"), vocab) > 0);
     }
 }
