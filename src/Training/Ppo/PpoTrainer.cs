@@ -51,14 +51,18 @@ public static class PpoTrainer
     public static PpoSummary Train(PpoConfig cfg, RunControl control)
     {
         cfg.Validate();
+        return OutputFolder.CleanOnFailure(cfg.Out, () => TrainStage(cfg, control));
+    }
+
+    static PpoSummary TrainStage(PpoConfig cfg, RunControl control)
+    {
         var clock = Stopwatch.StartNew();
         var device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
         DeviceSelector.SetThreads(cfg.Threads);
+        var prompts = TrainingPrompts(cfg);   // bad prompt files fail before the output folder is touched
+        var evalPrompts = EvalPrompts(cfg);
         string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
         using var run = Open(cfg, device, resumeFrom);
-
-        var prompts = TrainingPrompts(cfg);
-        var evalPrompts = EvalPrompts(cfg);
         var promptIds = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
         using var actorOpt = TrainerParts.AdamW(run.Actor, new AdamWSettings(cfg.ActorLr, 0.0, 0.9, 0.95, 1e-8));
         using var criticOpt = TrainerParts.AdamW(run.Critic, new AdamWSettings(cfg.CriticLr, 0.0, 0.9, 0.95, 1e-8));

@@ -71,11 +71,16 @@ public static class RmTrainer
     public static RmSummary Run(RmConfig cfg, RunControl control)
     {
         cfg.Validate();
+        return OutputFolder.CleanOnFailure(cfg.Out, () => RunStage(cfg, control));
+    }
+
+    static RmSummary RunStage(RmConfig cfg, RunControl control)
+    {
         var clock = Stopwatch.StartNew();
         Device device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
         DeviceSelector.SetThreads(cfg.Threads);
+        var tokenizer = TextTokenizer.Load(cfg.SftModel);   // a bad SFT folder fails before the output folder is touched
         string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
-        var tokenizer = TextTokenizer.Load(cfg.SftModel);
 
         var labelClock = Stopwatch.StartNew();
         RmData data = resumeFrom is not null ? Reload(cfg) : LabelFresh(cfg, tokenizer, device);
