@@ -96,7 +96,7 @@ public static class RmTrainer
         int stepsPerEpoch = (train.Length + cfg.PromptsPerBatch - 1) / cfg.PromptsPerBatch;
         int totalSteps = cfg.Epochs * stepsPerEpoch;
 
-        using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(cfg.Lr, cfg.WeightDecay, 0.9, 0.95, 1e-8));
+        using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(cfg.Lr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
         var metrics = new MetricsTable();
         int startStep = 0;
         if (resumeFrom is not null)
