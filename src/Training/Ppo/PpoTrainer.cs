@@ -410,18 +410,17 @@ public static class PpoTrainer
         var scored = Score(run, rolled, cfg);
         InferenceServices.Sync(run.Rollouts, run.Actor);
         var bestOf = new List<BestOfNPoint>();
-        string[] sftTexts = new string[prompts.Count];
         foreach (int n in cfg.BestOfN.Distinct().Order())
         {
             double gold = 0, score = 0;
+            int[] picked = BestOfN.Pick(scored.Scores, prompts.Count, n);
             for (int i = 0; i < prompts.Count; i++)
             {
-                int best = Enumerable.Range(0, n).Select(k => k * prompts.Count + i).MaxBy(j => scored.Scores[j]);
+                int best = picked[i];
                 gold += GoldScorer.Score(prompts[i], scored.Texts[best], scored.EndedWithEos[best]).Total;
                 score += scored.RmScores[best];
-                if (n == 1) sftTexts[i] = scored.Texts[best];
             }
-            bestOf.Add(new BestOfNPoint(n, gold / prompts.Count, score / prompts.Count, Math.Log(n) - (n - 1.0) / n));
+            bestOf.Add(new BestOfNPoint(n, gold / prompts.Count, score / prompts.Count, BestOfN.Kl(n)));
         }
         double[] sftGold = [.. prompts.Select((p, i) => GoldScorer.Score(p, scored.Texts[i], scored.EndedWithEos[i]).Total)];
         return new Comparison([.. prompts], [.. scored.Texts.Take(prompts.Count)], sftGold, [.. scored.RmScores.Take(prompts.Count).Select(x => (double)x)],
