@@ -7,7 +7,16 @@ namespace Rlhf.Training.Cli;
 /// <summary>The <c>rlhf</c> command line: one sub-command per stage or tool.</summary>
 internal static class RlhfCommand
 {
-    /// <summary>Parses and runs; returns the process exit code (0 ok, 1 error, 2 usage).</summary>
+    /// <summary>Shows stack traces of failures (any command).</summary>
+    static readonly Option<bool> Verbose = new("--verbose") { Description = "Print the stack trace of a failure.", Recursive = true };
+
+    /// <summary>Set by <see cref="Run"/> for <see cref="Guard"/> (an async-local, so in-process runs do not share it).</summary>
+    static readonly AsyncLocal<bool> verbose = new();
+
+    /// <summary>
+    /// Parses and runs; returns the process exit code: 0 ok, 1 the command failed, 2 the command line is wrong. Every
+    /// failure prints one line <c>error: …</c> on stderr (stack traces only with <c>--verbose</c>).
+    /// </summary>
     public static int Run(string[] args)
     {
         var root = new RootCommand(
@@ -24,19 +33,72 @@ internal static class RlhfCommand
             ExportCommand.Create(),
             BenchCommand.Create(),
         };
-        return root.Parse(args).Invoke();
+        root.Options.Add(Verbose);
+        var parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            string command = string.Join(' ', CommandPath(parsed.CommandResult));
+            Console.Error.WriteLine($"error: {OneLine(string.Join(" ", parsed.Errors.Select(e => e.Message)))} " +
+                                    $"(see: rlhf {(command.Length > 0 ? command + " " : "")}--help)");
+            return 2;
+        }
+        verbose.Value = parsed.GetValue(Verbose);
+        try { return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false }); }
+        catch (Exception e) { return Fail(e); }   // a command that did not go through Guard
     }
 
-    /// <summary>Runs a command body, turning expected failures into one clear line on stderr and exit code 1.</summary>
+    /// <summary>Runs a command body; a failure becomes one <c>error: …</c> line on stderr and exit code 1.</summary>
     public static int Guard(Func<int> body)
     {
         try { return body(); }
-        catch (Exception e) when (e is InvalidDataException or FileNotFoundException or InvalidOperationException
-                                      or ArgumentException or NonFiniteLossException or DirectoryNotFoundException)
-        {
-            Console.Error.WriteLine($"error: {e.Message}");
-            return 1;
-        }
+        catch (Exception e) { return Fail(e); }
+    }
+
+    /// <summary>Prints <paramref name="e"/> as one error line (and its stack trace with --verbose); returns 1.</summary>
+    static int Fail(Exception e)
+    {
+        Console.Error.WriteLine(ErrorLine(e));
+        if (verbose.Value) Console.Error.WriteLine(e.ToString());
+        return 1;
+    }
+
+    /// <summary>
+    /// The one line a failure prints: <c>error: message</c> for failures a user causes and can fix (bad files,
+    /// configs, model folders, ONNX graphs, I/O); anything else is a fault of the program and says so.
+    /// </summary>
+    public static string ErrorLine(Exception e)
+    {
+        e = Innermost(e);
+        string message = OneLine(e.Message);
+        return IsUserError(e)
+            ? $"error: {message}"
+            : $"error: internal error ({e.GetType().Name}): {message} (rerun with --verbose for the stack trace)";
+    }
+
+    /// <summary>Failures caused by inputs, settings or the environment rather than by a bug.</summary>
+    public static bool IsUserError(Exception e) => e is InvalidDataException or Data.DataFileException or IOException
+        or InvalidOperationException or ArgumentException or NonFiniteLossException or UnauthorizedAccessException
+        or System.Text.Json.JsonException or FormatException or NotSupportedException
+        or Microsoft.ML.OnnxRuntime.OnnxRuntimeException or System.Net.Sockets.SocketException;
+
+    static Exception Innermost(Exception e) => e switch
+    {
+        System.Reflection.TargetInvocationException { InnerException: { } i } => Innermost(i),
+        TypeInitializationException { InnerException: { } i } => Innermost(i),
+        AggregateException { InnerExceptions.Count: 1 } a => Innermost(a.InnerExceptions[0]),
+        _ => e,
+    };
+
+    /// <summary>Collapses line breaks and runs of spaces so a message is one line.</summary>
+    public static string OneLine(string message) =>
+        System.Text.RegularExpressions.Regex.Replace(message.ReplaceLineEndings(" "), @"\s{2,}", " ").Trim();
+
+    static IEnumerable<string> CommandPath(System.CommandLine.Parsing.CommandResult r)
+    {
+        var names = new List<string>();
+        for (var c = r; c is not null && c.Parent is System.CommandLine.Parsing.CommandResult; c = c.Parent as System.CommandLine.Parsing.CommandResult)
+            names.Insert(0, c.Command.Name);
+        return names;
     }
 }
 

@@ -12,8 +12,17 @@ public interface ICheckpointState
     string ConfigJson { get; }
 }
 
-/// <summary>AdamW settings shared by the stages.</summary>
-public sealed record AdamWSettings(double Lr, double WeightDecay, double Beta1, double Beta2, double Eps);
+/// <summary>AdamW settings shared by the stages (config keys <c>weight_decay</c>, <c>beta1</c>, <c>beta2</c>, <c>adam_eps</c> in each).</summary>
+public sealed record AdamWSettings(double Lr, double WeightDecay, double Beta1, double Beta2, double Eps)
+{
+    /// <summary>What is wrong with the optimizer keys of a stage config (empty when nothing).</summary>
+    public static IEnumerable<string> Problems(double weightDecay, double beta1, double beta2, double eps)
+    {
+        if (!(weightDecay >= 0)) yield return "weight_decay must be ≥ 0";
+        if (beta1 is not (>= 0 and < 1) || beta2 is not (>= 0 and < 1)) yield return "beta1 and beta2 must be in [0, 1)";
+        if (!(eps > 0)) yield return "adam_eps must be > 0";
+    }
+}
 
 /// <summary>Pieces every trainer uses: the optimizer, gradient norms, checkpoints and the progress bar.</summary>
 public static class TrainerParts

@@ -34,7 +34,39 @@ public static class OutputFolder
                     $"Output folder {folder} is not empty. Pass --resume to continue its checkpoint, --overwrite to replace it, or choose another --out.");
             Directory.Delete(folder, recursive: true);
         }
-        Directory.CreateDirectory(folder);
+        Create(folder);
         return null;
+    }
+
+    /// <summary>Creates <paramref name="folder"/> for this run; <see cref="CleanOnFailure"/> removes it again if the run fails.</summary>
+    public static void Create(string folder)
+    {
+        if (!Directory.Exists(folder)) created.Value?.Add(Path.GetFullPath(folder));
+        Directory.CreateDirectory(folder);
+    }
+
+    /// <summary>Folders that <see cref="Create"/> created (fresh or cleared) inside the current <see cref="CleanOnFailure"/>.</summary>
+    static readonly AsyncLocal<HashSet<string>?> created = new();
+
+    /// <summary>
+    /// Runs a stage that writes into <paramref name="folder"/> and, when it fails, removes the folder if
+    /// <see cref="Prepare"/> made it for this run (fresh, or cleared by --overwrite) and it holds nothing that
+    /// <paramref name="keep"/> calls resumable (by default a checkpoint). A failed run thus leaves nothing, the folder
+    /// as it was, or something --resume can continue; never a half-written folder.
+    /// </summary>
+    public static T CleanOnFailure<T>(string folder, Func<T> body, Func<string, bool>? keep = null)
+    {
+        keep ??= f => Directory.Exists(Path.Combine(f, "checkpoint"));
+        var outer = created.Value;
+        created.Value = new HashSet<string>(StringComparer.Ordinal);
+        try { return body(); }
+        catch
+        {
+            string full = Path.GetFullPath(folder);
+            if (created.Value.Contains(full) && Directory.Exists(full) && !keep(full))
+                try { Directory.Delete(full, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
+        finally { created.Value = outer; }
     }
 }

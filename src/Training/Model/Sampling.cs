@@ -47,7 +47,7 @@ public static class Sampling
         using var scope = torch.NewDisposeScope();
         var l = logits.to(ScalarType.Float32);
         if (temperature == 0) return scope.MoveToOuter(l.argmax(-1));
-        l = TopP(TopK(l / temperature, topK), topP);
+        l = TopP(TopK(Temperature.Scale(l, temperature), topK), topP);
         var probs = l.softmax(-1);
         return scope.MoveToOuter(torch.multinomial(probs, 1, false, generator).squeeze(-1));
     }

@@ -25,4 +25,33 @@ public sealed record PipelineConfig
     public RmConfig Rm { get; init; } = new();
     /// <summary>PPO settings (its out, sft_model, rm_model, seed, device and threads come from the pipeline).</summary>
     public PpoConfig Ppo { get; init; } = new();
+
+    /// <summary>
+    /// Refuses stage keys that the pipeline sets itself (each stage's out, seed, device, threads, and the model folders
+    /// that chain the stages): a value there would be silently replaced, so it is an error that says what to use instead.
+    /// </summary>
+    public void Validate()
+    {
+        var e = new List<string>();
+        void Owned(string key, bool set, string instead) { if (set) e.Add($"{key} is set by the pipeline; {instead}"); }
+        SftConfig sft = new();
+        RmConfig rm = new();
+        PpoConfig ppo = new();
+        foreach (var (name, o, seed, device, threads) in new[]
+                 {
+                     ("sft", Sft.Out != sft.Out, Sft.Seed != sft.Seed, Sft.Device != sft.Device, Sft.Threads != sft.Threads),
+                     ("rm", Rm.Out != rm.Out, Rm.Seed != rm.Seed, Rm.Device != rm.Device, Rm.Threads != rm.Threads),
+                     ("ppo", Ppo.Out != ppo.Out, Ppo.Seed != ppo.Seed, Ppo.Device != ppo.Device, Ppo.Threads != ppo.Threads),
+                 })
+        {
+            Owned($"{name}.out", o, $"the stage writes to {name}/ inside the pipeline's out");
+            Owned($"{name}.seed", seed, "set the top-level seed (--seed)");
+            Owned($"{name}.device", device, "set the top-level device (--device)");
+            Owned($"{name}.threads", threads, "set the top-level threads (--threads)");
+        }
+        Owned("rm.sft_model", Rm.SftModel != rm.SftModel, "use sft_from (--sft-from)");
+        Owned("ppo.sft_model", Ppo.SftModel != ppo.SftModel, "use sft_from (--sft-from)");
+        Owned("ppo.rm_model", Ppo.RmModel != ppo.RmModel, "use rm_from (--rm-from)");
+        if (e.Count > 0) throw new InvalidDataException("Invalid pipeline config: " + string.Join("; ", e) + ".");
+    }
 }

@@ -17,9 +17,17 @@ public static class PipelineRunner
     /// <summary>Runs the pipeline and returns its summary (also written to <c>summary.json</c>).</summary>
     public static JsonObject Run(PipelineConfig cfg, RunControl control)
     {
+        cfg.Validate();
+        // a failed pipeline keeps its stage folders (finished or resumable) and drops a folder with nothing else in it
+        return OutputFolder.CleanOnFailure(cfg.Out, () => RunStages(cfg, control),
+            keep: f => new[] { "sft", "rm", "ppo" }.Any(s => Directory.Exists(Path.Combine(f, s))));
+    }
+
+    static JsonObject RunStages(PipelineConfig cfg, RunControl control)
+    {
         var clock = Stopwatch.StartNew();
         if (control.Overwrite && Directory.Exists(cfg.Out)) Directory.Delete(cfg.Out, recursive: true);
-        Directory.CreateDirectory(cfg.Out);
+        OutputFolder.Create(cfg.Out);
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "pipeline_config.json"), ConfigLoader.ToJson(cfg));
         var summary = new JsonObject { ["stage"] = "pipeline" };
 

@@ -31,6 +31,14 @@ public sealed record PpoConfig
     public int MiniBatch { get; init; } = 16;
     /// <summary>Minibatches accumulated per optimizer step.</summary>
     public int GradAccum { get; init; } = 1;
+    /// <summary>AdamW decoupled weight decay (actor and critic; matrices only).</summary>
+    public double WeightDecay { get; init; }
+    /// <summary>AdamW β1 (actor and critic).</summary>
+    public double Beta1 { get; init; } = 0.9;
+    /// <summary>AdamW β2 (actor and critic).</summary>
+    public double Beta2 { get; init; } = 0.95;
+    /// <summary>AdamW ε (actor and critic).</summary>
+    public double AdamEps { get; init; } = 1e-8;
     /// <summary>Actor learning rate (constant).</summary>
     public double ActorLr { get; init; } = 1e-4;
     /// <summary>Critic learning rate (constant).</summary>
@@ -65,9 +73,13 @@ public sealed record PpoConfig
     public double EarlyStopKl { get; init; }
     /// <summary>Whiten advantages over valid tokens.</summary>
     public bool WhitenAdvantages { get; init; } = true;
-    /// <summary>Score given instead of the RM's to responses that end without EOS (null = keep the RM score).</summary>
+    /// <summary>Penalty for responses that end without EOS (null = keep the RM score); see <see cref="MissingEosPenaltyMode"/>.</summary>
     public double? MissingEosPenalty { get; init; } = -2.0;
-    /// <summary>Clip RM scores to ±this (0 = off).</summary>
+    /// <summary>replace: such a response scores <see cref="MissingEosPenalty"/>; subtract: its RM score minus |penalty| (TRL's convention).</summary>
+    public EosPenaltyMode MissingEosPenaltyMode { get; init; } = EosPenaltyMode.Replace;
+    /// <summary>Scores before shaping: none; running (mean/std over all rollouts so far, OpenRLHF's normalize_reward); batch (whitened per rollout batch).</summary>
+    public ScoreNormalization RewardNormalization { get; init; } = ScoreNormalization.None;
+    /// <summary>Clip scores to ±this after the penalty and normalisation (0 = off).</summary>
     public double RewardClip { get; init; } = 5.0;
     /// <summary>Sampling temperature of rollouts (logprobs use logits / T).</summary>
     public double Temperature { get; init; } = 1.0;
@@ -110,6 +122,29 @@ public sealed record PpoConfig
         if (MaxNewTokens < 1) e.Add("max_new_tokens must be ≥ 1");
         if (EvalEvery < 1 || CheckpointEvery < 0 || EvalPrompts < 1) e.Add("eval_every and eval_prompts must be ≥ 1, checkpoint_every ≥ 0");
         if (BestOfN.Any(n => n < 1)) e.Add("best_of_n sizes must be ≥ 1");
+        if (RewardNormalization == ScoreNormalization.Batch && RolloutBatch < 2) e.Add("reward_normalization batch needs rollout_batch ≥ 2");
+        if (RewardClip < 0) e.Add("reward_clip must be ≥ 0 (0 = off)");
+        e.AddRange(AdamWSettings.Problems(WeightDecay, Beta1, Beta2, AdamEps));
         if (e.Count > 0) throw new InvalidDataException("Invalid PPO config: " + string.Join("; ", e) + ".");
     }
+}
+
+/// <summary>How <see cref="PpoConfig.MissingEosPenalty"/> applies to a response that ended without EOS.</summary>
+public enum EosPenaltyMode
+{
+    /// <summary>s = penalty (InstructGPT-style: a truncated sample gets a fixed low score).</summary>
+    Replace,
+    /// <summary>s = r − |penalty| (TRL's <c>missing_eos_penalty</c>).</summary>
+    Subtract,
+}
+
+/// <summary>Normalisation of sequence scores before they become rewards.</summary>
+public enum ScoreNormalization
+{
+    /// <summary>Scores as the reward model (and the EOS penalty) gave them.</summary>
+    None,
+    /// <summary>(s − μ)/σ with μ, σ running over every rollout so far (<see cref="RunningMoments"/>; OpenRLHF <c>normalize_reward</c>).</summary>
+    Running,
+    /// <summary>(s − μ_b)/σ_b over the rollout batch (TRL's <c>whiten</c> of scores).</summary>
+    Batch,
 }

@@ -70,8 +70,8 @@ public static class PpoLosses
 
     /// <summary>
     /// Mean policy entropy over valid tokens: H_t = −Σ_v p_v log p_v with p = softmax(logits_t)
-    /// (= logsumexp(z) − Σ_v p_v z_v, TRL's <c>entropy_from_logits</c>). Pass logits already divided by the
-    /// sampling temperature. Subtract c_ent·H from the loss for an entropy bonus.
+    /// (= logsumexp(z) − Σ_v p_v z_v, TRL's <c>entropy_from_logits</c>). Pass tempered logits
+    /// (<see cref="Model.Temperature.Scale"/>), the same the ratio's log-probabilities are taken of. Subtract c_ent·H from the loss for an entropy bonus.
     /// </summary>
     /// <param name="logits">response-position logits [B, A, V]</param>
     /// <param name="mask">1 = response token, 0 = padding [B, A]</param>

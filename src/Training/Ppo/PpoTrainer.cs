@@ -51,28 +51,34 @@ public static class PpoTrainer
     public static PpoSummary Train(PpoConfig cfg, RunControl control)
     {
         cfg.Validate();
+        return OutputFolder.CleanOnFailure(cfg.Out, () => TrainStage(cfg, control));
+    }
+
+    static PpoSummary TrainStage(PpoConfig cfg, RunControl control)
+    {
         var clock = Stopwatch.StartNew();
         var device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
         DeviceSelector.SetThreads(cfg.Threads);
+        var prompts = TrainingPrompts(cfg);   // bad prompt files fail before the output folder is touched
+        var evalPrompts = EvalPrompts(cfg);
         string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
         using var run = Open(cfg, device, resumeFrom);
-
-        var prompts = TrainingPrompts(cfg);
-        var evalPrompts = EvalPrompts(cfg);
         var promptIds = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
-        using var actorOpt = TrainerParts.AdamW(run.Actor, new AdamWSettings(cfg.ActorLr, 0.0, 0.9, 0.95, 1e-8));
-        using var criticOpt = TrainerParts.AdamW(run.Critic, new AdamWSettings(cfg.CriticLr, 0.0, 0.9, 0.95, 1e-8));
+        using var actorOpt = TrainerParts.AdamW(run.Actor, new AdamWSettings(cfg.ActorLr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
+        using var criticOpt = TrainerParts.AdamW(run.Critic, new AdamWSettings(cfg.CriticLr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
         var optimizers = new Dictionary<string, optim.Optimizer> { ["actor_optimizer"] = actorOpt, ["critic_optimizer"] = criticOpt };
         KlController kl = cfg.AdaptiveKl ? new AdaptiveKlController(cfg.InitKlCoef, cfg.TargetKl, cfg.KlHorizon) : new FixedKlController(cfg.InitKlCoef);
         var ptx = cfg.PtxCoef > 0 ? PtxData(cfg, run.Tokenizer) : null;
 
         var metrics = new MetricsTable();
+        var moments = new RunningMoments();   // reward_normalization running
         int start = 0;
         if (resumeFrom is not null)
         {
             (var state, metrics) = TrainerParts.LoadCheckpoint<PpoState>(resumeFrom, optimizers, ConfigLoader.ToJson(cfg));
             start = state.Iteration;
             kl.Restore(state.Kl);
+            if (state.Moments is not null) moments = new RunningMoments(state.Moments);
             Log($"Resuming from iteration {start} of {cfg.Iterations}.");
         }
         string? lastCheckpoint = resumeFrom;
@@ -92,7 +98,7 @@ public static class PpoTrainer
                 t.Restart();
 
                 // 2. score (reward model) with the missing-EOS penalty and clipping
-                var scored = Score(run, rolled, cfg);
+                var scored = Score(run, rolled, cfg, moments);
                 row["time/score"] = t.Elapsed.TotalSeconds;
                 t.Restart();
 
@@ -129,7 +135,7 @@ public static class PpoTrainer
                         run.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
                         TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
                         run.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
-                    }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg)));
+                    }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State));
                     metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
                 }
                 onIteration?.Invoke(it + 1);
@@ -200,17 +206,20 @@ public static class PpoTrainer
         return (prompts, ids, [.. run.Rollouts.Generate(requests)]);
     }
 
-    static ScoredRollouts Score(Run run, (string[] Prompts, int[][] PromptIds, RolloutResult[] Results) r, PpoConfig cfg)
+    /// <summary>
+    /// RM scores of the responses and the scores PPO uses (<see cref="RewardShaping.Scores"/>: EOS penalty,
+    /// normalisation, clip). Evaluation passes <paramref name="moments"/> = null: its scores are penalised and clipped
+    /// but never normalised, and leave the training statistics alone.
+    /// </summary>
+    static ScoredRollouts Score(Run run, (string[] Prompts, int[][] PromptIds, RolloutResult[] Results) r, PpoConfig cfg, RunningMoments? moments = null)
     {
         string[] texts = [.. r.Results.Select(x => PromptFormat.ResponseText(run.Tokenizer, x.ResponseIds))];
         bool[] eos = [.. r.Results.Select(x => x.FinishReason == RolloutFinishReason.Eos)];
         float[] rm = run.Rewards.Score([.. r.Prompts.Select((p, i) => new RewardRequest(p, texts[i]))]);
-        float[] scores = new float[rm.Length];
-        for (int i = 0; i < rm.Length; i++)
-        {
-            double s = !eos[i] && cfg.MissingEosPenalty is double pen ? pen : rm[i];
-            scores[i] = (float)(cfg.RewardClip > 0 ? Math.Clamp(s, -cfg.RewardClip, cfg.RewardClip) : s);
-        }
+        using var scope = NewDisposeScope();
+        var shaped = RewardShaping.Scores(tensor(rm), tensor(eos), cfg.MissingEosPenalty, cfg.MissingEosPenaltyMode,
+            moments is null ? ScoreNormalization.None : cfg.RewardNormalization, moments, cfg.RewardClip);
+        float[] scores = shaped.to_type(ScalarType.Float32).data<float>().ToArray();
         return new ScoredRollouts(r.Prompts, r.PromptIds, r.Results, texts, eos, rm, scores);
     }
 
@@ -266,8 +275,8 @@ public static class PpoTrainer
             using var scope = NewDisposeScope();
             using var idx = arange(i, Math.Min(exp.Rows, i + chunk), dtype: ScalarType.Int64, device: run.Device);
             using var mb = exp.Select(idx);
-            var lp = LogProbs.OfTokens(mb.ResponseSlice(run.Actor.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), mb.Responses, temperature);
-            var lr = LogProbs.OfTokens(mb.ResponseSlice(run.Reference.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), mb.Responses, temperature);
+            var lp = LogProbs.OfTokens(Temperature.Scale(mb.ResponseSlice(run.Actor.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), temperature), mb.Responses);
+            var lr = LogProbs.OfTokens(Temperature.Scale(mb.ResponseSlice(run.Reference.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), temperature), mb.Responses);
             var v = mb.ResponseSlice(run.Critic.Values(mb.InputIds, mb.AttentionMask, mb.PositionIds));
             logps.Add(lp.MoveToOuterDisposeScope());
             refs.Add(lr.MoveToOuterDisposeScope());
@@ -314,11 +323,12 @@ public static class PpoTrainer
             for (int m = 0; m < mbPerEpoch && !stop; m++)
             {
                 if (m % cfg.GradAccum == 0) { actorOpt.zero_grad(); criticOpt.zero_grad(); }
+                int group = GradAccumulation.GroupSize(m, mbPerEpoch, cfg.GradAccum);
                 using (var scope = NewDisposeScope())
                 {
                     using var idx = tensor(order.Skip(m * cfg.MiniBatch).Take(cfg.MiniBatch).Select(x => (long)x).ToArray(), device: run.Device);
                     var mb = exp.Select(idx);
-                    var logits = mb.ResponseSlice(run.Actor.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)) / cfg.Temperature;
+                    var logits = Temperature.Scale(mb.ResponseSlice(run.Actor.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), cfg.Temperature);
                     var logp = LogProbs.OfTokens(logits, mb.Responses);
                     var (pg, clipFrac, approxKl) = PpoLosses.Policy(logp, mb.LogpOld!, mb.Advantages!, mb.ResponseMask, cfg.ClipEps);
                     var actorLoss = pg;
@@ -336,7 +346,7 @@ public static class PpoTrainer
                     }
                     var values = mb.ResponseSlice(run.Critic.Values(mb.InputIds, mb.AttentionMask, mb.PositionIds));
                     var (vf, vfClip) = PpoLosses.Value(values, mb.ValuesOld!, mb.Returns!, mb.ResponseMask, cfg.ValueClipEps);
-                    var loss = (actorLoss + cfg.VfCoef * vf) / cfg.GradAccum;
+                    var loss = (actorLoss + cfg.VfCoef * vf) / group;
                     loss.backward();
                     double pgv = pg.item<float>(), vfv = vf.item<float>();
                     if (!double.IsFinite(pgv) || !double.IsFinite(vfv))
@@ -348,7 +358,7 @@ public static class PpoTrainer
                     Add("val/clipfrac", vfClip.item<float>());
                     if (cfg.EarlyStopKl > 0 && approxKl.item<float>() > cfg.EarlyStopKl) stop = true;
                 }
-                if ((m + 1) % cfg.GradAccum == 0 || stop)
+                if (GradAccumulation.StepsAfter(m, mbPerEpoch, cfg.GradAccum) || stop)
                 {
                     Add("grad_norm/actor", TrainerParts.ClipGradNorm(run.Actor, cfg.GradClip));
                     Add("grad_norm/critic", TrainerParts.ClipGradNorm(run.Critic, cfg.GradClip));
@@ -400,18 +410,17 @@ public static class PpoTrainer
         var scored = Score(run, rolled, cfg);
         InferenceServices.Sync(run.Rollouts, run.Actor);
         var bestOf = new List<BestOfNPoint>();
-        string[] sftTexts = new string[prompts.Count];
         foreach (int n in cfg.BestOfN.Distinct().Order())
         {
             double gold = 0, score = 0;
+            int[] picked = BestOfN.Pick(scored.Scores, prompts.Count, n);
             for (int i = 0; i < prompts.Count; i++)
             {
-                int best = Enumerable.Range(0, n).Select(k => k * prompts.Count + i).MaxBy(j => scored.Scores[j]);
+                int best = picked[i];
                 gold += GoldScorer.Score(prompts[i], scored.Texts[best], scored.EndedWithEos[best]).Total;
                 score += scored.RmScores[best];
-                if (n == 1) sftTexts[i] = scored.Texts[best];
             }
-            bestOf.Add(new BestOfNPoint(n, gold / prompts.Count, score / prompts.Count, Math.Log(n) - (n - 1.0) / n));
+            bestOf.Add(new BestOfNPoint(n, gold / prompts.Count, score / prompts.Count, BestOfN.Kl(n)));
         }
         double[] sftGold = [.. prompts.Select((p, i) => GoldScorer.Score(p, scored.Texts[i], scored.EndedWithEos[i]).Total)];
         return new Comparison([.. prompts], [.. scored.Texts.Take(prompts.Count)], sftGold, [.. scored.RmScores.Take(prompts.Count).Select(x => (double)x)],
@@ -435,7 +444,7 @@ public static class PpoTrainer
 
     static void Log(string message) => Console.Error.WriteLine(message);
 
-    sealed record PpoState(int Iteration, KlControllerState Kl, string ConfigJson) : ICheckpointState;
+    sealed record PpoState(int Iteration, KlControllerState Kl, string ConfigJson, RunningMomentsState? Moments = null) : ICheckpointState;
 
 }
 

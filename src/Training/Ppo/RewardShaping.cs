@@ -85,4 +85,42 @@ public static class RewardShaping
         double std = Math.Max(moments.Std, 1e-8);
         return shiftMean ? (scores - moments.Mean) / std : scores / std;
     }
+
+    /// <summary>
+    /// Whitens scores over the batch (TRL <c>whiten</c>): (s − μ_b)/√(σ_b² + 1e-8) with μ_b the mean and σ_b² the
+    /// unbiased variance of the batch.
+    /// </summary>
+    /// <param name="scores">RM scores [B], B ≥ 2</param>
+    public static Tensor WhitenBatch(Tensor scores)
+    {
+        Shapes.Rank(scores, 1, nameof(scores), "[B]");
+        if (scores.shape[0] < 2) throw new ArgumentException($"batch whitening needs at least 2 scores, got {Shapes.Of(scores)}", nameof(scores));
+        var mean = scores.mean();
+        var variance = scores.var();   // unbiased
+        return (scores - mean) * (variance + 1e-8).rsqrt();
+    }
+
+    /// <summary>
+    /// The sequence scores PPO turns into rewards, in OpenRLHF's order: r → missing-EOS penalty
+    /// (<see cref="ApplyEosPenalty"/>: replace with p, or subtract |p|) → normalisation (<see cref="Normalise"/> with
+    /// running moments, or <see cref="WhitenBatch"/>) → <see cref="Clip"/> to ±c.
+    /// </summary>
+    /// <param name="rm">reward-model scores [B]</param>
+    /// <param name="endedWithEos">true where the response ended with EOS [B] (bool)</param>
+    /// <param name="moments">running statistics, updated by this batch (required for <see cref="ScoreNormalization.Running"/>)</param>
+    public static Tensor Scores(Tensor rm, Tensor endedWithEos, double? eosPenalty, EosPenaltyMode mode,
+                                ScoreNormalization normalization, RunningMoments? moments, double clip)
+    {
+        var s = eosPenalty is double p
+            ? ApplyEosPenalty(rm, endedWithEos, mode == EosPenaltyMode.Subtract ? Math.Abs(p) : p, subtract: mode == EosPenaltyMode.Subtract)
+            : rm.alias();
+        var n = normalization switch
+        {
+            ScoreNormalization.None => s,
+            ScoreNormalization.Running => Normalise(s, moments ?? throw new ArgumentNullException(nameof(moments), "running normalisation needs its moments")),
+            ScoreNormalization.Batch => WhitenBatch(s),
+            _ => throw new ArgumentOutOfRangeException(nameof(normalization), normalization, null),
+        };
+        return Clip(n, clip);
+    }
 }

@@ -51,6 +51,12 @@ public sealed record RmConfig
     public int WarmupSteps { get; init; }
     /// <summary>AdamW weight decay on matrices.</summary>
     public double WeightDecay { get; init; } = 0.0;
+    /// <summary>AdamW β1.</summary>
+    public double Beta1 { get; init; } = 0.9;
+    /// <summary>AdamW β2.</summary>
+    public double Beta2 { get; init; } = 0.95;
+    /// <summary>AdamW ε.</summary>
+    public double AdamEps { get; init; } = 1e-8;
     /// <summary>Clip the gradient norm (0 = off).</summary>
     public double GradClip { get; init; } = 1.0;
     /// <summary>Margin m in −log σ(r_w − r_l − m).</summary>
@@ -83,8 +89,9 @@ public sealed record RmConfig
         if (PromptsPerBatch < 1) e.Add("prompts_per_batch must be ≥ 1");
         if (MaxSeqLen < 4) e.Add("max_seq_len must be ≥ 4");
         if (Lr <= 0) e.Add("lr must be > 0");
-        if (WeightDecay < 0 || GradClip < 0 || Margin < 0) e.Add("weight_decay, grad_clip and margin must be ≥ 0");
+        if (GradClip < 0 || Margin < 0) e.Add("grad_clip and margin must be ≥ 0");
         if (EvalEvery < 1 || CheckpointEvery < 0) e.Add("eval_every must be ≥ 1 and checkpoint_every ≥ 0");
+        e.AddRange(Common.AdamWSettings.Problems(WeightDecay, Beta1, Beta2, AdamEps));
         if (e.Count > 0) throw new InvalidDataException("Invalid RM config: " + string.Join("; ", e) + ".");
     }
 }

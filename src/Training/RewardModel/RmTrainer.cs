@@ -71,11 +71,16 @@ public static class RmTrainer
     public static RmSummary Run(RmConfig cfg, RunControl control)
     {
         cfg.Validate();
+        return OutputFolder.CleanOnFailure(cfg.Out, () => RunStage(cfg, control));
+    }
+
+    static RmSummary RunStage(RmConfig cfg, RunControl control)
+    {
         var clock = Stopwatch.StartNew();
         Device device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
         DeviceSelector.SetThreads(cfg.Threads);
+        var tokenizer = TextTokenizer.Load(cfg.SftModel);   // a bad SFT folder fails before the output folder is touched
         string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
-        var tokenizer = TextTokenizer.Load(cfg.SftModel);
 
         var labelClock = Stopwatch.StartNew();
         RmData data = resumeFrom is not null ? Reload(cfg) : LabelFresh(cfg, tokenizer, device);
@@ -91,7 +96,7 @@ public static class RmTrainer
         int stepsPerEpoch = (train.Length + cfg.PromptsPerBatch - 1) / cfg.PromptsPerBatch;
         int totalSteps = cfg.Epochs * stepsPerEpoch;
 
-        using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(cfg.Lr, cfg.WeightDecay, 0.9, 0.95, 1e-8));
+        using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(cfg.Lr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
         var metrics = new MetricsTable();
         int startStep = 0;
         if (resumeFrom is not null)

@@ -79,8 +79,7 @@ public sealed record SftConfig
         if (Lr <= 0) e.Add("lr must be > 0");
         if (MinLrRatio is < 0 or > 1) e.Add("min_lr_ratio must be in [0, 1]");
         if (WarmupSteps < 0) e.Add("warmup_steps must be ≥ 0");
-        if (WeightDecay < 0) e.Add("weight_decay must be ≥ 0");
-        if (Beta1 is < 0 or >= 1 || Beta2 is < 0 or >= 1) e.Add("beta1/beta2 must be in [0, 1)");
+        e.AddRange(Common.AdamWSettings.Problems(WeightDecay, Beta1, Beta2, AdamEps));
         if (GradClip < 0) e.Add("grad_clip must be ≥ 0 (0 = off)");
         if (ResidualDropout is < 0 or >= 1 || AttentionDropout is < 0 or >= 1) e.Add("dropouts must be in [0, 1)");
         if (EvalEvery < 1) e.Add("eval_every must be ≥ 1");

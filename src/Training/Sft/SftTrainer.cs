@@ -54,12 +54,16 @@ public static class SftTrainer
     public static SftSummary Run(SftConfig cfg, RunControl control)
     {
         cfg.Validate();
+        return OutputFolder.CleanOnFailure(cfg.Out, () => RunStage(cfg, control));
+    }
+
+    static SftSummary RunStage(SftConfig cfg, RunControl control)
+    {
         var clock = Stopwatch.StartNew();
         Device device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
         DeviceSelector.SetThreads(cfg.Threads);
+        var data = SftData.Load(cfg);   // bad data fails before the output folder is touched
         string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
-
-        var data = SftData.Load(cfg);
         Log($"SFT data: {data.Train.Count} train, {data.Eval.Count} eval demonstrations" +
             (data.Skipped > 0 ? $" ({data.Skipped} malformed rows skipped)" : "") + (data.IsDefaultTask ? " (default task)" : ""));
 

@@ -17,7 +17,7 @@ public sealed class PipelineTests
         var cfg = new PipelineConfig
         {
             Out = outDir, Threads = 1, Seed = 2,
-            Sft = SftTrainerTests.Tiny("ignored") with { SampleCount = 2 },
+            Sft = SftTrainerTests.Tiny("ignored") with { SampleCount = 2, Out = new SftConfig().Out, Seed = new SftConfig().Seed, Threads = 0 },   // the pipeline sets these
             Rm = new RmConfig { TrainPrompts = 8, EvalPrompts = 4, K = 2, PromptsPerBatch = 4, Epochs = 1, MaxNewTokens = 6, MaxSeqLen = 40 },
             Ppo = new PpoConfig { DefaultPrompts = 16, EvalPrompts = 4, Iterations = 2, RolloutBatch = 4, MiniBatch = 4, PpoEpochs = 1, MaxNewTokens = 6, BestOfN = [1, 2] },
         };

@@ -10,7 +10,7 @@ namespace Rlhf.Training.Tests.Ppo;
 /// <summary>Short real PPO runs: tiny SFT and RM models, ONNX Runtime rollouts, in-memory weight sync.</summary>
 public sealed class PpoTrainerTests
 {
-    static readonly Lazy<(string Sft, string Rm)> Models = new(() =>
+    internal static readonly Lazy<(string Sft, string Rm)> Models = new(() =>
     {
         string root = Directory.CreateTempSubdirectory().FullName;
         var sft = SftTrainerTests.Tiny(Path.Combine(root, "sft"));
@@ -24,7 +24,7 @@ public sealed class PpoTrainerTests
         return (sft.Out, rm.Out);
     });
 
-    static PpoConfig Tiny() => new()
+    internal static PpoConfig Tiny() => new()
     {
         Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "ppo"), SftModel = Models.Value.Sft, RmModel = Models.Value.Rm,
         DefaultPrompts = 64, EvalPrompts = 8, Iterations = 3, RolloutBatch = 8, MiniBatch = 4, PpoEpochs = 2, MaxNewTokens = 10,

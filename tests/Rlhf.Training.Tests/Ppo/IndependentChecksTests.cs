@@ -1,0 +1,143 @@
+using Rlhf.Training.Model;
+using Rlhf.Training.Ppo;
+using Rlhf.Training.Tests.Model;
+using static Rlhf.Training.Tests.Ppo.PpoTestData;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Tests.Ppo;
+
+/// <summary>Checks against numbers computed another way: best-of-N, bf16 log-probs, and where values and logits of a response sit.</summary>
+public sealed class IndependentChecksTests
+{
+    /// <summary>KL(p_N ‖ p) summed exactly for p uniform over M outcomes with distinct rewards: p_N(j) = (j/M)^N − ((j−1)/M)^N.</summary>
+    static double ExactBestOfNKl(int n, int m)
+    {
+        double kl = 0;
+        for (int j = 1; j <= m; j++)
+        {
+            double pn = Math.Pow((double)j / m, n) - Math.Pow((j - 1.0) / m, n);
+            if (pn > 0) kl += pn * Math.Log(pn * m);
+        }
+        return kl;
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(4)]
+    [InlineData(16)]
+    [InlineData(64)]
+    public void BestOfNKlMatchesTheExactSumOverManyOutcomes(int n)
+    {
+        double exact = ExactBestOfNKl(n, 200_000);
+        Assert.True(Math.Abs(exact - BestOfN.Kl(n)) < 1e-3, $"N={n}: exact {exact:F6}, formula {BestOfN.Kl(n):F6}");
+        Assert.True(exact <= BestOfN.Kl(n) + 1e-9);
+    }
+
+    [Fact]
+    public void BestOfNKlIsAnUpperBoundWithFewOutcomes()
+    {
+        // two equally likely outcomes, N = 2: the better one is drawn with probability 3/4
+        double exact = 0.75 * Math.Log(1.5) + 0.25 * Math.Log(0.5);     // 0.130812
+        Assert.Equal(exact, ExactBestOfNKl(2, 2), 12);
+        Assert.Equal(0.130812, exact, 6);
+        Assert.True(exact < BestOfN.Kl(2));                              // log 2 − 1/2 = 0.193147
+    }
+
+    [Fact]
+    public void BestOfNPicksTheHighestOfEachPromptsFirstNSamples()
+    {
+        // 3 prompts, samples laid out sample-major: k = 0 → indices 0..2, k = 1 → 3..5, k = 2 → 6..8
+        float[] scores = [0.1f, 0.9f, -1f, /* k=1 */ 0.5f, 0.2f, -2f, /* k=2 */ 0.3f, 0.95f, -0.5f];
+        Assert.Equal([0, 1, 2], BestOfN.Pick(scores, 3, 1));
+        Assert.Equal([3, 1, 2], BestOfN.Pick(scores, 3, 2));
+        Assert.Equal([3, 7, 8], BestOfN.Pick(scores, 3, 3));
+        Assert.Equal([0], BestOfN.Pick([1f, 1f], 1, 2));                  // a tie keeps the first sample
+        Assert.Throws<ArgumentException>(() => BestOfN.Pick(scores, 3, 4));
+    }
+
+    /// <summary>
+    /// bf16 keeps 8 significant bits, so each logit is off by at most u·|z| with u = 2⁻⁸; log π(a) = z_a − logsumexp(z)
+    /// moves by Δz_a − Σ p_k Δz_k, at most 2·u·max|z| (divided by T, which is applied in float32 after the upcast).
+    /// </summary>
+    [Theory]
+    [InlineData(1.0)]
+    [InlineData(0.7)]
+    public void Bf16LogProbsStayWithinTheRoundingBound(double temperature)
+    {
+        using var _ = NewDisposeScope();
+        var rng = new Random(29);
+        const int b = 4, s = 6, vocab = 50;
+        float[] z = [.. Enumerable.Range(0, b * s * vocab).Select(_ => (float)(3 * Normal(rng)))];
+        long[] tok = [.. Enumerable.Range(0, b * s).Select(_ => (long)rng.Next(vocab))];
+        float[] exact = Flat(LogProbs.OfTokens(Temperature.Scale(tensor(z, [b, s, vocab]).to_type(ScalarType.Float64), temperature), tensor(tok, [b, s])));
+        float[] half = Flat(LogProbs.OfTokens(Temperature.Scale(tensor(z, [b, s, vocab]).to_type(ScalarType.BFloat16), temperature), tensor(tok, [b, s])));
+        const double u = 1.0 / 256;
+        double worst = 0;
+        for (int i = 0; i < b * s; i++)
+        {
+            double maxAbs = Enumerable.Range(0, vocab).Max(k => Math.Abs(z[i * vocab + k]));
+            double bound = 2 * u * maxAbs / temperature + 1e-5;
+            double err = Math.Abs(exact[i] - half[i]);
+            Assert.True(err <= bound, $"position {i}: |Δ log π| = {err:E3} > bound {bound:E3}");
+            worst = Math.Max(worst, err);
+        }
+        Assert.True(worst > 1e-4, "bf16 rounding should show");       // the inputs were really rounded
+    }
+
+    [Fact]
+    public void ResponseSliceReadsThePositionBeforeEachResponseToken()
+    {
+        using var _ = NewDisposeScope();
+        // prompts of 3 and 1 tokens (left-padded to P = 3), responses of 2 and 3 tokens (right-padded to A = 3)
+        using var exp = Experience.Build([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], padId: 0, CPU);
+        Assert.Equal(new long[] { 5, 6, 7, 9, 10, 0, 0, 0, 8, 11, 12, 13 }, exp.InputIds.data<long>().ToArray());
+        Assert.Equal(new long[] { 0, 1, 2, 3, 4, 0, 0, 0, 0, 1, 2, 3 }, exp.PositionIds.data<long>().ToArray());
+        // a per-position tensor holding 100·row + position: the slice is positions P − 1 + t = 2, 3, 4
+        var perPosition = (arange(2).unsqueeze(1) * 100 + arange(6).unsqueeze(0)).to_type(ScalarType.Float32);
+        Assert.Equal([2f, 3f, 4f, 102f, 103f, 104f], Flat(exp.ResponseSlice(perPosition)));
+        // …and with a trailing feature axis [B, S, V]
+        Assert.Equal([2f, 2f, 3f, 3f, 4f, 4f, 102f, 102f, 103f, 103f, 104f, 104f], Flat(exp.ResponseSlice(perPosition.unsqueeze(-1).expand(2, 6, 2))));
+        Assert.Equal([1f, 1f, 0f, 1f, 1f, 1f], Flat(exp.ResponseMask));
+    }
+
+    [Fact]
+    public void SlicedValuesAndLogProbsEqualThoseOfEachRowAlone()
+    {
+        using var _ = NewDisposeScope();
+        var cfg = TinyModels.Config();
+        using var critic = LlamaForSequenceClassification.Create(cfg, CPU, ScalarType.Float32, 5);
+        using var actor = TinyModels.Randomized(cfg, 6);
+        critic.eval();
+        int[][] prompts = [[3, 4, 5, 6], [7, 8]];
+        int[][] responses = [[9, 10], [11, 12, 13, 14]];
+        using var exp = Experience.Build(prompts, responses, padId: 0, CPU);
+        float[] values, logp;
+        using (no_grad())
+        {
+            values = Flat(exp.ResponseSlice(critic.Values(exp.InputIds, exp.AttentionMask, exp.PositionIds)));
+            logp = Flat(LogProbs.OfTokens(exp.ResponseSlice(actor.Forward(exp.InputIds, exp.AttentionMask, exp.PositionIds)), exp.Responses));
+        }
+        int a = (int)exp.Responses.shape[1];
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            long[] row = [.. prompts[i].Concat(responses[i]).Select(x => (long)x)];
+            using var ids = tensor(row, [1, row.Length]);
+            using var mask = ones_like(ids);
+            using var pos = arange(row.Length, dtype: ScalarType.Int64).unsqueeze(0);
+            float[] v, lp;
+            using (no_grad())
+            {
+                v = Flat(critic.Values(ids, mask, pos));                                   // [S_i]: V after each token
+                var logits = actor.Forward(ids, mask, pos);
+                lp = Flat(nn.functional.log_softmax(logits, -1));                     // [S_i · V]
+            }
+            for (int t = 0; t < responses[i].Length; t++)
+            {
+                int state = prompts[i].Length - 1 + t;                                // the token before response token t
+                Assert.Equal(v[state], values[i * a + t], 4);
+                Assert.Equal(lp[state * cfg.VocabSize + responses[i][t]], logp[i * a + t], 4);
+            }
+        }
+    }
+}
