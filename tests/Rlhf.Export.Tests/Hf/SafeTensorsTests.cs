@@ -71,6 +71,28 @@ public sealed class SafeTensorsTests : IDisposable
     }
 
     [Fact]
+    public void ReadsAndWritesHandWrittenBf16()
+    {
+        // bf16 is the top half of float32: 1.0 = 0x3F80, -2.0 = 0xC000, 0.5 = 0x3F00, 3.140625 = 0x4049 (little-endian bytes)
+        byte[] raw = [0x80, 0x3F, 0x00, 0xC0, 0x00, 0x3F, 0x49, 0x40];
+        float[] values = [1f, -2f, 0.5f, 3.140625f];
+        string path = Path.Combine(_dir, "b.safetensors");
+        WriteRaw(path, """{"b":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]}}""", raw);
+        var b = SafeTensors.Read(path)["b"];
+        Assert.Equal(ScalarType.BFloat16, b.dtype);
+        Assert.Equal(new long[] { 2, 2 }, b.shape);
+        Assert.Equal(values, b.to(ScalarType.Float32).data<float>().ToArray());
+        Assert.Equal(values, SafeTensors.Read(path, ScalarType.Float32)["b"].data<float>().ToArray());
+
+        // our writer produces the same bytes; π rounds to nearest even bf16 (0x40490FDB -> 0x4049)
+        string written = Path.Combine(_dir, "w.safetensors");
+        SafeTensors.Write(written, new Dictionary<string, Tensor> { ["b"] = torch.tensor(new[] { 1f, -2f, 0.5f, MathF.PI }).reshape(2, 2) }, ScalarType.BFloat16);
+        var bytes = File.ReadAllBytes(written);
+        int data = 8 + (int)BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+        Assert.Equal(raw, bytes[data..]);
+    }
+
+    [Fact]
     public void ChunkedCopyHandlesTensorsLargerThanOneChunk()
     {
         int old = SafeTensors.CopyChunkBytes;

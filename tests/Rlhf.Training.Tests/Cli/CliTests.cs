@@ -19,15 +19,95 @@ public sealed class CliTests
         finally { Console.SetOut(o); Console.SetError(e); }
     }
 
+    /// <summary>The names listed under "Commands:" in a help text (one per line, indented, then the description).</summary>
+    static string[] ListedCommands(string help) =>
+        [.. help[(help.IndexOf("Commands:", StringComparison.Ordinal) + 9)..].Split('\n')
+            .Select(l => System.Text.RegularExpressions.Regex.Match(l, @"^  (\S+)\s{2,}\S").Groups[1].Value).Where(n => n.Length > 0)];
+
     [Fact]
     public void HelpListsEveryCommand()
     {
+        // the ten commands of the README's table: eight top-level, `rm eval` and the three `bench` tools
         var (code, output, _) = Run("--help");
         Assert.Equal(0, code);
-        foreach (string c in new[] { "sft", "generate", "data" }) Assert.Contains(c, output);
+        Assert.Equal(["sft", "rm", "ppo", "pipeline", "generate", "data", "score", "export", "bench"], ListedCommands(output));
+        Assert.Equal(["eval"], ListedCommands(Run("rm", "--help").Out));
+        Assert.Equal(["export", "rollout", "rm"], ListedCommands(Run("bench", "--help").Out));
+
+        string[] stage = ["--config", "--set", "--out", "--device", "--threads", "--seed", "--resume", "--overwrite"];
         var (_, sftHelp, _) = Run("sft", "--help");
-        foreach (string o in new[] { "--config", "--set", "--out", "--device", "--resume", "--overwrite", "--init-from", "--train-file", "--skip-malformed" })
+        foreach (string o in stage.Concat(["--init-from", "--train-file", "--eval-file", "--skip-malformed", "--epochs", "--max-steps", "--lr", "--batch-size"]))
             Assert.Contains(o, sftHelp);
+        foreach (string c in new[] { "rm", "ppo", "pipeline" })
+        {
+            string help = Run(c, "--help").Out;
+            foreach (string o in stage) Assert.True(help.Contains(o, StringComparison.Ordinal), $"rlhf {c} --help lacks {o}");
+        }
+        foreach (string o in new[] { "--sft-from", "--rm-from" }) Assert.Contains(o, Run("pipeline", "--help").Out);
+        foreach (string o in new[] { "--engine", "--temperature", "--top-k", "--top-p", "--seed", "--max-new-tokens", "--prompt", "--prompts", "--gold" })
+            Assert.Contains(o, Run("generate", "--help").Out);
+        foreach (string o in new[] { "--kind", "--graph" }) Assert.Contains(o, Run("export", "--help").Out);
+    }
+
+    /// <summary>A tiny SFT config file (4 layers of settings apply on top of it in the tests below).</summary>
+    static string TinySftConfig(string dir, string extra = "")
+    {
+        string cfgFile = Path.Combine(dir, $"sft{Guid.NewGuid():N}.json");
+        File.WriteAllText(cfgFile, $$"""
+        { "model_config": {{System.Text.Json.JsonSerializer.Serialize(SftTrainerTests.TinyArchitecture())}}, "tokenizer_vocab_size": 300,
+          "batch_size": 8, "max_seq_len": 48, "eval_every": 100, "checkpoint_every": 0, "threads": 1, "sample_count": 0 {{extra}} }
+        """);
+        return cfgFile;
+    }
+
+    [Fact]
+    public void SkipMalformedSkipsAndCountsTheBadRows()
+    {
+        string dir = Directory.CreateTempSubdirectory().FullName;
+        string train = Path.Combine(dir, "train.csv");
+        var good = Enumerable.Range(0, 16).Select(i => $"review {i} says,the food was good number {i}.");
+        // 3 bad rows: an empty prompt, an empty response, a missing column
+        File.WriteAllLines(train, ["prompt,response", .. good.Take(5), ",no prompt", .. good.Skip(5).Take(6), "no response,", "one column only", .. good.Skip(11)]);
+        string outDir = Path.Combine(dir, "o");
+        var (code, stdout, err) = Run("sft", "--config", TinySftConfig(dir), "--out", outDir, "--train-file", train, "--skip-malformed", "--max-steps", "100");
+        Assert.True(code == 0, err);
+        Assert.Contains("SFT data: 16 train, 0 eval demonstrations (3 malformed rows skipped)", err);
+        Assert.Contains("\"steps\": 2", stdout);                              // 16 good rows / batch 8, one epoch
+        Assert.Contains("\"skip_malformed\": true", File.ReadAllText(Path.Combine(outDir, "sft_config.json")));
+
+        var (code2, _, err2) = Run("sft", "--config", TinySftConfig(dir), "--out", Path.Combine(dir, "o2"), "--train-file", train);
+        Assert.Equal(1, code2);
+        Assert.Contains($"{train}:7:", err2);                                      // without the flag: the first bad row, by line
+    }
+
+    [Fact]
+    public void ConfigLayersDefaultsFileSetTypedAndTheWrittenConfig()
+    {
+        string dir = Directory.CreateTempSubdirectory().FullName;
+        Assert.Equal(0, Run("data", "--out", dir, "--format", "csv", "--sft-train", "16", "--sft-eval", "4").Code);
+        // file: lr, decay, warmup_steps, out; --set: lr (over the file), weight_decay, out; typed: --lr and --out win over both
+        string file = TinySftConfig(dir, $$""", "lr": 0.01, "decay": "linear", "warmup_steps": 3, "out": {{System.Text.Json.JsonSerializer.Serialize(Path.Combine(dir, "from-file"))}}""");
+        string outDir = Path.Combine(dir, "typed");
+        var (code, _, err) = Run("sft", "--config", file, "--set", "lr=0.02", "--set", "weight_decay=0.25", "--set", $"out=\"{Path.Combine(dir, "from-set")}\"",
+            "--lr", "0.005", "--out", outDir, "--train-file", Path.Combine(dir, "sft_train.csv"), "--max-steps", "1");
+        Assert.True(code == 0, err);
+        Assert.False(Directory.Exists(Path.Combine(dir, "from-file")));
+        Assert.False(Directory.Exists(Path.Combine(dir, "from-set")));
+
+        var written = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "sft_config.json")))!.AsObject();
+        Assert.Equal(0.005, written["lr"]!.GetValue<double>());                   // typed > --set > file
+        Assert.Equal(0.25, written["weight_decay"]!.GetValue<double>());          // --set > default
+        Assert.Equal("linear", written["decay"]!.GetValue<string>());             // file > default
+        Assert.Equal(3, written["warmup_steps"]!.GetValue<int>());
+        Assert.Equal(1, written["max_steps"]!.GetValue<int>());
+        Assert.Equal(outDir, written["out"]!.GetValue<string>());
+        var defaults = new Rlhf.Training.Sft.SftConfig();
+        Assert.Equal(defaults.Beta2, written["beta2"]!.GetValue<double>());     // untouched keys keep their defaults
+        Assert.Equal(defaults.GradClip, written["grad_clip"]!.GetValue<double>());
+
+        // the written config is a complete config file: it reproduces the run's settings
+        var back = Rlhf.Training.Common.ConfigLoader.Load<Rlhf.Training.Sft.SftConfig>(Path.Combine(outDir, "sft_config.json"), []);
+        Assert.Equal(System.Text.Json.Nodes.JsonNode.Parse(Rlhf.Training.Common.ConfigLoader.ToJson(back))!.ToJsonString(), written.ToJsonString());
     }
 
     [Fact]

@@ -87,4 +87,31 @@ public sealed class GenerationTests
         Assert.All(picks, x => Assert.Contains(x, new long[] { 1, 2, 5 }));
         Assert.Equal(Enumerable.Repeat(1L, 64), Sampling.Next(l, 0, 0, 1.0, null).data<long>().ToArray());
     }
+
+    /// <summary>Draws <paramref name="n"/> tokens from one row of logits and returns the frequency of each id.</summary>
+    static double[] Frequencies(float[] logits, int n, double temperature, int topK, double topP, ulong seed)
+    {
+        using var gen = new torch.Generator(seed, torch.CPU);
+        var l = torch.tensor(logits).unsqueeze(0).expand(n, -1).contiguous();
+        var counts = new double[logits.Length];
+        foreach (long t in Sampling.Next(l, temperature, topK, topP, gen).data<long>().ToArray()) counts[t]++;
+        return [.. counts.Select(c => c / n)];
+    }
+
+    [Fact]
+    public void SampledFrequenciesMatchTheRenormalisedDistribution()
+    {
+        const int N = 40_000;   // binomial sd ≤ 0.0025: tolerance 0.01 is 4 sd
+        // T = 0.5, top-3 of [0, 1, 2, 3, 1.5]: logits/T = [0, 2, 4, 6, 3]; kept ids 3, 2, 4 with e^6, e^4, e^3 renormalised
+        double z = Math.Exp(6) + Math.Exp(4) + Math.Exp(3);
+        double[] expected = [0, 0, Math.Exp(4) / z, Math.Exp(6) / z, Math.Exp(3) / z];   // 0, 0, 0.1142, 0.8438, 0.0420
+        var f = Frequencies([0f, 1f, 2f, 3f, 1.5f], N, 0.5, 3, 1.0, 11);
+        for (int i = 0; i < 5; i++) Assert.True(Math.Abs(expected[i] - f[i]) < 0.01, $"top-k: id {i} drawn {f[i]:F4}, expected {expected[i]:F4}");
+
+        // T = 1, top-p 0.81 over probabilities [0.3, 0.05, 0.5, 0.15]: nucleus {2, 0, 3} (0.5 + 0.3 < 0.81), mass 0.95
+        double[] p = [0.3, 0.05, 0.5, 0.15];
+        expected = [0.3 / 0.95, 0, 0.5 / 0.95, 0.15 / 0.95];
+        f = Frequencies([.. p.Select(x => (float)Math.Log(x))], N, 1.0, 0, 0.81, 12);
+        for (int i = 0; i < 4; i++) Assert.True(Math.Abs(expected[i] - f[i]) < 0.01, $"top-p: id {i} drawn {f[i]:F4}, expected {expected[i]:F4}");
+    }
 }

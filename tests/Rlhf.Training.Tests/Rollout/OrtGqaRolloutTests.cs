@@ -9,19 +9,10 @@ namespace Rlhf.Training.Tests.Rollout;
 
 /// <summary>
 /// The engine on the GroupQueryAttention graph (right padding, contiguous rows, shared past/present KV buffers bound
-/// with OrtIoBinding) and weight sync with packed q/k/v. The graph comes from the export branch; until
-/// <c>Rlhf.Export.Onnx.LlamaContribGraph</c> is present the test has nothing to check and returns.
+/// with OrtIoBinding) and weight sync with packed q/k/v.
 /// </summary>
 public sealed class OrtGqaRolloutTests
 {
-    static bool TryExportGqa(ModelConfig cfg, Dictionary<string, Tensor> weights, string dir)
-    {
-        var graph = typeof(LlamaGraph).Assembly.GetType("Rlhf.Export.Onnx.LlamaContribGraph");
-        var export = graph?.GetMethod("Export");
-        if (export is null) return false;
-        export.Invoke(null, [cfg, weights, dir, "model.onnx", GraphBuilder.DefaultOpset]);
-        return true;
-    }
 
     [Theory]
     [InlineData(true)]
@@ -33,7 +24,7 @@ public sealed class OrtGqaRolloutTests
         string dir = Path.Combine(Path.GetTempPath(), $"rlhf-gqa-{Guid.NewGuid():N}");
         try
         {
-            if (!TryExportGqa(cfg, m.state_dict(), dir)) return;
+            LlamaContribGraph.Export(cfg, m.state_dict(), dir);
             long[][] prompts = [[1, 5, 9, 12, 7], [1, 30], [1, 4, 4, 8, 16, 23, 42, 3], [1]];
             var torchOut = Generation.Generate(m, prompts, new GenerationOptions { MaxNewTokens = 12, Temperature = 0, EosTokenIds = [2], PadTokenId = 0 });
             using var engine = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = 2, EosTokenIds = [2], PadTokenId = 0, ShareKvBuffer = shareKvBuffer });

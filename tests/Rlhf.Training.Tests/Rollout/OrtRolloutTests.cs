@@ -70,7 +70,10 @@ public sealed class OrtRolloutTests : IDisposable
         using var a = TinyModels.Randomized(cfg, 1);
         using var engine = RolloutEngine.Load(Export(a), new RolloutEngineOptions { Threads = 1 });
         var bad = new Dictionary<string, WeightBuffer> { ["model.norm.weight"] = new("model.norm.weight", [3], new float[3]) };
-        Assert.ThrowsAny<Exception>(() => engine.UpdateWeights(bad));
+        var e = Assert.Throws<ArgumentException>(() => engine.UpdateWeights(bad));
+        Assert.Contains("'model.norm.weight' has shape [3], the graph stores [32]", e.Message);
+        var unknown = new Dictionary<string, WeightBuffer> { ["model.nope.weight"] = new("model.nope.weight", [3], new float[3]) };
+        Assert.Contains("'model.nope.weight' is not an initializer of the graph", Assert.Throws<ArgumentException>(() => engine.UpdateWeights(unknown)).Message);
         int[] ids = [1, 2, 3];
         using var refA = TinyModels.RowLogits(a, [1, 2, 3]);
         Assert.True(MaxDiff(engine.Logits(ids), refA) <= 1e-4f);   // the old session is still in place

@@ -148,17 +148,25 @@ public sealed class BpeTrainerTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
-    public void TrainsA2048VocabularyOnAMegabyteQuickly()
+    public void TrainsA2048VocabularyOnAMegabyte()
     {
+        // Speed is not asserted here (timing belongs in a benchmark); the elapsed time is only printed.
         string[] corpus = [.. Corpus(20_000)];
         long bytes = corpus.Sum(s => (long)System.Text.Encoding.UTF8.GetByteCount(s));
         var sw = Stopwatch.StartNew();
         ByteLevelBpe bpe = BpeTrainer.Train(corpus, new BpeTrainerOptions { VocabSize = 2048 });
-        sw.Stop();
         output.WriteLine($"trained {bpe.VocabSize} tokens on {corpus.Length} texts, {bytes / 1e6:F2} MB, in {sw.Elapsed.TotalSeconds:F2} s");
         Assert.Equal(2048, bpe.VocabSize);
         Assert.True(bytes > 900_000, $"corpus is {bytes} bytes");
-        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(30), $"training took {sw.Elapsed}");
+        Assert.Equal(2048 - ByteLevelBpe.FirstMergeId, bpe.Merges.Count);
+        for (int i = 0; i < bpe.Merges.Count; i++)         // merge i makes token FirstMergeId + i from its two parts
+            Assert.Equal(bpe.Tokens[bpe.Merges[i].Left] + bpe.Tokens[bpe.Merges[i].Right], bpe.Tokens[ByteLevelBpe.FirstMergeId + i]);
+        foreach (string text in corpus.Take(200))
+        {
+            int[] ids = bpe.Encode(text);
+            Assert.Equal(text, bpe.Decode(ids));
+            Assert.True(ids.Length < System.Text.Encoding.UTF8.GetByteCount(text), text);   // merges compress
+        }
     }
 
     [Fact]
