@@ -15,8 +15,6 @@ public sealed record GenAiEngineOptions
     public int Threads { get; init; }
     /// <summary>Most rows per generator (GenAI's compile-time limit is <see cref="GenAiRolloutEngine.MaxGeneratorBatch"/>).</summary>
     public int MaxBatchSize { get; init; } = GenAiRolloutEngine.MaxGeneratorBatch;
-    /// <summary>Tokens that end a response; null = genai_config.json's eos_token_id, else the tokenizer's EOS.</summary>
-    public IReadOnlyList<int>? EosTokenIds { get; init; }
 }
 
 /// <summary>
@@ -74,7 +72,12 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
         Tokenizer = tokenizer;
         var (vocab, eos, pad) = ReadGenAiConfig(folder);
         _vocab = vocab;
-        _eos = options.EosTokenIds is { } e ? [.. e] : eos.Length > 0 ? eos : tokenizer?.EosId is int te ? [te] : [];
+        // GenAI ends a row at genai_config.json's eos_token_id (and pads it afterwards); an overlay adds to that list
+        // rather than replacing it, so the folder's list is the one EOS set both sides use.
+        _eos = eos;
+        if (_eos.Length == 0)
+            throw new InvalidDataException($"{Path.Combine(folder, "genai_config.json")} has no model.eos_token_id; GenAI needs one to end rows " +
+                                           "(our engine, --engine ort, can run without one).");
         _pad = pad;
         _weightInputs = WeightInputs(modelFile);
         _config = new Config(folder);
@@ -98,7 +101,7 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
     /// <summary>The tokenizer used for text prompts, response text and stop strings (null: ids only).</summary>
     public TextTokenizer? Tokenizer { get; }
 
-    /// <summary>Tokens that end a response.</summary>
+    /// <summary>Tokens that end a response: genai_config.json's <c>eos_token_id</c>.</summary>
     public IReadOnlyList<int> EosTokenIds => _eos;
 
     /// <summary>The id prompts are padded with (genai_config.json's <c>pad_token_id</c>).</summary>

@@ -102,7 +102,7 @@ internal static class GenerateCommand
                     }
                     using IRolloutService rollout = engine == "ort"
                         ? RolloutEngine.Load(onnx, new RolloutEngineOptions { Threads = s.Threads, EosTokenIds = eos, PadTokenId = tokenizer.PadId ?? 0 }, tokenizer)
-                        : GenAiRolloutEngine.Load(onnx, new GenAiEngineOptions { Threads = s.Threads, EosTokenIds = eos }, tokenizer);
+                        : GenAiRolloutEngine.Load(onnx, new GenAiEngineOptions { Threads = s.Threads }, tokenizer);   // EOS: genai_config.json
                     var sampling = new SamplingOptions
                     {
                         Temperature = (float)s.Temperature, TopK = s.TopK, TopP = (float)s.TopP, MaxNewTokens = s.MaxNewTokens, Seed = (ulong)s.Seed,

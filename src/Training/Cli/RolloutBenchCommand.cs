@@ -190,16 +190,18 @@ internal static class RolloutBenchCommand
         try
         {
             ExportStage.ExportPolicy(model, inputsDir, graph, new ExportOptions { Overwrite = true, Weights = WeightPlacement.Inputs }, parity: false);
-            using var ours = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = nThreads, EosTokenIds = [], PadTokenId = 0, MaxBatchSize = batches.Max() });
-            using var genai = GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { Threads = nThreads, EosTokenIds = [] });
-            using var fed = GenAiRolloutEngine.Load(inputsDir, new GenAiEngineOptions { Threads = nThreads, EosTokenIds = [] });
+            // GenAI ends rows at the folder's EOS ids: both engines use them, and tokens/s counts the tokens actually generated.
+            using var genai = GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { Threads = nThreads });
+            using var fed = GenAiRolloutEngine.Load(inputsDir, new GenAiEngineOptions { Threads = nThreads });
+            int[] eos = [.. genai.EosTokenIds];
+            using var ours = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = nThreads, EosTokenIds = eos, PadTokenId = 0, MaxBatchSize = batches.Max() });
             var sw = Stopwatch.StartNew();
             var snapshot = OrtWeights.From(model, packedQkv: graph == GraphKind.ContribGqa);
             double snapMs = sw.Elapsed.TotalMilliseconds;
             double feedMs = fed.UpdateWeights(snapshot.Buffers, snapshot).TotalMilliseconds;
             figures[keyPrefix + "sync_seconds.genai"] = (snapMs + feedMs) / 1000;
 
-            w.WriteLine($"engines (tokens/s; GenAI runs chunks of <= {GenAiRolloutEngine.MaxGeneratorBatch}; 'GenAI fed' = weights as graph inputs, the PPO path):");
+            w.WriteLine($"engines (generated tokens/s, EOS {string.Join(",", eos)}; GenAI runs chunks of <= {GenAiRolloutEngine.MaxGeneratorBatch}; 'GenAI fed' = weights as graph inputs, the PPO path):");
             w.WriteLine($"{"batch",5} | {"ours greedy",11} {"GenAI greedy",12} {"ratio",6} | {"ours T=1",9} {"GenAI T=1",9} {"ratio",6} | {"GenAI fed T=1",13} {"ratio",6}");
             var rng = new Random(11);
             foreach (int b in batches)
@@ -210,14 +212,14 @@ internal static class RolloutBenchCommand
                 {
                     var requests = prompts.Select((p, i) => RolloutRequest.FromIds(p, o with { Seed = (ulong)i })).ToList();
                     e.Generate([.. requests.Take(Math.Min(b, 4)).Select(q => q with { Sampling = o with { MaxNewTokens = 4 } })]);   // warm-up
-                    double best = double.MaxValue;
+                    double best = 0;
                     for (int k = 0; k < repeats; k++)
                     {
                         var t = Stopwatch.StartNew();
-                        e.Generate(requests);
-                        best = Math.Min(best, t.Elapsed.TotalSeconds);
+                        int tokens = e.Generate(requests).Sum(x => x.ResponseIds.Length);
+                        best = Math.Max(best, tokens / t.Elapsed.TotalSeconds);
                     }
-                    return b * newTokens / best;
+                    return best;
                 }
                 var greedy = new SamplingOptions { Temperature = 0f, MaxNewTokens = newTokens };
                 var sample = new SamplingOptions { Temperature = 1f, MaxNewTokens = newTokens };

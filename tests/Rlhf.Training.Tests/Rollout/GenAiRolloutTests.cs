@@ -181,6 +181,11 @@ public sealed class GenAiRolloutTests : IDisposable
             if (s.IsGreedy) Assert.Equal(o[i].ResponseIds, g[i].ResponseIds);
         }
         Assert.Throws<ArgumentException>(() => GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { MaxBatchSize = 33 }));
+
+        // GenAI ends rows at genai_config.json's EOS ids: without one it refuses the folder.
+        string cfgPath = Path.Combine(dir, "genai_config.json");
+        File.WriteAllText(cfgPath, File.ReadAllText(cfgPath).Replace("\"eos_token_id\": 2,", "", StringComparison.Ordinal));
+        Assert.Contains("eos_token_id", Assert.Throws<InvalidDataException>(() => GenAiRolloutEngine.Load(dir)).Message);
         var padInPrompt = Assert.Throws<ArgumentException>(() => genai.Generate([RolloutRequest.FromIds([1, 0, 5], Greedy())]));
         Assert.Contains("pad id 0", padInPrompt.Message);
     }

@@ -18,7 +18,7 @@ public sealed class RolloutBenchTests
         Assert.Contains("weight sync: in-memory", text);
         Assert.Contains("padding, plain graph (batch 2", text);
         Assert.Contains("peak RSS", text);
-        Assert.Contains("engines (tokens/s", text);
+        Assert.Contains("engines (generated tokens/s", text);
         Assert.Contains("weight sync: GenAI fed", text);
         foreach (string engine in new[] { "ort", "genai" })
             foreach (string mode in new[] { "greedy", "sample" })
