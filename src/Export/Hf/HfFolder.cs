@@ -117,7 +117,7 @@ public static class HfFolder
                 written.Add(file);
             }
             var index = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = total }, ["weight_map"] = weightMap };
-            WriteTextAtomically(Path.Combine(folder, IndexFile), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+            AtomicFile.WriteAllText(Path.Combine(folder, IndexFile), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
             written.Add(IndexFile);
         }
         RemoveStaleWeights(folder, written);
@@ -133,14 +133,6 @@ public static class HfFolder
             bool isWeights = name == IndexFile || (name.StartsWith("model", StringComparison.Ordinal) && name.EndsWith(".safetensors", StringComparison.Ordinal));
             if (isWeights && !keepSet.Contains(name)) File.Delete(f);
         }
-    }
-
-    /// <summary>Writes a text file through a temporary file and a rename.</summary>
-    public static void WriteTextAtomically(string path, string text)
-    {
-        string tmp = path + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
-        File.WriteAllText(tmp, text);
-        File.Move(tmp, path, overwrite: true);
     }
 
     /// <summary>

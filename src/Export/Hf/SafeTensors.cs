@@ -249,31 +249,18 @@ public static class SafeTensors
         var json = Encoding.UTF8.GetBytes(header.ToJsonString());
         int padded = (json.Length + 7) / 8 * 8;
 
-        string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (dir is not null) Directory.CreateDirectory(dir);
-        string tmp = path + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
-        try
+        AtomicFile.WriteStream(path, fs =>
         {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+            fs.Write(BitConverter.GetBytes((ulong)padded));
+            fs.Write(json);
+            for (int i = json.Length; i < padded; i++) fs.WriteByte((byte)' ');
+            for (int i = 0; i < names.Count; i++)
             {
-                fs.Write(BitConverter.GetBytes((ulong)padded));
-                fs.Write(json);
-                for (int i = json.Length; i < padded; i++) fs.WriteByte((byte)' ');
-                for (int i = 0; i < names.Count; i++)
-                {
-                    using var scope = torch.NewDisposeScope();
-                    var c = tensors[names[i]].detach().to(stored[i]).cpu().contiguous();
-                    WriteTensor(fs, c);
-                }
-                fs.Flush(flushToDisk: true);
+                using var scope = torch.NewDisposeScope();
+                var c = tensors[names[i]].detach().to(stored[i]).cpu().contiguous();
+                WriteTensor(fs, c);
             }
-            File.Move(tmp, path, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(tmp); } catch (IOException) { }
-            throw;
-        }
+        }, bufferSize: 1 << 20);
         return offset;
     }
 

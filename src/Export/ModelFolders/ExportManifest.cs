@@ -65,7 +65,7 @@ public sealed record ExportManifest
 
     /// <summary>Writes the manifest into <paramref name="folder"/> (temp file + rename).</summary>
     public void Save(string folder) =>
-        Hf.HfFolder.WriteTextAtomically(Path.Combine(folder, FileName), JsonSerializer.Serialize(this, Json) + "\n");
+        AtomicFile.WriteAllText(Path.Combine(folder, FileName), JsonSerializer.Serialize(this, Json) + "\n");
 
     /// <summary>Hex SHA-256 of a byte string (the config hash is of the config.json file's bytes).</summary>
     public static string Sha256(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(SHA256.HashData(bytes));

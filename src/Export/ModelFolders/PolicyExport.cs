@@ -61,7 +61,7 @@ public static class PolicyExport
             };
             if (options.Weights == WeightPlacement.Inputs) builder.WeightsToInputs();
             saved = builder.Save(tmp, ModelFile);
-            HfFolder.WriteTextAtomically(Path.Combine(tmp, GenAiConfigFile),
+            AtomicFile.WriteAllText(Path.Combine(tmp, GenAiConfigFile),
                 GenAiConfig.Build(cfg, graph, ModelFile).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
             tok = options.TokenizerFolder is string tf ? ModelFolderWriter.CopyTokenizer(tf, tmp) : [];
             manifest = NewManifest(cfg, options, ModelKind.Policy, graph, saved, sw.Elapsed.TotalSeconds);

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text;
+using Rlhf.Export;
 using Rlhf.Inference.Reward;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;

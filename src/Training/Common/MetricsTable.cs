@@ -1,5 +1,6 @@
 using System.Globalization;
 using CsvHelper;
+using Rlhf.Export;
 
 namespace Rlhf.Training.Common;
 

@@ -1,4 +1,5 @@
 using ScottPlot;
+using Rlhf.Export;
 
 namespace Rlhf.Training.Common;
 

@@ -1,20 +1,16 @@
 namespace Rlhf.Training.Common;
 
-/// <summary>SplitMix64 (Steele, Lea, Flood 2014; the seeding generator of xoshiro). Written out here, not
-/// System.Random, so data and data orders are the same on every .NET version and machine.</summary>
+/// <summary>SplitMix64 (Steele, Lea, Flood 2014; the seeding generator of xoshiro) as a stream of data-generation
+/// draws, not System.Random, so data and data orders are the same on every .NET version and machine. The step itself is
+/// <see cref="Inference.Rollout.Rng.SplitMix64"/>, the project's one copy (the rollout engine seeds xoshiro256** with it).</summary>
 public sealed class Rng
 {
     ulong _state;
 
     public Rng(ulong seed) => _state = seed;
 
-    public ulong NextU64()
-    {
-        ulong z = _state += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
+    /// <summary>Next 64 bits: x ← x + γ, return mix(x).</summary>
+    public ulong NextU64() => Inference.Rollout.Rng.SplitMix64(ref _state);
 
     /// <summary>Uniform in [0, 1) with 53 random bits.</summary>
     public double NextDouble() => (NextU64() >> 11) * (1.0 / (1UL << 53));
@@ -54,11 +50,6 @@ public sealed class Rng
         return Mix(seed ^ Mix(h));
     }
 
-    public static ulong Mix(ulong x)
-    {
-        x += 0x9E3779B97F4A7C15UL;
-        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9UL;
-        x = (x ^ (x >> 27)) * 0x94D049BB133111EBUL;
-        return x ^ (x >> 31);
-    }
+    /// <summary>One SplitMix64 output for state <paramref name="x"/>: mix(x + γ), a bijective hash of a 64-bit seed.</summary>
+    public static ulong Mix(ulong x) => Inference.Rollout.Rng.SplitMix64(ref x);
 }

@@ -1,3 +1,5 @@
+using Rlhf.Export;
+
 namespace Rlhf.Training.Common;
 
 /// <summary>The tokenizer files a Hugging Face model folder may hold, copied along with weights.</summary>

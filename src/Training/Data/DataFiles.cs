@@ -83,7 +83,7 @@ public static class DataFiles
     /// <summary>Writes plain text, one line per item (e.g. a tokenizer corpus), atomically. Items must not contain
     /// line breaks.</summary>
     public static void WriteLines(string path, IEnumerable<string> lines) =>
-        WriteAtomic(path, stream =>
+        Rlhf.Export.AtomicFile.WriteStream(path, stream =>
         {
             using var w = new StreamWriter(stream, new UTF8Encoding(false), bufferSize: -1, leaveOpen: true);
             foreach (string line in lines)
@@ -223,7 +223,7 @@ public static class DataFiles
     {
         ArgumentNullException.ThrowIfNull(records);
         DataFormat format = FormatOf(path);
-        WriteAtomic(path, stream =>
+        Rlhf.Export.AtomicFile.WriteStream(path, stream =>
         {
             if (format == DataFormat.Csv)
             {
@@ -245,29 +245,6 @@ public static class DataFiles
                 }
             }
         });
-    }
-
-    /// <summary>Writes through a temporary file next to <paramref name="path"/> and renames it over the target, so
-    /// readers never see a half-written file.</summary>
-    static void WriteAtomic(string path, Action<Stream> write)
-    {
-        string full = Path.GetFullPath(path);
-        string folder = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(folder);
-        string temp = Path.Combine(folder, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
-            {
-                write(stream);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temp, full, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-        }
     }
 
     // ---- schemas ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Rlhf.Export;
 using Rlhf.Training.Common;
 using Rlhf.Training.Ppo;
 using Rlhf.Training.RewardModel;

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using Rlhf.Export;
 using Rlhf.Training.Common;
 using ScottPlot;
 

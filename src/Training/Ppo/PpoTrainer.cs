@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Rlhf.Export;
 using Rlhf.Inference.Reward;
 using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Services;

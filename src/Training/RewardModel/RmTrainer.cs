@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using Rlhf.Export;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;

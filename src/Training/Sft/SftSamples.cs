@@ -1,3 +1,4 @@
+using Rlhf.Export;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using Rlhf.Export.Hf;
+using Rlhf.Export;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;

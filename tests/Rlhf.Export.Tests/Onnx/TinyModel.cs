@@ -10,21 +10,7 @@ namespace Rlhf.Export.Tests.Onnx;
 static class TinyModel
 {
     /// <summary>V=50, H=32, 2 layers, 4 heads, 2 kv heads (GQA), intermediate 64; variants: llama, qwen2 (q/k/v bias), llama_bias (q/k/v/o bias), tied, mha.</summary>
-    public static ModelConfig Config(string variant) => new()
-    {
-        ModelType = variant == "qwen2" ? "qwen2" : "llama",
-        VocabSize = 50,
-        HiddenSize = 32,
-        IntermediateSize = 64,
-        NumHiddenLayers = 2,
-        NumAttentionHeads = 4,
-        NumKeyValueHeads = variant == "mha" ? 4 : 2,
-        MaxPositionEmbeddings = 64,
-        RopeTheta = 10000.0,
-        RmsNormEps = 1e-6,
-        TieWordEmbeddings = variant == "tied",
-        AttentionBias = variant == "llama_bias",
-    };
+    public static ModelConfig Config(string variant) => Rlhf.Tests.Shared.TinyLlama.Config(variant, maxPositions: 64);
 
     /// <summary>Random weights with HF names and shapes (randn·0.1; norms 1 + randn·0.1), seeded.</summary>
     public static Dictionary<string, Tensor> Weights(ModelConfig cfg, IReadOnlyDictionary<string, long[]> shapes, int seed)

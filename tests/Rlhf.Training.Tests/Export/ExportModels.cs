@@ -13,24 +13,8 @@ internal static class ExportModels
     /// V=96, H=64, 4 heads of D=16, 2 KV heads (GQA), FFN 128, 2 layers. Variants: llama, qwen2 (q/k/v bias),
     /// llama_bias (attention_bias: q/k/v/o bias), tied (tied embeddings), mha (4 KV heads), mistral.
     /// </summary>
-    public static ModelConfig Config(string variant) => new()
-    {
-        ModelType = variant switch { "qwen2" => "qwen2", "mistral" => "mistral", _ => "llama" },
-        VocabSize = 96,
-        HiddenSize = 64,
-        IntermediateSize = 128,
-        NumHiddenLayers = 2,
-        NumAttentionHeads = 4,
-        NumKeyValueHeads = variant == "mha" ? 4 : 2,
-        MaxPositionEmbeddings = 64,
-        RopeTheta = 10000.0,
-        RmsNormEps = 1e-6,
-        TieWordEmbeddings = variant == "tied",
-        AttentionBias = variant == "llama_bias",
-        EosTokenIds = [2],
-        BosTokenId = 1,
-        PadTokenId = 0,
-    };
+    public static ModelConfig Config(string variant) =>
+        Rlhf.Tests.Shared.TinyLlama.Config(variant, headDim: 16, vocab: 96, maxPositions: 64, bos: true);
 
     /// <summary>Causal LM, every parameter random (biases and norms too), eval mode.</summary>
     public static LlamaForCausalLM Policy(string variant, long seed = 5) => TinyModels.Randomized(Config(variant), seed);

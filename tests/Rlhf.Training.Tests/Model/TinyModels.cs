@@ -9,23 +9,8 @@ namespace Rlhf.Training.Tests.Model;
 internal static class TinyModels
 {
     /// <summary>V=50, H=32, 4 heads (D=8), 2 kv heads, intermediate 64.</summary>
-    public static ModelConfig Config(string type = "llama", bool tied = false, int layers = 2, bool attentionBias = false) => new()
-    {
-        ModelType = type,
-        VocabSize = 50,
-        HiddenSize = 32,
-        IntermediateSize = 64,
-        NumHiddenLayers = layers,
-        NumAttentionHeads = 4,
-        NumKeyValueHeads = 2,
-        MaxPositionEmbeddings = 128,
-        RopeTheta = 10000.0,
-        RmsNormEps = 1e-6,
-        TieWordEmbeddings = tied,
-        AttentionBias = attentionBias,
-        EosTokenIds = [2],
-        PadTokenId = 0,
-    };
+    public static ModelConfig Config(string type = "llama", bool tied = false, int layers = 2, bool attentionBias = false) =>
+        Rlhf.Tests.Shared.TinyLlama.Config(type, layers: layers, tied: tied, attentionBias: attentionBias);
 
     /// <summary>A model in eval mode whose every parameter (biases and norms too) is random, so nothing hides behind zeros/ones.</summary>
     public static LlamaForCausalLM Randomized(ModelConfig cfg, long seed)

@@ -24,7 +24,7 @@ internal static class HfTokenizerFiles
         Directory.CreateDirectory(folder);
         WriteAtomic(Path.Combine(folder, "tokenizer.json"), w => WriteTokenizerJson(bpe, w));
         WriteAtomic(Path.Combine(folder, "vocab.json"), w => WriteVocab(bpe, w));
-        WriteAtomicText(Path.Combine(folder, "merges.txt"), MergesText(bpe));
+        Rlhf.Export.AtomicFile.WriteAllText(Path.Combine(folder, "merges.txt"), MergesText(bpe));
         WriteAtomic(Path.Combine(folder, "tokenizer_config.json"), w => WriteTokenizerConfig(bpe, w));
         WriteAtomic(Path.Combine(folder, "special_tokens_map.json"), w => WriteSpecialTokensMap(bpe, w));
     }
@@ -158,26 +158,7 @@ internal static class HfTokenizerFiles
             write(w);
         }
         buffer.WriteByte((byte)'\n');
-        WriteAtomicBytes(path, buffer.ToArray());
+        Rlhf.Export.AtomicFile.WriteAllBytes(path, buffer.ToArray());
     }
 
-    private static void WriteAtomicText(string path, string text) =>
-        WriteAtomicBytes(path, new UTF8Encoding(encoderShouldEmitUTF8Identifier: false).GetBytes(text));
-
-    private static void WriteAtomicBytes(string path, byte[] bytes)
-    {
-        string tmp = path + ".tmp-" + Guid.NewGuid().ToString("N");
-        try
-        {
-            File.WriteAllBytes(tmp, bytes);
-            File.Move(tmp, path, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(tmp))
-            {
-                File.Delete(tmp);
-            }
-        }
-    }
 }

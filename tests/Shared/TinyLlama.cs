@@ -1,0 +1,33 @@
+using Rlhf.Export.Hf;
+
+namespace Rlhf.Tests.Shared;
+
+/// <summary>
+/// The tiny Llama-family architecture every test project builds its models from (linked into each test project):
+/// 4 attention heads of <c>headDim</c>, 2 KV heads (grouped-query) unless <c>mha</c>, FFN 2·H, 2 layers.
+/// Variants: llama, qwen2 (q/k/v bias), llama_bias (attention_bias: q/k/v/o bias), tied (tied embeddings),
+/// mha (4 KV heads), mistral.
+/// </summary>
+internal static class TinyLlama
+{
+    /// <summary>H = 4·<paramref name="headDim"/>; special tokens pad 0, BOS 1 (when asked), EOS 2.</summary>
+    public static ModelConfig Config(string variant = "llama", int headDim = 8, int vocab = 50, int layers = 2, int maxPositions = 128,
+                                     bool tied = false, bool attentionBias = false, bool bos = false) => new()
+    {
+        ModelType = variant switch { "qwen2" => "qwen2", "mistral" => "mistral", _ => "llama" },
+        VocabSize = vocab,
+        HiddenSize = 4 * headDim,
+        IntermediateSize = 8 * headDim,
+        NumHiddenLayers = layers,
+        NumAttentionHeads = 4,
+        NumKeyValueHeads = variant == "mha" ? 4 : 2,
+        MaxPositionEmbeddings = maxPositions,
+        RopeTheta = 10000.0,
+        RmsNormEps = 1e-6,
+        TieWordEmbeddings = tied || variant == "tied",
+        AttentionBias = attentionBias || variant == "llama_bias",
+        EosTokenIds = [2],
+        BosTokenId = bos ? 1 : null,
+        PadTokenId = 0,
+    };
+}
