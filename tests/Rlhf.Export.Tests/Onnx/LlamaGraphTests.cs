@@ -241,7 +241,8 @@ public class LlamaGraphTests(ITestOutputHelper output)
 
             // The weights really come from the data file: without it the model does not load.
             File.Move(saved.DataPath!, saved.DataPath + ".moved");
-            Assert.ThrowsAny<Exception>(() => new OrtModel(saved.ModelPath).Dispose());
+            var missing = Assert.ThrowsAny<Microsoft.ML.OnnxRuntime.OnnxRuntimeException>(() => new OrtModel(saved.ModelPath).Dispose());
+            Assert.Contains(Path.GetFileName(saved.DataPath!), missing.Message);
         }
         finally { Directory.Delete(dir, true); }
     }

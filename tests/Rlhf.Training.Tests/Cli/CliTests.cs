@@ -49,7 +49,7 @@ public sealed class CliTests
         foreach (string o in new[] { "--kind", "--graph" }) Assert.Contains(o, Run("export", "--help").Out);
     }
 
-    /// <summary>A tiny SFT config file (4 layers of settings apply on top of it in the tests below).</summary>
+    /// <summary>Writes a tiny SFT config file (the file layer of the settings; <paramref name="extra"/> adds keys) and returns its path.</summary>
     static string TinySftConfig(string dir, string extra = "")
     {
         string cfgFile = Path.Combine(dir, $"sft{Guid.NewGuid():N}.json");
