@@ -73,6 +73,7 @@ internal static class RolloutBenchCommand
         for (int ci = 0; ci < configs.Count; ci++)
         {
             var (name, cfg) = configs[ci];
+            if (cfg.EosTokenIds is not { Count: > 0 }) cfg = cfg with { EosTokenIds = [2] };   // an EOS id distinct from padding (GenAI needs one)
             string keyPrefix = ci == 0 ? "" : "large.";
             using var model = LlamaForCausalLM.Create(cfg, CPU, ScalarType.Float32, 1234);
             model.eval();
