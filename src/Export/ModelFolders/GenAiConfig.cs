@@ -75,21 +75,4 @@ public static class GenAiConfig
         };
         return new JsonObject { ["model"] = model, ["search"] = search };
     }
-
-    /// <summary>Every key path GenAI accepts that <see cref="Build"/> may write (pinned by a test).</summary>
-    public static readonly IReadOnlySet<string> AcceptedKeys = new HashSet<string>(StringComparer.Ordinal)
-    {
-        "model", "model.bos_token_id", "model.context_length", "model.decoder", "model.decoder.session_options",
-        "model.decoder.session_options.log_id", "model.decoder.session_options.provider_options", "model.decoder.filename",
-        "model.decoder.head_size", "model.decoder.hidden_size", "model.decoder.inputs", "model.decoder.inputs.input_ids",
-        "model.decoder.inputs.attention_mask", "model.decoder.inputs.position_ids", "model.decoder.inputs.past_key_names",
-        "model.decoder.inputs.past_value_names", "model.decoder.outputs", "model.decoder.outputs.logits",
-        "model.decoder.outputs.present_key_names", "model.decoder.outputs.present_value_names",
-        "model.decoder.num_attention_heads", "model.decoder.num_hidden_layers", "model.decoder.num_key_value_heads",
-        "model.eos_token_id", "model.pad_token_id", "model.type", "model.vocab_size",
-        "search", "search.diversity_penalty", "search.do_sample", "search.early_stopping", "search.length_penalty",
-        "search.max_length", "search.min_length", "search.no_repeat_ngram_size", "search.num_beams",
-        "search.num_return_sequences", "search.past_present_share_buffer", "search.repetition_penalty",
-        "search.temperature", "search.top_k", "search.top_p",
-    };
 }
