@@ -81,6 +81,7 @@ public static class PpoTrainer
             kl.Restore(state.Kl);
             if (state.Moments is not null) moments = new RunningMoments(state.Moments);
             Log($"Resuming from iteration {start} of {cfg.Iterations}.");
+            InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)start);   // weights version = iterations done
         }
         string? lastCheckpoint = resumeFrom;
         Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmModel}.");
@@ -94,7 +95,7 @@ public static class PpoTrainer
 
                 // 1. rollout (ONNX Runtime)
                 int[] batch = BatchRows(prompts.Count, it, cfg);
-                var rolled = Rollout(run, [.. batch.Select(i => prompts[i])], [.. batch.Select(i => promptIds[i])], SamplingSeed(cfg.Seed, it), cfg);
+                var rolled = Rollout(run, run.Rollouts, (ulong)it, [.. batch.Select(i => prompts[i])], [.. batch.Select(i => promptIds[i])], SamplingSeed(cfg.Seed, it), cfg);
                 row["time/generate"] = t.Elapsed.TotalSeconds;
                 t.Restart();
 
@@ -113,8 +114,8 @@ public static class PpoTrainer
                 row["time/train"] = t.Elapsed.TotalSeconds;
                 t.Restart();
 
-                // 7. weight sync into the rollout engine
-                row["time/sync"] = InferenceServices.Sync(run.Rollouts, run.Actor).TotalSeconds;
+                // 7. weight sync into the rollout engine: the weights of iteration it + 1
+                row["time/sync"] = InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)(it + 1)).TotalSeconds;
                 kl.Update(row["objective/kl"], cfg.RolloutBatch);
                 row["samples/s"] = cfg.RolloutBatch / new[] { "generate", "score", "experience", "train", "sync" }.Sum(k => row["time/" + k]);
 
@@ -197,14 +198,18 @@ public static class PpoTrainer
 
     static ulong SamplingSeed(long seed, int it) => Common.Rng.Mix((ulong)seed ^ Common.Rng.Mix((ulong)it + 0x5EED));
 
-    static (string[] Prompts, int[][] PromptIds, RolloutResult[] Results) Rollout(Run run, string[] prompts, int[][] ids, ulong seed, PpoConfig cfg)
+    /// <summary>
+    /// Samples one response per prompt from <paramref name="rollouts"/>, which must hold weights <paramref name="version"/>
+    /// (a service that holds another version fails the call rather than mixing versions).
+    /// </summary>
+    static (string[] Prompts, int[][] PromptIds, RolloutResult[] Results) Rollout(Run run, IRolloutService rollouts, ulong version, string[] prompts, int[][] ids, ulong seed, PpoConfig cfg)
     {
         var requests = ids.Select((p, i) => RolloutRequest.FromIds(p, new SamplingOptions
         {
             Temperature = (float)cfg.Temperature, TopK = cfg.TopK, TopP = (float)cfg.TopP, MaxNewTokens = cfg.MaxNewTokens,
             Seed = Common.Rng.Mix(seed + (ulong)i),
         })).ToList();
-        return (prompts, ids, [.. run.Rollouts.Generate(requests)]);
+        return (prompts, ids, [.. rollouts.Generate(requests, new RolloutCall { RequiredVersion = version })]);
     }
 
     /// <summary>
@@ -379,7 +384,7 @@ public static class PpoTrainer
     static EvalResult Evaluate(Run run, IReadOnlyList<string> prompts, PpoConfig cfg)
     {
         var ids = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
-        var results = Rollout(run, [.. prompts], ids, 0xE7A1, cfg).Results;
+        var results = Rollout(run, run.Rollouts, run.Rollouts.WeightsVersion, [.. prompts], ids, 0xE7A1, cfg).Results;
         var scored = Score(run, ([.. prompts], ids, results), cfg);
         using var exp = Experience.Build(ids, [.. results.Select(r => r.ResponseIds)], run.PadId, run.Device);
         double kl;
@@ -397,19 +402,22 @@ public static class PpoTrainer
 
     /// <summary>
     /// SFT vs best-of-N vs PPO on the held-out prompts: PPO's samples with their KL to SFT; N samples per prompt from
-    /// the SFT model (synced into the same engine), of which best-of-N keeps the one the reward model scores highest
+    /// the SFT model (its own rollout engine, weights version 0), of which best-of-N keeps the one the reward model scores highest
     /// (KL = log N − (N − 1)/N, Stiennon et al. 2020); N = 1 is the SFT model itself.
     /// </summary>
     static Comparison Compare(Run run, IReadOnlyList<string> prompts, PpoConfig cfg)
     {
         var ppo = Evaluate(run, prompts, cfg);
         int nMax = cfg.BestOfN.Max();
-        InferenceServices.Sync(run.Rollouts, run.Reference);
         var ids = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
         var rows = Enumerable.Range(0, nMax).SelectMany(n => prompts.Select((p, i) => (Prompt: p, Ids: ids[i], N: n))).ToArray();
-        var rolled = Rollout(run, [.. rows.Select(r => r.Prompt)], [.. rows.Select(r => r.Ids)], 0xB0F, cfg);
+        (string[], int[][], RolloutResult[]) rolled;
+        using (var reference = InferenceServices.Rollouts(cfg.Engine, run.Reference, run.Tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".reference_engine"), cfg.Threads))
+        {
+            InferenceServices.Sync(reference, run.Reference, 0);
+            rolled = Rollout(run, reference, 0, [.. rows.Select(r => r.Prompt)], [.. rows.Select(r => r.Ids)], 0xB0F, cfg);
+        }
         var scored = Score(run, rolled, cfg);
-        InferenceServices.Sync(run.Rollouts, run.Actor);
         var bestOf = new List<BestOfNPoint>();
         foreach (int n in cfg.BestOfN.Distinct().Order())
         {
