@@ -83,6 +83,12 @@ public sealed class RemoteRollouts : IRolloutService
     public async Task<TimeSpan> PushWeightsAsync(PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
     {
         using var owned = weights;
+        return await SendWeightsAsync(weights, timeout, cancellationToken);
+    }
+
+    /// <summary>Streams <paramref name="weights"/> to the replica without taking ownership (a pool keeps the message to catch up replicas later).</summary>
+    public async Task<TimeSpan> SendWeightsAsync(PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
+    {
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var deadline = DateTime.UtcNow + (timeout ?? RolloutCall.DefaultTimeout);
         try

@@ -3,6 +3,7 @@ using Rlhf.Training.OnnxExport;
 using Rlhf.Inference.Reward;
 using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Services;
+using Rlhf.Inference.Serving;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Model;
 using static TorchSharp.torch;
@@ -92,6 +93,23 @@ public static class InferenceServices
             if (Directory.Exists(scratch)) Directory.Delete(scratch, recursive: true);
         }
     }
+
+    /// <summary>
+    /// Rollout replicas behind one service (<see cref="ReplicaPool"/>): shards of <paramref name="shardSize"/> requests
+    /// (0 = one shard per call), every call with a deadline of <paramref name="timeout"/>.
+    /// </summary>
+    public static IRolloutService Replicas(IReadOnlyList<string> endpoints, string? tokenFile, int shardSize, TimeSpan timeout) =>
+        new ReplicaPool(endpoints, Token(tokenFile), shardSize > 0 ? shardSize : int.MaxValue, timeout);
+
+    /// <summary>A reward replica (<c>rlhf serve reward</c>) as the reward service: one Score call per batch, bounded retries.</summary>
+    public static IRewardService RemoteRewards(string endpoint, string? tokenFile, TimeSpan timeout) =>
+        new RemoteRewards(endpoint, Token(tokenFile), timeout);
+
+    /// <summary>In-process rollouts cut into the same fixed shards a replica pool would send (0 = unchanged).</summary>
+    public static IRolloutService Sharded(IRolloutService rollouts, int shardSize) =>
+        shardSize > 0 ? new ShardedRollouts(rollouts, shardSize) : rollouts;
+
+    static string? Token(string? tokenFile) => tokenFile is null ? null : File.ReadAllText(tokenFile).Trim();
 
     /// <summary>The reward service: an ONNX reward model (external or ours), or our RM folder's <c>onnx/</c> export.</summary>
     public static IRewardService Rewards(string? onnxRewardModel, string? rmFolder, int threads)

@@ -81,8 +81,9 @@ public static class PpoTrainer
             kl.Restore(state.Kl);
             if (state.Moments is not null) moments = new RunningMoments(state.Moments);
             Log($"Resuming from iteration {start} of {cfg.Iterations}.");
-            InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)start);   // weights version = iterations done
         }
+        // Weights version = iterations done: replicas (which serve their own folder) and a resumed run's engine get the actor's now.
+        if (resumeFrom is not null || cfg.RolloutEndpoints.Count > 0) InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)start);
         string? lastCheckpoint = resumeFrom;
         Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmModel}.");
 
@@ -174,8 +175,12 @@ public static class PpoTrainer
             : cfg.RmModel is not null
                 ? LlamaForSequenceClassification.FromPretrained(cfg.RmModel, device, ScalarType.Float32)
                 : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
-        var rewards = InferenceServices.Rewards(cfg.RewardModel, cfg.RmModel, cfg.Threads);
-        var rollouts = InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
+        var timeout = TimeSpan.FromSeconds(cfg.ServiceTimeoutSeconds);
+        var rewards = cfg.RewardEndpoint is { } endpoint ? InferenceServices.RemoteRewards(endpoint, cfg.ServiceTokenFile, timeout)
+            : InferenceServices.Rewards(cfg.RewardModel, cfg.RmModel, cfg.Threads);
+        var rollouts = cfg.RolloutEndpoints.Count > 0
+            ? InferenceServices.Replicas(cfg.RolloutEndpoints, cfg.ServiceTokenFile, cfg.RolloutShardSize, timeout)
+            : InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads), cfg.RolloutShardSize);
         // dropout off for the whole stage: the ratio must compare the same function at rollout and update time
         actor.eval();
         reference.eval();
@@ -412,7 +417,8 @@ public static class PpoTrainer
         var ids = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
         var rows = Enumerable.Range(0, nMax).SelectMany(n => prompts.Select((p, i) => (Prompt: p, Ids: ids[i], N: n))).ToArray();
         (string[], int[][], RolloutResult[]) rolled;
-        using (var reference = InferenceServices.Rollouts(cfg.Engine, run.Reference, run.Tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".reference_engine"), cfg.Threads))
+        using (var reference = InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, run.Reference, run.Tokenizer, cfg.SftModel,
+                   Path.Combine(cfg.Out, ".reference_engine"), cfg.Threads), cfg.RolloutShardSize))
         {
             InferenceServices.Sync(reference, run.Reference, 0);
             rolled = Rollout(run, reference, 0, [.. rows.Select(r => r.Prompt)], [.. rows.Select(r => r.Ids)], 0xB0F, cfg);
