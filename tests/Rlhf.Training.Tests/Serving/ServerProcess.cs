@@ -46,11 +46,14 @@ internal sealed class ServerProcess : IDisposable
     }
 
     /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> and waits until it listens.</summary>
-    public static ServerProcess Start(params string[] args)
+    public static ServerProcess Start(params string[] args) => Start(0, args);
+
+    /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> on <paramref name="fixedPort"/> (0 = a free one) and waits until it listens.</summary>
+    public static ServerProcess Start(int fixedPort, params string[] args)
     {
         for (int attempt = 0; ; attempt++)
         {
-            int port = FreePort();
+            int port = fixedPort > 0 ? fixedPort : FreePort();
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
             psi.ArgumentList.Add(ServerDll);
             foreach (var a in args) psi.ArgumentList.Add(a);
@@ -75,7 +78,7 @@ internal sealed class ServerProcess : IDisposable
                 {
                     string output = server.Output;
                     server.Dispose();
-                    if (attempt < 2 && output.Contains("address already in use", StringComparison.OrdinalIgnoreCase)) goto retry;
+                    if (attempt < 2 && fixedPort == 0 && output.Contains("address already in use", StringComparison.OrdinalIgnoreCase)) goto retry;
                     throw new InvalidOperationException($"rlhf-serve did not start within {StartTimeout.TotalSeconds} s (exit: {(p.HasExited ? p.ExitCode : "running")}):\n{output}");
                 }
             }
