@@ -212,8 +212,34 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
             });
             Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
         }
+        // A push whose bytes do not match its hash (DATA_LOSS) or whose chunk is over 1 MiB (INVALID_ARGUMENT) changes nothing.
+        using (var channel = GrpcChannel.ForAddress(server.Address))
+        {
+            var raw = new Rlhf.Inference.Serving.Protocol.Rollout.RolloutClient(channel);
+            var headers = new Metadata { { "authorization", "Bearer " + ServeModels.Token } };
+            var layout = remote.WeightLayout.First(kv => kv.Key.EndsWith("norm.weight", StringComparison.Ordinal));
+            long bytes = layout.Value.Aggregate(1L, (x, d) => x * d) * sizeof(float);
+            async Task<StatusCode> Push(string sha, int chunkBytes)
+            {
+                using var push = raw.PushWeights(headers, DateTime.UtcNow + CallTimeout);
+                var manifest = new Rlhf.Inference.Serving.Protocol.WeightsManifest { Version = 9, Sha256 = sha };
+                manifest.Tensors.Add(ProtocolMapping.ToProto(new WeightTensorInfo(layout.Key, WeightTensorInfo.Float32, layout.Value, bytes)));
+                try
+                {
+                    await push.RequestStream.WriteAsync(new() { Manifest = manifest });
+                    await push.RequestStream.WriteAsync(new() { Data = Google.Protobuf.ByteString.CopyFrom(new byte[chunkBytes]) });
+                    await push.RequestStream.CompleteAsync();
+                    await push;
+                    return StatusCode.OK;
+                }
+                catch (RpcException e) { return e.StatusCode; }
+            }
+            Assert.Equal(StatusCode.DataLoss, await Push(new string('0', 64), (int)bytes));
+            Assert.Equal(StatusCode.InvalidArgument, await Push(new string('0', 64), (1 << 20) + 1));
+        }
         var status = await remote.StatusAsync();
         Assert.Equal((1UL, ModelId, "ort"), (status.WeightsVersion, status.Model, status.Engine));
+        Assert.Equal(after.Select(r => r.ResponseIds), (await remote.GenerateAsync(requests, call with { RequiredVersion = 1 })).Select(r => r.ResponseIds));
     }
 
     [Fact]
