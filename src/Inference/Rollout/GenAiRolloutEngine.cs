@@ -40,7 +40,7 @@ public sealed record GenAiEngineOptions
 /// <c>--weights inputs</c> takes every weight as a required graph input, fed to each generator from the buffers of the
 /// last <see cref="UpdateWeights"/> (<c>Generator.SetModelInput</c> over the caller's memory: no copy, no new session).</item>
 /// </list>
-/// Calls are serialised; a weight update is swapped in between chunks.
+/// Calls are serialised; a weight update is swapped in between generate calls (one call's results come from one weights version).
 /// </summary>
 public sealed class GenAiRolloutEngine : Services.IRolloutService
 {
@@ -61,6 +61,7 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
     List<(string Name, Tensor Tensor)>? _weights;
     List<GCHandle> _pins = [];
     IDisposable? _weightOwner;
+    ulong _version;
     bool _disposed;
 
     GenAiRolloutEngine(string folder, string modelFile, GenAiEngineOptions options, TextTokenizer? tokenizer)
@@ -172,8 +173,32 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
         return (int)(Rng.SplitMix64(ref y) & 0x7FFFFFFF);
     }
 
-    /// <summary>Generates a response for each request (in order).</summary>
-    public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests)
+    /// <inheritdoc/>
+    public ulong WeightsVersion { get { lock (_gate) return _version; } }
+
+    /// <inheritdoc/>
+    public IReadOnlyDictionary<string, long[]> WeightLayout => _weightInputs;
+
+    /// <inheritdoc/>
+    public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, Services.RolloutCall? call = null, CancellationToken cancellationToken = default)
+    {
+        call ??= new Services.RolloutCall();
+        return Services.ServiceCalls.WithDeadline("Generate", call.Timeout, cancellationToken, ct => Generate(requests, call.RequiredVersion, ct));
+    }
+
+    /// <inheritdoc/>
+    public Task<TimeSpan> PushWeightsAsync(Services.PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        return Services.ServiceCalls.WithDeadline("PushWeights", timeout ?? Services.RolloutCall.DefaultTimeout, cancellationToken,
+            _ => UpdateWeights(weights.Buffers, weights, weights.Version));
+    }
+
+    /// <summary>
+    /// Generates a response for each request (in order), all with the weights version loaded when the call starts
+    /// (<paramref name="requiredVersion"/>: that version or <see cref="Services.WeightsVersionMismatchException"/>).
+    /// </summary>
+    public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(requests);
         var prompts = new int[requests.Count][];
@@ -205,15 +230,17 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
         // One generator has one set of sampling settings: group by them, keep request order within a group.
         var groups = Enumerable.Range(0, requests.Count)
             .GroupBy(i => (sampling[i].Temperature, sampling[i].TopK, sampling[i].TopP));
-        foreach (var g in groups)
+        lock (_gate)
         {
-            int[] rows = [.. g];
-            for (int start = 0; start < rows.Length; start += _options.MaxBatchSize)
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (requiredVersion is { } v && v != _version) throw new Services.WeightsVersionMismatchException(v, _version);
+            foreach (var g in groups)
             {
-                int[] chunk = rows[start..Math.Min(rows.Length, start + _options.MaxBatchSize)];
-                lock (_gate)
+                int[] rows = [.. g];
+                for (int start = 0; start < rows.Length; start += _options.MaxBatchSize)
                 {
-                    ObjectDisposedException.ThrowIf(_disposed, this);
+                    cancellationToken.ThrowIfCancellationRequested();
+                    int[] chunk = rows[start..Math.Min(rows.Length, start + _options.MaxBatchSize)];
                     var chunkResults = RunChunk([.. chunk.Select(i => prompts[i])], [.. chunk.Select(i => sampling[i])]);
                     for (int j = 0; j < chunk.Length; j++) results[chunk[j]] = chunkResults[j];
                 }
@@ -311,7 +338,7 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
                     ? Tokenizer.Decode(resp, skipSpecial: true)[..stopAt[r]].TrimStart()
                     : PromptFormat.ResponseText(Tokenizer, resp);
             results[r] = new RolloutResult(prompts[r], resp, text, logps[r].AsSpan(0, generated[r]).ToArray(),
-                reason[r] ?? RolloutFinishReason.Length, timings);
+                reason[r] ?? RolloutFinishReason.Length, timings, _version);
         }
         return results;
     }
@@ -330,9 +357,10 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
     /// Replaces the policy weights of a <c>--weights inputs</c> graph: every weight input must be given (initializer
     /// layout: name, shape as stored), float32. The buffers are wrapped without copying and fed to each later generator;
     /// <paramref name="owner"/> keeps their memory alive and is disposed at the next update or on disposal (managed
-    /// arrays are pinned until then). Returns the time taken.
+    /// arrays are pinned until then). <paramref name="version"/> becomes <see cref="WeightsVersion"/> (null: unchanged).
+    /// Returns the time taken.
     /// </summary>
-    public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null)
+    public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null, ulong? version = null)
     {
         ArgumentNullException.ThrowIfNull(weights);
         var sw = Stopwatch.StartNew();
@@ -383,6 +411,7 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
             ObjectDisposedException.ThrowIf(_disposed, this);
             (oldTensors, oldPins, oldOwner) = (_weights, _pins, _weightOwner);
             (_weights, _pins, _weightOwner) = (tensors, pins, owner);
+            if (version is { } v) _version = v;
         }
         Release(oldTensors, oldPins, oldOwner);
         return sw.Elapsed;

@@ -43,7 +43,8 @@ public sealed record RolloutEngineOptions
 /// step for the live rows; per-row EOS, max_new_tokens, stop strings and seed. Only the last-position logits of each
 /// row are read (straight from ORT's output buffer); the present KV values of one step are fed back as the next
 /// step's past without copies. Safe to call from several threads (calls are serialised on one session; weight
-/// updates build the new session outside the lock and swap it in between batches). No TorchSharp types.
+/// updates build the new session outside the lock and swap it in between generate calls, so one call's results all come
+/// from one weights version). No TorchSharp types.
 /// </summary>
 public sealed class RolloutEngine : Services.IRolloutService
 {
@@ -59,6 +60,7 @@ public sealed class RolloutEngine : Services.IRolloutService
     List<OrtValue> _weightValues = [];
     IDisposable? _weightOwner;
     Dictionary<string, long[]>? _initializers;
+    ulong _version;
     bool _disposed;
 
     RolloutEngine(string modelFile, string folder, RolloutEngineOptions options, TextTokenizer? tokenizer)
@@ -119,8 +121,33 @@ public sealed class RolloutEngine : Services.IRolloutService
     /// <summary>Generates one response.</summary>
     public RolloutResult Generate(RolloutRequest request) => Generate([request])[0];
 
-    /// <summary>Generates a response for each request (in order), in batches of at most <see cref="RolloutEngineOptions.MaxBatchSize"/>.</summary>
-    public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests)
+    /// <inheritdoc/>
+    public ulong WeightsVersion { get { lock (_gate) return _version; } }
+
+    /// <inheritdoc/>
+    public IReadOnlyDictionary<string, long[]> WeightLayout => _initializers ??= OnnxInitializers.Read(_modelFile);
+
+    /// <inheritdoc/>
+    public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, Services.RolloutCall? call = null, CancellationToken cancellationToken = default)
+    {
+        call ??= new Services.RolloutCall();
+        return Services.ServiceCalls.WithDeadline("Generate", call.Timeout, cancellationToken, ct => Generate(requests, call.RequiredVersion, ct));
+    }
+
+    /// <inheritdoc/>
+    public Task<TimeSpan> PushWeightsAsync(Services.PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        return Services.ServiceCalls.WithDeadline("PushWeights", timeout ?? Services.RolloutCall.DefaultTimeout, cancellationToken,
+            _ => UpdateWeights(weights.Buffers, weights, weights.Version));
+    }
+
+    /// <summary>
+    /// Generates a response for each request (in order), in batches of at most <see cref="RolloutEngineOptions.MaxBatchSize"/>,
+    /// all with the weights version loaded when the call starts (<paramref name="requiredVersion"/>: that version or
+    /// <see cref="Services.WeightsVersionMismatchException"/>). <paramref name="cancellationToken"/> is checked at every step.
+    /// </summary>
+    public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(requests);
         var prompts = new int[requests.Count][];
@@ -141,13 +168,14 @@ public sealed class RolloutEngine : Services.IRolloutService
                 throw new ArgumentException($"Request {i} has stop strings but the engine has no tokenizer to decode responses.");
         }
         var results = new RolloutResult[requests.Count];
-        for (int start = 0; start < requests.Count; start += _options.MaxBatchSize)
+        lock (_gate)
         {
-            int n = Math.Min(_options.MaxBatchSize, requests.Count - start);
-            lock (_gate)
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (requiredVersion is { } v && v != _version) throw new Services.WeightsVersionMismatchException(v, _version);
+            for (int start = 0; start < requests.Count; start += _options.MaxBatchSize)
             {
-                ObjectDisposedException.ThrowIf(_disposed, this);
-                RunBatch(prompts.AsSpan(start, n).ToArray(), sampling.AsSpan(start, n).ToArray(), results.AsSpan(start, n));
+                int n = Math.Min(_options.MaxBatchSize, requests.Count - start);
+                RunBatch(prompts.AsSpan(start, n).ToArray(), sampling.AsSpan(start, n).ToArray(), results.AsSpan(start, n), cancellationToken);
             }
         }
         return results;
@@ -211,7 +239,7 @@ public sealed class RolloutEngine : Services.IRolloutService
     }
 
     /// <summary>One batch: prefill, then decode steps until every row has ended.</summary>
-    void RunBatch(int[][] prompts, SamplingOptions[] sampling, Span<RolloutResult> results)
+    void RunBatch(int[][] prompts, SamplingOptions[] sampling, Span<RolloutResult> results, CancellationToken cancellationToken)
     {
         var sig = Signature;
         int n = prompts.Length, V = sig.VocabSize;
@@ -278,6 +306,7 @@ public sealed class RolloutEngine : Services.IRolloutService
         {
             for (int step = 0; ; step++)
             {
+                cancellationToken.ThrowIfCancellationRequested();
                 List<string> names;
                 List<OrtValue> values;
                 if (step == 0)
@@ -385,7 +414,7 @@ public sealed class RolloutEngine : Services.IRolloutService
                 else text = PromptFormat.ResponseText(Tokenizer, resp);
             }
             results[r] = new RolloutResult(prompts[r], resp, text, logps[r].AsSpan(0, generated[r]).ToArray(),
-                reason[r] ?? RolloutFinishReason.Length, timings);
+                reason[r] ?? RolloutFinishReason.Length, timings, _version);
         }
     }
 
@@ -439,9 +468,10 @@ public sealed class RolloutEngine : Services.IRolloutService
     /// session is created on the same graph with each named initializer overridden by an OrtValue over the caller's
     /// memory (<see cref="SessionOptions.AddInitializer"/>), then swapped in between batches. Initializers not named keep
     /// the file's values. <paramref name="owner"/> (e.g. the tensors behind pointers) is disposed at the next update or
-    /// on disposal; the memory must not change meanwhile. Returns the time taken.
+    /// on disposal; the memory must not change meanwhile. <paramref name="version"/> becomes <see cref="WeightsVersion"/>
+    /// (null: unchanged). Returns the time taken.
     /// </summary>
-    public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null)
+    public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null, ulong? version = null)
     {
         ArgumentNullException.ThrowIfNull(weights);
         var sw = Stopwatch.StartNew();
@@ -489,6 +519,7 @@ public sealed class RolloutEngine : Services.IRolloutService
         {
             (oldSession, oldOptions, oldValues, oldOwner) = (_session, _sessionOptions, _weightValues, _weightOwner);
             (_session, _sessionOptions, _weightValues, _weightOwner) = (session, options, values, owner);
+            if (version is { } v) _version = v;
         }
         oldSession.Dispose();
         oldOptions.Dispose();

@@ -41,7 +41,7 @@ public sealed record RolloutTimings(double PrefillMs, double DecodeMs, int Batch
 /// <summary>
 /// One generated response. <see cref="LogProbs"/> // [A]: log softmax(logits / T)[token] of each response token under
 /// the full distribution at the sampling temperature (before top-k/top-p; T = 1 for greedy), as
-/// <see cref="TokenSampler"/> defines it.
+/// <see cref="TokenSampler"/> defines it. <see cref="WeightsVersion"/> is the version of the weights that generated it.
 /// </summary>
 public sealed record RolloutResult(
     int[] PromptIds,
@@ -49,4 +49,5 @@ public sealed record RolloutResult(
     string? Text,
     float[] LogProbs,
     RolloutFinishReason FinishReason,
-    RolloutTimings Timings);
+    RolloutTimings Timings,
+    ulong WeightsVersion = 0);

@@ -17,12 +17,14 @@ internal static class PpoCommand
         var prompts = new Option<string?>("--prompts") { Description = "Prompts file (CSV/JSONL with a prompt column); default: the embedded task's PPO prompts." };
         var iterations = new Option<int?>("--iterations") { Description = "PPO iterations (rollout, score, update, sync)." };
         var engine = new Option<string?>("--engine") { Description = "ort (our ONNX Runtime engine, default), genai (ONNX Runtime GenAI, weights fed as graph inputs after every update) or torch." };
+        var rolloutEndpoints = new Option<string?>("--rollout-endpoints") { Description = "Comma-separated rollout replicas (rlhf serve rollout), e.g. http://127.0.0.1:7001,http://127.0.0.1:7002; they generate instead of the in-process engine." };
+        var rewardEndpoint = new Option<string?>("--reward-endpoint") { Description = "A reward replica (rlhf serve reward), e.g. http://127.0.0.1:7101; it scores instead of the in-process scorer." };
         var cmd = new Command("ppo",
             "PPO as in InstructGPT: rollouts on ONNX Runtime, rewards −β·KL per token plus the RM score at the last token, GAE, " +
             "clipped policy and value losses, optional PPO-ptx, in-memory weight sync after every update. Writes the aligned policy " +
             "(HF folder + onnx/), critic/, metrics.csv, reward.png, kl.png, losses.png, report.md, report.png and summary.json.");
         common.AddTo(cmd);
-        foreach (Option o in new Option[] { sft, rm, reward, prompts, iterations, engine }) cmd.Options.Add(o);
+        foreach (Option o in new Option[] { sft, rm, reward, prompts, iterations, engine, rolloutEndpoints, rewardEndpoint }) cmd.Options.Add(o);
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var overrides = common.Overrides(r);
@@ -32,6 +34,9 @@ internal static class PpoCommand
             if (r.GetValue(prompts) is string p) overrides.Add($"prompts_file={StageOptions.Quote(p)}");
             if (r.GetValue(iterations) is int n) overrides.Add($"iterations={n}");
             if (r.GetValue(engine) is string e) overrides.Add($"engine={StageOptions.Quote(e)}");
+            if (r.GetValue(rolloutEndpoints) is string re)
+                overrides.Add("rollout_endpoints=" + System.Text.Json.JsonSerializer.Serialize(re.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)));
+            if (r.GetValue(rewardEndpoint) is string we) overrides.Add($"reward_endpoint={StageOptions.Quote(we)}");
             var cfg = ConfigLoader.Load<PpoConfig>(r.GetValue(common.Config), overrides);
             var summary = PpoTrainer.Train(cfg, new RunControl { Resume = r.GetValue(common.Resume), Overwrite = r.GetValue(common.Overwrite) });
             Console.WriteLine(ConfigLoader.ToJson(summary));

@@ -1,3 +1,4 @@
+using Rlhf.Inference.Services;
 using Rlhf.Export;
 using Rlhf.Training.OnnxExport;
 using System.CommandLine;

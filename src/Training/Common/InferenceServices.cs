@@ -3,6 +3,7 @@ using Rlhf.Training.OnnxExport;
 using Rlhf.Inference.Reward;
 using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Services;
+using Rlhf.Inference.Serving;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Model;
 using static TorchSharp.torch;
@@ -34,53 +35,57 @@ public static class InferenceServices
     public static IRolloutService Rollouts(RolloutBackend backend, LlamaForCausalLM actor, TextTokenizer tokenizer, string tokenizerFolder, string scratch, int threads)
     {
         var graph = ExportStage.DefaultGraph(actor.Config);
-        bool packed = graph == GraphKind.ContribGqa;
         switch (backend)
         {
             case RolloutBackend.Ort:
                 ExportStage.ExportPolicy(actor, scratch, graph,
                     new ExportOptions { TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = "ppo-rollout" }, parity: false);
-                return new OnnxRollouts(RolloutEngine.Load(scratch, new RolloutEngineOptions { Threads = threads, MaxBatchSize = 64 }, tokenizer), packed, scratch);
+                return new OnnxRollouts(RolloutEngine.Load(scratch, new RolloutEngineOptions { Threads = threads, MaxBatchSize = 64 }, tokenizer), scratch);
             case RolloutBackend.Genai:
                 ExportStage.ExportPolicy(actor, scratch, graph, new ExportOptions
                 {
                     TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = "ppo-rollout", Weights = WeightPlacement.Inputs,
                 }, parity: false);
-                var rollouts = new OnnxRollouts(GenAiRolloutEngine.Load(scratch, new GenAiEngineOptions { Threads = threads }, tokenizer), packed, scratch);
-                Sync(rollouts, actor);   // the graph holds no weights: feed the actor's before the first rollout
+                var rollouts = new OnnxRollouts(GenAiRolloutEngine.Load(scratch, new GenAiEngineOptions { Threads = threads }, tokenizer), scratch);
+                Sync(rollouts, actor, 0);   // the graph holds no weights: feed the actor's before the first rollout
                 return rollouts;
             case RolloutBackend.Torch:
-                return new TorchRollouts(actor, tokenizer);
+                var torchRollouts = new TorchRollouts(actor, tokenizer);
+                Sync(torchRollouts, actor, 0);
+                return torchRollouts;
             default:
                 throw new ArgumentOutOfRangeException(nameof(backend));
         }
     }
 
-    /// <summary>Sends <paramref name="policy"/>'s current weights to the rollout service (the TorchSharp backend just samples from it).</summary>
-    public static TimeSpan Sync(IRolloutService rollouts, LlamaForCausalLM policy)
+    /// <summary>
+    /// Sends <paramref name="policy"/>'s current weights to the rollout service as weights <paramref name="version"/>:
+    /// a float32 snapshot in the layout the service's graph reads (q/k/v packed where its layout names <c>qkv_proj</c>),
+    /// handed over as a <see cref="PolicyWeights"/> message (in process: pointers into the snapshot, no further copy).
+    /// </summary>
+    public static TimeSpan Sync(IRolloutService rollouts, LlamaForCausalLM policy, ulong version)
     {
-        switch (rollouts)
+        bool packed = rollouts.WeightLayout.Keys.Any(k => k.EndsWith(".qkv_proj.weight", StringComparison.Ordinal));
+        var snapshot = OrtWeights.From(policy, packedQkv: packed);
+        PolicyWeights message;
+        try { message = PolicyWeights.FromBuffers(version, snapshot.Buffers, snapshot); }
+        catch
         {
-            case TorchRollouts t:
-                t.Policy = policy;
-                return TimeSpan.Zero;
-            case OnnxRollouts o:
-                var weights = OrtWeights.From(policy, packedQkv: o.PackedQkv);
-                return o.UpdateWeights(weights.Buffers, weights);
-            default:
-                throw new ArgumentException($"Unknown rollout service {rollouts.GetType().Name}.");
+            snapshot.Dispose();
+            throw;
         }
+        return rollouts.PushWeights(message);
     }
 
-    /// <summary>
-    /// An ONNX engine (ours or GenAI's) with the weight layout its graph reads (packed q/k/v for GroupQueryAttention);
-    /// its scratch export is deleted on dispose.
-    /// </summary>
-    sealed class OnnxRollouts(IRolloutService engine, bool packedQkv, string scratch) : IRolloutService
+    /// <summary>An ONNX engine (ours or GenAI's) whose scratch export is deleted on dispose.</summary>
+    sealed class OnnxRollouts(IRolloutService engine, string scratch) : IRolloutService
     {
-        public bool PackedQkv => packedQkv;
-        public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests) => engine.Generate(requests);
-        public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null) => engine.UpdateWeights(weights, owner);
+        public ulong WeightsVersion => engine.WeightsVersion;
+        public IReadOnlyDictionary<string, long[]> WeightLayout => engine.WeightLayout;
+        public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default) =>
+            engine.GenerateAsync(requests, call, cancellationToken);
+        public Task<TimeSpan> PushWeightsAsync(PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default) =>
+            engine.PushWeightsAsync(weights, timeout, cancellationToken);
 
         public void Dispose()
         {
@@ -88,6 +93,23 @@ public static class InferenceServices
             if (Directory.Exists(scratch)) Directory.Delete(scratch, recursive: true);
         }
     }
+
+    /// <summary>
+    /// Rollout replicas behind one service (<see cref="ReplicaPool"/>): shards of <paramref name="shardSize"/> requests
+    /// (0 = one shard per call), every call with a deadline of <paramref name="timeout"/>.
+    /// </summary>
+    public static IRolloutService Replicas(IReadOnlyList<string> endpoints, string? tokenFile, int shardSize, TimeSpan timeout) =>
+        new ReplicaPool(endpoints, Token(tokenFile), shardSize > 0 ? shardSize : int.MaxValue, timeout);
+
+    /// <summary>A reward replica (<c>rlhf serve reward</c>) as the reward service: one Score call per batch, bounded retries.</summary>
+    public static IRewardService RemoteRewards(string endpoint, string? tokenFile, TimeSpan timeout) =>
+        new RemoteRewards(endpoint, Token(tokenFile), timeout);
+
+    /// <summary>In-process rollouts cut into the same fixed shards a replica pool would send (0 = unchanged).</summary>
+    public static IRolloutService Sharded(IRolloutService rollouts, int shardSize) =>
+        shardSize > 0 ? new ShardedRollouts(rollouts, shardSize) : rollouts;
+
+    static string? Token(string? tokenFile) => tokenFile is null ? null : File.ReadAllText(tokenFile).Trim();
 
     /// <summary>The reward service: an ONNX reward model (external or ours), or our RM folder's <c>onnx/</c> export.</summary>
     public static IRewardService Rewards(string? onnxRewardModel, string? rmFolder, int threads)
@@ -111,38 +133,91 @@ public static class InferenceServices
             .ToArray())];
     }
 
-    /// <summary>TorchSharp eager generation behind the rollout interface (reference backend; logprobs are not recorded).</summary>
-    sealed class TorchRollouts(LlamaForCausalLM actor, TextTokenizer tokenizer) : IRolloutService
+    /// <summary>
+    /// TorchSharp eager generation behind the rollout interface (reference backend; logprobs are not recorded). It samples
+    /// from its own copy of the model, which weight messages (unpacked initializer layout) overwrite.
+    /// </summary>
+    sealed class TorchRollouts : IRolloutService
     {
-        public LlamaForCausalLM Policy { get; set; } = actor;
+        readonly LlamaForCausalLM _policy;
+        readonly TextTokenizer _tokenizer;
+        readonly object _gate = new();
+        PolicyWeights? _weights;
+        ulong _version;
 
-        public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests)
+        public TorchRollouts(LlamaForCausalLM actor, TextTokenizer tokenizer)
+        {
+            var device = actor.parameters().First().device;
+            _policy = LlamaForCausalLM.Create(actor.Config, device, ScalarType.Float32, seed: 0);
+            _policy.eval();
+            _tokenizer = tokenizer;
+            WeightLayout = Rlhf.Export.Onnx.LlamaGraph.ExpectedShapes(actor.Config);
+        }
+
+        public ulong WeightsVersion { get { lock (_gate) return _version; } }
+
+        public IReadOnlyDictionary<string, long[]> WeightLayout { get; }
+
+        public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default)
+        {
+            call ??= new RolloutCall();
+            lock (_gate)
+            {
+                // TorchSharp's no-grad state is per thread: generate on the caller's thread.
+                if (call.RequiredVersion is { } v && v != _version) throw new WeightsVersionMismatchException(v, _version);
+                return Task.FromResult(Generate(requests, cancellationToken));
+            }
+        }
+
+        IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, CancellationToken cancellationToken)
         {
             var results = new List<RolloutResult>();
             foreach (var r in requests)
             {
+                cancellationToken.ThrowIfCancellationRequested();
                 var s = r.Sampling ?? new SamplingOptions();
-                int[] prompt = [.. r.PromptIds ?? PromptFormat.PromptIds(tokenizer, r.PromptText ?? "")];
-                var g = Generation.Generate(Policy, [prompt.Select(x => (long)x).ToArray()], new GenerationOptions
+                int[] prompt = [.. r.PromptIds ?? PromptFormat.PromptIds(_tokenizer, r.PromptText ?? "")];
+                var g = Generation.Generate(_policy, [prompt.Select(x => (long)x).ToArray()], new GenerationOptions
                 {
                     MaxNewTokens = s.MaxNewTokens, Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = (long)s.Seed,
-                    EosTokenIds = tokenizer.EosId is int e ? [e] : [], PadTokenId = tokenizer.PadId ?? 0,
+                    EosTokenIds = _tokenizer.EosId is int e ? [e] : [], PadTokenId = _tokenizer.PadId ?? 0,
                 })[0];
                 int[] ids = [.. g.Tokens.Select(t => (int)t)];
-                results.Add(new RolloutResult(prompt, ids, PromptFormat.ResponseText(tokenizer, ids),
+                results.Add(new RolloutResult(prompt, ids, PromptFormat.ResponseText(_tokenizer, ids),
                     [.. Enumerable.Repeat(float.NaN, ids.Length)],
                     g.FinishReason == FinishReason.Stop ? RolloutFinishReason.Eos : RolloutFinishReason.Length,
-                    new RolloutTimings(0, 0, 1, ids.Length)));
+                    new RolloutTimings(0, 0, 1, ids.Length), _version));
             }
             return results;
         }
 
-        public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null)
+        public Task<TimeSpan> PushWeightsAsync(PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
         {
-            owner?.Dispose();
-            return TimeSpan.Zero;
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            lock (_gate)
+            {
+                using var noGrad = no_grad();
+                var state = _policy.state_dict();
+                foreach (var m in weights.Manifest)
+                {
+                    if (!WeightLayout.TryGetValue(m.Name, out var shape) || !shape.SequenceEqual(m.Shape))
+                        throw new ArgumentException($"Weight '{m.Name}' [{string.Join(", ", m.Shape)}] is not a tensor of the TorchSharp rollout model's layout.");
+                    using var t = empty(m.Shape, ScalarType.Float32);
+                    weights.Bytes(m.Name).CopyTo(t.bytes);
+                    var target = state[m.Name];
+                    target.copy_(Rlhf.Export.Onnx.LlamaGraph.IsStoredTransposed(m.Name) ? t.t() : t);
+                }
+                _weights?.Dispose();
+                _weights = weights;
+                _version = weights.Version;
+            }
+            return Task.FromResult(sw.Elapsed);
         }
 
-        public void Dispose() { }
+        public void Dispose()
+        {
+            _policy.Dispose();
+            _weights?.Dispose();
+        }
     }
 }

@@ -91,6 +91,16 @@ public sealed record PpoConfig
     public int MaxNewTokens { get; init; } = 48;
     /// <summary>Rollout engine.</summary>
     public RolloutBackend Engine { get; init; } = RolloutBackend.Ort;
+    /// <summary>Rollout replicas (<c>rlhf serve rollout</c>, e.g. <c>http://127.0.0.1:7001</c>) that generate instead of the in-process engine; empty = in process.</summary>
+    public IReadOnlyList<string> RolloutEndpoints { get; init; } = [];
+    /// <summary>A reward replica (<c>rlhf serve reward</c>) that scores instead of the in-process scorer; null = in process.</summary>
+    public string? RewardEndpoint { get; init; }
+    /// <summary>Requests per rollout shard (what one replica generates in one call; in process too, so both batch alike); 0 = the whole batch in one call.</summary>
+    public int RolloutShardSize { get; init; }
+    /// <summary>File with the bearer token the replicas were started with (<c>--token-file</c>); null = none.</summary>
+    public string? ServiceTokenFile { get; init; }
+    /// <summary>Deadline in seconds of every call to a replica (a shard, a weight push, a scoring call).</summary>
+    public double ServiceTimeoutSeconds { get; init; } = 600;
     /// <summary>Evaluate on held-out prompts every N iterations (and at the end).</summary>
     public int EvalEvery { get; init; } = 10;
     /// <summary>Checkpoint every N iterations (0 = only at the end).</summary>
@@ -124,6 +134,12 @@ public sealed record PpoConfig
         if (BestOfN.Any(n => n < 1)) e.Add("best_of_n sizes must be ≥ 1");
         if (RewardNormalization == ScoreNormalization.Batch && RolloutBatch < 2) e.Add("reward_normalization batch needs rollout_batch ≥ 2");
         if (RewardClip < 0) e.Add("reward_clip must be ≥ 0 (0 = off)");
+        if (RolloutShardSize < 0) e.Add("rollout_shard_size must be ≥ 0 (0 = the whole batch in one call)");
+        if (ServiceTimeoutSeconds <= 0) e.Add("service_timeout_seconds must be > 0");
+        if (RolloutEndpoints.Count > 0 && Engine == RolloutBackend.Torch) e.Add("rollout_endpoints need engine ort or genai (the replicas' engine), not torch");
+        foreach (string u in RolloutEndpoints.Append(RewardEndpoint).OfType<string>())
+            if (!Uri.TryCreate(u, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https")) e.Add($"endpoint '{u}' must be an http://host:port address");
+        if (ServiceTokenFile is not null && !File.Exists(ServiceTokenFile)) e.Add($"service_token_file '{ServiceTokenFile}' does not exist");
         e.AddRange(AdamWSettings.Problems(WeightDecay, Beta1, Beta2, AdamEps));
         if (e.Count > 0) throw new InvalidDataException("Invalid PPO config: " + string.Join("; ", e) + ".");
     }

@@ -82,6 +82,8 @@ public static class PpoTrainer
             if (state.Moments is not null) moments = new RunningMoments(state.Moments);
             Log($"Resuming from iteration {start} of {cfg.Iterations}.");
         }
+        // Weights version = iterations done: replicas (which serve their own folder) and a resumed run's engine get the actor's now.
+        if (resumeFrom is not null || cfg.RolloutEndpoints.Count > 0) InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)start);
         string? lastCheckpoint = resumeFrom;
         Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmModel}.");
 
@@ -94,7 +96,7 @@ public static class PpoTrainer
 
                 // 1. rollout (ONNX Runtime)
                 int[] batch = BatchRows(prompts.Count, it, cfg);
-                var rolled = Rollout(run, [.. batch.Select(i => prompts[i])], [.. batch.Select(i => promptIds[i])], SamplingSeed(cfg.Seed, it), cfg);
+                var rolled = Rollout(run, run.Rollouts, (ulong)it, [.. batch.Select(i => prompts[i])], [.. batch.Select(i => promptIds[i])], SamplingSeed(cfg.Seed, it), cfg);
                 row["time/generate"] = t.Elapsed.TotalSeconds;
                 t.Restart();
 
@@ -113,8 +115,8 @@ public static class PpoTrainer
                 row["time/train"] = t.Elapsed.TotalSeconds;
                 t.Restart();
 
-                // 7. weight sync into the rollout engine
-                row["time/sync"] = InferenceServices.Sync(run.Rollouts, run.Actor).TotalSeconds;
+                // 7. weight sync into the rollout engine: the weights of iteration it + 1
+                row["time/sync"] = InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)(it + 1)).TotalSeconds;
                 kl.Update(row["objective/kl"], cfg.RolloutBatch);
                 row["samples/s"] = cfg.RolloutBatch / new[] { "generate", "score", "experience", "train", "sync" }.Sum(k => row["time/" + k]);
 
@@ -173,8 +175,12 @@ public static class PpoTrainer
             : cfg.RmModel is not null
                 ? LlamaForSequenceClassification.FromPretrained(cfg.RmModel, device, ScalarType.Float32)
                 : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
-        var rewards = InferenceServices.Rewards(cfg.RewardModel, cfg.RmModel, cfg.Threads);
-        var rollouts = InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
+        var timeout = TimeSpan.FromSeconds(cfg.ServiceTimeoutSeconds);
+        var rewards = cfg.RewardEndpoint is { } endpoint ? InferenceServices.RemoteRewards(endpoint, cfg.ServiceTokenFile, timeout)
+            : InferenceServices.Rewards(cfg.RewardModel, cfg.RmModel, cfg.Threads);
+        var rollouts = cfg.RolloutEndpoints.Count > 0
+            ? InferenceServices.Replicas(cfg.RolloutEndpoints, cfg.ServiceTokenFile, cfg.RolloutShardSize, timeout)
+            : InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads), cfg.RolloutShardSize);
         // dropout off for the whole stage: the ratio must compare the same function at rollout and update time
         actor.eval();
         reference.eval();
@@ -197,14 +203,18 @@ public static class PpoTrainer
 
     static ulong SamplingSeed(long seed, int it) => Common.Rng.Mix((ulong)seed ^ Common.Rng.Mix((ulong)it + 0x5EED));
 
-    static (string[] Prompts, int[][] PromptIds, RolloutResult[] Results) Rollout(Run run, string[] prompts, int[][] ids, ulong seed, PpoConfig cfg)
+    /// <summary>
+    /// Samples one response per prompt from <paramref name="rollouts"/>, which must hold weights <paramref name="version"/>
+    /// (a service that holds another version fails the call rather than mixing versions).
+    /// </summary>
+    static (string[] Prompts, int[][] PromptIds, RolloutResult[] Results) Rollout(Run run, IRolloutService rollouts, ulong version, string[] prompts, int[][] ids, ulong seed, PpoConfig cfg)
     {
         var requests = ids.Select((p, i) => RolloutRequest.FromIds(p, new SamplingOptions
         {
             Temperature = (float)cfg.Temperature, TopK = cfg.TopK, TopP = (float)cfg.TopP, MaxNewTokens = cfg.MaxNewTokens,
             Seed = Common.Rng.Mix(seed + (ulong)i),
         })).ToList();
-        return (prompts, ids, [.. run.Rollouts.Generate(requests)]);
+        return (prompts, ids, [.. rollouts.Generate(requests, new RolloutCall { RequiredVersion = version })]);
     }
 
     /// <summary>
@@ -379,7 +389,7 @@ public static class PpoTrainer
     static EvalResult Evaluate(Run run, IReadOnlyList<string> prompts, PpoConfig cfg)
     {
         var ids = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
-        var results = Rollout(run, [.. prompts], ids, 0xE7A1, cfg).Results;
+        var results = Rollout(run, run.Rollouts, run.Rollouts.WeightsVersion, [.. prompts], ids, 0xE7A1, cfg).Results;
         var scored = Score(run, ([.. prompts], ids, results), cfg);
         using var exp = Experience.Build(ids, [.. results.Select(r => r.ResponseIds)], run.PadId, run.Device);
         double kl;
@@ -397,19 +407,23 @@ public static class PpoTrainer
 
     /// <summary>
     /// SFT vs best-of-N vs PPO on the held-out prompts: PPO's samples with their KL to SFT; N samples per prompt from
-    /// the SFT model (synced into the same engine), of which best-of-N keeps the one the reward model scores highest
+    /// the SFT model (its own rollout engine, weights version 0), of which best-of-N keeps the one the reward model scores highest
     /// (KL = log N − (N − 1)/N, Stiennon et al. 2020); N = 1 is the SFT model itself.
     /// </summary>
     static Comparison Compare(Run run, IReadOnlyList<string> prompts, PpoConfig cfg)
     {
         var ppo = Evaluate(run, prompts, cfg);
         int nMax = cfg.BestOfN.Max();
-        InferenceServices.Sync(run.Rollouts, run.Reference);
         var ids = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
         var rows = Enumerable.Range(0, nMax).SelectMany(n => prompts.Select((p, i) => (Prompt: p, Ids: ids[i], N: n))).ToArray();
-        var rolled = Rollout(run, [.. rows.Select(r => r.Prompt)], [.. rows.Select(r => r.Ids)], 0xB0F, cfg);
+        (string[], int[][], RolloutResult[]) rolled;
+        using (var reference = InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, run.Reference, run.Tokenizer, cfg.SftModel,
+                   Path.Combine(cfg.Out, ".reference_engine"), cfg.Threads), cfg.RolloutShardSize))
+        {
+            InferenceServices.Sync(reference, run.Reference, 0);
+            rolled = Rollout(run, reference, 0, [.. rows.Select(r => r.Prompt)], [.. rows.Select(r => r.Ids)], 0xB0F, cfg);
+        }
         var scored = Score(run, rolled, cfg);
-        InferenceServices.Sync(run.Rollouts, run.Actor);
         var bestOf = new List<BestOfNPoint>();
         foreach (int n in cfg.BestOfN.Distinct().Order())
         {

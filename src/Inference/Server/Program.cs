@@ -1,0 +1,1 @@
+return Rlhf.Inference.Serving.ServeCommand.RunStandalone(args);

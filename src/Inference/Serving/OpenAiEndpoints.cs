@@ -1,0 +1,238 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Rlhf.Inference.Reward;
+using Rlhf.Inference.Rollout;
+using Rlhf.Inference.Services;
+
+namespace Rlhf.Inference.Serving;
+
+/// <summary>
+/// OpenAI-compatible HTTP of a rollout replica: <c>GET /v1/models</c> and <c>POST /v1/completions</c> (prompt as a
+/// string, strings, token ids or lists of token ids; <c>max_tokens</c>, <c>temperature</c>, <c>top_p</c>, <c>top_k</c>,
+/// <c>n</c>, <c>seed</c>, <c>stop</c>, <c>logprobs</c>). Choice <c>i·n + j</c> (prompt i, sample j) samples with seed
+/// <c>seed + i·n + j</c>, so a seeded request gives the same tokens however it is batched.
+/// </summary>
+static class OpenAiEndpoints
+{
+    public static void Map(WebApplication app)
+    {
+        app.MapGet("/v1/models", (HttpContext ctx) =>
+        {
+            var r = ctx.RequestServices.GetRequiredService<RolloutReplica>();
+            return Results.Json(new { @object = "list", data = new[] { new { id = r.ModelName, @object = "model", created = 0L, owned_by = "rlhf" } } });
+        });
+        app.MapPost("/v1/completions", (HttpContext ctx) => HttpErrors.Guard(ctx, () => Completions(ctx, ctx.RequestServices.GetRequiredService<RolloutReplica>())));
+    }
+
+    static async Task Completions(HttpContext ctx, RolloutReplica replica)
+    {
+        using var doc = await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted);
+        var body = doc.RootElement;
+        if (body.ValueKind != JsonValueKind.Object) throw new BadRequest("The body must be a JSON object.");
+        string model = Json.String(body, "model") ?? throw new BadRequest("'model' is required (GET /v1/models lists it).", "model");
+        if (model != replica.ModelName) throw new BadRequest($"Unknown model '{model}'; this server serves '{replica.ModelName}'.", "model");
+        if (body.TryGetProperty("stream", out var stream) && stream.ValueKind == JsonValueKind.True)
+            throw new BadRequest("'stream' is not supported; send stream: false.", "stream");
+        int maxTokens = Json.Int(body, "max_tokens") ?? 16;
+        if (maxTokens < 1) throw new BadRequest($"'max_tokens' must be >= 1; got {maxTokens}.", "max_tokens");
+        int n = Json.Int(body, "n") ?? 1;
+        if (n < 1) throw new BadRequest($"'n' must be >= 1; got {n}.", "n");
+        float temperature = Json.Float(body, "temperature") ?? 1f;
+        float topP = Json.Float(body, "top_p") ?? 1f;
+        int topK = Json.Int(body, "top_k") ?? 0;
+        if (topK == -1) topK = 0;   // vLLM's "off"
+        long? seed = Json.Long(body, "seed");
+        int? logprobs = Json.Int(body, "logprobs");
+        if (logprobs is < 0) throw new BadRequest($"'logprobs' must be >= 0; got {logprobs}.", "logprobs");
+        string[] stop = Json.Strings(body, "stop");
+        var prompts = Prompts(body, replica);
+        if (prompts.Count * (long)n > replica.MaxBatch)
+            throw new BadRequest($"{prompts.Count} prompts × n = {n} is {prompts.Count * (long)n} sequences; this server takes at most {replica.MaxBatch} per request.", "n");
+        ulong baseSeed = seed is { } s ? unchecked((ulong)s) : (ulong)Random.Shared.NextInt64();
+        var sampling = new SamplingOptions
+        {
+            Temperature = temperature, TopP = topP, TopK = topK, MaxNewTokens = maxTokens, StopStrings = stop,
+        };
+        try { sampling.Validate(); }
+        catch (ArgumentException e) { throw new BadRequest(e.Message); }
+        var requests = new List<RolloutRequest>(prompts.Count * n);
+        for (int i = 0; i < prompts.Count; i++)
+            for (int j = 0; j < n; j++)
+                requests.Add(prompts[i] with { Sampling = sampling with { Seed = baseSeed + (ulong)(i * n + j) } });
+        var results = await replica.GenerateAsync(requests, new RolloutCall(), ctx.RequestAborted);
+
+        var choices = new JsonArray();
+        long promptTokens = 0, completionTokens = 0;
+        for (int k = 0; k < results.Count; k++)
+        {
+            var r = results[k];
+            if (k % n == 0) promptTokens += r.PromptIds.Length;
+            completionTokens += r.ResponseIds.Length;
+            choices.Add(new JsonObject
+            {
+                ["index"] = k,
+                ["text"] = r.Text ?? "",
+                ["logprobs"] = logprobs is null ? null : LogProbs(r, replica),
+                ["finish_reason"] = r.FinishReason == RolloutFinishReason.Length ? "length" : "stop",
+            });
+        }
+        ulong version = results.Count > 0 ? results[0].WeightsVersion : replica.Engine.WeightsVersion;
+        var response = new JsonObject
+        {
+            ["id"] = "cmpl-" + Guid.NewGuid().ToString("N"),
+            ["object"] = "text_completion",
+            ["created"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+            ["model"] = replica.ModelName,
+            ["system_fingerprint"] = $"weights-v{version}",
+            ["weights_version"] = version,
+            ["choices"] = choices,
+            ["usage"] = new JsonObject { ["prompt_tokens"] = promptTokens, ["completion_tokens"] = completionTokens, ["total_tokens"] = promptTokens + completionTokens },
+        };
+        ctx.Response.ContentType = "application/json";
+        await ctx.Response.WriteAsync(response.ToJsonString(), ctx.RequestAborted);
+    }
+
+    /// <summary>OpenAI's legacy logprobs object; top_logprobs holds the chosen token only (the engine records no others).</summary>
+    static JsonObject LogProbs(RolloutResult r, RolloutReplica replica)
+    {
+        var tokens = new JsonArray();
+        var lps = new JsonArray();
+        var tops = new JsonArray();
+        var offsets = new JsonArray();
+        int offset = 0;
+        for (int t = 0; t < r.ResponseIds.Length; t++)
+        {
+            string piece = replica.Tokenizer?.Decode([r.ResponseIds[t]], skipSpecial: false) ?? $"<{r.ResponseIds[t]}>";
+            tokens.Add(piece);
+            lps.Add(r.LogProbs[t]);
+            tops.Add(new JsonObject { [piece] = r.LogProbs[t] });
+            offsets.Add(offset);
+            offset += piece.Length;
+        }
+        return new JsonObject { ["tokens"] = tokens, ["token_logprobs"] = lps, ["top_logprobs"] = tops, ["text_offset"] = offsets };
+    }
+
+    /// <summary>The prompts: a string, an array of strings, an array of token ids, or an array of arrays of token ids.</summary>
+    static List<RolloutRequest> Prompts(JsonElement body, RolloutReplica replica)
+    {
+        if (!body.TryGetProperty("prompt", out var p)) throw new BadRequest("'prompt' is required.", "prompt");
+        RolloutRequest Text(string s) => replica.Tokenizer is null
+            ? throw new BadRequest("This model folder has no tokenizer files: send the prompt as token ids.", "prompt")
+            : RolloutRequest.FromText(s);
+        RolloutRequest Ids(JsonElement a)
+        {
+            var ids = new int[a.GetArrayLength()];
+            int i = 0;
+            foreach (var x in a.EnumerateArray())
+            {
+                if (x.ValueKind != JsonValueKind.Number || !x.TryGetInt32(out ids[i++])) throw new BadRequest("Token ids must be integers.", "prompt");
+            }
+            if (ids.Length == 0) throw new BadRequest("A token-id prompt is empty.", "prompt");
+            return RolloutRequest.FromIds(ids);
+        }
+        switch (p.ValueKind)
+        {
+            case JsonValueKind.String:
+                return [Text(p.GetString()!)];
+            case JsonValueKind.Array when p.GetArrayLength() == 0:
+                throw new BadRequest("'prompt' is an empty array.", "prompt");
+            case JsonValueKind.Array:
+                var first = p[0];
+                if (first.ValueKind == JsonValueKind.Number) return [Ids(p)];
+                var list = new List<RolloutRequest>();
+                foreach (var e in p.EnumerateArray())
+                {
+                    list.Add(e.ValueKind switch
+                    {
+                        JsonValueKind.String => Text(e.GetString()!),
+                        JsonValueKind.Array => Ids(e),
+                        _ => throw new BadRequest("'prompt' array items must be strings or arrays of token ids.", "prompt"),
+                    });
+                }
+                return list;
+            default:
+                throw new BadRequest("'prompt' must be a string, an array of strings, an array of token ids or an array of arrays of token ids.", "prompt");
+        }
+    }
+}
+
+/// <summary>OpenRLHF's remote reward contract: <c>POST /get_reward</c> {"query": [...], "prompts": [...]} -> {"rewards": [...], "scores": [...]}.</summary>
+static class RewardEndpoints
+{
+    public static void Map(WebApplication app)
+    {
+        app.MapPost("/get_reward", (HttpContext ctx) => HttpErrors.Guard(ctx, () => GetReward(ctx, ctx.RequestServices.GetRequiredService<RewardReplica>())));
+        app.MapGet("/v1/models", (HttpContext ctx) =>
+        {
+            var r = ctx.RequestServices.GetRequiredService<RewardReplica>();
+            return Results.Json(new { @object = "list", data = new[] { new { id = r.ModelName, @object = "model", created = 0L, owned_by = "rlhf" } } });
+        });
+    }
+
+    /// <summary>
+    /// Each query is prompt + response as one text; with <c>prompts</c> the query is split after its prompt (which must
+    /// be its prefix; the space that joins them is dropped), without them the whole query is scored as the prompt with
+    /// an empty response.
+    /// </summary>
+    static async Task GetReward(HttpContext ctx, RewardReplica replica)
+    {
+        using var doc = await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted);
+        var body = doc.RootElement;
+        if (body.ValueKind != JsonValueKind.Object) throw new BadRequest("The body must be a JSON object with 'query' (and optionally 'prompts').");
+        if (!body.TryGetProperty("query", out var q) || q.ValueKind != JsonValueKind.Array)
+            throw new BadRequest("'query' must be an array of strings (prompt + response as one text).", "query");
+        string[] queries = Json.StringArray(q, "query");
+        string[]? prompts = null;
+        if (body.TryGetProperty("prompts", out var p) && p.ValueKind != JsonValueKind.Null)
+        {
+            if (p.ValueKind != JsonValueKind.Array) throw new BadRequest("'prompts' must be an array of strings.", "prompts");
+            prompts = Json.StringArray(p, "prompts");
+            if (prompts.Length != queries.Length)
+                throw new BadRequest($"'prompts' has {prompts.Length} items and 'query' {queries.Length}; give one prompt per query.", "prompts");
+        }
+        var requests = new RewardRequest[queries.Length];
+        for (int i = 0; i < queries.Length; i++)
+        {
+            if (prompts is null) { requests[i] = new RewardRequest(queries[i], ""); continue; }
+            if (!queries[i].StartsWith(prompts[i], StringComparison.Ordinal))
+                throw new BadRequest($"query[{i}] does not start with prompts[{i}]; each query must be its prompt followed by the response.", "prompts");
+            requests[i] = new RewardRequest(prompts[i], queries[i][prompts[i].Length..].TrimStart());
+        }
+        float[] scores = await replica.ScoreAsync(requests, ctx.RequestAborted);
+        ctx.Response.ContentType = "application/json";
+        await ctx.Response.WriteAsync(JsonSerializer.Serialize(new { rewards = scores, scores }), ctx.RequestAborted);
+    }
+}
+
+/// <summary>Typed reads of optional JSON fields, with 400s that name the field.</summary>
+static class Json
+{
+    static bool Present(JsonElement o, string name, out JsonElement v) =>
+        o.TryGetProperty(name, out v) && v.ValueKind != JsonValueKind.Null;
+
+    public static string? String(JsonElement o, string name) =>
+        !Present(o, name, out var v) ? null : v.ValueKind == JsonValueKind.String ? v.GetString() : throw new BadRequest($"'{name}' must be a string.", name);
+
+    public static int? Int(JsonElement o, string name) =>
+        !Present(o, name, out var v) ? null : v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int x) ? x : throw new BadRequest($"'{name}' must be an integer.", name);
+
+    public static long? Long(JsonElement o, string name) =>
+        !Present(o, name, out var v) ? null : v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long x) ? x : throw new BadRequest($"'{name}' must be an integer.", name);
+
+    public static float? Float(JsonElement o, string name) =>
+        !Present(o, name, out var v) ? null : v.ValueKind == JsonValueKind.Number ? (float)v.GetDouble() : throw new BadRequest($"'{name}' must be a number.", name);
+
+    /// <summary>A string or an array of strings (absent: none).</summary>
+    public static string[] Strings(JsonElement o, string name) =>
+        !Present(o, name, out var v) ? []
+        : v.ValueKind == JsonValueKind.String ? [v.GetString()!]
+        : v.ValueKind == JsonValueKind.Array ? StringArray(v, name)
+        : throw new BadRequest($"'{name}' must be a string or an array of strings.", name);
+
+    public static string[] StringArray(JsonElement a, string name) =>
+        [.. a.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? x.GetString()! : throw new BadRequest($"'{name}' items must be strings.", name))];
+}

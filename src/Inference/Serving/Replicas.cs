@@ -1,0 +1,62 @@
+using Rlhf.Inference.Reward;
+using Rlhf.Inference.Rollout;
+using Rlhf.Inference.Services;
+using Rlhf.Inference.Tokenization;
+
+namespace Rlhf.Inference.Serving;
+
+/// <summary>What a rollout replica serves: one engine, its tokenizer, its name, and the count of calls in flight.</summary>
+public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokenizer, string modelName, string engineName, int maxBatch) : IDisposable
+{
+    int _queued;
+
+    /// <summary>The engine.</summary>
+    public IRolloutService Engine => engine;
+    /// <summary>The tokenizer (null: token ids only).</summary>
+    public TextTokenizer? Tokenizer => tokenizer;
+    /// <summary>The model id clients name (<c>GET /v1/models</c>).</summary>
+    public string ModelName => modelName;
+    /// <summary><c>ort</c> or <c>genai</c>.</summary>
+    public string EngineName => engineName;
+    /// <summary>Most sequences per request.</summary>
+    public int MaxBatch => maxBatch;
+    /// <summary>Generate calls waiting or running.</summary>
+    public int Queued => Volatile.Read(ref _queued);
+
+    /// <summary>Generates, counting the call as queued while it waits and runs.</summary>
+    public async Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall call, CancellationToken cancellationToken)
+    {
+        if (requests.Count == 0) throw new ArgumentException("The request holds no prompts.");
+        if (requests.Count > maxBatch)
+            throw new ArgumentException($"The request asks for {requests.Count} sequences; this replica takes at most {maxBatch} per request (--max-batch). Split it.");
+        Interlocked.Increment(ref _queued);
+        try { return await engine.GenerateAsync(requests, call, cancellationToken); }
+        finally { Interlocked.Decrement(ref _queued); }
+    }
+
+    /// <summary>Frees the engine.</summary>
+    public void Dispose() => engine.Dispose();
+}
+
+/// <summary>What a reward replica serves.</summary>
+public sealed class RewardReplica(IRewardService scorer, string modelName, int maxBatch) : IDisposable
+{
+    readonly SemaphoreSlim _gate = new(1, 1);
+
+    /// <summary>The model id.</summary>
+    public string ModelName => modelName;
+
+    /// <summary>Scores (prompt, response) pairs, one call at a time.</summary>
+    public async Task<float[]> ScoreAsync(IReadOnlyList<RewardRequest> requests, CancellationToken cancellationToken)
+    {
+        if (requests.Count == 0) throw new ArgumentException("The request holds no texts to score.");
+        if (requests.Count > maxBatch)
+            throw new ArgumentException($"The request holds {requests.Count} texts; this replica takes at most {maxBatch} per request (--max-batch). Split it.");
+        await _gate.WaitAsync(cancellationToken);
+        try { return await Task.Run(() => scorer.Score(requests), cancellationToken); }
+        finally { _gate.Release(); }
+    }
+
+    /// <summary>Frees the model.</summary>
+    public void Dispose() => scorer.Dispose();
+}

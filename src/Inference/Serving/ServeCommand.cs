@@ -1,0 +1,89 @@
+using System.CommandLine;
+
+namespace Rlhf.Inference.Serving;
+
+/// <summary>
+/// <c>serve rollout|reward</c>: the inference server's command line, shared by the <c>rlhf-serve</c> executable and
+/// <c>rlhf serve</c>.
+/// </summary>
+public static class ServeCommand
+{
+    /// <summary>The <c>serve</c> command with its two sub-commands (for <c>rlhf serve</c>).</summary>
+    public static Command Create()
+    {
+        var serve = new Command("serve", "Run an inference replica on 127.0.0.1: a rollout replica (gRPC + OpenAI-compatible HTTP) or a reward replica (gRPC + OpenRLHF's /get_reward).");
+        serve.Subcommands.Add(Rollout());
+        serve.Subcommands.Add(Reward());
+        return serve;
+    }
+
+    /// <summary>The <c>rlhf-serve</c> executable: <c>rlhf-serve rollout|reward ...</c>. Returns the exit code (2: bad command line, 1: failure).</summary>
+    public static int RunStandalone(string[] args)
+    {
+        var root = new RootCommand("rlhf-serve: Rlhf's inference server (ONNX Runtime, no TorchSharp).") { Rollout(), Reward() };
+        var parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            Console.Error.WriteLine($"error: {string.Join(" ", parsed.Errors.Select(e => e.Message))} (see: rlhf-serve --help)");
+            return 2;
+        }
+        return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+    }
+
+    static Option<int> PortOption() => new("--port") { Description = "TCP port on 127.0.0.1 (gRPC and HTTP share it).", Required = true };
+    static Option<int> ThreadsOption() => new("--threads") { Description = "ONNX Runtime intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
+    static Option<string?> TokenOption() => new("--token-file") { Description = "File holding a bearer token; then every call but health checks must send 'Authorization: Bearer <token>'." };
+
+    static Command Rollout()
+    {
+        var model = new Option<string>("--model") { Description = "ONNX policy folder (genai_config.json, model.onnx, tokenizer files), as rlhf export --kind policy writes.", Required = true };
+        var port = PortOption();
+        var threads = ThreadsOption();
+        var engine = new Option<string>("--engine") { Description = "ort (our engine) or genai (ONNX Runtime GenAI).", DefaultValueFactory = _ => "ort" };
+        engine.AcceptOnlyFromAmong("ort", "genai");
+        var token = TokenOption();
+        var maxBatch = new Option<int>("--max-batch") { Description = "Most sequences per request (prompts x n).", DefaultValueFactory = _ => 256 };
+        var cmd = new Command("rollout", "Serve a policy: gRPC Generate/PushWeights/GetStatus + grpc.health.v1, and GET /v1/models, POST /v1/completions.")
+            { model, port, threads, engine, token, maxBatch };
+        cmd.SetAction(r => Guard(() =>
+        {
+            var options = new RolloutServeOptions
+            {
+                Model = r.GetValue(model)!, Port = r.GetValue(port), Threads = r.GetValue(threads), TokenFile = r.GetValue(token),
+                Engine = r.GetValue(engine) == "genai" ? ServeEngine.Genai : ServeEngine.Ort, MaxBatch = r.GetValue(maxBatch),
+            };
+            return ServeHost.Run(ServeHost.BuildRollout(options), $"rollout replica of {options.Model}", options.Port);
+        }));
+        return cmd;
+    }
+
+    static Command Reward()
+    {
+        var model = new Option<string>("--reward-model") { Description = "Reward model: our RM's onnx/ folder or an external sequence-classification ONNX folder (or .onnx file).", Required = true };
+        var port = PortOption();
+        var threads = ThreadsOption();
+        var token = TokenOption();
+        var maxBatch = new Option<int>("--max-batch") { Description = "Most texts per request.", DefaultValueFactory = _ => 1024 };
+        var cmd = new Command("reward", "Serve a reward model: gRPC Score + grpc.health.v1, and POST /get_reward ({\"query\": [...], \"prompts\": [...]} -> {\"rewards\": [...]}).")
+            { model, port, threads, token, maxBatch };
+        cmd.SetAction(r => Guard(() =>
+        {
+            var options = new RewardServeOptions
+            {
+                RewardModel = r.GetValue(model)!, Port = r.GetValue(port), Threads = r.GetValue(threads), TokenFile = r.GetValue(token), MaxBatch = r.GetValue(maxBatch),
+            };
+            return ServeHost.Run(ServeHost.BuildReward(options), $"reward replica of {options.RewardModel}", options.Port);
+        }));
+        return cmd;
+    }
+
+    static int Guard(Func<int> body)
+    {
+        try { return body(); }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine("error: " + (e is ArgumentException or IOException or InvalidDataException ? e.Message : "internal error: " + e.Message));
+            return 1;
+        }
+    }
+}

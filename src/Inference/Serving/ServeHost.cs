@@ -1,0 +1,165 @@
+using System.Buffers;
+using System.Net;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using System.Text;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Server.Kestrel.Core.Features;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Rlhf.Inference.Reward;
+using Rlhf.Inference.Rollout;
+using Rlhf.Inference.Services;
+using Rlhf.Inference.Tokenization;
+
+namespace Rlhf.Inference.Serving;
+
+/// <summary>
+/// The Kestrel host of a rollout or reward replica: one port on 127.0.0.1 serving gRPC (HTTP/2 with prior knowledge)
+/// and HTTP/1.1 JSON side by side, <c>grpc.health.v1</c>, and a bearer token on everything but health when a token file
+/// is given.
+/// </summary>
+public static class ServeHost
+{
+    /// <summary>Builds the rollout replica (engine loaded, not yet listening).</summary>
+    public static WebApplication BuildRollout(RolloutServeOptions options)
+    {
+        options.Validate();
+        string? token = ServeChecks.ReadToken(options.TokenFile);
+        string folder = Path.GetFullPath(options.Model);
+        TextTokenizer? tokenizer;
+        try { tokenizer = TextTokenizer.Load(folder); }
+        catch (FileNotFoundException) { tokenizer = null; }   // ids in, ids out
+        IRolloutService engine = options.Engine switch
+        {
+            ServeEngine.Ort => RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = options.Threads, MaxBatchSize = 64 }, tokenizer),
+            ServeEngine.Genai => GenAiRolloutEngine.Load(folder, new GenAiEngineOptions { Threads = options.Threads }, tokenizer),
+            _ => throw new ArgumentOutOfRangeException(nameof(options)),
+        };
+        var replica = new RolloutReplica(engine, tokenizer, ModelName(folder), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch);
+        var app = Build(options.Port, token, services => services.AddSingleton(replica));
+        app.MapGrpcService<RolloutGrpcService>();
+        OpenAiEndpoints.Map(app);
+        app.Lifetime.ApplicationStopped.Register(replica.Dispose);
+        return app;
+    }
+
+    /// <summary>Builds the reward replica (model loaded, not yet listening).</summary>
+    public static WebApplication BuildReward(RewardServeOptions options)
+    {
+        options.Validate();
+        string? token = ServeChecks.ReadToken(options.TokenFile);
+        var scorer = RewardScorer.Load(options.RewardModel, new RewardScorerOptions { Threads = options.Threads });
+        var replica = new RewardReplica(scorer, ModelName(Path.GetFullPath(options.RewardModel)), options.MaxBatch);
+        var app = Build(options.Port, token, services => services.AddSingleton(replica));
+        app.MapGrpcService<RewardGrpcService>();
+        RewardEndpoints.Map(app);
+        app.Lifetime.ApplicationStopped.Register(replica.Dispose);
+        return app;
+    }
+
+    /// <summary>Runs <paramref name="app"/> until SIGINT/SIGTERM, printing one line when it listens.</summary>
+    public static int Run(WebApplication app, string what, int port)
+    {
+        app.Lifetime.ApplicationStarted.Register(() => Console.WriteLine($"rlhf-serve: {what} listening on http://127.0.0.1:{port}"));
+        app.Run();
+        return 0;
+    }
+
+    static string ModelName(string path) => Path.GetFileName(Path.TrimEndingDirectorySeparator(path));
+
+    static WebApplication Build(int port, string? token, Action<IServiceCollection> register)
+    {
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
+        builder.Logging.ClearProviders();
+        builder.Logging.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.AllowAlternateSchemes = true;   // HTTP/2 requests say :scheme http on the sniffed cleartext connection
+            k.Limits.MaxRequestBodySize = 64L << 20;
+            k.Listen(IPAddress.Loopback, port, l =>
+            {
+                l.Protocols = HttpProtocols.Http1AndHttp2;
+                l.Use(SniffHttp2);
+            });
+        });
+        builder.Services.AddGrpc(o =>
+        {
+            o.MaxReceiveMessageSize = 8 << 20;   // weight chunks are <= 1 MiB; shards of prompts are small
+            o.EnableDetailedErrors = true;
+        });
+        builder.Services.AddGrpcHealthChecks().AddCheck("engine", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy());
+        register(builder.Services);
+        var app = builder.Build();
+        if (token is not null) app.Use(Authenticate(token));
+        app.MapGrpcHealthChecksService();
+        return app;
+    }
+
+    /// <summary>
+    /// Without TLS there is no ALPN to pick HTTP/2, and Kestrel reads an Http1AndHttp2 cleartext connection as HTTP/1.1.
+    /// This connection middleware peeks at the first bytes: a connection that opens with the HTTP/2 preface
+    /// (<c>PRI * HTTP/2.0</c>) is marked as having negotiated <c>h2</c>, so gRPC clients (prior knowledge) and HTTP/1.1
+    /// clients share one port. Nothing is consumed.
+    /// </summary>
+    static ConnectionDelegate SniffHttp2(ConnectionDelegate next) => async context =>
+    {
+        var input = context.Transport.Input;
+        while (true)
+        {
+            var read = await input.ReadAsync(context.ConnectionClosed);
+            var buffer = read.Buffer;
+            if (buffer.Length >= 3 || read.IsCompleted || read.IsCanceled)
+            {
+                if (buffer.Length >= 3 && buffer.Slice(0, 3).ToArray() is [(byte)'P', (byte)'R', (byte)'I'])
+                {
+                    context.Features.Set<ITlsApplicationProtocolFeature>(Http2Negotiated.Instance);
+                    context.Features.Set<ITlsConnectionFeature>(Http2Negotiated.Instance);
+                }
+                input.AdvanceTo(buffer.Start);
+                break;
+            }
+            input.AdvanceTo(buffer.Start, buffer.End);
+        }
+        await next(context);
+    };
+
+    sealed class Http2Negotiated : ITlsApplicationProtocolFeature, ITlsConnectionFeature
+    {
+        public static readonly Http2Negotiated Instance = new();
+        public ReadOnlyMemory<byte> ApplicationProtocol { get; } = "h2"u8.ToArray();
+        public X509Certificate2? ClientCertificate { get => null; set { } }
+        public Task<X509Certificate2?> GetClientCertificateAsync(CancellationToken cancellationToken) => Task.FromResult<X509Certificate2?>(null);
+    }
+
+    /// <summary>Requires <c>Authorization: Bearer &lt;token&gt;</c> on every request but health checks.</summary>
+    static Func<HttpContext, RequestDelegate, Task> Authenticate(string token)
+    {
+        byte[] expected = Encoding.UTF8.GetBytes("Bearer " + token);
+        return async (ctx, next) =>
+        {
+            if (ctx.Request.Path.StartsWithSegments("/grpc.health.v1.Health") ||
+                CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(ctx.Request.Headers.Authorization.ToString()), expected))
+            {
+                await next(ctx);
+                return;
+            }
+            const string message = "Missing or wrong bearer token: send 'Authorization: Bearer <the token in the server's --token-file>'.";
+            if (ctx.Request.ContentType?.StartsWith("application/grpc", StringComparison.Ordinal) == true)
+            {
+                ctx.Response.StatusCode = 200;   // a trailers-only gRPC response: UNAUTHENTICATED
+                ctx.Response.ContentType = "application/grpc";
+                ctx.Response.Headers["grpc-status"] = "16";
+                ctx.Response.Headers["grpc-message"] = Uri.EscapeDataString(message);
+                return;
+            }
+            await HttpErrors.Write(ctx, StatusCodes.Status401Unauthorized, message, "authentication_error");
+        };
+    }
+}
