@@ -58,12 +58,17 @@ public static class DataFiles
     public static DataRead<SftExample> ReadSft(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Sft, skipMalformed);
 
-    /// <summary>prompt,response rows to score: like <see cref="ReadSft"/>, but an empty response is a valid answer.</summary>
+    /// <summary>prompt,response rows to score: like <see cref="ReadSft"/>, but an empty response is a valid answer and an
+    /// empty prompt a standalone text (what a classifier-style reward model scores).</summary>
     public static DataRead<SftExample> ReadResponses(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Response, skipMalformed);
 
     public static DataRead<PreferencePair> ReadPreferences(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Preference, skipMalformed);
+
+    /// <summary>prompt,chosen,rejected rows to score: like <see cref="ReadPreferences"/>, but the prompt may be empty.</summary>
+    public static DataRead<PreferencePair> ReadPreferencesToScore(string path, bool skipMalformed = false) =>
+        Read(path, Schemas.ScoredPreference, skipMalformed);
 
     public static DataRead<RankedExample> ReadRanked(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Ranked, skipMalformed);
@@ -297,7 +302,7 @@ public static class DataFiles
 
         public static readonly Schema<SftExample> Response = new(
             Sft.Columns, Sft.Kinds, Sft.Example,
-            v => RequirePrompt<SftExample>(v[0]) ?? (new SftExample(v[0], v[1]), null),
+            v => (new SftExample(v[0], v[1]), null),
             Sft.Format, Sft.WriteJson);
 
         public static readonly Schema<PreferencePair> Preference = new(
@@ -313,6 +318,11 @@ public static class DataFiles
                 w.WriteString("rejected", r.Rejected);
                 w.WriteEndObject();
             });
+
+        public static readonly Schema<PreferencePair> ScoredPreference = new(
+            Preference.Columns, Preference.Kinds, Preference.Example,
+            v => (new PreferencePair(v[0], v[1], v[2]), null),
+            Preference.Format, Preference.WriteJson);
 
         public static readonly Schema<RankedExample> Ranked = new(
             ["prompt", "responses", "ranking"], [ColumnKind.Text, ColumnKind.StringArray, ColumnKind.IntArray],
