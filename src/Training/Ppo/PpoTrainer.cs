@@ -90,7 +90,7 @@ public static class PpoTrainer
         else
         {
             run.Calibration = NeedsSftNormalization(cfg, run.Rewards) ? MeasureOnSft(run, prompts, promptIds, cfg) : null;
-            FoldIntoCritic(run, cfg);
+            FoldIntoCritic(run.Critic, cfg, run.Calibration);
         }
         string? lastCheckpoint = resumeFrom;
         Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmFolder()}.");
@@ -498,7 +498,7 @@ public static class PpoTrainer
     /// <c>reward_normalization.json</c>, g₁, b₁) and, when our RM is also the scorer, the sft normalisation (g₂, b₂)
     /// are folded into the value head: V = g₂·(g₁·v + b₁) + b₂ (<see cref="LlamaForSequenceClassification.FoldAffine"/>).
     /// </summary>
-    static void FoldIntoCritic(Run run, PpoConfig cfg)
+    internal static void FoldIntoCritic(LlamaForSequenceClassification critic, PpoConfig cfg, RewardNormalization? calibration)
     {
         string? rmFolder = cfg.RmFolder();
         if (rmFolder is null) return;
@@ -507,8 +507,8 @@ public static class PpoTrainer
             ? System.Text.Json.JsonSerializer.Deserialize<RewardNormalization>(File.ReadAllText(file), ConfigLoader.Json)
               ?? throw new InvalidDataException($"{file}: empty normalisation.")
             : new RewardNormalization(1, 0, 0, 1);
-        var (gain, bias) = Compose(rm, cfg.RewardModel is null ? run.Calibration : null);
-        run.Critic.FoldAffine(gain, bias);
+        var (gain, bias) = Compose(rm, cfg.RewardModel is null ? calibration : null);
+        critic.FoldAffine(gain, bias);
         Log($"Critic: from {rmFolder}, value head scaled to the normalised reward (V = {gain:F4}·v + {bias:F4}).");
     }
 
