@@ -76,6 +76,17 @@ public static class DataFiles
     public static DataRead<PromptExample> ReadPrompts(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Prompt, skipMalformed);
 
+    /// <summary>
+    /// Pretraining documents: a plain-text file (<c>.txt</c>; each non-empty line a document) or CSV/JSONL with a
+    /// <c>text</c> column.
+    /// </summary>
+    public static DataRead<TextExample> ReadTexts(string path, bool skipMalformed = false)
+    {
+        if (!Path.GetExtension(path).Equals(".txt", StringComparison.OrdinalIgnoreCase)) return Read(path, Schemas.Text, skipMalformed);
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found", path);
+        return new DataRead<TextExample>([.. File.ReadLines(path, Encoding.UTF8).Where(l => !string.IsNullOrWhiteSpace(l)).Select(l => new TextExample(l))], 0);
+    }
+
     public static void WriteSft(string path, IEnumerable<SftExample> records) => Write(path, Schemas.Sft, records);
 
     public static void WritePreferences(string path, IEnumerable<PreferencePair> records) =>
@@ -316,6 +327,18 @@ public static class DataFiles
                 w.WriteString("prompt", r.Prompt);
                 w.WriteString("chosen", r.Chosen);
                 w.WriteString("rejected", r.Rejected);
+                w.WriteEndObject();
+            });
+
+        public static readonly Schema<TextExample> Text = new(
+            ["text"], [ColumnKind.Text],
+            "{\"text\": \"...\"}",
+            v => v[0].Trim().Length == 0 ? Bad<TextExample>("empty text; give every document some text or leave the row out") : (new TextExample(v[0]), null),
+            r => [r.Text],
+            (w, r) =>
+            {
+                w.WriteStartObject();
+                w.WriteString("text", r.Text);
                 w.WriteEndObject();
             });
 

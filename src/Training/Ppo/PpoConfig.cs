@@ -60,8 +60,14 @@ public sealed record PpoConfig
     public double VfCoef { get; init; } = 0.5;
     /// <summary>Entropy bonus coefficient (0 = off).</summary>
     public double EntropyCoef { get; init; }
-    /// <summary>PPO-ptx coefficient γ_ptx on SFT demonstrations (0 = off).</summary>
+    /// <summary>PPO-ptx coefficient γ_ptx on pretraining text, L = L_PPO + γ_ptx·(−mean log π(x)) (0 = off; InstructGPT used 27.8 with its own scales).</summary>
     public double PtxCoef { get; init; }
+    /// <summary>PPO-ptx text: plain text (.txt, a document per line) or CSV/JSONL with a text column; null = the default task's corpus.</summary>
+    public string? PtxFile { get; init; }
+    /// <summary>Rows of pretraining text per minibatch (one ptx batch per PPO minibatch).</summary>
+    public int PtxBatchSize { get; init; } = 8;
+    /// <summary>Tokens per ptx row (packed documents; every token after a row's first is predicted).</summary>
+    public int PtxSeqLen { get; init; } = 64;
     /// <summary>GAE discount γ.</summary>
     public double Gamma { get; init; } = 1.0;
     /// <summary>GAE λ (0 = one-step TD, 1 = Monte Carlo).</summary>
@@ -140,6 +146,7 @@ public sealed record PpoConfig
         if (RewardNormalization == ScoreNormalization.Batch && RolloutBatch < 2) e.Add("reward_normalization batch needs rollout_batch ≥ 2");
         if (RewardClip < 0) e.Add("reward_clip must be ≥ 0 (0 = off)");
         if (NormalizationSamples < 2) e.Add("normalization_samples must be ≥ 2");
+        if (PtxCoef < 0 || PtxBatchSize < 1 || PtxSeqLen < 2) e.Add("ptx_coef must be ≥ 0, ptx_batch_size ≥ 1 and ptx_seq_len ≥ 2");
         e.AddRange(AdamWSettings.Problems(WeightDecay, Beta1, Beta2, AdamEps));
         if (e.Count > 0) throw new InvalidDataException("Invalid PPO config: " + string.Join("; ", e) + ".");
     }

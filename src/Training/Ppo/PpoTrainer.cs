@@ -73,7 +73,7 @@ public static class PpoTrainer
         using var criticOpt = TrainerParts.AdamW(run.Critic, new AdamWSettings(cfg.CriticLr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
         var optimizers = new Dictionary<string, optim.Optimizer> { ["actor_optimizer"] = actorOpt, ["critic_optimizer"] = criticOpt };
         KlController kl = cfg.AdaptiveKl ? new AdaptiveKlController(cfg.InitKlCoef, cfg.TargetKl, cfg.KlHorizon) : new FixedKlController(cfg.InitKlCoef);
-        var ptx = cfg.PtxCoef > 0 ? PtxData(cfg, run.Tokenizer) : null;
+        var ptx = cfg.PtxCoef > 0 ? PtxBatches.Load(cfg, run.Tokenizer, run.Actor.Config.MaxPositionEmbeddings) : null;
 
         var metrics = new MetricsTable();
         var moments = new RunningMoments();   // reward_normalization running
@@ -340,6 +340,7 @@ public static class PpoTrainer
         var stats = new Dictionary<string, List<double>>();
         void Add(string k, double v) { if (!stats.TryGetValue(k, out var l)) stats[k] = l = []; l.Add(v); }
         int mbPerEpoch = cfg.RolloutBatch / cfg.MiniBatch;
+        int ptxBatch = it * cfg.PpoEpochs * mbPerEpoch;   // each minibatch of the run takes the next ptx batch
         bool stop = false;
         int update = 0;
         for (int epoch = 0; epoch < cfg.PpoEpochs && !stop; epoch++)
@@ -365,9 +366,9 @@ public static class PpoTrainer
                     }
                     if (ptx is not null)
                     {
-                        var ptxLoss = ptx.Loss(run.Actor, it * 1000 + update, cfg.PtxCoef, run.Device);
-                        actorLoss = actorLoss + ptxLoss;
-                        Add("loss/ptx", ptxLoss.item<float>());
+                        var ptxNll = ptx.Nll(run.Actor, ptxBatch++, run.Device);   // −mean log π over every token of a ptx batch
+                        actorLoss = actorLoss + cfg.PtxCoef * ptxNll;
+                        Add("loss/ptx", ptxNll.item<float>());
                     }
                     var values = mb.ResponseSlice(run.Critic.Values(mb.InputIds, mb.AttentionMask, mb.PositionIds));
                     var (vf, vfClip) = PpoLosses.Value(values, mb.ValuesOld!, mb.Returns!, mb.ResponseMask, cfg.ValueClipEps);
@@ -516,30 +517,9 @@ public static class PpoTrainer
     internal static (double Gain, double Bias) Compose(RewardNormalization first, RewardNormalization? second) =>
         second is null ? (first.Gain, first.Bias) : (second.Gain * first.Gain, second.Gain * first.Bias + second.Bias);
 
-    static PtxBatches PtxData(PpoConfig cfg, TextTokenizer tokenizer) =>
-        new([.. DataSets.SftExamples((ulong)cfg.Seed, DataSets.SftTrainName, 4096).Select(e => SftBatch.Tokenize(tokenizer, e, 96))],
-            tokenizer.PadId ?? 0, cfg.MiniBatch);
-
     static void Log(string message) => Console.Error.WriteLine(message);
 
     sealed record PpoState(int Iteration, KlControllerState Kl, string ConfigJson, RunningMomentsState? Moments = null,
                            RewardNormalization? Calibration = null) : ICheckpointState;
 
-}
-
-/// <summary>PPO-ptx: minibatches of SFT demonstrations and the term −γ_ptx·mean log π on them.</summary>
-internal sealed class PtxBatches(TokenizedExample[] data, int padId, int batchSize)
-{
-    /// <summary>γ_ptx · (−mean log π(demonstration response tokens)) for batch number <paramref name="k"/>.</summary>
-    public Tensor Loss(LlamaForCausalLM actor, int k, double coef, Device device)
-    {
-        var rows = Enumerable.Range(0, batchSize).Select(i => data[(k * batchSize + i) % data.Length]).ToArray();
-        using var batch = SftBatch.Collate(rows, padId, device);
-        var logits = actor.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
-        long s = batch.InputIds.shape[1];
-        var targets = batch.Targets.narrow(1, 0, s - 1);
-        var mask = targets.ne(SftBatch.Ignore).to(ScalarType.Float32);
-        var logp = LogProbs.OfTokens(logits.narrow(1, 0, s - 1), targets.clamp_min(0));
-        return PpoLosses.Ptx(logp, mask, coef);
-    }
 }
