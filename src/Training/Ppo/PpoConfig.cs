@@ -62,7 +62,7 @@ public sealed record PpoConfig
     public double EntropyCoef { get; init; }
     /// <summary>PPO-ptx coefficient γ_ptx on pretraining text, L = L_PPO + γ_ptx·(−mean log π(x)) (0 = off; InstructGPT used 27.8 with its own scales).</summary>
     public double PtxCoef { get; init; }
-    /// <summary>PPO-ptx text: plain text (.txt, a document per line) or CSV/JSONL with a text column; null = the default task's corpus.</summary>
+    /// <summary>PPO-ptx text: plain text (.txt, a document per line) or CSV/JSONL/Parquet with a text column; null = the default task's corpus.</summary>
     public string? PtxFile { get; init; }
     /// <summary>Rows of pretraining text per minibatch (one ptx batch per PPO minibatch).</summary>
     public int PtxBatchSize { get; init; } = 8;

@@ -88,7 +88,7 @@ internal sealed class PtxBatches
     }
 
     /// <summary>
-    /// The ptx data of a run: <see cref="PpoConfig.PtxFile"/> (plain text lines, or a <c>text</c> column), or the
+    /// The ptx data of a run: <see cref="PpoConfig.PtxFile"/> (plain text lines, or a <c>text</c> column of CSV/JSONL/Parquet), or the
     /// default task's corpus (the texts <c>rlhf data</c> writes to corpus.txt for the same seed).
     /// </summary>
     public static PtxBatches Load(PpoConfig cfg, TextTokenizer tokenizer, int maxPositions)
