@@ -14,8 +14,16 @@ public enum RewardTemplate
     Auto,
     /// <summary><c>[BOS] prompt continuation [EOS]</c> as <see cref="PromptFormat"/> joins them (BOS/EOS when the tokenizer has them and special tokens are added).</summary>
     Joined,
-    /// <summary>BERT text pair: <c>[CLS] prompt [SEP] response [SEP]</c>, token types 0 for the first segment and 1 for the second.</summary>
+    /// <summary>
+    /// BERT text pair: <c>[CLS] prompt [SEP] response [SEP]</c>, token types 0 for the first segment and 1 for the second;
+    /// an empty prompt gives the single sequence <c>[CLS] response [SEP]</c> (types 0), as Hugging Face tokenizers do.
+    /// </summary>
     Pair,
+    /// <summary>
+    /// One text: <c>[CLS] prompt + " " + response [SEP]</c>, token types 0 (what TRL's sentiment example feeds a
+    /// DistilBERT classifier); the text is <see cref="PromptFormat.Join"/>(prompt, response).
+    /// </summary>
+    Text,
 }
 
 /// <summary>
@@ -51,10 +59,14 @@ public sealed record RewardSpec
     public string ClsToken { get; init; } = "[CLS]";
     /// <summary>SEP token of the pair template.</summary>
     public string SepToken { get; init; } = "[SEP]";
-    /// <summary>Score normalisation: (raw − mean) / std.</summary>
-    public double Mean { get; init; }
-    /// <summary>Score normalisation: (raw − mean) / std; must be &gt; 0.</summary>
-    public double Std { get; init; } = 1.0;
+    /// <summary>Score normalisation: (raw − mean) / std; null = 0. A spec that sets mean or std declares its scores normalised.</summary>
+    public double? Mean { get; init; }
+    /// <summary>Score normalisation: (raw − mean) / std; must be &gt; 0; null = 1.</summary>
+    public double? Std { get; init; }
+
+    /// <summary>True when the spec sets <see cref="Mean"/> or <see cref="Std"/>: the scores it yields are already normalised.</summary>
+    [JsonIgnore]
+    public bool Normalises => Mean is not null || Std is not null;
 
     static readonly JsonSerializerOptions Json = new()
     {
@@ -77,15 +89,15 @@ public sealed record RewardSpec
         catch (JsonException e)
         {
             throw new InvalidDataException($"{path}: {e.Message} Keys: input_ids, attention_mask, token_type_ids, output, label_index, " +
-                                           "max_length, template (auto|joined|pair), add_special_tokens, cls_token, sep_token, mean, std.", e);
+                                           "max_length, template (auto|joined|pair|text), add_special_tokens, cls_token, sep_token, mean, std.", e);
         }
     }
 
     /// <summary>Throws naming the key to change when a value is out of range.</summary>
     public RewardSpec Validate()
     {
-        if (!(Std > 0) || !double.IsFinite(Std)) throw new ArgumentException($"reward spec: std must be > 0; got {Std}.");
-        if (!double.IsFinite(Mean)) throw new ArgumentException($"reward spec: mean must be finite; got {Mean}.");
+        if (Std is double sd && (!(sd > 0) || !double.IsFinite(sd))) throw new ArgumentException($"reward spec: std must be > 0; got {Std}.");
+        if (Mean is double m && !double.IsFinite(m)) throw new ArgumentException($"reward spec: mean must be finite; got {Mean}.");
         if (MaxLength is < 2) throw new ArgumentException($"reward spec: max_length must be >= 2; got {MaxLength}.");
         if (LabelIndex is < 0) throw new ArgumentException($"reward spec: label_index must be >= 0; got {LabelIndex}.");
         return this;
@@ -104,6 +116,8 @@ public sealed record RewardScorerOptions
     public int BatchSize { get; init; } = 32;
     /// <summary>Overrides <c>reward_spec.json</c>.</summary>
     public RewardSpec? Spec { get; init; }
+    /// <summary>Overrides the spec's template (null = the spec's, Auto = chosen from the model).</summary>
+    public RewardTemplate? Template { get; init; }
 }
 
 /// <summary>
@@ -160,10 +174,11 @@ public sealed class RewardScorer : Services.IRewardService
             throw new InvalidDataException($"Reward model {file}: input '{spec.InputIds}' is {_idType}; int64 or int32 expected. {Expected()}");
         var idDims = inputs[spec.InputIds].Dimensions;
         MaxLength = spec.MaxLength ?? (idDims.Length == 2 && idDims[1] > 0 ? idDims[1] : ConfigMaxLength(folder) ?? 512);
-        Template = spec.Template != RewardTemplate.Auto ? spec.Template
+        var asked = options.Template ?? spec.Template;
+        Template = asked != RewardTemplate.Auto ? asked
             : !ours && tokenizer.Kind is TokenizerKind.WordPiece or TokenizerKind.TokenizerJsonWordPiece ? RewardTemplate.Pair : RewardTemplate.Joined;
         _pad = tokenizer.PadId ?? 0;
-        if (Template == RewardTemplate.Pair && spec.AddSpecialTokens)
+        if (Template is RewardTemplate.Pair or RewardTemplate.Text && spec.AddSpecialTokens)
         {
             _cls = tokenizer.TokenId(spec.ClsToken) ?? throw new InvalidDataException($"The tokenizer of {folder} has no '{spec.ClsToken}' token; set cls_token in {RewardSpec.FileName}.");
             _sep = tokenizer.TokenId(spec.SepToken) ?? throw new InvalidDataException($"The tokenizer of {folder} has no '{spec.SepToken}' token; set sep_token in {RewardSpec.FileName}.");
@@ -209,22 +224,39 @@ public sealed class RewardScorer : Services.IRewardService
     public (int[] Ids, int[] TokenTypes) Encode(string prompt, string response)
     {
         var tk = Tokenizer;
-        if (Template == RewardTemplate.Pair)
+        switch (Template)
         {
-            int[] p = tk.Encode(prompt.Trim()), r = tk.Encode(response.Trim());
-            int special = Spec.AddSpecialTokens ? 3 : 0;
-            int over = p.Length + r.Length + special - MaxLength;
-            if (over > 0) { int cut = Math.Min(over, p.Length); p = p[cut..]; over -= cut; }
-            if (over > 0) r = r[..Math.Max(0, r.Length - over)];
-            int[] ids = Spec.AddSpecialTokens ? [_cls!.Value, .. p, _sep!.Value, .. r, _sep!.Value] : [.. p, .. r];
-            int first = Spec.AddSpecialTokens ? p.Length + 2 : p.Length;
-            return (ids, [.. Enumerable.Range(0, ids.Length).Select(i => i < first ? 0 : 1)]);
+            case RewardTemplate.Pair when prompt.Trim().Length > 0:
+            {
+                int[] p = tk.Encode(prompt.Trim()), r = tk.Encode(response.Trim());
+                int special = Spec.AddSpecialTokens ? 3 : 0;
+                int over = p.Length + r.Length + special - MaxLength;
+                if (over > 0) { int cut = Math.Min(over, p.Length); p = p[cut..]; over -= cut; }
+                if (over > 0) r = r[..Math.Max(0, r.Length - over)];
+                int[] ids = Spec.AddSpecialTokens ? [_cls!.Value, .. p, _sep!.Value, .. r, _sep!.Value] : [.. p, .. r];
+                int first = Spec.AddSpecialTokens ? p.Length + 2 : p.Length;
+                return (ids, [.. Enumerable.Range(0, ids.Length).Select(i => i < first ? 0 : 1)]);
+            }
+            case RewardTemplate.Pair:   // empty prompt: one sequence
+                return Single(response.Trim());
+            case RewardTemplate.Text:
+                return Single(PromptFormat.Join(prompt.Trim(), response));
+            default:
+            {
+                int[] ids = PromptFormat.JoinedIds(tk, prompt, response, MaxLength, Spec.AddSpecialTokens);
+                return (ids, new int[ids.Length]);
+            }
         }
-        else
-        {
-            int[] ids = PromptFormat.JoinedIds(tk, prompt, response, MaxLength, Spec.AddSpecialTokens);
-            return (ids, new int[ids.Length]);
-        }
+    }
+
+    /// <summary><c>[CLS] text [SEP]</c> (without them when special tokens are off), truncated from the end; token types 0.</summary>
+    (int[] Ids, int[] TokenTypes) Single(string text)
+    {
+        int[] t = Tokenizer.Encode(text);
+        int special = Spec.AddSpecialTokens ? 2 : 0;
+        if (t.Length + special > MaxLength) t = t[..Math.Max(0, MaxLength - special)];
+        int[] ids = Spec.AddSpecialTokens ? [_cls!.Value, .. t, _sep!.Value] : t;
+        return (ids, new int[ids.Length]);
     }
 
     /// <summary>Normalised scores, one per request, in order.</summary>
@@ -284,7 +316,7 @@ public sealed class RewardScorer : Services.IRewardService
     float[] ScoreEncoded(IReadOnlyList<int[]> ids, IReadOnlyList<int[]>? tokenTypes)
     {
         var raw = RawScores(ids, tokenTypes);
-        for (int i = 0; i < raw.Length; i++) raw[i] = (float)((raw[i] - Spec.Mean) / Spec.Std);
+        for (int i = 0; i < raw.Length; i++) raw[i] = (float)((raw[i] - (Spec.Mean ?? 0)) / (Spec.Std ?? 1));
         return raw;
     }
 

@@ -12,8 +12,9 @@ internal static class PpoCommand
     {
         var common = new StageOptions();
         var sft = new Option<string?>("--sft-model") { Description = "SFT model folder: the actor's start and the frozen reference (default runs/sft)." };
-        var rm = new Option<string?>("--rm-model") { Description = "Our reward-model folder: the critic's start and, via its onnx/ export, the scorer (default runs/rm)." };
-        var reward = new Option<string?>("--reward-model") { Description = "Optimise this ONNX reward model instead (folder or .onnx; ours or external with its tokenizer and optional reward_spec.json)." };
+        var rm = new Option<string?>("--rm-model") { Description = "Our reward-model folder: the critic's start and, via its onnx/ export, the scorer (default runs/rm, none when --reward-model is given alone)." };
+        var reward = new Option<string?>("--reward-model") { Description = "Optimise this ONNX reward model instead (folder or .onnx; ours or external with its tokenizer and optional reward_spec.json); alone, the critic starts from the SFT model and the scores are normalised on SFT samples." };
+        var template = new Option<string?>("--template") { Description = "How the reward model reads prompt and response: auto, joined, pair or text (default: its reward_spec.json's)." };
         var prompts = new Option<string?>("--prompts") { Description = "Prompts file (CSV/JSONL with a prompt column); default: the embedded task's PPO prompts." };
         var iterations = new Option<int?>("--iterations") { Description = "PPO iterations (rollout, score, update, sync)." };
         var engine = new Option<string?>("--engine") { Description = "ort (our ONNX Runtime engine, default), genai (ONNX Runtime GenAI, weights fed as graph inputs after every update) or torch." };
@@ -24,13 +25,14 @@ internal static class PpoCommand
             "clipped policy and value losses, optional PPO-ptx, in-memory weight sync after every update. Writes the aligned policy " +
             "(HF folder + onnx/), critic/, metrics.csv, reward.png, kl.png, losses.png, report.md, report.png and summary.json.");
         common.AddTo(cmd);
-        foreach (Option o in new Option[] { sft, rm, reward, prompts, iterations, engine, rolloutEndpoints, rewardEndpoint }) cmd.Options.Add(o);
+        foreach (Option o in new Option[] { sft, rm, reward, template, prompts, iterations, engine, rolloutEndpoints, rewardEndpoint }) cmd.Options.Add(o);
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var overrides = common.Overrides(r);
             if (r.GetValue(sft) is string s) overrides.Add($"sft_model={StageOptions.Quote(s)}");
             if (r.GetValue(rm) is string m) overrides.Add($"rm_model={StageOptions.Quote(m)}");
             if (r.GetValue(reward) is string w) overrides.Add($"reward_model={StageOptions.Quote(w)}");
+            if (r.GetValue(template) is string t) overrides.Add($"reward_template={StageOptions.Quote(ScoreCommand.ParseTemplate(t).ToString().ToLowerInvariant())}");
             if (r.GetValue(prompts) is string p) overrides.Add($"prompts_file={StageOptions.Quote(p)}");
             if (r.GetValue(iterations) is int n) overrides.Add($"iterations={n}");
             if (r.GetValue(engine) is string e) overrides.Add($"engine={StageOptions.Quote(e)}");

@@ -21,10 +21,12 @@ internal static class ScoreCommand
         var output = new Option<string>("--out") { Description = "CSV file to write.", DefaultValueFactory = _ => "scores.csv" };
         var batch = new Option<int>("--batch-size") { Description = "Rows per forward pass.", DefaultValueFactory = _ => 32 };
         var threads = new Option<int>("--threads") { Description = "ONNX Runtime intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
-        var cmd = new Command("score", "Score responses with an ONNX reward model.") { rm, input, output, batch, threads };
+        var template = new Option<string?>("--template") { Description = "How prompt and response become the model's tokens: auto, joined ([BOS] prompt response [EOS]), pair ([CLS] prompt [SEP] response [SEP]) or text ([CLS] prompt response [SEP]); default: reward_spec.json's." };
+        var cmd = new Command("score", "Score responses with an ONNX reward model (an empty prompt scores the response alone).") { rm, input, output, batch, threads, template };
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
-            string summary = Run(r.GetValue(rm)!, r.GetValue(input)!, r.GetValue(output)!, r.GetValue(batch), r.GetValue(threads));
+            var t = r.GetValue(template) is string name ? ParseTemplate(name) : (RewardTemplate?)null;
+            string summary = Run(r.GetValue(rm)!, r.GetValue(input)!, r.GetValue(output)!, r.GetValue(batch), r.GetValue(threads), t);
             Console.WriteLine(summary);
             return 0;
         }));
@@ -32,14 +34,14 @@ internal static class ScoreCommand
     }
 
     /// <summary>Scores the file and writes the CSV; returns a one-line summary.</summary>
-    public static string Run(string rewardModel, string input, string output, int batchSize = 32, int threads = 0)
+    public static string Run(string rewardModel, string input, string output, int batchSize = 32, int threads = 0, RewardTemplate? template = null)
     {
-        using var scorer = RewardScorer.Load(rewardModel, new RewardScorerOptions { BatchSize = batchSize, Threads = threads });
+        using var scorer = RewardScorer.Load(rewardModel, new RewardScorerOptions { BatchSize = batchSize, Threads = threads, Template = template });
         var sb = new StringBuilder();
         string summary;
         if (IsPreferenceFile(input))
         {
-            var pairs = DataFiles.ReadPreferences(input).Records;
+            var pairs = DataFiles.ReadPreferencesToScore(input).Records;
             var chosen = scorer.Score([.. pairs.Select(p => new RewardRequest(p.Prompt, p.Chosen))]);
             var rejected = scorer.Score([.. pairs.Select(p => new RewardRequest(p.Prompt, p.Rejected))]);
             sb.Append("prompt,chosen,rejected,score_chosen,score_rejected\n");
@@ -63,6 +65,12 @@ internal static class ScoreCommand
         AtomicFile.Write(output, tmp => File.WriteAllText(tmp, sb.ToString()));
         return summary;
     }
+
+    /// <summary>auto, joined, pair or text (any case); anything else is an error listing them.</summary>
+    public static RewardTemplate ParseTemplate(string name) =>
+        Enum.TryParse<RewardTemplate>(name, ignoreCase: true, out var t) && Enum.IsDefined(t) && !int.TryParse(name, out _)
+            ? t
+            : throw new ArgumentException($"--template: unknown template '{name}'; use auto, joined, pair or text.");
 
     static bool IsPreferenceFile(string path)
     {

@@ -112,12 +112,12 @@ public static class InferenceServices
     static string? Token(string? tokenFile) => tokenFile is null ? null : File.ReadAllText(tokenFile).Trim();
 
     /// <summary>The reward service: an ONNX reward model (external or ours), or our RM folder's <c>onnx/</c> export.</summary>
-    public static IRewardService Rewards(string? onnxRewardModel, string? rmFolder, int threads)
+    public static IRewardService Rewards(string? onnxRewardModel, string? rmFolder, int threads, RewardTemplate? template = null)
     {
         string path = onnxRewardModel ?? Path.Combine(rmFolder ?? throw new ArgumentException("No reward model given."), ExportStage.OnnxFolderName);
         if (onnxRewardModel is null && !Directory.Exists(path))
             throw new DirectoryNotFoundException($"{rmFolder} has no {ExportStage.OnnxFolderName}/ reward export; rerun `rlhf rm` or pass --reward-model.");
-        return RewardScorer.Load(path, new RewardScorerOptions { Threads = threads });
+        return RewardScorer.Load(path, new RewardScorerOptions { Threads = threads, Template = template });
     }
 
     /// <summary>K sampled responses per prompt through a rollout service (seeded per prompt and sample).</summary>

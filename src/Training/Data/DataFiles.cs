@@ -1,12 +1,14 @@
 using System.Text;
 using System.Text.Json;
 using CsvHelper;
+using Parquet.Serialization;
 
 namespace Rlhf.Training.Data;
 
 /// <summary>File formats of the data sets, chosen by extension: .csv → <see cref="Csv"/>;
-/// .jsonl, .ndjson and .json → <see cref="Jsonl"/> (JSON Lines: one object per line).</summary>
-public enum DataFormat { Csv, Jsonl }
+/// .jsonl, .ndjson and .json → <see cref="Jsonl"/> (JSON Lines: one object per line); .parquet → <see cref="Parquet"/>
+/// (read only; Parquet.Net).</summary>
+public enum DataFormat { Csv, Jsonl, Parquet }
 
 /// <summary>A data file row that cannot be read. The message is <c>{file}:{line}: {what is wrong and how to fix it}</c>.</summary>
 public sealed class DataFileException : Exception
@@ -50,26 +52,43 @@ public static class DataFiles
         {
             ".csv" => DataFormat.Csv,
             ".jsonl" or ".ndjson" or ".json" => DataFormat.Jsonl,
+            ".parquet" => DataFormat.Parquet,
             _ => throw new ArgumentException(
-                $"{path}: unknown data file extension '{ext}'; use .csv or .jsonl (JSON Lines)", nameof(path)),
+                $"{path}: unknown data file extension '{ext}'; use .csv, .jsonl (JSON Lines) or .parquet", nameof(path)),
         };
     }
 
     public static DataRead<SftExample> ReadSft(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Sft, skipMalformed);
 
-    /// <summary>prompt,response rows to score: like <see cref="ReadSft"/>, but an empty response is a valid answer.</summary>
+    /// <summary>prompt,response rows to score: like <see cref="ReadSft"/>, but an empty response is a valid answer and an
+    /// empty prompt a standalone text (what a classifier-style reward model scores).</summary>
     public static DataRead<SftExample> ReadResponses(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Response, skipMalformed);
 
     public static DataRead<PreferencePair> ReadPreferences(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Preference, skipMalformed);
 
+    /// <summary>prompt,chosen,rejected rows to score: like <see cref="ReadPreferences"/>, but the prompt may be empty.</summary>
+    public static DataRead<PreferencePair> ReadPreferencesToScore(string path, bool skipMalformed = false) =>
+        Read(path, Schemas.ScoredPreference, skipMalformed);
+
     public static DataRead<RankedExample> ReadRanked(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Ranked, skipMalformed);
 
     public static DataRead<PromptExample> ReadPrompts(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Prompt, skipMalformed);
+
+    /// <summary>
+    /// Pretraining documents: a plain-text file (<c>.txt</c>; each non-empty line a document) or CSV/JSONL/Parquet with a
+    /// <c>text</c> column.
+    /// </summary>
+    public static DataRead<TextExample> ReadTexts(string path, bool skipMalformed = false)
+    {
+        if (!Path.GetExtension(path).Equals(".txt", StringComparison.OrdinalIgnoreCase)) return Read(path, Schemas.Text, skipMalformed);
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found", path);
+        return new DataRead<TextExample>([.. File.ReadLines(path, Encoding.UTF8).Where(l => !string.IsNullOrWhiteSpace(l)).Select(l => new TextExample(l))], 0);
+    }
 
     public static void WriteSft(string path, IEnumerable<SftExample> records) => Write(path, Schemas.Sft, records);
 
@@ -100,9 +119,13 @@ public static class DataFiles
     static DataRead<T> Read<T>(string path, Schema<T> schema, bool skipMalformed)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found", path);
-        return FormatOf(path) == DataFormat.Csv
-            ? ReadCsv(path, schema, skipMalformed)
-            : ReadJsonl(path, schema, skipMalformed);
+        return FormatOf(path) switch
+        {
+            DataFormat.Csv => ReadCsv(path, schema, skipMalformed),
+            DataFormat.Jsonl => ReadJsonl(path, schema, skipMalformed),
+            DataFormat.Parquet => ReadParquet(path, schema, skipMalformed),
+            _ => throw new ArgumentOutOfRangeException(nameof(path)),
+        };
     }
 
     static DataRead<T> ReadCsv<T>(string path, Schema<T> schema, bool skipMalformed)
@@ -217,12 +240,70 @@ public static class DataFiles
         return new DataRead<T>(records, skipped);
     }
 
+    /// <summary>
+    /// Parquet (e.g. a Hugging Face dataset file): columns named as the CSV header; text columns are strings, list
+    /// columns either Parquet lists (of strings / integers) or strings holding a JSON array as in CSV. Other columns are
+    /// ignored. A bad row fails as <c>file:N</c> with N its 1-based row number.
+    /// </summary>
+    static DataRead<T> ReadParquet<T>(string path, Schema<T> schema, bool skipMalformed)
+    {
+        DeserializationResult<Dictionary<string, object>> table;
+        using (var stream = File.OpenRead(path))
+        {
+            try { table = ParquetSerializer.DeserializeUntypedAsync(stream).GetAwaiter().GetResult(); }
+            catch (Exception e) when (e is IOException or InvalidDataException or NotSupportedException or ApplicationException or ArgumentException or InvalidOperationException)
+            {
+                throw new InvalidDataException($"{path}: not a readable Parquet file ({e.Message}).", e);
+            }
+        }
+        string[] found = [.. table.Schema.Fields.Select(f => f.Name)];
+        foreach (string column in schema.Columns)
+            if (!found.Contains(column))
+                throw new InvalidDataException($"{path}: no column '{column}' (found '{string.Join(',', found)}'); the columns must be named '{string.Join(',', schema.Columns)}'.");
+
+        var records = new List<T>();
+        int skipped = 0;
+        var values = new string[schema.Columns.Length];
+        for (int row = 0; row < table.Data.Count; row++)
+        {
+            string? problem = null;
+            for (int c = 0; c < values.Length && problem is null; c++)
+            {
+                table.Data[row].TryGetValue(schema.Columns[c], out object? v);
+                (values[c], problem) = ParquetCell(schema.Columns[c], schema.Kinds[c], v);
+            }
+            T? record = default;
+            if (problem is null) (record, problem) = schema.Parse(values);
+            if (problem is null) records.Add(record!);
+            else if (skipMalformed) skipped++;
+            else throw new DataFileException(path, row + 1, problem);
+        }
+        return new DataRead<T>(records, skipped);
+    }
+
+    /// <summary>A Parquet value as the CSV cell it stands for: a string as is (null = empty), a list as its JSON array.</summary>
+    static (string Cell, string? Problem) ParquetCell(string column, ColumnKind kind, object? v)
+    {
+        if (v is null) return ("", null);
+        if (v is string text) return (text, null);
+        if (kind == ColumnKind.Text) return ("", $"column '{column}' must hold strings but holds {v.GetType().Name}");
+        if (v is not System.Collections.IEnumerable items) return ("", $"column '{column}' must be a list or a JSON array string but holds {v.GetType().Name}");
+        var list = items.Cast<object?>().Select(x => x is ReadOnlyMemory<char> m ? m.ToString() : x).ToList();   // Parquet.Net hands list strings as char memory
+        if (kind == ColumnKind.StringArray)
+            return list.All(x => x is string) ? (JsonSerializer.Serialize(list.Cast<string>()), null) : ("", $"column '{column}' must be a list of strings");
+        return list.All(x => x is sbyte or byte or short or ushort or int or uint or long)
+            ? (JsonSerializer.Serialize(list.Select(Convert.ToInt64)), null)
+            : ("", $"column '{column}' must be a list of integers");
+    }
+
     // ---- writing ----------------------------------------------------------------------------------------------
 
     static void Write<T>(string path, Schema<T> schema, IEnumerable<T> records)
     {
         ArgumentNullException.ThrowIfNull(records);
         DataFormat format = FormatOf(path);
+        if (format == DataFormat.Parquet)
+            throw new ArgumentException($"{path}: Parquet files are read, not written; write .csv or .jsonl.", nameof(path));
         Rlhf.Export.AtomicFile.WriteStream(path, stream =>
         {
             if (format == DataFormat.Csv)
@@ -297,7 +378,7 @@ public static class DataFiles
 
         public static readonly Schema<SftExample> Response = new(
             Sft.Columns, Sft.Kinds, Sft.Example,
-            v => RequirePrompt<SftExample>(v[0]) ?? (new SftExample(v[0], v[1]), null),
+            v => (new SftExample(v[0], v[1]), null),
             Sft.Format, Sft.WriteJson);
 
         public static readonly Schema<PreferencePair> Preference = new(
@@ -313,6 +394,23 @@ public static class DataFiles
                 w.WriteString("rejected", r.Rejected);
                 w.WriteEndObject();
             });
+
+        public static readonly Schema<TextExample> Text = new(
+            ["text"], [ColumnKind.Text],
+            "{\"text\": \"...\"}",
+            v => v[0].Trim().Length == 0 ? Bad<TextExample>("empty text; give every document some text or leave the row out") : (new TextExample(v[0]), null),
+            r => [r.Text],
+            (w, r) =>
+            {
+                w.WriteStartObject();
+                w.WriteString("text", r.Text);
+                w.WriteEndObject();
+            });
+
+        public static readonly Schema<PreferencePair> ScoredPreference = new(
+            Preference.Columns, Preference.Kinds, Preference.Example,
+            v => (new PreferencePair(v[0], v[1], v[2]), null),
+            Preference.Format, Preference.WriteJson);
 
         public static readonly Schema<RankedExample> Ranked = new(
             ["prompt", "responses", "ranking"], [ColumnKind.Text, ColumnKind.StringArray, ColumnKind.IntArray],

@@ -12,6 +12,9 @@ public sealed record PreferencePair(string Prompt, string Chosen, string Rejecte
 /// <summary>A prompt for reward-model sampling or PPO rollouts.</summary>
 public sealed record PromptExample(string Prompt);
 
+/// <summary>A pretraining document (PPO-ptx): plain text, trained on in full.</summary>
+public sealed record TextExample(string Text);
+
 /// <summary>K responses to one prompt with their ranking, as InstructGPT labellers produced them.
 /// <c>Ranking[i]</c> is the rank of <c>Responses[i]</c>: 0 is the best, K−1 the worst; the ranking must be a
 /// permutation of 0..K−1 (no ties). Expand to all C(K, 2) pairs with <see cref="ToPairs"/>.</summary>

@@ -8,7 +8,8 @@ namespace Rlhf.Training.Model;
 
 /// <summary>
 /// The decoder trunk with a scalar head, named as HF <c>LlamaForSequenceClassification</c> with num_labels = 1:
-/// weights <c>model.*</c> and <c>score.weight</c> [1, H] (no bias). Used for reward models and critics.
+/// weights <c>model.*</c> and <c>score.weight</c> [1, H]; reward models have no bias, PPO critics an optional
+/// <c>score.bias</c> [1] (it holds the RM normalisation folded in by <see cref="FoldAffine"/>). Used for reward models and critics.
 /// </summary>
 public sealed class LlamaForSequenceClassification : nn.Module
 {
@@ -18,11 +19,12 @@ public sealed class LlamaForSequenceClassification : nn.Module
     /// <summary>The configuration.</summary>
     public ModelConfig Config { get; }
 
-    LlamaForSequenceClassification(ModelConfig c, Device? device, ScalarType dtype) : base(nameof(LlamaForSequenceClassification))
+    LlamaForSequenceClassification(ModelConfig c, Device? device, ScalarType dtype, bool scoreBias = false) : base(nameof(LlamaForSequenceClassification))
     {
         Config = c;
         model = new LlamaModel(c, device, dtype);
-        score = nn.Linear(c.HiddenSize, 1, false, device, dtype);
+        score = nn.Linear(c.HiddenSize, 1, scoreBias, device, dtype);
+        if (scoreBias) using (torch.no_grad()) score.bias!.zero_();
         RegisterComponents();
     }
 
@@ -43,17 +45,20 @@ public sealed class LlamaForSequenceClassification : nn.Module
     /// <summary>
     /// Loads a HF folder. With <paramref name="newHeadSeed"/> set, a folder without <c>score.weight</c> (e.g. an SFT
     /// causal LM; its <c>lm_head.weight</c> is ignored) gets a fresh head ~ N(0, 1/sqrt(H+1)); otherwise the head must be present.
+    /// A folder with <c>score.bias</c> loads it; with <paramref name="scoreBias"/> a folder without one gets a bias of 0.
     /// </summary>
-    public static LlamaForSequenceClassification FromPretrained(string folder, Device device, ScalarType dtype, long? newHeadSeed = null)
+    public static LlamaForSequenceClassification FromPretrained(string folder, Device device, ScalarType dtype, long? newHeadSeed = null, bool scoreBias = false)
     {
         var cfg = ModelConfig.Load(Path.Combine(folder, HfFolder.ConfigFile));
-        var m = new LlamaForSequenceClassification(cfg, device, dtype);
         var weights = HfFolder.ReadWeights(folder);
+        var m = new LlamaForSequenceClassification(cfg, device, dtype, scoreBias || weights.ContainsKey("score.bias"));
         try
         {
+            var allow = new HashSet<string> { "score.bias" };
+            if (newHeadSeed is not null) allow.Add("score.weight");
             var missing = HfCheckpoint.Load(m, weights, folder,
                 ignore: newHeadSeed is null ? null : new HashSet<string> { "lm_head.weight" },
-                allowMissing: newHeadSeed is null ? null : new HashSet<string> { "score.weight" });
+                allowMissing: allow);
             if (missing.Contains("score.weight"))
             {
                 using var noGrad = torch.no_grad();
@@ -68,6 +73,21 @@ public sealed class LlamaForSequenceClassification : nn.Module
         }
         m.eval();   // as Hugging Face's from_pretrained: inference mode until a trainer calls train()
         return m;
+    }
+
+    /// <summary>True when the head has <c>score.bias</c>.</summary>
+    public bool HasScoreBias => score.bias is not null;
+
+    /// <summary>
+    /// Folds an affine map of the output into the head, so every value becomes gain·v + bias:
+    /// w' = gain·w, b' = gain·b + bias (the head must have a bias; see <see cref="FromPretrained"/>).
+    /// </summary>
+    public void FoldAffine(double gain, double bias)
+    {
+        if (score.bias is null) throw new InvalidOperationException("FoldAffine needs a head with score.bias; load with scoreBias: true.");
+        using var noGrad = torch.no_grad();
+        score.weight!.mul_(gain);
+        score.bias.mul_(gain).add_(bias);
     }
 
     /// <summary>Writes config.json (architectures *ForSequenceClassification, one label) and the weights atomically.</summary>

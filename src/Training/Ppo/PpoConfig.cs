@@ -1,3 +1,4 @@
+using Rlhf.Inference.Reward;
 using Rlhf.Training.Common;
 
 namespace Rlhf.Training.Ppo;
@@ -9,10 +10,16 @@ public sealed record PpoConfig
     public string Out { get; init; } = "runs/ppo";
     /// <summary>SFT folder: the actor's start and the frozen reference π_ref.</summary>
     public string SftModel { get; init; } = "runs/sft";
-    /// <summary>Our reward-model folder (HF + onnx/): the critic's start, and the scorer unless <see cref="RewardModel"/> is set.</summary>
-    public string? RmModel { get; init; } = "runs/rm";
+    /// <summary>
+    /// Our reward-model folder (HF + onnx/): the critic's start (its normalisation folded into the value head), and the
+    /// scorer unless <see cref="RewardModel"/> is set. null = runs/rm, or none when <see cref="RewardModel"/> is set
+    /// (the critic then starts from the SFT model with a fresh head).
+    /// </summary>
+    public string? RmModel { get; init; }
     /// <summary>A reward model to optimise instead: an ONNX folder or file (ours or external, with its tokenizer and optional reward_spec.json).</summary>
     public string? RewardModel { get; init; }
+    /// <summary>How the reward model reads (prompt, response): auto, joined, pair or text; null = its reward_spec.json's.</summary>
+    public RewardTemplate? RewardTemplate { get; init; }
     /// <summary>Prompts (CSV/JSONL with a prompt column); null = the default task's PPO prompts.</summary>
     public string? PromptsFile { get; init; }
     /// <summary>Held-out prompts for evaluation and the report; null = the default task's held-out PPO prompts.</summary>
@@ -53,8 +60,14 @@ public sealed record PpoConfig
     public double VfCoef { get; init; } = 0.5;
     /// <summary>Entropy bonus coefficient (0 = off).</summary>
     public double EntropyCoef { get; init; }
-    /// <summary>PPO-ptx coefficient γ_ptx on SFT demonstrations (0 = off).</summary>
+    /// <summary>PPO-ptx coefficient γ_ptx on pretraining text, L = L_PPO + γ_ptx·(−mean log π(x)) (0 = off; InstructGPT used 27.8 with its own scales).</summary>
     public double PtxCoef { get; init; }
+    /// <summary>PPO-ptx text: plain text (.txt, a document per line) or CSV/JSONL/Parquet with a text column; null = the default task's corpus.</summary>
+    public string? PtxFile { get; init; }
+    /// <summary>Rows of pretraining text per minibatch (one ptx batch per PPO minibatch).</summary>
+    public int PtxBatchSize { get; init; } = 8;
+    /// <summary>Tokens per ptx row (packed documents; every token after a row's first is predicted).</summary>
+    public int PtxSeqLen { get; init; } = 64;
     /// <summary>GAE discount γ.</summary>
     public double Gamma { get; init; } = 1.0;
     /// <summary>GAE λ (0 = one-step TD, 1 = Monte Carlo).</summary>
@@ -77,8 +90,19 @@ public sealed record PpoConfig
     public double? MissingEosPenalty { get; init; } = -2.0;
     /// <summary>replace: such a response scores <see cref="MissingEosPenalty"/>; subtract: its RM score minus |penalty| (TRL's convention).</summary>
     public EosPenaltyMode MissingEosPenaltyMode { get; init; } = EosPenaltyMode.Replace;
-    /// <summary>Scores before shaping: none; running (mean/std over all rollouts so far, OpenRLHF's normalize_reward); batch (whitened per rollout batch).</summary>
-    public ScoreNormalization RewardNormalization { get; init; } = ScoreNormalization.None;
+    /// <summary>
+    /// Reward-model scores before shaping: auto (sft for a reward model whose scores are not normalised, i.e. no mean/std
+    /// in its reward_spec.json; none for ours); sft (gain and bias measured once on SFT samples: mean 0, std 1);
+    /// none; running (mean/std over all rollouts so far, OpenRLHF's normalize_reward); batch (whitened per rollout batch).
+    /// </summary>
+    public ScoreNormalization RewardNormalization { get; init; } = ScoreNormalization.Auto;
+    /// <summary>SFT samples (one per training prompt) that measure the sft normalisation.</summary>
+    public int NormalizationSamples { get; init; } = 256;
+    /// <summary>
+    /// Fold the RM's normalisation into the critic built from it (V = gain·v + bias, see README). Off by default: measured,
+    /// it did not raise explained variance and made the first value loss 4.6× larger (prefix values sit below last-token values).
+    /// </summary>
+    public bool FoldRmNormalization { get; init; }
     /// <summary>Clip scores to ±this after the penalty and normalisation (0 = off).</summary>
     public double RewardClip { get; init; } = 5.0;
     /// <summary>Sampling temperature of rollouts (logprobs use logits / T).</summary>
@@ -114,12 +138,14 @@ public sealed record PpoConfig
     /// <summary>Threads for TorchSharp and ONNX Runtime (0 = all cores).</summary>
     public int Threads { get; init; }
 
+    /// <summary>Our RM folder in force: <see cref="RmModel"/>, else runs/rm unless <see cref="RewardModel"/> is set.</summary>
+    public string? RmFolder() => RmModel ?? (RewardModel is null ? "runs/rm" : null);
+
     /// <summary>Throws with what to change when a value is out of range.</summary>
     public void Validate()
     {
         var e = new List<string>();
         if (string.IsNullOrWhiteSpace(Out)) e.Add("out must be a folder");
-        if (RmModel is null && RewardModel is null) e.Add("set rm_model (our RM folder) or reward_model (an ONNX reward model)");
         if (Iterations < 1 || RolloutBatch < 1 || PpoEpochs < 1 || MiniBatch < 1 || GradAccum < 1) e.Add("iterations, rollout_batch, ppo_epochs, mini_batch and grad_accum must be ≥ 1");
         if (RolloutBatch % MiniBatch != 0) e.Add($"rollout_batch ({RolloutBatch}) must be a multiple of mini_batch ({MiniBatch})");
         if (ActorLr <= 0 || CriticLr <= 0) e.Add("actor_lr and critic_lr must be > 0");
@@ -140,6 +166,8 @@ public sealed record PpoConfig
         foreach (string u in RolloutEndpoints.Append(RewardEndpoint).OfType<string>())
             if (!Uri.TryCreate(u, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https")) e.Add($"endpoint '{u}' must be an http://host:port address");
         if (ServiceTokenFile is not null && !File.Exists(ServiceTokenFile)) e.Add($"service_token_file '{ServiceTokenFile}' does not exist");
+        if (NormalizationSamples < 2) e.Add("normalization_samples must be ≥ 2");
+        if (PtxCoef < 0 || PtxBatchSize < 1 || PtxSeqLen < 2) e.Add("ptx_coef must be ≥ 0, ptx_batch_size ≥ 1 and ptx_seq_len ≥ 2");
         e.AddRange(AdamWSettings.Problems(WeightDecay, Beta1, Beta2, AdamEps));
         if (e.Count > 0) throw new InvalidDataException("Invalid PPO config: " + string.Join("; ", e) + ".");
     }
@@ -157,6 +185,10 @@ public enum EosPenaltyMode
 /// <summary>Normalisation of sequence scores before they become rewards.</summary>
 public enum ScoreNormalization
 {
+    /// <summary><see cref="Sft"/> when the reward model's scores are not normalised (no mean/std in its reward_spec.json), else <see cref="None"/>.</summary>
+    Auto,
+    /// <summary>s' = gain·r + bias with gain = 1/σ, bias = −μ/σ of the RM's scores on SFT samples, measured once before the first update.</summary>
+    Sft,
     /// <summary>Scores as the reward model (and the EOS penalty) gave them.</summary>
     None,
     /// <summary>(s − μ)/σ with μ, σ running over every rollout so far (<see cref="RunningMoments"/>; OpenRLHF <c>normalize_reward</c>).</summary>

@@ -33,6 +33,8 @@ public sealed record PpoSummary
     public double RolloutLogprobMismatch { get; init; }
     /// <summary>Peak resident memory of the process (MB).</summary>
     public double PeakRssMb { get; init; }
+    /// <summary>The sft normalisation of the reward model's scores (gain, bias, raw mean and std on SFT samples); null when none applied.</summary>
+    public RewardModel.RewardNormalization? RewardNormalization { get; init; }
     /// <summary>Wall-clock seconds of the stage.</summary>
     public double Seconds { get; init; }
 

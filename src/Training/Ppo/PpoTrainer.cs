@@ -8,6 +8,7 @@ using Rlhf.Training.Common;
 using Rlhf.Training.Data;
 using Rlhf.Training.Data.DefaultTask;
 using Rlhf.Training.Model;
+using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -33,6 +34,8 @@ public static class PpoTrainer
         public required LlamaForSequenceClassification Critic { get; init; }
         public required IRolloutService Rollouts { get; init; }
         public required IRewardService Rewards { get; init; }
+        /// <summary>The sft normalisation of the reward model's scores (gain·r + bias), null when none applies.</summary>
+        public RewardNormalization? Calibration { get; set; }
         public int PadId => Tokenizer.PadId ?? Tokenizer.EosId ?? 0;
 
         public void Dispose()
@@ -62,6 +65,7 @@ public static class PpoTrainer
         DeviceSelector.SetThreads(cfg.Threads);
         var prompts = TrainingPrompts(cfg);   // bad prompt files fail before the output folder is touched
         var evalPrompts = EvalPrompts(cfg);
+        CheckModelFolders(cfg);
         string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
         using var run = Open(cfg, device, resumeFrom);
         var promptIds = prompts.Select(p => PromptFormat.PromptIds(run.Tokenizer, p)).ToArray();
@@ -69,7 +73,7 @@ public static class PpoTrainer
         using var criticOpt = TrainerParts.AdamW(run.Critic, new AdamWSettings(cfg.CriticLr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
         var optimizers = new Dictionary<string, optim.Optimizer> { ["actor_optimizer"] = actorOpt, ["critic_optimizer"] = criticOpt };
         KlController kl = cfg.AdaptiveKl ? new AdaptiveKlController(cfg.InitKlCoef, cfg.TargetKl, cfg.KlHorizon) : new FixedKlController(cfg.InitKlCoef);
-        var ptx = cfg.PtxCoef > 0 ? PtxData(cfg, run.Tokenizer) : null;
+        var ptx = cfg.PtxCoef > 0 ? PtxBatches.Load(cfg, run.Tokenizer, run.Actor.Config.MaxPositionEmbeddings) : null;
 
         var metrics = new MetricsTable();
         var moments = new RunningMoments();   // reward_normalization running
@@ -80,12 +84,18 @@ public static class PpoTrainer
             start = state.Iteration;
             kl.Restore(state.Kl);
             if (state.Moments is not null) moments = new RunningMoments(state.Moments);
+            run.Calibration = state.Calibration;
             Log($"Resuming from iteration {start} of {cfg.Iterations}.");
         }
         // Weights version = iterations done: replicas (which serve their own folder) and a resumed run's engine get the actor's now.
         if (resumeFrom is not null || cfg.RolloutEndpoints.Count > 0) InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)start);
+        if (resumeFrom is null)
+        {
+            run.Calibration = NeedsSftNormalization(cfg, run.Rewards) ? MeasureOnSft(run, prompts, promptIds, cfg) : null;
+            if (cfg.FoldRmNormalization) FoldIntoCritic(run.Critic, cfg, run.Calibration);
+        }
         string? lastCheckpoint = resumeFrom;
-        Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmModel}.");
+        Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmFolder()}.");
 
         void Iterations(Action<int>? onIteration)
         {
@@ -138,7 +148,7 @@ public static class PpoTrainer
                         run.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
                         TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
                         run.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
-                    }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State));
+                    }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State, run.Calibration));
                     metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
                 }
                 onIteration?.Invoke(it + 1);
@@ -159,25 +169,28 @@ public static class PpoTrainer
         PpoReport.Curves(cfg.Out, metrics);
         var comparison = Compare(run, evalPrompts, cfg);
         PpoReport.Write(cfg.Out, comparison);
-        var summary = PpoSummary.From(metrics, comparison, clock.Elapsed.TotalSeconds);
+        var summary = PpoSummary.From(metrics, comparison, clock.Elapsed.TotalSeconds) with { RewardNormalization = run.Calibration };
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), System.Text.Json.JsonSerializer.Serialize(summary, ConfigLoader.Json));
         return summary;
     }
 
     static Run Open(PpoConfig cfg, Device device, string? resumeFrom)
     {
+        string? rmFolder = cfg.RmFolder();
         var tokenizer = TextTokenizer.Load(cfg.SftModel);
         var actor = LlamaForCausalLM.FromPretrained(resumeFrom is null ? cfg.SftModel : Path.Combine(resumeFrom, "actor"), device, ScalarType.Float32);
         var reference = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
         foreach (var p in reference.parameters()) p.requires_grad = false;
         var critic = resumeFrom is not null
-            ? LlamaForSequenceClassification.FromPretrained(Path.Combine(resumeFrom, "critic"), device, ScalarType.Float32)
-            : cfg.RmModel is not null
-                ? LlamaForSequenceClassification.FromPretrained(cfg.RmModel, device, ScalarType.Float32)
+            ? LlamaForSequenceClassification.FromPretrained(Path.Combine(resumeFrom, "critic"), device, ScalarType.Float32)   // with its score.bias if it has one
+            : rmFolder is not null
+                ? LlamaForSequenceClassification.FromPretrained(rmFolder, device, ScalarType.Float32, scoreBias: cfg.FoldRmNormalization)
                 : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
+        if (resumeFrom is null && rmFolder is null)
+            Log($"Critic: no rm_model, so it starts from the SFT model {cfg.SftModel} with a fresh value head (N(0, 1/sqrt(H+1)), no bias).");
         var timeout = TimeSpan.FromSeconds(cfg.ServiceTimeoutSeconds);
         var rewards = cfg.RewardEndpoint is { } endpoint ? InferenceServices.RemoteRewards(endpoint, cfg.ServiceTokenFile, timeout)
-            : InferenceServices.Rewards(cfg.RewardModel, cfg.RmModel, cfg.Threads);
+            : InferenceServices.Rewards(cfg.RewardModel, rmFolder, cfg.Threads, cfg.RewardTemplate);
         var rollouts = cfg.RolloutEndpoints.Count > 0
             ? InferenceServices.Replicas(cfg.RolloutEndpoints, cfg.ServiceTokenFile, cfg.RolloutShardSize, timeout)
             : InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads), cfg.RolloutShardSize);
@@ -190,6 +203,16 @@ public static class PpoTrainer
             Device = device, Tokenizer = tokenizer, Actor = actor, Reference = reference, Critic = critic,
             Rollouts = rollouts, Rewards = rewards,
         };
+    }
+
+    /// <summary>The SFT folder and our RM folder (when one is in force) exist, or an error says what to pass instead.</summary>
+    static void CheckModelFolders(PpoConfig cfg)
+    {
+        if (!File.Exists(Path.Combine(cfg.SftModel, "config.json")))
+            throw new DirectoryNotFoundException($"{cfg.SftModel}: no SFT model folder (config.json); train one with `rlhf sft` or pass --sft-model.");
+        if (cfg.RmFolder() is string rm && !File.Exists(Path.Combine(rm, "config.json")))
+            throw new DirectoryNotFoundException($"{rm}: no reward-model folder (config.json); train one with `rlhf rm`, set rm_model (--rm-model), " +
+                                                 "or optimise an ONNX reward model alone with --reward-model <folder>.");
     }
 
     /// <summary>Rows of iteration <paramref name="it"/>: consecutive slices of a seeded permutation per pass over the prompts.</summary>
@@ -227,6 +250,7 @@ public static class PpoTrainer
         string[] texts = [.. r.Results.Select(x => PromptFormat.ResponseText(run.Tokenizer, x.ResponseIds))];
         bool[] eos = [.. r.Results.Select(x => x.FinishReason == RolloutFinishReason.Eos)];
         float[] rm = run.Rewards.Score([.. r.Prompts.Select((p, i) => new RewardRequest(p, texts[i]))]);
+        if (run.Calibration is { } c) rm = [.. rm.Select(x => (float)c.Apply(x))];
         using var scope = NewDisposeScope();
         var shaped = RewardShaping.Scores(tensor(rm), tensor(eos), cfg.MissingEosPenalty, cfg.MissingEosPenaltyMode,
             moments is null ? ScoreNormalization.None : cfg.RewardNormalization, moments, cfg.RewardClip);
@@ -326,6 +350,7 @@ public static class PpoTrainer
         var stats = new Dictionary<string, List<double>>();
         void Add(string k, double v) { if (!stats.TryGetValue(k, out var l)) stats[k] = l = []; l.Add(v); }
         int mbPerEpoch = cfg.RolloutBatch / cfg.MiniBatch;
+        int ptxBatch = it * cfg.PpoEpochs * mbPerEpoch;   // each minibatch of the run takes the next ptx batch
         bool stop = false;
         int update = 0;
         for (int epoch = 0; epoch < cfg.PpoEpochs && !stop; epoch++)
@@ -351,9 +376,9 @@ public static class PpoTrainer
                     }
                     if (ptx is not null)
                     {
-                        var ptxLoss = ptx.Loss(run.Actor, it * 1000 + update, cfg.PtxCoef, run.Device);
-                        actorLoss = actorLoss + ptxLoss;
-                        Add("loss/ptx", ptxLoss.item<float>());
+                        var ptxNll = ptx.Nll(run.Actor, ptxBatch++, run.Device);   // −mean log π over every token of a ptx batch
+                        actorLoss = actorLoss + cfg.PtxCoef * ptxNll;
+                        Add("loss/ptx", ptxNll.item<float>());
                     }
                     var values = mb.ResponseSlice(run.Critic.Values(mb.InputIds, mb.AttentionMask, mb.PositionIds));
                     var (vf, vfClip) = PpoLosses.Value(values, mb.ValuesOld!, mb.Returns!, mb.ResponseMask, cfg.ValueClipEps);
@@ -453,29 +478,62 @@ public static class PpoTrainer
     static List<string> NonEmpty(List<string> list, string file) =>
         list.Count > 0 ? list : throw new InvalidDataException($"{file}: no prompts.");
 
-    static PtxBatches PtxData(PpoConfig cfg, TextTokenizer tokenizer) =>
-        new([.. DataSets.SftExamples((ulong)cfg.Seed, DataSets.SftTrainName, 4096).Select(e => SftBatch.Tokenize(tokenizer, e, 96))],
-            tokenizer.PadId ?? 0, cfg.MiniBatch);
+    /// <summary>
+    /// Whether the sft normalisation applies: always with reward_normalization sft; with auto, when the scorer's scores
+    /// are not already normalised (an ONNX reward model whose reward_spec.json sets no mean/std; our RM's export sets them).
+    /// </summary>
+    internal static bool NeedsSftNormalization(PpoConfig cfg, IRewardService rewards) => cfg.RewardNormalization switch
+    {
+        ScoreNormalization.Sft => true,
+        ScoreNormalization.Auto => !(rewards is RewardScorer { Spec.Normalises: true }),
+        _ => false,
+    };
+
+    /// <summary>
+    /// The sft normalisation: one sample per training prompt (cycling, <see cref="PpoConfig.NormalizationSamples"/> in all)
+    /// from the SFT model, scored by the reward model; gain = 1/σ, bias = −μ/σ (<see cref="RewardNormalization.From"/>),
+    /// written to <c>reward_normalization.json</c> in the output folder.
+    /// </summary>
+    static RewardNormalization MeasureOnSft(Run run, IReadOnlyList<string> prompts, int[][] promptIds, PpoConfig cfg)
+    {
+        int n = cfg.NormalizationSamples;
+        int[] rows = [.. Enumerable.Range(0, n).Select(i => i % prompts.Count)];
+        var rolled = Rollout(run, run.Rollouts, run.Rollouts.WeightsVersion, [.. rows.Select(i => prompts[i])], [.. rows.Select(i => promptIds[i])], 0x5F7A11, cfg);
+        string[] texts = [.. rolled.Results.Select(x => PromptFormat.ResponseText(run.Tokenizer, x.ResponseIds))];
+        float[] raw = run.Rewards.Score([.. rolled.Prompts.Select((p, i) => new RewardRequest(p, texts[i]))]);
+        var norm = RewardNormalization.From([.. raw.Select(x => (double)x)], unitStd: true);
+        AtomicFile.WriteAllText(Path.Combine(cfg.Out, RewardNormalization.FileName), System.Text.Json.JsonSerializer.Serialize(norm, ConfigLoader.Json));
+        Log($"Reward normalisation on {n} SFT samples: raw mean {norm.RawMean:F4}, std {norm.RawStd:F4} -> r' = {norm.Gain:F4}·r + {norm.Bias:F4} " +
+            $"({RewardNormalization.FileName}; reward_normalization none turns it off).");
+        return norm;
+    }
+
+    /// <summary>
+    /// A critic built from our RM starts on the scale of the scores PPO uses: the RM's normalisation (its
+    /// <c>reward_normalization.json</c>, g₁, b₁) and, when our RM is also the scorer, the sft normalisation (g₂, b₂)
+    /// are folded into the value head: V = g₂·(g₁·v + b₁) + b₂ (<see cref="LlamaForSequenceClassification.FoldAffine"/>).
+    /// </summary>
+    internal static void FoldIntoCritic(LlamaForSequenceClassification critic, PpoConfig cfg, RewardNormalization? calibration)
+    {
+        string? rmFolder = cfg.RmFolder();
+        if (rmFolder is null) return;
+        string file = Path.Combine(rmFolder, RewardNormalization.FileName);
+        var rm = File.Exists(file)
+            ? System.Text.Json.JsonSerializer.Deserialize<RewardNormalization>(File.ReadAllText(file), ConfigLoader.Json)
+              ?? throw new InvalidDataException($"{file}: empty normalisation.")
+            : new RewardNormalization(1, 0, 0, 1);
+        var (gain, bias) = Compose(rm, cfg.RewardModel is null ? calibration : null);
+        critic.FoldAffine(gain, bias);
+        Log($"Critic: from {rmFolder}, value head scaled to the normalised reward (V = {gain:F4}·v + {bias:F4}).");
+    }
+
+    /// <summary>The affine map "first, then second": x ↦ g₂·(g₁·x + b₁) + b₂ = (g₂·g₁)·x + (g₂·b₁ + b₂).</summary>
+    internal static (double Gain, double Bias) Compose(RewardNormalization first, RewardNormalization? second) =>
+        second is null ? (first.Gain, first.Bias) : (second.Gain * first.Gain, second.Gain * first.Bias + second.Bias);
 
     static void Log(string message) => Console.Error.WriteLine(message);
 
-    sealed record PpoState(int Iteration, KlControllerState Kl, string ConfigJson, RunningMomentsState? Moments = null) : ICheckpointState;
+    sealed record PpoState(int Iteration, KlControllerState Kl, string ConfigJson, RunningMomentsState? Moments = null,
+                           RewardNormalization? Calibration = null) : ICheckpointState;
 
-}
-
-/// <summary>PPO-ptx: minibatches of SFT demonstrations and the term −γ_ptx·mean log π on them.</summary>
-internal sealed class PtxBatches(TokenizedExample[] data, int padId, int batchSize)
-{
-    /// <summary>γ_ptx · (−mean log π(demonstration response tokens)) for batch number <paramref name="k"/>.</summary>
-    public Tensor Loss(LlamaForCausalLM actor, int k, double coef, Device device)
-    {
-        var rows = Enumerable.Range(0, batchSize).Select(i => data[(k * batchSize + i) % data.Length]).ToArray();
-        using var batch = SftBatch.Collate(rows, padId, device);
-        var logits = actor.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
-        long s = batch.InputIds.shape[1];
-        var targets = batch.Targets.narrow(1, 0, s - 1);
-        var mask = targets.ne(SftBatch.Ignore).to(ScalarType.Float32);
-        var logp = LogProbs.OfTokens(logits.narrow(1, 0, s - 1), targets.clamp_min(0));
-        return PpoLosses.Ptx(logp, mask, coef);
-    }
 }

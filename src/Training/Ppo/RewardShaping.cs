@@ -101,7 +101,8 @@ public static class RewardShaping
     }
 
     /// <summary>
-    /// The sequence scores PPO turns into rewards, in OpenRLHF's order: r → missing-EOS penalty
+    /// The sequence scores PPO turns into rewards, in OpenRLHF's order: r (already on the normalised scale where
+    /// <see cref="ScoreNormalization.Sft"/> applies: gain·r_raw + bias, <see cref="RewardModel.RewardNormalization.Apply"/>) → missing-EOS penalty
     /// (<see cref="ApplyEosPenalty"/>: replace with p, or subtract |p|) → normalisation (<see cref="Normalise"/> with
     /// running moments, or <see cref="WhitenBatch"/>) → <see cref="Clip"/> to ±c.
     /// </summary>
@@ -116,7 +117,7 @@ public static class RewardShaping
             : rm.alias();
         var n = normalization switch
         {
-            ScoreNormalization.None => s,
+            ScoreNormalization.None or ScoreNormalization.Auto or ScoreNormalization.Sft => s,   // sft: applied to r before
             ScoreNormalization.Running => Normalise(s, moments ?? throw new ArgumentNullException(nameof(moments), "running normalisation needs its moments")),
             ScoreNormalization.Batch => WhitenBatch(s),
             _ => throw new ArgumentOutOfRangeException(nameof(normalization), normalization, null),

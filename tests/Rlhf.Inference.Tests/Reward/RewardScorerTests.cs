@@ -120,4 +120,43 @@ public sealed class RewardScorerTests : IDisposable
         for (int h = 0; h < H; h++) typeTerm += _types[h] * _w[h];
         Assert.Equal(expected - (float)typeTerm, scorer.Score([new("The movie was", "very great.")])[0], 5);
     }
+
+    [Fact]
+    public void TextTemplateIsOneSequenceOfPromptSpaceResponse()
+    {
+        string dir = Build(sub: "text");
+        File.WriteAllText(Path.Combine(dir, RewardSpec.FileName), """{ "template": "text" }""");
+        using var scorer = RewardScorer.Load(dir, new RewardScorerOptions { Threads = 1 });
+        Assert.Equal(RewardTemplate.Text, scorer.Template);
+        var (ids, types) = scorer.Encode("The movie was", "very great.");
+        Assert.Equal(new[] { 2, 4, 5, 6, 9, 7, 10, 3 }, ids);            // [CLS] the movie was very great . [SEP]
+        Assert.Equal(new int[8], types);
+        float expected = Expected(["[CLS]", "the", "movie", "was", "very", "great", ".", "[SEP]"], [0, 0, 0, 0, 0, 0, 0, 0]);
+        Assert.Equal(expected, scorer.Score([new("The movie was", "very great.")])[0], 5);
+        Assert.False(scorer.Spec.Normalises);
+    }
+
+    [Fact]
+    public void PairWithAnEmptyPromptIsASingleSequence()
+    {
+        using var scorer = RewardScorer.Load(Build(sub: "empty"), new RewardScorerOptions { Threads = 1 });
+        Assert.Equal(RewardTemplate.Pair, scorer.Template);
+        var (ids, types) = scorer.Encode("", "The movie was fun.");
+        Assert.Equal(new[] { 2, 4, 5, 6, 11, 10, 3 }, ids);               // [CLS] the movie was fun . [SEP]
+        Assert.Equal(new int[7], types);
+        float expected = Expected(["[CLS]", "the", "movie", "was", "fun", ".", "[SEP]"], [0, 0, 0, 0, 0, 0, 0]);
+        Assert.Equal(expected, scorer.Score([new("", "The movie was fun.")])[0], 5);
+    }
+
+    [Fact]
+    public void TemplateOptionOverridesTheSpecAndMeanOrStdMarkTheSpecNormalised()
+    {
+        string dir = Build(sub: "override");
+        File.WriteAllText(Path.Combine(dir, RewardSpec.FileName), """{ "template": "pair", "std": 2.0 }""");
+        using var scorer = RewardScorer.Load(dir, new RewardScorerOptions { Threads = 1, Template = RewardTemplate.Text });
+        Assert.Equal(RewardTemplate.Text, scorer.Template);
+        Assert.True(scorer.Spec.Normalises);
+        float expected = Expected(["[CLS]", "movie", "fun", "[SEP]"], [0, 0, 0, 0]) / 2f;
+        Assert.Equal(expected, scorer.Score([new("movie", "fun")])[0], 5);
+    }
 }

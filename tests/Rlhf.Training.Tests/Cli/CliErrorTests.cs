@@ -79,7 +79,7 @@ public sealed class CliErrorTests(BadInputs inputs) : IClassFixture<BadInputs>
         { "rm: k out of range", ["rm", "--k", "1", "--out", "{out}"], 1, "k must be in 2..9" },
         { "rm eval: missing preference file", ["rm", "eval", "--model", "{dir}/no_tokenizer", "--input", "{dir}/nope.csv"], 1, "nope.csv" },
         { "ppo: missing SFT folder", ["ppo", "--sft-model", "{dir}/nope", "--out", "{out}"], 1, "nope" },
-        { "ppo: no reward model", ["ppo", "--set", "rm_model=null", "--out", "{out}"], 1, "reward_model" },
+        { "ppo: missing RM folder", ["ppo", "--sft-model", "{dir}/no_tokenizer", "--rm-model", "{dir}/nope_rm", "--out", "{out}"], 1, "nope_rm: no reward-model folder" },
         { "ppo: minibatch does not divide", ["ppo", "--set", "mini_batch=5", "--out", "{out}"], 1, "multiple of mini_batch" },
         { "ppo: prompts file without prompt column", ["ppo", "--prompts", "{dir}/bad_prompts.csv", "--out", "{out}"], 1, "bad_prompts.csv" },
         { "pipeline: stage key the pipeline owns", ["pipeline", "--set", "ppo.seed=3", "--out", "{out}"], 1, "ppo.seed is set by the pipeline" },

@@ -36,6 +36,7 @@ public sealed class PpoLearnsTests
         var cfg = PpoTrainerTests.Tiny() with
         {
             RmModel = null, RewardModel = CountingRewardModel(sft, period), MissingEosPenalty = null, RewardClip = 0,
+            RewardNormalization = ScoreNormalization.None,   // scores stay counts of '.', the unit the assertions use
             Iterations = 10, RolloutBatch = 32, MiniBatch = 8, PpoEpochs = 4, ActorLr = 3e-3, CriticLr = 3e-3,
             AdaptiveKl = false, InitKlCoef = 0.02, EvalPrompts = 32, EvalEvery = 100, CheckpointEvery = 0, BestOfN = [1],
         };
