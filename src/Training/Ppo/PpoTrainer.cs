@@ -479,13 +479,14 @@ public static class PpoTrainer
         list.Count > 0 ? list : throw new InvalidDataException($"{file}: no prompts.");
 
     /// <summary>
-    /// Whether the sft normalisation applies: always with reward_normalization sft; with auto, when the scorer's scores
-    /// are not already normalised (an ONNX reward model whose reward_spec.json sets no mean/std; our RM's export sets them).
+    /// Whether the sft normalisation applies: always with reward_normalization sft; with auto, when the local scorer's
+    /// scores are not already normalised (an ONNX reward model whose reward_spec.json sets no mean/std; our RM's export
+    /// sets them). A remote reward endpoint scores with its own model's reward_spec.json, so auto leaves it as it is.
     /// </summary>
     internal static bool NeedsSftNormalization(PpoConfig cfg, IRewardService rewards) => cfg.RewardNormalization switch
     {
         ScoreNormalization.Sft => true,
-        ScoreNormalization.Auto => !(rewards is RewardScorer { Spec.Normalises: true }),
+        ScoreNormalization.Auto => rewards is RewardScorer { Spec.Normalises: false },
         _ => false,
     };
 
