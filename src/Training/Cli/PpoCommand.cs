@@ -19,13 +19,14 @@ internal static class PpoCommand
         var iterations = new Option<int?>("--iterations") { Description = "PPO iterations (rollout, score, update, sync)." };
         var engine = new Option<string?>("--engine") { Description = "ort (our ONNX Runtime engine, default), genai (ONNX Runtime GenAI, weights fed as graph inputs after every update) or torch." };
         var rolloutEndpoints = new Option<string?>("--rollout-endpoints") { Description = "Comma-separated rollout replicas (rlhf serve rollout), e.g. http://127.0.0.1:7001,http://127.0.0.1:7002; they generate instead of the in-process engine." };
+        var rewardUrl = new Option<string?>("--reward-url") { Description = "An external OpenRLHF-style reward server, the full URL (e.g. http://127.0.0.1:5000/get_reward): POST {query, prompts} -> {rewards}; deadlines and bounded retries (service_timeout_seconds)." };
         var rewardEndpoint = new Option<string?>("--reward-endpoint") { Description = "A reward replica (rlhf serve reward), e.g. http://127.0.0.1:7101; it scores instead of the in-process scorer." };
         var cmd = new Command("ppo",
             "PPO as in InstructGPT: rollouts on ONNX Runtime, rewards −β·KL per token plus the RM score at the last token, GAE, " +
             "clipped policy and value losses, optional PPO-ptx, in-memory weight sync after every update. Writes the aligned policy " +
             "(HF folder + onnx/), critic/, metrics.csv, reward.png, kl.png, losses.png, report.md, report.png and summary.json.");
         common.AddTo(cmd);
-        foreach (Option o in new Option[] { sft, rm, reward, template, prompts, iterations, engine, rolloutEndpoints, rewardEndpoint }) cmd.Options.Add(o);
+        foreach (Option o in new Option[] { sft, rm, reward, template, prompts, iterations, engine, rolloutEndpoints, rewardEndpoint, rewardUrl }) cmd.Options.Add(o);
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var overrides = common.Overrides(r);
@@ -39,6 +40,7 @@ internal static class PpoCommand
             if (r.GetValue(rolloutEndpoints) is string re)
                 overrides.Add("rollout_endpoints=" + System.Text.Json.JsonSerializer.Serialize(re.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)));
             if (r.GetValue(rewardEndpoint) is string we) overrides.Add($"reward_endpoint={StageOptions.Quote(we)}");
+            if (r.GetValue(rewardUrl) is string wu) overrides.Add($"reward_url={StageOptions.Quote(wu)}");
             var cfg = ConfigLoader.Load<PpoConfig>(r.GetValue(common.Config), overrides);
             var summary = PpoTrainer.Train(cfg, new RunControl { Resume = r.GetValue(common.Resume), Overwrite = r.GetValue(common.Overwrite) });
             Console.WriteLine(ConfigLoader.ToJson(summary));

@@ -105,6 +105,10 @@ public static class InferenceServices
     public static IRewardService RemoteRewards(string endpoint, string? tokenFile, TimeSpan timeout) =>
         new RemoteRewards(endpoint, Token(tokenFile), timeout);
 
+    /// <summary>An external reward server with OpenRLHF's remote-RM contract (<c>POST</c> {"query", "prompts"} -> {"rewards"}).</summary>
+    public static IRewardService OpenRlhfRewards(string url, string? tokenFile, TimeSpan timeout) =>
+        new OpenRlhfRewards(url, Token(tokenFile), timeout);
+
     /// <summary>In-process rollouts cut into the same fixed shards a replica pool would send (0 = unchanged).</summary>
     public static IRolloutService Sharded(IRolloutService rollouts, int shardSize) =>
         shardSize > 0 ? new ShardedRollouts(rollouts, shardSize) : rollouts;

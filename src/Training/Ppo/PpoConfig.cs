@@ -119,6 +119,11 @@ public sealed record PpoConfig
     public IReadOnlyList<string> RolloutEndpoints { get; init; } = [];
     /// <summary>A reward replica (<c>rlhf serve reward</c>) that scores instead of the in-process scorer; null = in process.</summary>
     public string? RewardEndpoint { get; init; }
+    /// <summary>
+    /// An external reward server with OpenRLHF's remote-RM contract (<c>POST</c> {"query", "prompts"} -> {"rewards"}), the
+    /// full URL, e.g. <c>http://host:5000/get_reward</c>; it scores instead of the in-process scorer. null = none.
+    /// </summary>
+    public string? RewardUrl { get; init; }
     /// <summary>Requests per rollout shard (what one replica generates in one call; in process too, so both batch alike); 0 = the whole batch in one call.</summary>
     public int RolloutShardSize { get; init; }
     /// <summary>File with the bearer token the replicas were started with (<c>--token-file</c>); null = none.</summary>
@@ -139,7 +144,7 @@ public sealed record PpoConfig
     public int Threads { get; init; }
 
     /// <summary>Our RM folder in force: <see cref="RmModel"/>, else runs/rm unless <see cref="RewardModel"/> is set.</summary>
-    public string? RmFolder() => RmModel ?? (RewardModel is null ? "runs/rm" : null);
+    public string? RmFolder() => RmModel ?? (RewardModel is null && RewardUrl is null ? "runs/rm" : null);
 
     /// <summary>Throws with what to change when a value is out of range.</summary>
     public void Validate()
@@ -163,7 +168,9 @@ public sealed record PpoConfig
         if (RolloutShardSize < 0) e.Add("rollout_shard_size must be ≥ 0 (0 = the whole batch in one call)");
         if (ServiceTimeoutSeconds <= 0) e.Add("service_timeout_seconds must be > 0");
         if (RolloutEndpoints.Count > 0 && Engine == RolloutBackend.Torch) e.Add("rollout_endpoints need engine ort or genai (the replicas' engine), not torch");
-        foreach (string u in RolloutEndpoints.Append(RewardEndpoint).OfType<string>())
+        if (RewardUrl is not null && (RewardEndpoint is not null || RewardModel is not null))
+            e.Add("reward_url replaces the scorer: drop reward_endpoint / reward_model (give one way to score)");
+        foreach (string u in RolloutEndpoints.Append(RewardEndpoint).Append(RewardUrl).OfType<string>())
             if (!Uri.TryCreate(u, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https")) e.Add($"endpoint '{u}' must be an http://host:port address");
         if (ServiceTokenFile is not null && !File.Exists(ServiceTokenFile)) e.Add($"service_token_file '{ServiceTokenFile}' does not exist");
         if (NormalizationSamples < 2) e.Add("normalization_samples must be ≥ 2");

@@ -189,7 +189,8 @@ public static class PpoTrainer
         if (resumeFrom is null && rmFolder is null)
             Log($"Critic: no rm_model, so it starts from the SFT model {cfg.SftModel} with a fresh value head (N(0, 1/sqrt(H+1)), no bias).");
         var timeout = TimeSpan.FromSeconds(cfg.ServiceTimeoutSeconds);
-        var rewards = cfg.RewardEndpoint is { } endpoint ? InferenceServices.RemoteRewards(endpoint, cfg.ServiceTokenFile, timeout)
+        var rewards = cfg.RewardUrl is { } url ? InferenceServices.OpenRlhfRewards(url, cfg.ServiceTokenFile, timeout)
+            : cfg.RewardEndpoint is { } endpoint ? InferenceServices.RemoteRewards(endpoint, cfg.ServiceTokenFile, timeout)
             : InferenceServices.Rewards(cfg.RewardModel, rmFolder, cfg.Threads, cfg.RewardTemplate);
         var rollouts = cfg.RolloutEndpoints.Count > 0
             ? InferenceServices.Replicas(cfg.RolloutEndpoints, cfg.ServiceTokenFile, cfg.RolloutShardSize, timeout)
