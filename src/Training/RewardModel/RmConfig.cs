@@ -15,8 +15,12 @@ public sealed record RmConfig
     public string? EvalFile { get; init; }
     /// <summary>Skip (and count) malformed rows instead of failing.</summary>
     public bool SkipMalformed { get; init; }
-    /// <summary>Default task: prompts to label for training.</summary>
-    public int TrainPrompts { get; init; } = 3000;
+    /// <summary>
+    /// Default task: prompts to label for training. 6000: on the same (deterministic) SFT model, 3000 prompts × 2 passes
+    /// gave 81.5% held-out accuracy, below the 85% bar, and 6000 × 2 gave 88.0% (Spearman with gold 0.90) in 672 s on 2
+    /// cores; default PPO on that RM: held-out gold gain 1.32 SFT std at KL 4.06.
+    /// </summary>
+    public int TrainPrompts { get; init; } = 6000;
     /// <summary>Default task: held-out prompts for accuracy and normalisation.</summary>
     public int EvalPrompts { get; init; } = 200;
     /// <summary>Responses sampled per prompt (K, 2–9).</summary>
@@ -34,8 +38,8 @@ public sealed record RmConfig
     /// <summary>
     /// Passes over the comparisons. InstructGPT used 1 (more overfits its 6B RM). The 3.5M default model underfits
     /// instead (its accuracy on the annotators' labels stays below its held-out accuracy against gold), and on the
-    /// default task 3000 prompts × 2 passes measured 86.2% held-out accuracy vs 85.4% for 6000 prompts × 1 pass, at
-    /// half the sampling time.
+    /// default task 3000 prompts × 2 passes measured 86.2% held-out accuracy vs 85.4% for 6000 prompts × 1 pass (an
+    /// earlier SFT model); 6000 × 2 is the default now (see <see cref="TrainPrompts"/>).
     /// </summary>
     public int Epochs { get; init; } = 2;
     /// <summary>Prompts per batch; all C(K,2) pairs of a prompt share its batch.</summary>
