@@ -200,27 +200,12 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
     /// </summary>
     public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default)
     {
-        ArgumentNullException.ThrowIfNull(requests);
-        var prompts = new int[requests.Count][];
-        var sampling = new SamplingOptions[requests.Count];
+        var (prompts, sampling) = RolloutRows.Prepare(requests, Tokenizer, _vocab,
+            "A text prompt needs a tokenizer: put the tokenizer files in the GenAI folder or pass one to GenAiRolloutEngine.Load.");
         for (int i = 0; i < requests.Count; i++)
         {
-            var r = requests[i];
-            sampling[i] = (r.Sampling ?? new SamplingOptions()).Validate();
-            if (r.PromptIds is { } ids) prompts[i] = [.. ids];
-            else if (r.PromptText is { } text)
-                prompts[i] = PromptFormat.PromptIds(Tokenizer ?? throw new ArgumentException(
-                    "A text prompt needs a tokenizer: put the tokenizer files in the GenAI folder or pass one to GenAiRolloutEngine.Load."), text);
-            else throw new ArgumentException($"Request {i} has neither PromptIds nor PromptText.");
-            if (prompts[i].Length == 0) throw new ArgumentException($"Request {i} has an empty prompt (give at least a BOS token).");
-            foreach (int t in prompts[i])
-            {
-                if ((uint)t >= (uint)_vocab) throw new ArgumentException($"Request {i}: token id {t} is outside the vocabulary (size {_vocab}).");
-                if (t == _pad)
-                    throw new ArgumentException($"Request {i}: the prompt contains the pad id {_pad}; GenAI reads that id as padding (genai_config.json pad_token_id), so it cannot be a prompt token.");
-            }
-            if (sampling[i].StopStrings.Count > 0 && Tokenizer is null)
-                throw new ArgumentException($"Request {i} has stop strings but the engine has no tokenizer to decode responses.");
+            if (Array.IndexOf(prompts[i], _pad) >= 0)
+                throw new ArgumentException($"Request {i}: the prompt contains the pad id {_pad}; GenAI reads that id as padding (genai_config.json pad_token_id), so it cannot be a prompt token.");
             if (sampling[i].RepetitionPenalty != 1f)
                 throw new ArgumentException($"Request {i} asks for a repetition penalty ({sampling[i].RepetitionPenalty}): GenAI applies it in place to " +
                                             "the logits it hands back, so the logprobs could not follow the trainer's convention; " +
@@ -320,7 +305,7 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
                 history[r][prevLen] = token;
                 generated[r]++;
                 if (Array.IndexOf(_eos, token) >= 0) reason[r] = RolloutFinishReason.Eos;
-                else if (stops[r] is { } m && CheckStop(r, m, history[r].AsSpan(prompts[r].Length, generated[r]), textLen, stopAt))
+                else if (stops[r] is { } m && RolloutRows.CheckStop(Tokenizer!, m, history[r].AsSpan(prompts[r].Length, generated[r]), ref textLen[r], ref stopAt[r]))
                     reason[r] = RolloutFinishReason.StopString;
                 else if (generated[r] >= sampling[r].MaxNewTokens) reason[r] = RolloutFinishReason.Length;
                 if (reason[r] is not null) live--;
@@ -332,25 +317,11 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
         for (int r = 0; r < n; r++)
         {
             int[] resp = history[r].AsSpan(prompts[r].Length, generated[r]).ToArray();
-            string? text = null;
-            if (Tokenizer is not null)
-                text = reason[r] == RolloutFinishReason.StopString
-                    ? Tokenizer.Decode(resp, skipSpecial: true)[..stopAt[r]].TrimStart()
-                    : PromptFormat.ResponseText(Tokenizer, resp);
+            string? text = RolloutRows.Text(Tokenizer, resp, reason[r], stopAt[r]);
             results[r] = new RolloutResult(prompts[r], resp, text, logps[r].AsSpan(0, generated[r]).ToArray(),
                 reason[r] ?? RolloutFinishReason.Length, timings, _version);
         }
         return results;
-    }
-
-    bool CheckStop(int r, StopStringMatcher m, ReadOnlySpan<int> response, int[] textLen, int[] stopAt)
-    {
-        string text = Tokenizer!.Decode(response.ToArray(), skipSpecial: true);
-        int at = m.FindNew(text, Math.Min(textLen[r], text.Length));
-        textLen[r] = text.Length;
-        if (at < 0) return false;
-        stopAt[r] = at;
-        return true;
     }
 
     /// <summary>

@@ -149,24 +149,8 @@ public sealed class RolloutEngine : Services.IRolloutService
     /// </summary>
     public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default)
     {
-        ArgumentNullException.ThrowIfNull(requests);
-        var prompts = new int[requests.Count][];
-        var sampling = new SamplingOptions[requests.Count];
-        for (int i = 0; i < requests.Count; i++)
-        {
-            var r = requests[i];
-            sampling[i] = (r.Sampling ?? new SamplingOptions()).Validate();
-            if (r.PromptIds is { } ids) prompts[i] = [.. ids];
-            else if (r.PromptText is { } text)
-                prompts[i] = PromptFormat.PromptIds(Tokenizer ?? throw new ArgumentException(
-                    "A text prompt needs a tokenizer: put the tokenizer files in the ONNX folder or pass one to RolloutEngine.Load."), text);
-            else throw new ArgumentException($"Request {i} has neither PromptIds nor PromptText.");
-            if (prompts[i].Length == 0) throw new ArgumentException($"Request {i} has an empty prompt (give at least a BOS token).");
-            foreach (int t in prompts[i])
-                if ((uint)t >= (uint)Signature.VocabSize) throw new ArgumentException($"Request {i}: token id {t} is outside the vocabulary (size {Signature.VocabSize}).");
-            if (sampling[i].StopStrings.Count > 0 && Tokenizer is null)
-                throw new ArgumentException($"Request {i} has stop strings but the engine has no tokenizer to decode responses.");
-        }
+        var (prompts, sampling) = RolloutRows.Prepare(requests, Tokenizer, Signature.VocabSize,
+            "A text prompt needs a tokenizer: put the tokenizer files in the ONNX folder or pass one to RolloutEngine.Load.");
         var results = new RolloutResult[requests.Count];
         lock (_gate)
         {
@@ -374,7 +358,7 @@ public sealed class RolloutEngine : Services.IRolloutService
                     logps[r][generated[r]] = lp;
                     generated[r]++;
                     if (Array.IndexOf(_eos, token) >= 0) reason[r] = RolloutFinishReason.Eos;
-                    else if (stops[r] is { } m && CheckStop(r, m, history[r].AsSpan(prompts[r].Length, generated[r]), textLen, stopAt))
+                    else if (stops[r] is { } m && RolloutRows.CheckStop(Tokenizer!, m, history[r].AsSpan(prompts[r].Length, generated[r]), ref textLen[r], ref stopAt[r]))
                         reason[r] = RolloutFinishReason.StopString;
                     else if (generated[r] >= sampling[r].MaxNewTokens) reason[r] = RolloutFinishReason.Length;
                     anyFinished |= reason[r] is not null;
@@ -403,29 +387,10 @@ public sealed class RolloutEngine : Services.IRolloutService
         for (int r = 0; r < n; r++)
         {
             int[] resp = history[r].AsSpan(prompts[r].Length, generated[r]).ToArray();
-            string? text = null;
-            if (Tokenizer is not null)
-            {
-                if (reason[r] == RolloutFinishReason.StopString)
-                {
-                    string full = Tokenizer.Decode(resp, skipSpecial: true);
-                    text = full[..stopAt[r]].TrimStart();
-                }
-                else text = PromptFormat.ResponseText(Tokenizer, resp);
-            }
+            string? text = RolloutRows.Text(Tokenizer, resp, reason[r], stopAt[r]);
             results[r] = new RolloutResult(prompts[r], resp, text, logps[r].AsSpan(0, generated[r]).ToArray(),
                 reason[r] ?? RolloutFinishReason.Length, timings, _version);
         }
-    }
-
-    bool CheckStop(int r, StopStringMatcher m, ReadOnlySpan<int> response, int[] textLen, int[] stopAt)
-    {
-        string text = Tokenizer!.Decode(response.ToArray(), skipSpecial: true);
-        int at = m.FindNew(text, Math.Min(textLen[r], text.Length));
-        textLen[r] = text.Length;
-        if (at < 0) return false;
-        stopAt[r] = at;
-        return true;
     }
 
     /// <summary>Writes the [B, T] mask of the live rows into <paramref name="dst"/>.</summary>
