@@ -195,6 +195,7 @@ public static class PpoTrainer
         var rollouts = cfg.RolloutEndpoints.Count > 0
             ? InferenceServices.Replicas(cfg.RolloutEndpoints, cfg.ServiceTokenFile, cfg.RolloutShardSize, timeout)
             : InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads), cfg.RolloutShardSize);
+        actor.Precision = reference.Precision = critic.Precision = cfg.Precision;
         // dropout off for the whole stage: the ratio must compare the same function at rollout and update time
         actor.eval();
         reference.eval();
