@@ -24,3 +24,23 @@ public sealed class TrainBenchTests
         Assert.True(Math.Abs(losses[0] - losses[1]) < 0.05, $"fp32 loss {losses[0]}, bf16 loss {losses[1]}");
     }
 }
+
+/// <summary>Smoke run of <c>rlhf bench ppo</c> on models/tiny: every cell of the table and its JSON keys.</summary>
+public sealed class PpoBenchTests
+{
+    [Fact]
+    public void TimesEveryPhaseForEveryPrecisionPair()
+    {
+        var w = new StringWriter();
+        var settings = new Rlhf.Training.Ppo.PpoConfig { RolloutBatch = 4, MiniBatch = 4, PpoEpochs = 1, MaxNewTokens = 4, Threads = 1 };
+        var figures = PpoBenchCommand.Run(["tiny"], settings, w);
+        foreach (string p in new[] { "fp32", "bf16" })
+            foreach (string r in new[] { "fp32", "int8" })
+            {
+                double sum = new[] { "generate", "score", "experience", "train", "sync" }.Sum(ph => figures[$"phase_seconds.{ph}.{p}.{r}.tiny"]);
+                Assert.True(sum > 0);
+                Assert.Equal(sum, figures[$"iteration_seconds.{p}.{r}.tiny"], 9);
+            }
+        Assert.Equal(4, w.ToString().Split('\n').Count(l => l.StartsWith("tiny ", StringComparison.Ordinal)));
+    }
+}
