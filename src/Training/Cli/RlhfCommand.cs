@@ -80,7 +80,7 @@ internal static class RlhfCommand
     public static bool IsUserError(Exception e) => e is InvalidDataException or Data.DataFileException or IOException
         or InvalidOperationException or ArgumentException or NonFiniteLossException or UnauthorizedAccessException
         or System.Text.Json.JsonException or FormatException or NotSupportedException
-        or Microsoft.ML.OnnxRuntime.OnnxRuntimeException or System.Net.Sockets.SocketException;
+        or Microsoft.ML.OnnxRuntime.OnnxRuntimeException or System.Net.Sockets.SocketException or StageCancelledException;
 
     static Exception Innermost(Exception e) => e switch
     {

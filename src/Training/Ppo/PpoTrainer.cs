@@ -55,6 +55,7 @@ public static class PpoTrainer
     public static PpoSummary Train(PpoConfig cfg, RunControl control)
     {
         cfg.Validate();
+        using var log = StageLog.Use(control.Logger);
         return OutputFolder.CleanOnFailure(cfg.Out, () => TrainStage(cfg, control));
     }
 
@@ -94,70 +95,56 @@ public static class PpoTrainer
             run.Calibration = NeedsSftNormalization(cfg, run.Rewards) ? MeasureOnSft(run, prompts, promptIds, cfg) : null;
             if (cfg.FoldRmNormalization) FoldIntoCritic(run.Critic, cfg, run.Calibration);
         }
-        string? lastCheckpoint = resumeFrom;
+        var steps = new StageSteps("ppo", cfg.Out, cfg.Iterations, start, cfg.CheckpointEvery, resumeFrom, control);
         Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmFolder()}.");
 
-        void Iterations(Action<int>? onIteration)
+        steps.Run("PPO", it =>
         {
-            for (int it = start; it < cfg.Iterations; it++)
+            var row = new Dictionary<string, double> { ["iteration"] = it + 1, ["objective/kl_coef"] = kl.Beta };
+            var t = Stopwatch.StartNew();
+
+            // 1. rollout (ONNX Runtime)
+            int[] batch = BatchRows(prompts.Count, it, cfg);
+            var rolled = Rollout(run, run.Rollouts, (ulong)it, [.. batch.Select(i => prompts[i])], [.. batch.Select(i => promptIds[i])], SamplingSeed(cfg.Seed, it), cfg);
+            row["time/generate"] = t.Elapsed.TotalSeconds;
+            t.Restart();
+
+            // 2. score (reward model) with the missing-EOS penalty and clipping
+            var scored = Score(run, rolled, cfg, moments);
+            row["time/score"] = t.Elapsed.TotalSeconds;
+            t.Restart();
+
+            // 3–5. experience: old/ref logprobs, values, KL-shaped rewards, GAE
+            using var exp = BuildExperience(run, scored, kl.Beta, cfg, row);
+            row["time/experience"] = t.Elapsed.TotalSeconds;
+            t.Restart();
+
+            // 6. PPO epochs over shuffled minibatches
+            Update(run, exp, actorOpt, criticOpt, ptx, it, cfg, row, steps);
+            row["time/train"] = t.Elapsed.TotalSeconds;
+            t.Restart();
+
+            // 7. weight sync into the rollout engine: the weights of iteration it + 1
+            row["time/sync"] = InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)(it + 1)).TotalSeconds;
+            kl.Update(row["objective/kl"], cfg.RolloutBatch);
+            row["samples/s"] = cfg.RolloutBatch / new[] { "generate", "score", "experience", "train", "sync" }.Sum(k => row["time/" + k]);
+
+            if ((it + 1) % cfg.EvalEvery == 0 || it + 1 == cfg.Iterations)
             {
-                var row = new Dictionary<string, double> { ["iteration"] = it + 1, ["objective/kl_coef"] = kl.Beta };
-                var t = Stopwatch.StartNew();
-
-                // 1. rollout (ONNX Runtime)
-                int[] batch = BatchRows(prompts.Count, it, cfg);
-                var rolled = Rollout(run, run.Rollouts, (ulong)it, [.. batch.Select(i => prompts[i])], [.. batch.Select(i => promptIds[i])], SamplingSeed(cfg.Seed, it), cfg);
-                row["time/generate"] = t.Elapsed.TotalSeconds;
-                t.Restart();
-
-                // 2. score (reward model) with the missing-EOS penalty and clipping
-                var scored = Score(run, rolled, cfg, moments);
-                row["time/score"] = t.Elapsed.TotalSeconds;
-                t.Restart();
-
-                // 3–5. experience: old/ref logprobs, values, KL-shaped rewards, GAE
-                using var exp = BuildExperience(run, scored, kl.Beta, cfg, row);
-                row["time/experience"] = t.Elapsed.TotalSeconds;
-                t.Restart();
-
-                // 6. PPO epochs over shuffled minibatches
-                Update(run, exp, actorOpt, criticOpt, ptx, it, cfg, row, lastCheckpoint);
-                row["time/train"] = t.Elapsed.TotalSeconds;
-                t.Restart();
-
-                // 7. weight sync into the rollout engine: the weights of iteration it + 1
-                row["time/sync"] = InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)(it + 1)).TotalSeconds;
-                kl.Update(row["objective/kl"], cfg.RolloutBatch);
-                row["samples/s"] = cfg.RolloutBatch / new[] { "generate", "score", "experience", "train", "sync" }.Sum(k => row["time/" + k]);
-
-                bool last = it + 1 == cfg.Iterations;
-                if ((it + 1) % cfg.EvalEvery == 0 || last)
-                {
-                    var e = Evaluate(run, evalPrompts, cfg);
-                    row["eval/gold"] = e.Gold;
-                    row["eval/score"] = e.Score;
-                    row["eval/kl"] = e.Kl;
-                    Log($"iter {it + 1}/{cfg.Iterations}  score {row["objective/scores"]:F3}  gold {row["objective/gold"]:F3}  kl {row["objective/kl"]:F2}  " +
-                        $"β {kl.Beta:F4}  held-out gold {e.Gold:F3} kl {e.Kl:F2}");
-                }
-                metrics.Add(row);
-                if ((cfg.CheckpointEvery > 0 && (it + 1) % cfg.CheckpointEvery == 0) || last)
-                {
-                    lastCheckpoint = TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
-                    {
-                        run.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
-                        TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
-                        run.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
-                    }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State, run.Calibration));
-                    metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
-                }
-                onIteration?.Invoke(it + 1);
-                if (control.StopAfterStep > 0 && it + 1 == control.StopAfterStep) throw new SimulatedKill(it + 1);
+                var e = Evaluate(run, evalPrompts, cfg);
+                row["eval/gold"] = e.Gold;
+                row["eval/score"] = e.Score;
+                row["eval/kl"] = e.Kl;
+                Log($"iter {it + 1}/{cfg.Iterations}  score {row["objective/scores"]:F3}  gold {row["objective/gold"]:F3}  kl {row["objective/kl"]:F2}  " +
+                    $"β {kl.Beta:F4}  held-out gold {e.Gold:F3} kl {e.Kl:F2}");
             }
-        }
-
-        try { TrainerParts.WithProgress("PPO", cfg.Iterations, start, control.Progress, Iterations); }
-        catch (SimulatedKill) { return new PpoSummary { Iterations = control.StopAfterStep }; }
+            steps.EndStep(it + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
+            {
+                run.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
+                TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
+                run.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
+            }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State, run.Calibration)));
+        });
 
         // Outputs: the aligned policy as an HF folder (+ ONNX), the critic, metrics, curves, the report.
         run.Actor.SavePretrained(cfg.Out, ScalarType.Float32);
@@ -346,7 +333,7 @@ public static class PpoTrainer
 
     /// <summary>Step 6: <see cref="PpoConfig.PpoEpochs"/> passes of shuffled minibatches, clipped losses, separate actor/critic optimizers.</summary>
     static void Update(Run run, Experience exp, optim.Optimizer actorOpt, optim.Optimizer criticOpt, PtxBatches? ptx, int it,
-                       PpoConfig cfg, Dictionary<string, double> row, string? lastCheckpoint)
+                       PpoConfig cfg, Dictionary<string, double> row, StageSteps steps)
     {
         var stats = new Dictionary<string, List<double>>();
         void Add(string k, double v) { if (!stats.TryGetValue(k, out var l)) stats[k] = l = []; l.Add(v); }
@@ -386,8 +373,7 @@ public static class PpoTrainer
                     var loss = (actorLoss + cfg.VfCoef * vf) / group;
                     loss.backward();
                     double pgv = pg.item<float>(), vfv = vf.item<float>();
-                    if (!double.IsFinite(pgv) || !double.IsFinite(vfv))
-                        throw new NonFiniteLossException("ppo", it, "a loss", double.IsFinite(pgv) ? vfv : pgv, lastCheckpoint);
+                    steps.CheckFinite(it, "a loss", double.IsFinite(pgv) ? vfv : pgv);
                     Add("loss/policy", pgv);
                     Add("loss/value", vfv);
                     Add("policy/clipfrac", clipFrac.item<float>());
@@ -533,7 +519,7 @@ public static class PpoTrainer
     internal static (double Gain, double Bias) Compose(RewardNormalization first, RewardNormalization? second) =>
         second is null ? (first.Gain, first.Bias) : (second.Gain * first.Gain, second.Gain * first.Bias + second.Bias);
 
-    static void Log(string message) => Console.Error.WriteLine(message);
+    static void Log(string message) => StageLog.Info(message);
 
     sealed record PpoState(int Iteration, KlControllerState Kl, string ConfigJson, RunningMomentsState? Moments = null,
                            RewardNormalization? Calibration = null) : ICheckpointState;

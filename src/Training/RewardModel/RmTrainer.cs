@@ -72,6 +72,7 @@ public static class RmTrainer
     public static RmSummary Run(RmConfig cfg, RunControl control)
     {
         cfg.Validate();
+        using var log = StageLog.Use(control.Logger);
         return OutputFolder.CleanOnFailure(cfg.Out, () => RunStage(cfg, control));
     }
 
@@ -106,62 +107,47 @@ public static class RmTrainer
             startStep = state.Step;
             Log($"Resuming from step {startStep} of {totalSteps}.");
         }
-        string? lastCheckpoint = resumeFrom;
-
-        void TrainSteps(Action<int>? onStep)
-        {
-            model.eval();   // the RM trains with dropout off
-            for (int step = startStep; step < totalSteps; step++)
-            {
-                double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, 0.0);
-                TrainerParts.SetLr(optimizer, lr);
-                optimizer.zero_grad();
-                var groups = BatchGroups(train, step, stepsPerEpoch, cfg);
-                double loss, acc, margin;
-                using (var scope = NewDisposeScope())
-                {
-                    var (l, chosen, rejected) = BatchLoss(model, groups, padId, device, cfg.Margin);
-                    l.backward();
-                    loss = l.item<float>();
-                    using var diff = (chosen - rejected).detach();
-                    acc = (diff > 0).to(ScalarType.Float32).mean().item<float>();
-                    margin = diff.mean().item<float>();
-                }
-                double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
-                if (!double.IsFinite(loss)) throw new NonFiniteLossException("rm", step, "the training loss", loss, lastCheckpoint);
-                if (!double.IsFinite(gradNorm)) throw new NonFiniteLossException("rm", step, "the gradient norm", gradNorm, lastCheckpoint);
-                optimizer.step();
-
-                var row = new Dictionary<string, double>
-                {
-                    ["step"] = step + 1, ["epoch"] = (step + 1) / (double)stepsPerEpoch, ["lr"] = lr, ["loss/train"] = loss,
-                    ["accuracy/train"] = acc, ["margin/train"] = margin, ["grad_norm"] = gradNorm,
-                };
-                bool last = step + 1 == totalSteps;
-                if (eval.Length > 0 && ((step + 1) % cfg.EvalEvery == 0 || last))
-                {
-                    double a = Accuracy(ScoreAll(model, eval, padId, device), eval);
-                    row["accuracy/eval"] = a;
-                    Log($"step {step + 1}/{totalSteps}  loss {loss:F4}  train acc {acc:P0}  held-out acc {a:P1}  lr {lr:E2}");
-                }
-                metrics.Add(row);
-                if ((cfg.CheckpointEvery > 0 && (step + 1) % cfg.CheckpointEvery == 0) || last)
-                {
-                    lastCheckpoint = TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
-                    {
-                        model.SavePretrained(tmp, ScalarType.Float32);
-                        TokenizerFiles.Copy(cfg.SftModel, tmp);
-                    }, Optimizers(optimizer), metrics, new RmState(step + 1, ConfigLoader.ToJson(cfg)));
-                    metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
-                }
-                onStep?.Invoke(step + 1);
-                if (control.StopAfterStep > 0 && step + 1 == control.StopAfterStep) throw new SimulatedKill(step + 1);
-            }
-        }
-
+        var steps = new StageSteps("rm", cfg.Out, totalSteps, startStep, cfg.CheckpointEvery, resumeFrom, control);
         var trainClock = Stopwatch.StartNew();
-        try { TrainerParts.WithProgress("RM", totalSteps, startStep, control.Progress, TrainSteps); }
-        catch (SimulatedKill) { return new RmSummary { Steps = control.StopAfterStep, Normalization = new(1, 0, 0, 1) }; }
+        model.eval();   // the RM trains with dropout off
+        steps.Run("RM", step =>
+        {
+            double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, 0.0);
+            TrainerParts.SetLr(optimizer, lr);
+            optimizer.zero_grad();
+            var groups = BatchGroups(train, step, stepsPerEpoch, cfg);
+            double loss, acc, margin;
+            using (var scope = NewDisposeScope())
+            {
+                var (l, chosen, rejected) = BatchLoss(model, groups, padId, device, cfg.Margin);
+                l.backward();
+                loss = l.item<float>();
+                using var diff = (chosen - rejected).detach();
+                acc = (diff > 0).to(ScalarType.Float32).mean().item<float>();
+                margin = diff.mean().item<float>();
+            }
+            double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
+            steps.CheckFinite(step, "the training loss", loss);
+            steps.CheckFinite(step, "the gradient norm", gradNorm);
+            optimizer.step();
+
+            var row = new Dictionary<string, double>
+            {
+                ["step"] = step + 1, ["epoch"] = (step + 1) / (double)stepsPerEpoch, ["lr"] = lr, ["loss/train"] = loss,
+                ["accuracy/train"] = acc, ["margin/train"] = margin, ["grad_norm"] = gradNorm,
+            };
+            if (eval.Length > 0 && ((step + 1) % cfg.EvalEvery == 0 || step + 1 == totalSteps))
+            {
+                double a = Accuracy(ScoreAll(model, eval, padId, device), eval);
+                row["accuracy/eval"] = a;
+                Log($"step {step + 1}/{totalSteps}  loss {loss:F4}  train acc {acc:P0}  held-out acc {a:P1}  lr {lr:E2}");
+            }
+            steps.EndStep(step + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
+            {
+                model.SavePretrained(tmp, ScalarType.Float32);
+                TokenizerFiles.Copy(cfg.SftModel, tmp);
+            }, Optimizers(optimizer), metrics, new RmState(step + 1, ConfigLoader.ToJson(cfg))));
+        });
         double trainSeconds = trainClock.Elapsed.TotalSeconds;
 
         // Normalise on held-out SFT samples (or all training responses without them), then report.
@@ -356,7 +342,7 @@ public static class RmTrainer
 
     static Dictionary<string, optim.Optimizer> Optimizers(optim.Optimizer optimizer) => new() { ["optimizer"] = optimizer };
 
-    static void Log(string message) => Console.Error.WriteLine(message);
+    static void Log(string message) => StageLog.Info(message);
 
     sealed record RmState(int Step, string ConfigJson) : ICheckpointState;
 
