@@ -74,7 +74,11 @@ public static class ServeHost
 
     static string ModelName(string path) => Path.GetFileName(Path.TrimEndingDirectorySeparator(path));
 
-    static WebApplication Build(int port, string? token, Action<IServiceCollection> register)
+    /// <summary>
+    /// The shared host: Kestrel on <paramref name="bind"/> (default 127.0.0.1) with gRPC and HTTP/1.1 on one port,
+    /// <c>grpc.health.v1</c>, and the bearer token on everything but health when <paramref name="token"/> is given.
+    /// </summary>
+    public static WebApplication Build(int port, string? token, Action<IServiceCollection> register, IPAddress? bind = null)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();
@@ -83,7 +87,7 @@ public static class ServeHost
         {
             k.AllowAlternateSchemes = true;   // HTTP/2 requests say :scheme http on the sniffed cleartext connection
             k.Limits.MaxRequestBodySize = 64L << 20;
-            k.Listen(IPAddress.Loopback, port, l =>
+            k.Listen(bind ?? IPAddress.Loopback, port, l =>
             {
                 l.Protocols = HttpProtocols.Http1AndHttp2;
                 l.Use(SniffHttp2);

@@ -32,7 +32,7 @@ internal static class RlhfCommand
             ScoreCommand.Create(),
             ExportCommand.Create(),
             BenchCommand.Create(),
-            Rlhf.Inference.Serving.ServeCommand.Create(),
+            ServeTrainCommand.Serve(),
         };
         root.Options.Add(Verbose);
         var parsed = root.Parse(args);
