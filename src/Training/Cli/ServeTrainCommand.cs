@@ -15,7 +15,7 @@ internal static class ServeTrainCommand
         return serve;
     }
 
-    static Command Create()
+    internal static Command Create()
     {
         var port = new Option<int>("--port") { Description = "TCP port (HTTP/JSON and gRPC share it).", Required = true };
         var host = new Option<string>("--host") { Description = "Address to listen on.", DefaultValueFactory = _ => "127.0.0.1" };
@@ -25,7 +25,7 @@ internal static class ServeTrainCommand
         var insecure = new Option<bool>("--insecure-no-auth") { Description = "Serve without a token (only on a loopback --host)." };
         var cmd = new Command("train",
             "Serve training runs: POST /v1/runs {\"stage\": \"sft|rm|ppo|pipeline\", \"config\": {...}}, GET /v1/runs[/{id}], GET /v1/runs/{id}/metrics[?follow=true], " +
-            "POST /v1/runs/{id}/cancel|resume, GET /v1/runs/{id}/artifacts[/{path}]; gRPC rlhf.training.v1.Runs/WatchMetrics. One run at a time; a run interrupted by a restart resumes from its checkpoint.")
+            "POST /v1/runs/{id}/cancel, POST /v1/runs/{id}/resume, GET /v1/runs/{id}/artifacts[/{path}]; gRPC rlhf.training.v1.Runs/WatchMetrics. One run at a time; a run interrupted by a restart resumes from its checkpoint.")
             { port, host, runsDir, token, dataRoot, insecure };
         cmd.SetAction(r => RlhfCommand.Guard(() => TrainServer.Run(new TrainServeOptions
         {

@@ -52,6 +52,15 @@ public static class Stages
         _ => throw new ArgumentException($"Unknown stage '{name}'; use one of {string.Join(", ", Names)}."),
     };
 
+    /// <summary>The SFT stage.</summary>
+    public static IStage Of(SftConfig config) => new SftStage(config);
+    /// <summary>The reward-model stage.</summary>
+    public static IStage Of(RmConfig config) => new RmStage(config);
+    /// <summary>The PPO stage.</summary>
+    public static IStage Of(PpoConfig config) => new PpoStage(config);
+    /// <summary>The pipeline (SFT → RM → PPO).</summary>
+    public static IStage Of(PipelineConfig config) => new PipelineStage(config);
+
     static T Validated<T>(T config, Action<T> validate)
     {
         validate(config);

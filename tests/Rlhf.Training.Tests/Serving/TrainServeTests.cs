@@ -382,4 +382,21 @@ public sealed class TrainServeTests
         Assert.Equal(1, code);
         Assert.StartsWith("error: --token-file is required", err.Trim());
     }
+
+    [Fact]
+    public void TheReadmeSectionAndHelpNameEveryOptionAndEndpoint()
+    {
+        string readme = Common.ReadmeConfigKeysTests.Readme();
+        int start = readme.IndexOf("## Training as a service", StringComparison.Ordinal);
+        Assert.True(start >= 0, "README has no 'Training as a service' section");
+        string section = readme[start..readme.IndexOf("\n## ", start + 5, StringComparison.Ordinal)];
+        var command = Rlhf.Training.Cli.ServeTrainCommand.Create();
+        foreach (var option in command.Options)
+            Assert.True(section.Contains(option.Name, StringComparison.Ordinal), $"the README's training service section lacks {option.Name}");
+        foreach (string endpoint in new[] { "POST /v1/runs", "GET /v1/runs", "/v1/runs/{id}", "/metrics", "follow=true", "/cancel", "/resume", "/artifacts", "WatchMetrics" })
+            Assert.Contains(endpoint, command.Description, StringComparison.Ordinal);
+        foreach (string curl in new[] { "/v1/runs -H", "/v1/runs/$ID -H", "/v1/runs/$ID/metrics -H", "/v1/runs/$ID/metrics?follow=true", "-X POST http://127.0.0.1:7200/v1/runs/$ID/cancel",
+                                        "-X POST http://127.0.0.1:7200/v1/runs/$ID/resume", "/v1/runs/$ID/artifacts -H", "/v1/runs/$ID/artifacts/ppo/model.safetensors" })
+            Assert.Contains(curl, section, StringComparison.Ordinal);
+    }
 }
