@@ -21,8 +21,6 @@ public interface IStage
     string Out { get; }
     /// <summary>The same stage writing into <paramref name="folder"/>.</summary>
     IStage WithOut(string folder);
-    /// <summary>The config as the JSON the stage writes next to its outputs.</summary>
-    string ConfigJson { get; }
     /// <summary>Runs the stage to its end and returns its summary.</summary>
     JsonNode Run(RunControl control);
 }
@@ -39,10 +37,10 @@ public static class Stages
     /// </summary>
     public static IStage FromJson(string name, JsonObject config) => name switch
     {
-        "sft" => new SftStage(Validated(ConfigLoader.FromJson<SftConfig>(config, "config"), c => c.Validate())),
-        "rm" => new RmStage(Validated(ConfigLoader.FromJson<RmConfig>(config, "config"), c => c.Validate())),
-        "ppo" => new PpoStage(Validated(ConfigLoader.FromJson<PpoConfig>(config, "config"), c => c.Validate())),
-        "pipeline" => new PipelineStage(Validated(ConfigLoader.FromJson<PipelineConfig>(config, "config"), c =>
+        "sft" => Of(Validated(ConfigLoader.FromJson<SftConfig>(config, "config"), c => c.Validate())),
+        "rm" => Of(Validated(ConfigLoader.FromJson<RmConfig>(config, "config"), c => c.Validate())),
+        "ppo" => Of(Validated(ConfigLoader.FromJson<PpoConfig>(config, "config"), c => c.Validate())),
+        "pipeline" => Of(Validated(ConfigLoader.FromJson<PipelineConfig>(config, "config"), c =>
         {
             c.Validate();
             c.Sft.Validate();
@@ -53,13 +51,17 @@ public static class Stages
     };
 
     /// <summary>The SFT stage.</summary>
-    public static IStage Of(SftConfig config) => new SftStage(config);
+    public static IStage Of(SftConfig config) =>
+        new ConfigStage<SftConfig>("sft", config, c => c.Out, (c, o) => c with { Out = o }, (c, r) => Node(SftTrainer.Run(c, r)));
     /// <summary>The reward-model stage.</summary>
-    public static IStage Of(RmConfig config) => new RmStage(config);
+    public static IStage Of(RmConfig config) =>
+        new ConfigStage<RmConfig>("rm", config, c => c.Out, (c, o) => c with { Out = o }, (c, r) => Node(RmTrainer.Run(c, r)));
     /// <summary>The PPO stage.</summary>
-    public static IStage Of(PpoConfig config) => new PpoStage(config);
+    public static IStage Of(PpoConfig config) =>
+        new ConfigStage<PpoConfig>("ppo", config, c => c.Out, (c, o) => c with { Out = o }, (c, r) => Node(PpoTrainer.Train(c, r)));
     /// <summary>The pipeline (SFT → RM → PPO).</summary>
-    public static IStage Of(PipelineConfig config) => new PipelineStage(config);
+    public static IStage Of(PipelineConfig config) =>
+        new ConfigStage<PipelineConfig>("pipeline", config, c => c.Out, (c, o) => c with { Out = o }, (c, r) => PipelineRunner.Run(c, r));
 
     static T Validated<T>(T config, Action<T> validate)
     {
@@ -79,39 +81,11 @@ public static class Stages
 
     static JsonNode Node<T>(T summary) => JsonSerializer.SerializeToNode(summary, ConfigLoader.Json)!;
 
-    sealed record SftStage(SftConfig Config) : IStage
+    /// <summary>A stage as its config, how to read and set its output folder, and its trainer.</summary>
+    sealed record ConfigStage<T>(string Name, T Config, Func<T, string> OutOf, Func<T, string, T> SetOut, Func<T, RunControl, JsonNode> Train) : IStage
     {
-        public string Name => "sft";
-        public string Out => Config.Out;
-        public string ConfigJson => ConfigLoader.ToJson(Config);
-        public IStage WithOut(string folder) => this with { Config = Config with { Out = folder } };
-        public JsonNode Run(RunControl control) => Node(SftTrainer.Run(Config, control));
-    }
-
-    sealed record RmStage(RmConfig Config) : IStage
-    {
-        public string Name => "rm";
-        public string Out => Config.Out;
-        public string ConfigJson => ConfigLoader.ToJson(Config);
-        public IStage WithOut(string folder) => this with { Config = Config with { Out = folder } };
-        public JsonNode Run(RunControl control) => Node(RmTrainer.Run(Config, control));
-    }
-
-    sealed record PpoStage(PpoConfig Config) : IStage
-    {
-        public string Name => "ppo";
-        public string Out => Config.Out;
-        public string ConfigJson => ConfigLoader.ToJson(Config);
-        public IStage WithOut(string folder) => this with { Config = Config with { Out = folder } };
-        public JsonNode Run(RunControl control) => Node(PpoTrainer.Train(Config, control));
-    }
-
-    sealed record PipelineStage(PipelineConfig Config) : IStage
-    {
-        public string Name => "pipeline";
-        public string Out => Config.Out;
-        public string ConfigJson => ConfigLoader.ToJson(Config);
-        public IStage WithOut(string folder) => this with { Config = Config with { Out = folder } };
-        public JsonNode Run(RunControl control) => PipelineRunner.Run(Config, control);
+        public string Out => OutOf(Config);
+        public IStage WithOut(string folder) => this with { Config = SetOut(Config, folder) };
+        public JsonNode Run(RunControl control) => Train(Config, control);
     }
 }

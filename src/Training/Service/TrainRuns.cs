@@ -320,7 +320,7 @@ public sealed class TrainRuns : IDisposable
     public void Dispose()
     {
         _stopping.Cancel();
-        _worker?.Join(TimeSpan.FromSeconds(30));
+        if (_worker?.Join(TimeSpan.FromSeconds(30)) == false) return;   // a step still running: the process ends around it
         _stopping.Dispose();
         _wake.Dispose();
     }
