@@ -19,12 +19,12 @@ public sealed class StageSteps(string stage, string outFolder, int total, int st
     /// <summary>The newest checkpoint folder (null until one exists).</summary>
     public string? LastCheckpoint { get; private set; } = resumedFrom;
 
-    /// <summary>Runs <paramref name="step"/> for steps <see cref="Start"/> … <see cref="Total"/> − 1 (0-based) under a progress bar labelled <paramref name="label"/>.</summary>
-    public void Run(string label, Action<int> step) =>
+    /// <summary>Runs <paramref name="steps"/> (the trainer's loop over steps <see cref="Start"/> … <see cref="Total"/> − 1, each ending in <see cref="EndStep"/>) under a progress bar labelled <paramref name="label"/>.</summary>
+    public void Run(string label, Action steps) =>
         TrainerParts.WithProgress(label, Total, Start, control.Progress, onStep =>
         {
             _progress = onStep;
-            for (int s = Start; s < Total; s++) step(s);
+            steps();
         });
 
     /// <summary>The NaN guard: a non-finite <paramref name="value"/> stops the run and leaves the last checkpoint as it was.</summary>

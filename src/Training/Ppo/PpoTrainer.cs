@@ -98,53 +98,59 @@ public static class PpoTrainer
         var steps = new StageSteps("ppo", cfg.Out, cfg.Iterations, start, cfg.CheckpointEvery, resumeFrom, control);
         Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmFolder()}.");
 
-        steps.Run("PPO", it =>
+        void Iterations()
         {
-            var row = new Dictionary<string, double> { ["iteration"] = it + 1, ["objective/kl_coef"] = kl.Beta };
-            var t = Stopwatch.StartNew();
-
-            // 1. rollout (ONNX Runtime)
-            int[] batch = BatchRows(prompts.Count, it, cfg);
-            var rolled = Rollout(run, run.Rollouts, (ulong)it, [.. batch.Select(i => prompts[i])], [.. batch.Select(i => promptIds[i])], SamplingSeed(cfg.Seed, it), cfg);
-            row["time/generate"] = t.Elapsed.TotalSeconds;
-            t.Restart();
-
-            // 2. score (reward model) with the missing-EOS penalty and clipping
-            var scored = Score(run, rolled, cfg, moments);
-            row["time/score"] = t.Elapsed.TotalSeconds;
-            t.Restart();
-
-            // 3–5. experience: old/ref logprobs, values, KL-shaped rewards, GAE
-            using var exp = BuildExperience(run, scored, kl.Beta, cfg, row);
-            row["time/experience"] = t.Elapsed.TotalSeconds;
-            t.Restart();
-
-            // 6. PPO epochs over shuffled minibatches
-            Update(run, exp, actorOpt, criticOpt, ptx, it, cfg, row, steps);
-            row["time/train"] = t.Elapsed.TotalSeconds;
-            t.Restart();
-
-            // 7. weight sync into the rollout engine: the weights of iteration it + 1
-            row["time/sync"] = InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)(it + 1)).TotalSeconds;
-            kl.Update(row["objective/kl"], cfg.RolloutBatch);
-            row["samples/s"] = cfg.RolloutBatch / new[] { "generate", "score", "experience", "train", "sync" }.Sum(k => row["time/" + k]);
-
-            if ((it + 1) % cfg.EvalEvery == 0 || it + 1 == cfg.Iterations)
+            for (int it = start; it < cfg.Iterations; it++)
             {
-                var e = Evaluate(run, evalPrompts, cfg);
-                row["eval/gold"] = e.Gold;
-                row["eval/score"] = e.Score;
-                row["eval/kl"] = e.Kl;
-                Log($"iter {it + 1}/{cfg.Iterations}  score {row["objective/scores"]:F3}  gold {row["objective/gold"]:F3}  kl {row["objective/kl"]:F2}  " +
-                    $"β {kl.Beta:F4}  held-out gold {e.Gold:F3} kl {e.Kl:F2}");
+                var row = new Dictionary<string, double> { ["iteration"] = it + 1, ["objective/kl_coef"] = kl.Beta };
+                var t = Stopwatch.StartNew();
+
+                // 1. rollout (ONNX Runtime)
+                int[] batch = BatchRows(prompts.Count, it, cfg);
+                var rolled = Rollout(run, run.Rollouts, (ulong)it, [.. batch.Select(i => prompts[i])], [.. batch.Select(i => promptIds[i])], SamplingSeed(cfg.Seed, it), cfg);
+                row["time/generate"] = t.Elapsed.TotalSeconds;
+                t.Restart();
+
+                // 2. score (reward model) with the missing-EOS penalty and clipping
+                var scored = Score(run, rolled, cfg, moments);
+                row["time/score"] = t.Elapsed.TotalSeconds;
+                t.Restart();
+
+                // 3–5. experience: old/ref logprobs, values, KL-shaped rewards, GAE
+                using var exp = BuildExperience(run, scored, kl.Beta, cfg, row);
+                row["time/experience"] = t.Elapsed.TotalSeconds;
+                t.Restart();
+
+                // 6. PPO epochs over shuffled minibatches
+                Update(run, exp, actorOpt, criticOpt, ptx, it, cfg, row, steps);
+                row["time/train"] = t.Elapsed.TotalSeconds;
+                t.Restart();
+
+                // 7. weight sync into the rollout engine: the weights of iteration it + 1
+                row["time/sync"] = InferenceServices.Sync(run.Rollouts, run.Actor, (ulong)(it + 1)).TotalSeconds;
+                kl.Update(row["objective/kl"], cfg.RolloutBatch);
+                row["samples/s"] = cfg.RolloutBatch / new[] { "generate", "score", "experience", "train", "sync" }.Sum(k => row["time/" + k]);
+
+                bool last = it + 1 == cfg.Iterations;
+                if ((it + 1) % cfg.EvalEvery == 0 || last)
+                {
+                    var e = Evaluate(run, evalPrompts, cfg);
+                    row["eval/gold"] = e.Gold;
+                    row["eval/score"] = e.Score;
+                    row["eval/kl"] = e.Kl;
+                    Log($"iter {it + 1}/{cfg.Iterations}  score {row["objective/scores"]:F3}  gold {row["objective/gold"]:F3}  kl {row["objective/kl"]:F2}  " +
+                        $"β {kl.Beta:F4}  held-out gold {e.Gold:F3} kl {e.Kl:F2}");
+                }
+                steps.EndStep(it + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
+                {
+                    run.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
+                    TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
+                    run.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
+                }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State, run.Calibration)));
             }
-            steps.EndStep(it + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
-            {
-                run.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
-                TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
-                run.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
-            }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State, run.Calibration)));
-        });
+        }
+
+        steps.Run("PPO", Iterations);
 
         // Outputs: the aligned policy as an HF folder (+ ONNX), the critic, metrics, curves, the report.
         run.Actor.SavePretrained(cfg.Out, ScalarType.Float32);

@@ -108,46 +108,53 @@ public static class RmTrainer
             Log($"Resuming from step {startStep} of {totalSteps}.");
         }
         var steps = new StageSteps("rm", cfg.Out, totalSteps, startStep, cfg.CheckpointEvery, resumeFrom, control);
-        var trainClock = Stopwatch.StartNew();
-        model.eval();   // the RM trains with dropout off
-        steps.Run("RM", step =>
-        {
-            double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, 0.0);
-            TrainerParts.SetLr(optimizer, lr);
-            optimizer.zero_grad();
-            var groups = BatchGroups(train, step, stepsPerEpoch, cfg);
-            double loss, acc, margin;
-            using (var scope = NewDisposeScope())
-            {
-                var (l, chosen, rejected) = BatchLoss(model, groups, padId, device, cfg.Margin);
-                l.backward();
-                loss = l.item<float>();
-                using var diff = (chosen - rejected).detach();
-                acc = (diff > 0).to(ScalarType.Float32).mean().item<float>();
-                margin = diff.mean().item<float>();
-            }
-            double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
-            steps.CheckFinite(step, "the training loss", loss);
-            steps.CheckFinite(step, "the gradient norm", gradNorm);
-            optimizer.step();
 
-            var row = new Dictionary<string, double>
+        void TrainSteps()
+        {
+            model.eval();   // the RM trains with dropout off
+            for (int step = startStep; step < totalSteps; step++)
             {
-                ["step"] = step + 1, ["epoch"] = (step + 1) / (double)stepsPerEpoch, ["lr"] = lr, ["loss/train"] = loss,
-                ["accuracy/train"] = acc, ["margin/train"] = margin, ["grad_norm"] = gradNorm,
-            };
-            if (eval.Length > 0 && ((step + 1) % cfg.EvalEvery == 0 || step + 1 == totalSteps))
-            {
-                double a = Accuracy(ScoreAll(model, eval, padId, device), eval);
-                row["accuracy/eval"] = a;
-                Log($"step {step + 1}/{totalSteps}  loss {loss:F4}  train acc {acc:P0}  held-out acc {a:P1}  lr {lr:E2}");
+                double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, 0.0);
+                TrainerParts.SetLr(optimizer, lr);
+                optimizer.zero_grad();
+                var groups = BatchGroups(train, step, stepsPerEpoch, cfg);
+                double loss, acc, margin;
+                using (var scope = NewDisposeScope())
+                {
+                    var (l, chosen, rejected) = BatchLoss(model, groups, padId, device, cfg.Margin);
+                    l.backward();
+                    loss = l.item<float>();
+                    using var diff = (chosen - rejected).detach();
+                    acc = (diff > 0).to(ScalarType.Float32).mean().item<float>();
+                    margin = diff.mean().item<float>();
+                }
+                double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
+                steps.CheckFinite(step, "the training loss", loss);
+                steps.CheckFinite(step, "the gradient norm", gradNorm);
+                optimizer.step();
+
+                var row = new Dictionary<string, double>
+                {
+                    ["step"] = step + 1, ["epoch"] = (step + 1) / (double)stepsPerEpoch, ["lr"] = lr, ["loss/train"] = loss,
+                    ["accuracy/train"] = acc, ["margin/train"] = margin, ["grad_norm"] = gradNorm,
+                };
+                bool last = step + 1 == totalSteps;
+                if (eval.Length > 0 && ((step + 1) % cfg.EvalEvery == 0 || last))
+                {
+                    double a = Accuracy(ScoreAll(model, eval, padId, device), eval);
+                    row["accuracy/eval"] = a;
+                    Log($"step {step + 1}/{totalSteps}  loss {loss:F4}  train acc {acc:P0}  held-out acc {a:P1}  lr {lr:E2}");
+                }
+                steps.EndStep(step + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
+                {
+                    model.SavePretrained(tmp, ScalarType.Float32);
+                    TokenizerFiles.Copy(cfg.SftModel, tmp);
+                }, Optimizers(optimizer), metrics, new RmState(step + 1, ConfigLoader.ToJson(cfg))));
             }
-            steps.EndStep(step + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
-            {
-                model.SavePretrained(tmp, ScalarType.Float32);
-                TokenizerFiles.Copy(cfg.SftModel, tmp);
-            }, Optimizers(optimizer), metrics, new RmState(step + 1, ConfigLoader.ToJson(cfg))));
-        });
+        }
+
+        var trainClock = Stopwatch.StartNew();
+        steps.Run("RM", TrainSteps);
         double trainSeconds = trainClock.Elapsed.TotalSeconds;
 
         // Normalise on held-out SFT samples (or all training responses without them), then report.

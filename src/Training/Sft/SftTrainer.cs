@@ -99,55 +99,61 @@ public static class SftTrainer
 
         var steps = new StageSteps("sft", cfg.Out, totalSteps, startStep, cfg.CheckpointEvery, resumeFrom, control);
         double tokensTimed = 0, secondsTimed = 0;
-        steps.Run("SFT", step =>
+        void TrainSteps()
         {
-            var stepClock = Stopwatch.StartNew();
-            double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, cfg.MinLrRatio);
-            TrainerParts.SetLr(optimizer, lr);
-            torch.manual_seed(cfg.Seed * 1_000_003 + step);    // dropout noise depends on the step only: resume-exact
-            model.train();
-            optimizer.zero_grad();
+            for (int step = startStep; step < totalSteps; step++)
+            {
+                var stepClock = Stopwatch.StartNew();
+                double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, cfg.MinLrRatio);
+                TrainerParts.SetLr(optimizer, lr);
+                torch.manual_seed(cfg.Seed * 1_000_003 + step);    // dropout noise depends on the step only: resume-exact
+                model.train();
+                optimizer.zero_grad();
 
-            var micro = MicroBatches(train, step, stepsPerEpoch, cfg);
-            long targets = micro.Sum(m => m.Sum(e => (long)e.Ids.Length - e.PromptLength));
-            double lossSum = 0;
-            long positions = 0;
-            foreach (var examples in micro)
-            {
-                using var scope = NewDisposeScope();
-                using var batch = SftBatch.Collate(examples, padId, device);
-                var logits = model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
-                var loss = SftLoss.SummedNll(logits, batch.Targets) / targets;
-                loss.backward();
-                lossSum += loss.item<float>();
-                positions += batch.InputIds.numel();
-            }
-            double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
-            steps.CheckFinite(step, "the training loss", lossSum);
-            steps.CheckFinite(step, "the gradient norm", gradNorm);
-            optimizer.step();
-            trainTokens += targets;
-            double sec = stepClock.Elapsed.TotalSeconds;
-            tokensTimed += positions; secondsTimed += sec;
+                var micro = MicroBatches(train, step, stepsPerEpoch, cfg);
+                long targets = micro.Sum(m => m.Sum(e => (long)e.Ids.Length - e.PromptLength));
+                double lossSum = 0;
+                long positions = 0;
+                foreach (var examples in micro)
+                {
+                    using var scope = NewDisposeScope();
+                    using var batch = SftBatch.Collate(examples, padId, device);
+                    var logits = model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
+                    var loss = SftLoss.SummedNll(logits, batch.Targets) / targets;
+                    loss.backward();
+                    lossSum += loss.item<float>();
+                    positions += batch.InputIds.numel();
+                }
+                double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
+                steps.CheckFinite(step, "the training loss", lossSum);
+                steps.CheckFinite(step, "the gradient norm", gradNorm);
+                optimizer.step();
+                trainTokens += targets;
+                double sec = stepClock.Elapsed.TotalSeconds;
+                tokensTimed += positions; secondsTimed += sec;
 
-            var row = new Dictionary<string, double>
-            {
-                ["step"] = step + 1,
-                ["epoch"] = (step + 1) / (double)stepsPerEpoch,
-                ["lr"] = lr,
-                ["loss/train"] = lossSum,
-                ["grad_norm"] = gradNorm,
-                ["tokens/s"] = positions / sec,
-            };
-            if (eval.Length > 0 && ((step + 1) % cfg.EvalEvery == 0 || step + 1 == totalSteps))
-            {
-                double el = EvalLoss(model, eval, padId, device, cfg.BatchSize);
-                row["loss/eval"] = el;
-                row["perplexity/eval"] = Math.Exp(el);
-                Log($"step {step + 1}/{totalSteps}  train {lossSum:F4}  eval {el:F4}  ppl {Math.Exp(el):F2}  lr {lr:E2}");
+                var row = new Dictionary<string, double>
+                {
+                    ["step"] = step + 1,
+                    ["epoch"] = (step + 1) / (double)stepsPerEpoch,
+                    ["lr"] = lr,
+                    ["loss/train"] = lossSum,
+                    ["grad_norm"] = gradNorm,
+                    ["tokens/s"] = positions / sec,
+                };
+                bool last = step + 1 == totalSteps;
+                if (eval.Length > 0 && ((step + 1) % cfg.EvalEvery == 0 || last))
+                {
+                    double el = EvalLoss(model, eval, padId, device, cfg.BatchSize);
+                    row["loss/eval"] = el;
+                    row["perplexity/eval"] = Math.Exp(el);
+                    Log($"step {step + 1}/{totalSteps}  train {lossSum:F4}  eval {el:F4}  ppl {Math.Exp(el):F2}  lr {lr:E2}");
+                }
+                steps.EndStep(step + 1, row, metrics, () => SaveCheckpoint(cfg, model, modelSource, optimizer, metrics, step + 1, trainTokens));
             }
-            steps.EndStep(step + 1, row, metrics, () => SaveCheckpoint(cfg, model, modelSource, optimizer, metrics, step + 1, trainTokens));
-        });
+        }
+
+        steps.Run("SFT", TrainSteps);
 
         // Final artefacts: the HF folder itself, plots, samples and the summary.
         model.SavePretrained(cfg.Out, ScalarType.Float32);
