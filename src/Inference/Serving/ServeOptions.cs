@@ -61,7 +61,6 @@ public sealed record RewardServeOptions
 /// <summary>Checks and token reading shared by the servers' options.</summary>
 public static class ServeChecks
 {
-    /// <summary>Port, threads, token file and batch limit in range.</summary>
     public static void Common(int port, int threads, string? tokenFile, int maxBatch)
     {
         if (port is < 1 or > 65535) throw new ArgumentException($"--port must be in [1, 65535]; got {port}.");

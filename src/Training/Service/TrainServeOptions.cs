@@ -19,17 +19,15 @@ public sealed record TrainServeOptions
     /// <summary>Serve without a token (loopback only).</summary>
     public bool InsecureNoAuth { get; init; }
 
-    /// <summary>The address to bind.</summary>
-    public IPAddress BindAddress => IPAddress.TryParse(Host, out var a) ? a
-        : throw new ArgumentException($"--host '{Host}' is not an IP address (for example 127.0.0.1 or 0.0.0.0).");
-
     /// <summary>Throws <see cref="ArgumentException"/> naming the option to change.</summary>
     public TrainServeOptions Validate()
     {
-        ServeChecks.Common(Port, 0, TokenFile, 1);
+        if (!IPAddress.TryParse(Host, out var address)) throw new ArgumentException($"--host must be an IP address (127.0.0.1, 0.0.0.0, ::); got '{Host}'.");
+        if (Port is < 1 or > 65535) throw new ArgumentException($"--port must be in [1, 65535]; got {Port}.");
+        if (TokenFile is not null && !File.Exists(TokenFile)) throw new ArgumentException($"--token-file '{TokenFile}' does not exist.");
         if (TokenFile is null && !InsecureNoAuth)
             throw new ArgumentException("--token-file is required: the training server runs jobs and serves files (pass --insecure-no-auth to serve a loopback address without one).");
-        if (TokenFile is null && !IPAddress.IsLoopback(BindAddress))
+        if (TokenFile is null && !IPAddress.IsLoopback(address))
             throw new ArgumentException($"--insecure-no-auth only serves a loopback address; --host {Host} needs --token-file.");
         if (TokenFile is not null && InsecureNoAuth)
             throw new ArgumentException("--insecure-no-auth and --token-file exclude each other.");

@@ -18,7 +18,7 @@ public static class TrainServer
         options.Validate();
         string? token = ServeChecks.ReadToken(options.TokenFile);
         var runs = new TrainRuns(new RunStore(options.RunsDir), options.DataRoot, StageLog.Stderr);
-        var app = ServeHost.Build(options.Port, token, services => services.AddSingleton(runs), options.BindAddress);
+        var app = ServeHost.Build(options.Host, options.Port, token, services => services.AddSingleton(runs));
         app.MapGrpcService<RunsGrpcService>();
         TrainEndpoints.Map(app, runs);
         app.Lifetime.ApplicationStarted.Register(runs.Start);
