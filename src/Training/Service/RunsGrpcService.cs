@@ -14,11 +14,10 @@ public sealed class RunsGrpcService(TrainRuns runs) : Runs.RunsBase
         while (!context.CancellationToken.IsCancellationRequested)
         {
             var change = runs.NextChange();
-            var rows = runs.Metrics(request.RunId);
             bool final = runs.Get(request.RunId)!.IsFinal;
-            for (; sent < rows.Count; sent++)
+            foreach (var r in runs.Metrics(request.RunId, sent))
             {
-                var r = rows[sent];
+                sent++;
                 var row = new MetricsRow { Stage = (string)r["stage"]!, Step = (int)r["step"]!, Total = (int)r["total"]! };
                 foreach (var (k, v) in r["metrics"]!.AsObject())
                     row.Values[k] = v!.GetValueKind() == System.Text.Json.JsonValueKind.Number ? (double)v : double.NaN;

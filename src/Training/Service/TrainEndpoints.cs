@@ -92,10 +92,12 @@ public static class TrainEndpoints
         while (!ctx.RequestAborted.IsCancellationRequested)
         {
             var change = runs.NextChange();
-            var rows = runs.Metrics(id);
             var run = runs.Get(id)!;
-            for (; sent < rows.Count; sent++)
-                await ctx.Response.WriteAsync($"event: metrics\ndata: {rows[sent].ToJsonString()}\n\n", ctx.RequestAborted);
+            foreach (var row in runs.Metrics(id, sent))
+            {
+                await ctx.Response.WriteAsync($"event: metrics\ndata: {row.ToJsonString()}\n\n", ctx.RequestAborted);
+                sent++;
+            }
             if (run.IsFinal)
             {
                 await ctx.Response.WriteAsync($"event: end\ndata: {new JsonObject { ["status"] = Status(run.Status) }.ToJsonString()}\n\n", ctx.RequestAborted);

@@ -115,10 +115,13 @@ public sealed class TrainRuns : IDisposable
         return File.Exists(f) ? JsonNode.Parse(File.ReadAllText(f)) : null;
     }
 
-    /// <summary>Step events so far (one per step of each stage; a step repeated after a resume replaces the earlier one).</summary>
-    public List<JsonObject> Metrics(string id)
+    /// <summary>
+    /// Step events so far from position <paramref name="from"/> on (one per step of each stage; a step redone after a
+    /// resume replaces the earlier one in place).
+    /// </summary>
+    public List<JsonObject> Metrics(string id, int from = 0)
     {
-        lock (_gate) return _metrics.TryGetValue(id, out var m) ? [.. m.Select(r => (JsonObject)r.DeepClone())] : [];
+        lock (_gate) return _metrics.TryGetValue(id, out var m) ? [.. m.Skip(from).Select(r => (JsonObject)r.DeepClone())] : [];
     }
 
     /// <summary>
