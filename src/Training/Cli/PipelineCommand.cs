@@ -25,9 +25,7 @@ internal static class PipelineCommand
             if (r.GetValue(sftFrom) is string s) overrides.Add($"sft_from={StageOptions.Quote(s)}");
             if (r.GetValue(rmFrom) is string m) overrides.Add($"rm_from={StageOptions.Quote(m)}");
             var cfg = ConfigLoader.Load<PipelineConfig>(r.GetValue(common.Config), overrides);
-            var summary = PipelineRunner.Run(cfg, new RunControl { Overwrite = r.GetValue(common.Overwrite) });
-            Console.WriteLine(summary.ToJsonString(ConfigLoader.Json));
-            return 0;
+            return RlhfCommand.RunStage(Stages.Of(cfg), resume: false, r.GetValue(common.Overwrite));   // the pipeline resumes its stages itself
         }));
         return cmd;
     }
