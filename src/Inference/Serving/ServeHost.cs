@@ -43,7 +43,7 @@ public static class ServeHost
             _ => throw new ArgumentOutOfRangeException(nameof(options)),
         };
         var replica = new RolloutReplica(engine, tokenizer, ModelName(folder), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch);
-        var app = Build(options.Port, token, services => services.AddSingleton(replica));
+        var app = Build("127.0.0.1", options.Port, token, services => services.AddSingleton(replica));
         app.MapGrpcService<RolloutGrpcService>();
         OpenAiEndpoints.Map(app);
         app.Lifetime.ApplicationStopped.Register(replica.Dispose);
@@ -57,7 +57,7 @@ public static class ServeHost
         string? token = ServeChecks.ReadToken(options.TokenFile);
         var scorer = RewardScorer.Load(options.RewardModel, new RewardScorerOptions { Threads = options.Threads });
         var replica = new RewardReplica(scorer, ModelName(Path.GetFullPath(options.RewardModel)), options.MaxBatch);
-        var app = Build(options.Port, token, services => services.AddSingleton(replica));
+        var app = Build("127.0.0.1", options.Port, token, services => services.AddSingleton(replica));
         app.MapGrpcService<RewardGrpcService>();
         RewardEndpoints.Map(app);
         app.Lifetime.ApplicationStopped.Register(replica.Dispose);
@@ -74,7 +74,11 @@ public static class ServeHost
 
     static string ModelName(string path) => Path.GetFileName(Path.TrimEndingDirectorySeparator(path));
 
-    static WebApplication Build(int port, string? token, Action<IServiceCollection> register)
+    /// <summary>
+    /// The shared host (also of <c>rlhf serve train</c>): Kestrel on <paramref name="host"/> with gRPC and HTTP/1.1 on one
+    /// port, <c>grpc.health.v1</c>, and the bearer token on everything but health when <paramref name="token"/> is given.
+    /// </summary>
+    public static WebApplication Build(string host, int port, string? token, Action<IServiceCollection> register)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();
@@ -83,7 +87,7 @@ public static class ServeHost
         {
             k.AllowAlternateSchemes = true;   // HTTP/2 requests say :scheme http on the sniffed cleartext connection
             k.Limits.MaxRequestBodySize = 64L << 20;
-            k.Listen(IPAddress.Loopback, port, l =>
+            k.Listen(IPAddress.Parse(host), port, l =>
             {
                 l.Protocols = HttpProtocols.Http1AndHttp2;
                 l.Use(SniffHttp2);

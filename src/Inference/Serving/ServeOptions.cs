@@ -58,7 +58,8 @@ public sealed record RewardServeOptions
     }
 }
 
-static class ServeChecks
+/// <summary>Checks and token reading shared by the servers' options.</summary>
+public static class ServeChecks
 {
     public static void Common(int port, int threads, string? tokenFile, int maxBatch)
     {

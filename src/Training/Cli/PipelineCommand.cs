@@ -32,9 +32,7 @@ internal static class PipelineCommand
             if (r.GetValue(precision) is string p)
                 foreach (string stage in new[] { "sft", "rm", "ppo" }) overrides.Add($"{stage}.precision={p}");
             var cfg = ConfigLoader.Load<PipelineConfig>(r.GetValue(common.Config), overrides);
-            var summary = PipelineRunner.Run(cfg, new RunControl { Overwrite = r.GetValue(common.Overwrite) });
-            Console.WriteLine(summary.ToJsonString(ConfigLoader.Json));
-            return 0;
+            return RlhfCommand.RunStage(Stages.Of(cfg), resume: false, r.GetValue(common.Overwrite));   // the pipeline resumes its stages itself
         }));
         return cmd;
     }

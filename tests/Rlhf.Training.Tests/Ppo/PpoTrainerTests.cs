@@ -4,6 +4,7 @@ using Rlhf.Training.Ppo;
 using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
 using Rlhf.Training.Tests.Sft;
+using Rlhf.Training.Tests.Common;
 
 namespace Rlhf.Training.Tests.Ppo;
 
@@ -63,7 +64,7 @@ public sealed class PpoTrainerTests
         var a = Tiny() with { BestOfN = [1] };
         PpoTrainer.Train(a, new RunControl { Progress = false });
         var b = a with { Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "ppo") };
-        PpoTrainer.Train(b, new RunControl { Progress = false, StopAfterStep = 2 });
+        StopAfter.Step(2, c => PpoTrainer.Train(b, c));
         PpoTrainer.Train(b, new RunControl { Progress = false, Resume = true });
         Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")));
         Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "critic", "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "critic", "model.safetensors")));

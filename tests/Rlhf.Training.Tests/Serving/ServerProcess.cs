@@ -31,31 +31,36 @@ internal sealed class ServerProcess : IDisposable
     public string Output { get { lock (_output) return _output.ToString(); } }
 
     /// <summary>The rlhf-serve.dll built next to this test project (same configuration).</summary>
-    public static string ServerDll
+    public static string ServerDll => BuildOutput(Path.Combine("src", "Inference", "Server"), "rlhf-serve.dll");
+
+    /// <summary>The rlhf.dll (the training CLI, <c>rlhf serve train</c>) built next to this test project.</summary>
+    public static string RlhfDll => BuildOutput(Path.Combine("src", "Training"), "rlhf.dll");
+
+    static string BuildOutput(string project, string file)
     {
-        get
-        {
-            var dir = new DirectoryInfo(AppContext.BaseDirectory);   // tests/Rlhf.Training.Tests/bin/<Config>/net10.0/
-            string tfm = dir.Name, config = dir.Parent!.Name;
-            var root = dir;
-            while (root is not null && !File.Exists(Path.Combine(root.FullName, "Rlhf.sln"))) root = root.Parent;
-            if (root is null) throw new InvalidOperationException("Rlhf.sln not found above the test output.");
-            string dll = Path.Combine(root.FullName, "src", "Inference", "Server", "bin", config, tfm, "rlhf-serve.dll");
-            return File.Exists(dll) ? dll : throw new FileNotFoundException($"{dll} is missing; build Rlhf.sln first.");
-        }
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);   // tests/Rlhf.Training.Tests/bin/<Config>/net10.0/
+        string tfm = dir.Name, config = dir.Parent!.Name;
+        var root = dir;
+        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Rlhf.sln"))) root = root.Parent;
+        if (root is null) throw new InvalidOperationException("Rlhf.sln not found above the test output.");
+        string dll = Path.Combine(root.FullName, project, "bin", config, tfm, file);
+        return File.Exists(dll) ? dll : throw new FileNotFoundException($"{dll} is missing; build Rlhf.sln first.");
     }
 
     /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> and waits until it listens.</summary>
     public static ServerProcess Start(params string[] args) => Start(0, args);
 
     /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> on <paramref name="fixedPort"/> (0 = a free one) and waits until it listens.</summary>
-    public static ServerProcess Start(int fixedPort, params string[] args)
+    public static ServerProcess Start(int fixedPort, params string[] args) => StartDll(ServerDll, fixedPort, args);
+
+    /// <summary>Starts <c>dotnet &lt;dll&gt; &lt;args&gt; --port N</c> on <paramref name="fixedPort"/> (0 = a free one) and waits until it listens.</summary>
+    public static ServerProcess StartDll(string dll, int fixedPort, params string[] args)
     {
         for (int attempt = 0; ; attempt++)
         {
             int port = fixedPort > 0 ? fixedPort : FreePort();
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            psi.ArgumentList.Add(ServerDll);
+            psi.ArgumentList.Add(dll);
             foreach (var a in args) psi.ArgumentList.Add(a);
             psi.ArgumentList.Add("--port");
             psi.ArgumentList.Add(port.ToString(System.Globalization.CultureInfo.InvariantCulture));
@@ -79,7 +84,7 @@ internal sealed class ServerProcess : IDisposable
                     string output = server.Output;
                     server.Dispose();
                     if (attempt < 2 && fixedPort == 0 && output.Contains("address already in use", StringComparison.OrdinalIgnoreCase)) goto retry;
-                    throw new InvalidOperationException($"rlhf-serve did not start within {StartTimeout.TotalSeconds} s (exit: {(p.HasExited ? p.ExitCode : "running")}):\n{output}");
+                    throw new InvalidOperationException($"{Path.GetFileName(dll)} did not start within {StartTimeout.TotalSeconds} s (exit: {(p.HasExited ? p.ExitCode : "running")}):\n{output}");
                 }
             }
             return server;
@@ -97,7 +102,7 @@ internal sealed class ServerProcess : IDisposable
         }
     }
 
-    static int FreePort()
+    internal static int FreePort()
     {
         using var l = new TcpListener(IPAddress.Loopback, 0);
         l.Start();
