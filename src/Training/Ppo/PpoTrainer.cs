@@ -187,7 +187,8 @@ public static class PpoTrainer
             : InferenceServices.Rewards(cfg.RewardModel, rmFolder, cfg.Threads, cfg.RewardTemplate);
         var rollouts = cfg.RolloutEndpoints.Count > 0
             ? InferenceServices.Replicas(cfg.RolloutEndpoints, cfg.ServiceTokenFile, cfg.RolloutShardSize, timeout)
-            : InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads), cfg.RolloutShardSize);
+            : InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads, cfg.RolloutPrecision), cfg.RolloutShardSize);
+        actor.Precision = reference.Precision = critic.Precision = cfg.Precision;
         // dropout off for the whole stage: the ratio must compare the same function at rollout and update time
         actor.eval();
         reference.eval();
@@ -288,6 +289,11 @@ public static class PpoTrainer
             row["returns"] = Masked.Mean(ret, exp.ResponseMask).item<float>();
             row["val/explained_variance"] = ExplainedVariance.Compute(values, ret, exp.ResponseMask);
             row["policy/rollout_logprob_mismatch"] = RolloutMismatch(s.Results, logp);
+            using var logpRollout = Tis.RolloutLogProbs([.. s.Results.Select(x => x.LogProbs)], logp);
+            var (w, wMean, wClip) = Tis.Weights(logp, logpRollout, exp.ResponseMask, cfg.TisCap > 0 ? cfg.TisCap : double.PositiveInfinity);
+            row["rollout/is_weight_mean"] = wMean;
+            row["rollout/is_weight_clipfrac"] = cfg.TisCap > 0 ? wClip : 0;
+            if (cfg.TisCap > 0) exp.IsWeights = w; else w.Dispose();
             klPerToken.Dispose();
         }
         return exp;
@@ -360,7 +366,7 @@ public static class PpoTrainer
                     var mb = exp.Select(idx);
                     var logits = Temperature.Scale(mb.ResponseSlice(run.Actor.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), cfg.Temperature);
                     var logp = LogProbs.OfTokens(logits, mb.Responses);
-                    var (pg, clipFrac, approxKl) = PpoLosses.Policy(logp, mb.LogpOld!, mb.Advantages!, mb.ResponseMask, cfg.ClipEps);
+                    var (pg, clipFrac, approxKl) = PpoLosses.Policy(logp, mb.LogpOld!, mb.Advantages!, mb.ResponseMask, cfg.ClipEps, mb.IsWeights);
                     var actorLoss = pg;
                     if (cfg.EntropyCoef > 0)
                     {

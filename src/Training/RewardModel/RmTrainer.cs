@@ -92,6 +92,7 @@ public static class RmTrainer
         using var model = resumeFrom is not null
             ? LlamaForSequenceClassification.FromPretrained(resumeFrom, device, ScalarType.Float32)
             : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
+        model.Precision = cfg.Precision;
         int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
         var train = data.Train.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
         var eval = data.Eval.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
@@ -157,7 +158,9 @@ public static class RmTrainer
         steps.Run("RM", TrainSteps);
         double trainSeconds = trainClock.Elapsed.TotalSeconds;
 
-        // Normalise on held-out SFT samples (or all training responses without them), then report.
+        // Normalise on held-out SFT samples (or all training responses without them), then report. Scored in float32:
+        // the exported reward graph that PPO reads computes in float32 whatever precision trained the weights.
+        model.Precision = Precision.Fp32;
         double[][] evalScores = ScoreAll(model, eval, padId, device);
         var raw = eval.Length > 0 ? evalScores : ScoreAll(model, train, padId, device);
         var norm = RewardNormalization.From(raw.SelectMany(r => r).ToList(), cfg.NormalizeStd);

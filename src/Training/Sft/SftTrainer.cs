@@ -72,6 +72,7 @@ public static class SftTrainer
         string modelSource = resumeFrom ?? cfg.InitFrom ?? PrepareFreshModel(cfg, data);
         var tokenizer = TextTokenizer.Load(modelSource);
         using var model = LlamaForCausalLM.FromPretrained(modelSource, device, ScalarType.Float32, WithDropout(cfg));
+        model.Precision = cfg.Precision;
         int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
 
         var train = data.Train.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen)).ToArray();

@@ -166,6 +166,22 @@ public sealed class SftTrainerTests
     }
 
     [Fact]
+    public void Bf16RunLearnsAsTheFp32RunDoesKeepsFloat32WeightsAndResumesExactly()
+    {
+        var (a, sa) = Shared;
+        var b = a with { Out = Temp(), Precision = Precision.Bf16 };
+        var sb = SftTrainer.Run(b, new RunControl { Progress = false });
+        Assert.InRange(sb.EvalLoss / sa.EvalLoss, 0.98, 1.02);          // the bar: within 2% of fp32
+        Assert.NotEqual(sa.EvalLoss, sb.EvalLoss);                       // and it did run in bf16
+        Assert.Contains("\"torch_dtype\": \"float32\"", File.ReadAllText(Path.Combine(b.Out, "config.json")));
+
+        var c = b with { Out = Temp() };
+        StopAfter.Step(2, ctl => SftTrainer.Run(c, ctl));
+        SftTrainer.Run(c, new RunControl { Progress = false, Resume = true });
+        Assert.Equal(File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(c.Out, "model.safetensors")));
+    }
+
+    [Fact]
     public void ResumeWithADifferentConfigIsRefused()
     {
         var a = Tiny(Temp());
