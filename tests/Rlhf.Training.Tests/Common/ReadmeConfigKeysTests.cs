@@ -44,6 +44,9 @@ public sealed class ReadmeConfigKeysTests
     public void PpoKeys() => Assert.Equal(ReadmeKeys("PPO keys:").Order(), Keys(new PpoConfig()).Order());
 
     [Fact]
+    public void PipelineKeys() => Assert.Equal(ReadmeKeys("Pipeline keys:").Order(), Keys(new Rlhf.Training.Pipeline.PipelineConfig()).Order());
+
+    [Fact]
     public void EveryListedKeyIsAcceptedByAnOverride()
     {
         foreach (string key in ReadmeKeys("SFT keys:"))
