@@ -65,7 +65,7 @@ public static class DataSets
     public const string CorpusEvalName = "corpus_eval";
 
     /// <summary>The seed of one split's generator.</summary>
-    public static ulong SplitSeed(ulong seed, string split) => Rng.Derive(seed, split);
+    public static ulong SplitSeed(ulong seed, string split) => Inference.Rollout.Rng.Derive(seed, split);
 
     /// <summary>SFT demonstrations of a split: opening words as prompt, the rest of the review as response.</summary>
     public static IReadOnlyList<SftExample> SftExamples(ulong seed, string split, int count, ReviewGeneratorOptions? options = null)

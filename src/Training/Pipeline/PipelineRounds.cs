@@ -140,12 +140,12 @@ internal static class PipelineRounds
             using var rollouts = InferenceServices.Rollouts(cfg.Rm.Engine, policy, tokenizer, policyFolder, Path.Combine(data, ".rollout_engine"), cfg.Threads);
             SamplingOptions Sampling(ulong seed) => new() { Temperature = (float)cfg.Rm.SampleTemperature, MaxNewTokens = cfg.Rm.MaxNewTokens, Seed = seed };
             var labelCfg = cfg.Rm with { Out = data, TrainPrompts = cfg.RoundPrompts, EvalPrompts = 0, Seed = cfg.Seed };
-            RmData.Load(labelCfg, (prompts, k, seed) => InferenceServices.Sample(rollouts, tokenizer, prompts, k, Sampling(Common.Rng.Derive((ulong)seed, $"round{r}"))),
+            RmData.Load(labelCfg, (prompts, k, seed) => InferenceServices.Sample(rollouts, tokenizer, prompts, k, Sampling(Rng.Derive((ulong)seed, $"round{r}"))),
                 trainSplit: $"rm_round{r}_prompts");
             File.Delete(Path.Combine(data, "eval_rankings.jsonl"));   // no held-out prompts there: those are below, with gold scores
 
             var prompts = DataSets.Prompts((ulong)cfg.Seed, DataSets.RmEvalPromptsName, cfg.Rm.EvalPrompts).Select(p => p.Prompt).ToList();
-            var sampled = InferenceServices.Sample(rollouts, tokenizer, prompts, cfg.Rm.K, Sampling(Common.Rng.Derive((ulong)cfg.Seed, $"round{r}_held_out")));
+            var sampled = InferenceServices.Sample(rollouts, tokenizer, prompts, cfg.Rm.K, Sampling(Rng.Derive((ulong)cfg.Seed, $"round{r}_held_out")));
             WriteJsonl(held, prompts.Select((p, i) => new PolicySamples(p, [.. sampled[i].Select(s => s.Text)], [.. sampled[i].Select(s => s.EndedWithEos)],
                 [.. sampled[i].Select(s => GoldScorer.Score(p, s.Text, s.EndedWithEos).Total)])));
             DataFiles.WriteRanked(train, DataFiles.ReadRanked(oldRankings).Records.Concat(DataFiles.ReadRanked(fresh).Records));   // last: marks the data complete

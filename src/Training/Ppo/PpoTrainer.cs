@@ -227,7 +227,7 @@ public static class PpoTrainer
         return [.. Enumerable.Range(within * cfg.RolloutBatch, cfg.RolloutBatch).Select(i => order[i % promptCount])];
     }
 
-    static ulong SamplingSeed(long seed, int it) => Common.Rng.Mix((ulong)seed ^ Common.Rng.Mix((ulong)it + 0x5EED));
+    static ulong SamplingSeed(long seed, int it) => Rng.Mix((ulong)seed ^ Rng.Mix((ulong)it + 0x5EED));
 
     /// <summary>
     /// Samples one response per prompt from <paramref name="rollouts"/>, which must hold weights <paramref name="version"/>
@@ -238,7 +238,7 @@ public static class PpoTrainer
         var requests = ids.Select((p, i) => RolloutRequest.FromIds(p, new SamplingOptions
         {
             Temperature = (float)cfg.Temperature, TopK = cfg.TopK, TopP = (float)cfg.TopP, MaxNewTokens = cfg.MaxNewTokens,
-            Seed = Common.Rng.Mix(seed + (ulong)i),
+            Seed = Rng.Mix(seed + (ulong)i),
         })).ToList();
         return (prompts, ids, [.. rollouts.Generate(requests, new RolloutCall { RequiredVersion = version })]);
     }
