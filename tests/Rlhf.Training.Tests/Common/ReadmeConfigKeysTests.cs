@@ -22,7 +22,7 @@ public sealed class ReadmeConfigKeysTests
     }
 
     /// <summary>The `keys` of the README paragraph that starts with <paramref name="heading"/> (values in parentheses left out).</summary>
-    static string[] ReadmeKeys(string heading)
+    internal static string[] ReadmeKeys(string heading)
     {
         string readme = Readme();
         int start = readme.IndexOf(heading, StringComparison.Ordinal);

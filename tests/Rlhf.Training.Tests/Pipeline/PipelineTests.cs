@@ -209,6 +209,7 @@ public sealed class PipelineTests
         Assert.Equal(Json(Path.Combine(round, "ppo", "summary.json"))["ppo_kl"]!.GetValue<double>(), rows[1]["ppo_kl"], 12);
         Assert.Equal(s["ppo"]!["gold_gain_in_sft_std"]!.GetValue<double>(), rows[0]["gold_gain_in_sft_std"], 12);
         Assert.Equal(2, s["rounds"]!.AsArray().Count);
+        Assert.Equal(ReadmeConfigKeysTests.ReadmeKeys("Round keys:").Order(), Json(Path.Combine(round, "summary.json")).AsObject().Select(kv => kv.Key).Order());
 
         // the scores are the RMs' own: the first prompt's responses scored one at a time by the previous and the retrained RM
         var tokenizer = Rlhf.Inference.Tokenization.TextTokenizer.Load(sftDir);
