@@ -23,7 +23,7 @@ public sealed record RoundSummary
     public int NewComparisons { get; init; }
     /// <summary>Comparisons the round's RM trained on per epoch (old + new).</summary>
     public int TrainComparisons { get; init; }
-    /// <summary>The round's RM: pairwise accuracy on held-out SFT samples against the gold ranking.</summary>
+    /// <summary>The round's RM: pairwise accuracy on the first RM's held-out SFT samples against their gold scores (gold ties excluded).</summary>
     public double RmAccuracySft { get; init; }
     /// <summary>The previous round's RM: pairwise accuracy on held-out samples of the previous round's policy against gold (null in round 1).</summary>
     public double? RmAccuracyBefore { get; init; }
@@ -55,10 +55,10 @@ internal static class PipelineRounds
                                                   JsonNode rmSummary, JsonNode ppoSummary)
     {
         string oldRankings = Path.Combine(rmFolder, "rankings.jsonl"), sftEval = Path.Combine(rmFolder, "eval_rankings.jsonl");
-        foreach (string f in new[] { oldRankings, sftEval })
+        foreach (string f in new[] { oldRankings, sftEval, Path.Combine(rmFolder, "eval_gold.json") })
             if (!File.Exists(f))
-                throw new FileNotFoundException($"{f}: rounds > 1 continue the comparisons the RM was trained on (rankings.jsonl) and normalise on " +
-                                                "its held-out SFT rankings (eval_rankings.jsonl); use an RM trained on the default task.", f);
+                throw new FileNotFoundException($"{f}: rounds > 1 continue the comparisons the RM was trained on (rankings.jsonl) and normalise and " +
+                                                "measure on its held-out SFT samples (eval_rankings.jsonl, eval_gold.json); use an RM trained on the default task.", f);
         var rounds = new List<RoundSummary> { FromStages(1, rmSummary, ppoSummary, null, null, (int)rmSummary["train_pairs"]!) };
         string prevRm = rmFolder, prevPolicy = ppoFolder;
         for (int r = 2; r <= cfg.Rounds; r++)
@@ -104,14 +104,19 @@ internal static class PipelineRounds
         // the stale and the retrained RM on the same held-out samples of the policy that the stale one trained
         int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
         var groups = samples.Select(s => RmTrainer.Tokenize(tokenizer, s.Group(), cfg.Rm.MaxSeqLen)).ToArray();
-        double[][] Scores(string folder)
+        double[][] Scores(string folder, RmTrainer.TokenizedGroup[] of)
         {
             using var model = LlamaForSequenceClassification.FromPretrained(folder, device, ScalarType.Float32);
-            return RmTrainer.ScoreAll(model, groups, padId, device);
+            return RmTrainer.ScoreAll(model, of, padId, device);
         }
-        double[][] before = Scores(prevRm), after = Scores(rmFolder);
+        double[][] before = Scores(prevRm, groups), after = Scores(rmFolder, groups);
         WriteJsonl(Path.Combine(dir, "policy_samples.jsonl"), samples.Select((s, i) => s with { ScoreBefore = before[i], ScoreAfter = after[i] }));
         double accBefore = RmTrainer.Accuracy(before, groups), accAfter = RmTrainer.Accuracy(after, groups);
+        // on the first RM's held-out SFT samples with their gold scores, as the first RM's pairwise_accuracy (gold ties excluded)
+        var gold = JsonSerializer.Deserialize<List<double[]>>(File.ReadAllText(Path.Combine(Path.GetDirectoryName(sftEval)!, "eval_gold.json")))!;
+        var sftGroups = DataFiles.ReadRanked(sftEval).Records
+            .Select((x, i) => RmTrainer.Tokenize(tokenizer, RmGroup.FromRanked(x) with { Gold = gold[i] }, cfg.Rm.MaxSeqLen)).ToArray();
+        double accSft = RmTrainer.Accuracy(Scores(rmFolder, sftGroups), sftGroups);
         Console.Error.WriteLine($"Round {r}: RM accuracy on the latest policy's held-out samples {accBefore:P1} before retraining, {accAfter:P1} after.");
 
         string ppoFolder = Path.Combine(dir, "ppo");
@@ -120,7 +125,7 @@ internal static class PipelineRounds
             Out = ppoFolder, SftModel = sftFolder, RmModel = rmFolder, PolicyModel = prevPolicy, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads,
         };
         var ppoSummary = PipelineRunner.Stage($"PPO (round {r})", ppoFolder, control, c => JsonSerializer.SerializeToNode(Ppo.PpoTrainer.Train(ppo, c), ConfigLoader.Json)!);
-        return FromStages(r, rmSummary, ppoSummary, accBefore, accAfter, newComparisons);
+        return FromStages(r, rmSummary, ppoSummary, accBefore, accAfter, newComparisons) with { RmAccuracySft = accSft };
     }
 
     /// <summary>
