@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using System.Text;
 
 namespace Rlhf.Training.Tests.Serving;
@@ -87,12 +88,18 @@ internal sealed class ServerProcess : IDisposable
         }
     }
 
-    /// <summary>Kills the process (SIGKILL) and waits for it.</summary>
+    /// <summary>Freezes the process (SIGSTOP): it keeps its sockets, so calls to it hang until their deadline or its death.</summary>
+    public void Pause()
+    {
+        if (Sys.kill(_process.Id, Sys.SIGSTOP) != 0) throw new InvalidOperationException($"kill(SIGSTOP) of {_process.Id} failed: errno {Marshal.GetLastPInvokeError()}.");
+    }
+
+    /// <summary>Kills the process (SIGKILL, this process only) and waits for it.</summary>
     public void Kill()
     {
         if (!_process.HasExited)
         {
-            _process.Kill(entireProcessTree: true);
+            _process.Kill(entireProcessTree: false);
             _process.WaitForExit(10_000);
         }
     }
@@ -110,4 +117,12 @@ internal sealed class ServerProcess : IDisposable
         catch (InvalidOperationException) { }   // never started
         _process.Dispose();
     }
+}
+
+static partial class Sys
+{
+    public const int SIGSTOP = 19;   // Linux
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int kill(int pid, int sig);
 }
