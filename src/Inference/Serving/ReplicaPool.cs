@@ -33,6 +33,7 @@ public sealed class ReplicaPool : IRolloutService
     static readonly TimeSpan StatusTimeout = TimeSpan.FromSeconds(5);
     readonly ReplicaTarget[] _targets;
     readonly IReadOnlyList<string>[] _resolved;
+    readonly Func<ReplicaTarget, CancellationToken, Task<IReadOnlyList<string>>> _resolve;
     readonly List<Member> _members = [];
     readonly object _gate = new();
     readonly SemaphoreSlim _calls = new(1, 1);
@@ -46,7 +47,13 @@ public sealed class ReplicaPool : IRolloutService
     /// addresses start in the pool; names are resolved at the first call.
     /// </summary>
     public ReplicaPool(IReadOnlyList<string> targets, string? token, int shardSize, TimeSpan callTimeout, TextWriter? log = null)
+        : this(targets, token, shardSize, callTimeout, log, resolve: null) { }
+
+    /// <summary>As the public constructor, with the name resolution given (tests stand in for DNS answers that change).</summary>
+    internal ReplicaPool(IReadOnlyList<string> targets, string? token, int shardSize, TimeSpan callTimeout, TextWriter? log,
+        Func<ReplicaTarget, CancellationToken, Task<IReadOnlyList<string>>>? resolve)
     {
+        _resolve = resolve ?? ((t, ct) => t.ResolveAsync(ct));
         if (targets.Count == 0) throw new ArgumentException("A replica pool needs at least one address.");
         if (shardSize < 1) throw new ArgumentException($"The shard size must be >= 1; got {shardSize}.");
         if (callTimeout <= TimeSpan.Zero) throw new ArgumentException($"The call deadline must be positive; got {callTimeout}.");
@@ -83,7 +90,7 @@ public sealed class ReplicaPool : IRolloutService
     {
         get
         {
-            Refresh(CancellationToken.None).GetAwaiter().GetResult();
+            if (Snapshot().Length == 0) Refresh(CancellationToken.None).GetAwaiter().GetResult();
             var errors = new List<string>();
             foreach (var m in Snapshot())
             {
@@ -202,7 +209,7 @@ public sealed class ReplicaPool : IRolloutService
         for (int i = 0; i < _targets.Length; i++)
         {
             if (_targets[i].Address is not null) continue;
-            try { _resolved[i] = await _targets[i].ResolveAsync(cancellationToken); }
+            try { _resolved[i] = await _resolve(_targets[i], cancellationToken); }
             catch (System.Net.Sockets.SocketException e) { _log.WriteLine($"replica name {_targets[i].Text} did not resolve ({e.Message}); keeping its last {_resolved[i].Count} address(es)."); }
         }
         var wanted = _resolved.SelectMany(r => r).Distinct(StringComparer.Ordinal).ToList();
