@@ -53,8 +53,8 @@ internal static class BenchCommand
             Console.Write(ExportBench.Format(rows));
             return 0;
         }));
-        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward), `bench rollout` (ONNX Runtime engine vs TorchSharp generation) and `bench rm` (RM training step, one padded batch vs length-sorted chunks).")
-            { export, RolloutBenchCommand.Create(), RmBenchCommand() };
+        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward), `bench rollout` (ONNX Runtime engine vs TorchSharp generation), `bench serve` (weight push, tokens/s and PPO iterations through rlhf serve replicas vs in process) and `bench rm` (RM training step, one padded batch vs length-sorted chunks).")
+            { export, RolloutBenchCommand.Create(), ServeBenchCommand.Create(), RmBenchCommand() };
     }
 
     /// <summary><c>rlhf bench rm</c>: see <see cref="RmBench"/>.</summary>

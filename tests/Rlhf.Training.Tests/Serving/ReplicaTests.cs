@@ -42,7 +42,7 @@ public sealed class ReplicaTests(ITestOutputHelper output) : IDisposable
 
         string sftOnnx = Path.Combine(models.Sft, "onnx"), rmOnnx = Path.Combine(models.Rm, "onnx");
         string[] rolloutArgs = ["rollout", "--model", sftOnnx, "--threads", "1", "--token-file", _tokenFile];
-        var replicas = new List<ServerProcess>();
+        var replicas = new List<ReplicaProcess>();
         try
         {
             for (int i = 0; i < 3; i++) replicas.Add(ServerProcess.Start(rolloutArgs));

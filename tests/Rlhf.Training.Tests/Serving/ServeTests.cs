@@ -19,7 +19,7 @@ namespace Rlhf.Training.Tests.Serving;
 public sealed class RolloutServerFixture : IDisposable
 {
     internal ServeModels Models { get; } = new();
-    internal ServerProcess Server { get; }
+    internal ReplicaProcess Server { get; }
 
     public RolloutServerFixture()
     {
