@@ -42,7 +42,18 @@ public static class ServeHost
             ServeEngine.Genai => GenAiRolloutEngine.Load(folder, new GenAiEngineOptions { Threads = options.Threads }, tokenizer),
             _ => throw new ArgumentOutOfRangeException(nameof(options)),
         };
-        var replica = new RolloutReplica(engine, tokenizer, ModelName(folder), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch);
+        ChatTemplate? chat = null;
+        string? chatProblem = null;
+        if (ChatTemplate.Find(folder) is { } source)
+        {
+            try { chat = ChatTemplate.Parse(source); }
+            catch (ChatTemplateException e)
+            {
+                chatProblem = $"This model folder's chat template cannot be rendered here ({e.Message}; the server renders a Jinja subset, see README); use POST /v1/completions.";
+                Console.Error.WriteLine("rlhf-serve: warning: " + chatProblem);
+            }
+        }
+        var replica = new RolloutReplica(engine, tokenizer, ModelName(folder), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem);
         var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica));
         app.MapGrpcService<RolloutGrpcService>();
         OpenAiEndpoints.Map(app);
