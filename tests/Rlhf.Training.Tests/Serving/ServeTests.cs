@@ -180,6 +180,7 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
             Completion(new { model = ModelId, prompt = "the", max_tokens = 2, n = 1000 }),              // oversize batch
             Completion(new { model = ModelId, prompt = 42 }),
             Completion(new { model = ModelId, prompt = "the", temperature = -1 }),
+            Completion(new { model = ModelId, prompt = "the", max_tokens = fx.Models.Config.MaxPositionEmbeddings }),   // past the context
         ];
         foreach (string b in bad)
         {
@@ -189,6 +190,8 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
             Assert.Equal("invalid_request_error", (string?)body["error"]!["type"]);
             Assert.Equal(HttpStatusCode.OK, (await Post(http, "/v1/completions", good)).Status);   // still serving
         }
+        var (_, context) = await Post(http, "/v1/completions", bad[^1]);
+        Assert.Contains($"context of {fx.Models.Config.MaxPositionEmbeddings} tokens", (string?)context!["error"]!["message"], StringComparison.Ordinal);
         // Without the token: 401 in the same error shape (and the OpenAI client reports it).
         using var anonymous = Http(fx.Server.Address, token: null);
         var (s401, b401) = await Post(anonymous, "/v1/completions", good);
