@@ -55,7 +55,7 @@ internal static class ServeBenchCommand
         var threads = new Option<int>("--threads") { Description = "Threads of the trainer and of each replica (0 = all cores).", DefaultValueFactory = _ => 0 };
         var repeats = new Option<int>("--repeats") { Description = "Timed runs per figure; the fastest counts (the machine may be shared).", DefaultValueFactory = _ => 2 };
         var iterations = new Option<int>("--ppo-iterations") { Description = "PPO iterations per run, in process and over replicas (0 = skip).", DefaultValueFactory = _ => 3 };
-        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (push_seconds, push_mb_per_s, tokens_per_s, remote_over_inprocess_tokens_per_s, iteration_seconds_inprocess, iteration_seconds_remote)." };
+        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (push_seconds, push_mb_per_s, tokens_per_s, remote_over_inprocess_tokens_per_s, iteration_seconds_inprocess, iteration_seconds_remote, iteration_phase_seconds)." };
         var cmd = new Command("serve", "Services vs in process, with rlhf serve replicas on 127.0.0.1: weight push to 1 and 3 replicas vs the in-process sync, tokens/s through one replica vs the in-process engine, PPO seconds per iteration.")
             { config, large, batch, newTokens, threads, repeats, iterations, json };
         cmd.SetAction(r => RlhfCommand.Guard(() =>
@@ -107,10 +107,18 @@ internal static class ServeBenchCommand
         if (o.PpoIterations > 0)
         {
             var (local, remote) = Ppo(o, threads);
-            figures["iteration_seconds_inprocess"] = local;
-            figures["iteration_seconds_remote"] = remote;
-            console.Write(new Table().Title($"PPO seconds per iteration (tiny, {o.PpoIterations} iterations of {o.Batch} rollouts; remote: 3 rollout replicas + a reward replica)")
-                .AddColumns("in process", "over replicas", "remote / in process").AddRow(F(local, 3), F(remote, 3), F(remote / local, 2) + "x"));
+            double localTotal = local.Values.Sum(), remoteTotal = remote.Values.Sum();
+            figures["iteration_seconds_inprocess"] = localTotal;
+            figures["iteration_seconds_remote"] = remoteTotal;
+            figures["iteration_phase_seconds"] = new JsonObject
+            {
+                ["inprocess"] = new JsonObject([.. local.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))]),
+                ["remote"] = new JsonObject([.. remote.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))]),
+            };
+            var table = new Table().Title($"PPO seconds per iteration (tiny, {o.PpoIterations} iterations of {o.Batch} rollouts; remote: 3 rollout replicas + a reward replica)")
+                .AddColumns("", "in process", "over replicas", "remote / in process");
+            foreach (string phase in local.Keys) table.AddRow(phase, F(local[phase], 3), F(remote[phase], 3), F(remote[phase] / local[phase], 2) + "x");
+            console.Write(table.AddRow("iteration", F(localTotal, 3), F(remoteTotal, 3), F(remoteTotal / localTotal, 2) + "x"));
         }
         return figures;
     }
@@ -190,11 +198,11 @@ internal static class ServeBenchCommand
     }
 
     /// <summary>
-    /// Mean seconds per PPO iteration (the sum of its <c>time/*</c> phases) in process and over 3 rollout replicas + a
+    /// Mean seconds per PPO iteration of each <c>time/*</c> phase in process and over 3 rollout replicas + a
     /// reward replica, on a fresh model of the default config with a tokenizer trained on the default task and a reward
     /// model with a fresh head (what is timed does not depend on the weights).
     /// </summary>
-    static (double InProcess, double Remote) Ppo(Options o, int threads)
+    static (SortedDictionary<string, double> InProcess, SortedDictionary<string, double> Remote) Ppo(Options o, int threads)
     {
         string dir = Directory.CreateTempSubdirectory("rlhf-bench-serve-ppo-").FullName;
         try
@@ -218,7 +226,7 @@ internal static class ServeBenchCommand
                 Threads = threads, RolloutShardSize = shard, Seed = 1,
             };
             if (o.Batch % local.MiniBatch != 0) local = local with { MiniBatch = o.Batch };
-            double inProcess = IterationSeconds(local);
+            var inProcess = PhaseSeconds(local);
 
             string threadArg = threads.ToString(CultureInfo.InvariantCulture), rlhf = Path.Combine(AppContext.BaseDirectory, "rlhf.dll");
             var replicas = new List<ReplicaProcess>();
@@ -227,7 +235,7 @@ internal static class ServeBenchCommand
                 for (int i = 0; i < 3; i++) replicas.Add(ReplicaProcess.Start(["dotnet", rlhf, "serve", "rollout", "--model", Path.Combine(sft, ExportStage.OnnxFolderName), "--threads", threadArg]));
                 var reward = ReplicaProcess.Start(["dotnet", rlhf, "serve", "reward", "--reward-model", Path.Combine(rm, ExportStage.OnnxFolderName), "--threads", threadArg]);
                 replicas.Add(reward);
-                double remote = IterationSeconds(local with
+                var remote = PhaseSeconds(local with
                 {
                     Out = Path.Combine(dir, "ppo-remote"), RolloutEndpoints = [.. replicas.Take(3).Select(r => r.Address)], RewardEndpoint = reward.Address,
                 });
@@ -244,10 +252,12 @@ internal static class ServeBenchCommand
         }
     }
 
-    static double IterationSeconds(PpoConfig cfg)
+    /// <summary>Mean seconds per iteration of each <c>time/*</c> phase (generate, score, experience, train, sync) of a PPO run.</summary>
+    static SortedDictionary<string, double> PhaseSeconds(PpoConfig cfg)
     {
         PpoTrainer.Train(cfg, new RunControl { Progress = false });
         var rows = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv")).Rows;
-        return rows.Average(r => r.Where(kv => kv.Key.StartsWith("time/", StringComparison.Ordinal)).Sum(kv => kv.Value));
+        return new SortedDictionary<string, double>(rows[0].Keys.Where(k => k.StartsWith("time/", StringComparison.Ordinal))
+            .ToDictionary(k => k["time/".Length..], k => rows.Average(r => r[k])), StringComparer.Ordinal);
     }
 }

@@ -33,6 +33,13 @@ public sealed class ServeBenchTests
         Assert.Equal(D(tps["remote"]) / D(tps["inprocess"]), D(figures["remote_over_inprocess_tokens_per_s"]!["tiny"]), 12);
         Assert.InRange(D(figures["iteration_seconds_inprocess"]), 1e-6, 600);
         Assert.InRange(D(figures["iteration_seconds_remote"]), 1e-6, 600);
+        // The iteration is the sum of its phases, each phase measured in both runs.
+        foreach (var (run, total) in new[] { ("inprocess", "iteration_seconds_inprocess"), ("remote", "iteration_seconds_remote") })
+        {
+            var phases = figures["iteration_phase_seconds"]![run]!.AsObject();
+            Assert.Equal(["experience", "generate", "score", "sync", "train"], phases.Select(kv => kv.Key));
+            Assert.Equal(D(figures[total]), phases.Sum(kv => D(kv.Value)), 9);
+        }
         string printed = text.ToString();
         foreach (string title in new[] { "weight push", "rollout tokens/s at batch 4", "PPO seconds per iteration" }) Assert.Contains(title, printed);
     }
