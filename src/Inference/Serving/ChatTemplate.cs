@@ -425,7 +425,7 @@ public sealed class ChatTemplate
                 }
                 char kind = source[open + 1];
                 string close = kind switch { '{' => "}}", '%' => "%}", _ => "#}" };
-                int end = source.IndexOf(close, open + 2, StringComparison.Ordinal);
+                int end = kind == '#' ? source.IndexOf(close, open + 2, StringComparison.Ordinal) : CloseOutsideStrings(source, open + 2, close);
                 if (end < 0) throw new ChatTemplateException($"unclosed '{source.Substring(open, 2)}' tag at character {open}");
                 string inner = source[(open + 2)..end];
                 bool stripBefore = inner.StartsWith('-'), stripAfter = inner.EndsWith('-');
@@ -453,6 +453,24 @@ public sealed class ChatTemplate
             }
             if (text.Length > 0) tokens.Add(new Token(TagKind.Text, text.ToString()));
             return tokens;
+        }
+
+        /// <summary>Where <paramref name="close"/> ends a tag, skipping string literals (a <c>'}}'</c> inside one does not end it); -1: never.</summary>
+        static int CloseOutsideStrings(string s, int from, string close)
+        {
+            char quote = '\0';
+            for (int i = from; i < s.Length; i++)
+            {
+                char c = s[i];
+                if (quote != '\0')
+                {
+                    if (c == '\\') i++;
+                    else if (c == quote) quote = '\0';
+                }
+                else if (c is '\'' or '"') quote = c;
+                else if (string.CompareOrdinal(s, i, close, 0, close.Length) == 0) return i;
+            }
+            return -1;
         }
 
         static int IndexOfTag(string s, int from)

@@ -79,9 +79,6 @@ public sealed class ReplicaPool : IRolloutService
     /// <summary>Addresses the pool knows (live or not), after the last resolution.</summary>
     public IReadOnlyList<string> KnownReplicas { get { lock (_gate) return [.. _members.Select(m => m.Client.Address)]; } }
 
-    /// <summary>Shards re-sent after a failure (over the pool's life).</summary>
-    public int Resent { get; private set; }
-
     /// <inheritdoc/>
     public ulong WeightsVersion { get { lock (_gate) return _version; } }
 
@@ -186,7 +183,6 @@ public sealed class ReplicaPool : IRolloutService
                         Drop(m, $"shard {s} failed: {Describe(e)}; re-sending it");
                         if (attempt >= members)
                             throw new InvalidOperationException($"Shard {s} failed on {attempt} replicas; giving up.", e);
-                        lock (_gate) Resent++;
                         queue.Enqueue(s);
                         return;
                     }

@@ -105,6 +105,7 @@ public sealed class ChatTemplateTests
             "{{ 'yes' if add_generation_prompt else 'no' }}|{{ 'no' if tools is defined else 'no' }}|{{ 1 ~ '-' ~ 2 }}|{% set x = 'a' %}{{ x + 'b' }}", []));
         Assert.Equal("", Render("{{ undefined_name }}{% if missing is not defined %}{% endif %}", []));
         Assert.Equal("None True", Render("{{ none }} {{ none is none }}", []));
+        Assert.Equal("{\"a\": 1}}|%}", Render("{{ '{\"a\": 1}}' }}|{{ '%}' }}", []));   // a closing delimiter inside a string literal
         // A variable set inside a loop stays inside it.
         Assert.Equal("0", Render("{% set n = 0 %}{% for m in messages %}{% set n = n + 1 %}{% endfor %}{{ n }}", [("user", "a")]));
     }

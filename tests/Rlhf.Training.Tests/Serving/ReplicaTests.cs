@@ -72,8 +72,8 @@ public sealed class ReplicaTests(ITestOutputHelper output) : IDisposable
                                 killAndRestart = Task.Run(async () =>
                                 {
                                     await Task.Delay(500);
+                                    marks["killed"] = clock.Elapsed.TotalSeconds;   // the shard cannot fail before: its replica is frozen
                                     victim.Kill();
-                                    marks["killed"] = clock.Elapsed.TotalSeconds;
                                     victim.Dispose();
                                     replicas[1] = ServerProcess.Start(victim.Port, rolloutArgs);
                                     marks["restarted"] = clock.Elapsed.TotalSeconds;
@@ -124,7 +124,7 @@ public sealed class ReplicaTests(ITestOutputHelper output) : IDisposable
             var resent = Assert.Single(shards, s => s.Parent == failed.Parent && s.Tags["rlhf.shard"] == failed.Tags["rlhf.shard"] && !s.Failed);
             Assert.Equal("2", resent.Tags["rlhf.attempt"]);
             Assert.NotEqual(victim.Address, resent.Tags["rlhf.replica"]);
-            Assert.True(resent.Start >= marks["killed"] - 0.05, $"re-sent at {resent.Start:F3} s, killed at {marks["killed"]:F3} s");
+            Assert.True(failed.End >= marks["killed"] && resent.Start >= failed.End, $"failed at {failed.End:F3} s, re-sent at {resent.Start:F3} s, killed at {marks["killed"]:F3} s");
 
             // The restarted replica rejoined at version 2 (pulling the weights first) and only then got work, which it did.
             var rejoin = Assert.Single(spans, s => s.Name == "rollout.rejoin" && !s.Failed && s.Tags["rlhf.replica"] == victim.Address);
