@@ -22,6 +22,18 @@ public enum WeightPlacement
     Inputs,
 }
 
+/// <summary>Arithmetic of a policy graph's projections.</summary>
+public enum RolloutPrecision
+{
+    /// <summary>float32 MatMuls.</summary>
+    Fp32,
+    /// <summary>
+    /// Weight-only int8 projections and LM head (<see cref="Onnx.Int8MatMul"/>: per-column scales, activations quantized
+    /// at run time), from float32 initializers under the usual names. GroupQueryAttention graph only.
+    /// </summary>
+    Int8,
+}
+
 /// <summary>What an exported folder is for.</summary>
 public enum ModelKind
 {
@@ -58,6 +70,22 @@ public static class ExportNames
         "initializers" => WeightPlacement.Initializers,
         "inputs" => WeightPlacement.Inputs,
         _ => throw new ArgumentException($"Unknown weight placement '{s}': use initializers or inputs."),
+    };
+
+    /// <summary>fp32 | int8.</summary>
+    public static string Name(RolloutPrecision p) => p switch
+    {
+        RolloutPrecision.Fp32 => "fp32",
+        RolloutPrecision.Int8 => "int8",
+        _ => throw new ArgumentOutOfRangeException(nameof(p), p, null),
+    };
+
+    /// <summary>Parses fp32 | int8 (case-insensitive).</summary>
+    public static RolloutPrecision ParsePrecision(string s) => s.ToLowerInvariant() switch
+    {
+        "fp32" => RolloutPrecision.Fp32,
+        "int8" => RolloutPrecision.Int8,
+        _ => throw new ArgumentException($"Unknown rollout precision '{s}': use fp32 or int8."),
     };
 
     /// <summary>policy | reward | value.</summary>

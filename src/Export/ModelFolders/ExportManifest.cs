@@ -33,6 +33,8 @@ public sealed record ExportManifest
     public string Graph { get; init; } = "plain";
     /// <summary>initializers | inputs (policies only; see <see cref="WeightPlacement"/>).</summary>
     public string Weights { get; init; } = "initializers";
+    /// <summary>fp32 | int8 projections (policies only; see <see cref="RolloutPrecision"/>).</summary>
+    public string Precision { get; init; } = "fp32";
     /// <summary>HF model_type.</summary>
     public string ModelType { get; init; } = "llama";
     /// <summary>Padding the graph supports: "left or right" or "right".</summary>

@@ -19,6 +19,8 @@ public sealed record ExportOptions
     public string? Parent { get; init; }
     /// <summary>Policies: weights as initializers (a plain GenAI folder) or as graph inputs fed at run time.</summary>
     public WeightPlacement Weights { get; init; } = WeightPlacement.Initializers;
+    /// <summary>Policies: float32 or weight-only int8 projections (int8 needs the GroupQueryAttention graph).</summary>
+    public RolloutPrecision Precision { get; init; } = RolloutPrecision.Fp32;
 }
 
 /// <summary>What an export wrote.</summary>
@@ -47,6 +49,9 @@ public static class PolicyExport
     {
         options ??= new ExportOptions();
         cfg.Validate();
+        if (options.Precision == RolloutPrecision.Int8 && graph != GraphKind.ContribGqa)
+            throw new ArgumentException("int8 rollout graphs are built on the GroupQueryAttention graph (--graph gqa; head_dim a multiple of 16); " +
+                                        $"this export asks for the {ExportNames.Name(graph)} graph.");
         var sw = Stopwatch.StartNew();
         OnnxSaveResult? saved = null;
         IReadOnlyList<string> tok = [];
@@ -56,7 +61,7 @@ public static class PolicyExport
             var builder = graph switch
             {
                 GraphKind.Plain => LlamaGraph.Build(cfg, weights),
-                GraphKind.ContribGqa => LlamaContribGraph.Build(cfg, weights),
+                GraphKind.ContribGqa => LlamaContribGraph.Build(cfg, weights, int8: options.Precision == RolloutPrecision.Int8),
                 _ => throw new ArgumentOutOfRangeException(nameof(graph), graph, null),
             };
             if (options.Weights == WeightPlacement.Inputs) builder.WeightsToInputs();
@@ -123,6 +128,7 @@ public static class PolicyExport
         Kind = ExportNames.Name(kind),
         Graph = ExportNames.Name(graph),
         Weights = ExportNames.Name(o.Weights),
+        Precision = ExportNames.Name(kind == ModelKind.Policy ? o.Precision : RolloutPrecision.Fp32),
         ModelType = cfg.ModelType,
         Padding = graph == GraphKind.ContribGqa ? "right" : "left or right",
         ExportedAt = DateTimeOffset.UtcNow,

@@ -190,6 +190,15 @@ public sealed class GraphBuilder
         return name;
     }
 
+    /// <summary>Adds an int8 initializer named <paramref name="name"/> with shape <paramref name="dims"/>.</summary>
+    public string Initializer(string name, sbyte[] data, params long[] dims)
+    {
+        CheckCount(name, data.LongLength, dims);
+        Reserve(name);
+        _inits.Add(new ArrayInit(name, DataType.Int8, dims, System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()).ToArray()));
+        return name;
+    }
+
     /// <summary>Adds an int64 initializer named <paramref name="name"/> with shape <paramref name="dims"/>.</summary>
     public string Initializer(string name, long[] data, params long[] dims)
     {
@@ -269,6 +278,14 @@ public sealed class GraphBuilder
     /// <summary>Adds a default-domain node with one output and returns the output's (generated) name.</summary>
     public string Node(string opType, string[] inputs, params AttributeProto[] attributes) =>
         NodeMulti(opType, inputs, 1, attributes)[0];
+
+    /// <summary>Adds a <c>com.microsoft</c> (ONNX Runtime contrib) node with one output and returns the output's (generated) name.</summary>
+    public string ContribNode(string opType, string[] inputs, params AttributeProto[] attributes)
+    {
+        string output = UniqueNameUnreserved(opType);
+        AddNode(opType, inputs, [output], MicrosoftDomain, attributes);
+        return output;
+    }
 
     /// <summary>Adds a default-domain node with <paramref name="outputCount"/> generated outputs.</summary>
     public string[] NodeMulti(string opType, string[] inputs, int outputCount, params AttributeProto[] attributes)

@@ -29,8 +29,12 @@ namespace Rlhf.Export.Onnx;
 /// </summary>
 public static class LlamaContribGraph
 {
-    /// <summary>Builds the decoder graph. <paramref name="weights"/> (HF names) must stay alive until the model is written.</summary>
-    public static GraphBuilder Build(ModelConfig cfg, IReadOnlyDictionary<string, torch.Tensor> weights, int opset = GraphBuilder.DefaultOpset)
+    /// <summary>
+    /// Builds the decoder graph. <paramref name="weights"/> (HF names) must stay alive until the model is written. With
+    /// <paramref name="int8"/> every projection and the LM head run as weight-only int8 (<see cref="Int8MatMul"/>); the
+    /// initializers stay float32 under the same names.
+    /// </summary>
+    public static GraphBuilder Build(ModelConfig cfg, IReadOnlyDictionary<string, torch.Tensor> weights, int opset = GraphBuilder.DefaultOpset, bool int8 = false)
     {
         cfg.Validate();
         if (cfg.HeadDim % 16 != 0)
@@ -41,6 +45,16 @@ public static class LlamaContribGraph
         b.Metadata["rlhf.graph"] = "decoder_gqa";
         b.Metadata["rlhf.padding"] = "right padding only; decode rows are contiguous from slot 0";
         b.Metadata["rlhf.transposed_weights"] = "2-D projection weights are stored as [in, out]; qkv_proj packs q, k, v";
+        if (int8) b.Metadata["rlhf.int8"] = "projections and lm_head: weight-only int8, initializers {name}_int8 [in, out] and {name}_scale [out]";
+        // x · Wᵀ for an HF weight [out, in]: float32 MatMul on the stored transpose, or the int8 product.
+        string Project(string x, string name, torch.Tensor weight, string? output = null)
+        {
+            if (int8) return Int8MatMul.Add(b, x, name, weight, output);
+            string w = b.Initializer(name, weight, transpose: true);
+            if (output is null) return b.Node("MatMul", [x, w]);
+            b.AddNode("MatMul", [x, w], [output]);
+            return output;
+        }
         int nKv = cfg.NumKeyValueHeads, d = cfg.HeadDim;
         string Batch = LlamaGraph.Batch, Seq = LlamaGraph.Seq;
 
@@ -72,21 +86,21 @@ public static class LlamaContribGraph
         {
             string p = $"model.layers.{i}.";
             b.Prefix = $"layers.{i}/attn";
-            string qkv = b.Node("MatMul", [h, PackedQkvInitializer(b, cfg, weights, i)]);
+            string qkv = Project(h, PackedQkvName(i), CheckedPackedQkv(cfg, weights, i));
             if (cfg.QkvBias) qkv = b.Node("Add", [qkv, PackedQkvBiasInitializer(b, weights, i)]);
             string attn = $"layers.{i}/attn/GroupQueryAttention/output";
             b.AddNode("GroupQueryAttention", [qkv, "", "", past[i].Key, past[i].Value, seqlensK, totalLen, cosCache, sinCache],
                 [attn, $"present.{i}.key", $"present.{i}.value"], GraphBuilder.MicrosoftDomain,
                 [Attr.Int("num_heads", cfg.NumAttentionHeads), Attr.Int("kv_num_heads", nKv), Attr.Float("scale", (float)(1.0 / Math.Sqrt(d))),
                  Attr.Int("do_rotary", 1), Attr.Int("rotary_interleaved", 0), Attr.Int("local_window_size", -1)]);
-            string o = Linear(b, weights, attn, p + "self_attn.o_proj", cfg.OutputBias);
+            string o = Linear(b, weights, attn, p + "self_attn.o_proj", cfg.OutputBias, Project);
             (h, residual) = SkipNorm(b, $"layers.{i}/post_attention_norm", o, residual, Weight(b, weights, p + "post_attention_layernorm.weight"), eps);
 
             b.Prefix = $"layers.{i}/mlp";
-            string gate = Linear(b, weights, h, p + "mlp.gate_proj", false);
-            string up = Linear(b, weights, h, p + "mlp.up_proj", false);
+            string gate = Linear(b, weights, h, p + "mlp.gate_proj", false, Project);
+            string up = Linear(b, weights, h, p + "mlp.up_proj", false, Project);
             string act = b.Node("Mul", [b.Node("Mul", [gate, b.Node("Sigmoid", [gate])]), up]);          // silu(gate)·up
-            string down = Linear(b, weights, act, p + "mlp.down_proj", false);
+            string down = Linear(b, weights, act, p + "mlp.down_proj", false, Project);
             bool last = i == cfg.NumHiddenLayers - 1;
             b.Prefix = last ? "final_norm" : $"layers.{i + 1}/attn";
             (h, residual) = SkipNorm(b, last ? "final_norm" : $"layers.{i + 1}/input_norm", down, residual,
@@ -94,7 +108,11 @@ public static class LlamaContribGraph
         }
 
         b.Prefix = "lm_head";
-        if (cfg.TieWordEmbeddings)
+        if (cfg.TieWordEmbeddings && int8)
+        {
+            Project(h, "lm_head.weight", weights["model.embed_tokens.weight"], "logits");   // the tied head, quantized as its own initializers
+        }
+        else if (cfg.TieWordEmbeddings)
         {
             string flat = b.Node("Reshape", [h, b.ConstI64(-1, cfg.HiddenSize)]);
             string gemm = b.Node("Gemm", [flat, embedding], Attr.Int("transB", 1));
@@ -103,7 +121,7 @@ public static class LlamaContribGraph
         }
         else
         {
-            b.AddNode("MatMul", [h, b.Initializer("lm_head.weight", weights["lm_head.weight"], transpose: true)], ["logits"]);
+            Project(h, "lm_head.weight", weights["lm_head.weight"], "logits");
         }
         b.Prefix = "";
         b.Output("logits", DataType.Float, Batch, Seq, cfg.VocabSize);
@@ -133,14 +151,14 @@ public static class LlamaContribGraph
         return torch.cat([weights[p + "q_proj.weight"], weights[p + "k_proj.weight"], weights[p + "v_proj.weight"]], 0);
     }
 
-    static string PackedQkvInitializer(GraphBuilder b, ModelConfig cfg, IReadOnlyDictionary<string, torch.Tensor> weights, int layer)
+    static torch.Tensor CheckedPackedQkv(ModelConfig cfg, IReadOnlyDictionary<string, torch.Tensor> weights, int layer)
     {
         // The builder reads tensors when the model is written, so the packed copy must outlive this call: it is
         // handed to the builder and released with the weights' finalizer (detached from any dispose scope).
         var packed = PackedQkv(weights, layer).DetachFromDisposeScope();
         long rows = (long)(cfg.NumAttentionHeads + 2 * cfg.NumKeyValueHeads) * cfg.HeadDim;
         if (packed.shape[0] != rows) throw new InvalidOperationException($"Packed qkv of layer {layer} has {packed.shape[0]} rows, expected {rows}.");
-        return b.Initializer(PackedQkvName(layer), packed, transpose: true);
+        return packed;
     }
 
     static string PackedQkvBiasInitializer(GraphBuilder b, IReadOnlyDictionary<string, torch.Tensor> weights, int layer)
@@ -152,9 +170,10 @@ public static class LlamaContribGraph
 
     static string Weight(GraphBuilder b, IReadOnlyDictionary<string, torch.Tensor> weights, string name) => b.Initializer(name, weights[name]);
 
-    static string Linear(GraphBuilder b, IReadOnlyDictionary<string, torch.Tensor> weights, string x, string hfPrefix, bool bias)
+    static string Linear(GraphBuilder b, IReadOnlyDictionary<string, torch.Tensor> weights, string x, string hfPrefix, bool bias,
+        Func<string, string, torch.Tensor, string?, string> project)
     {
-        string y = b.Node("MatMul", [x, b.Initializer(hfPrefix + ".weight", weights[hfPrefix + ".weight"], transpose: true)]);
+        string y = project(x, hfPrefix + ".weight", weights[hfPrefix + ".weight"], null);
         return bias ? b.Node("Add", [y, b.Initializer(hfPrefix + ".bias", weights[hfPrefix + ".bias"])]) : y;
     }
 

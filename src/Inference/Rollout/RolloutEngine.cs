@@ -431,7 +431,8 @@ public sealed class RolloutEngine : LocalRolloutEngine
                 if (w.Name != name) throw new ArgumentException($"Weight key '{name}' names a buffer called '{w.Name}'.");
                 var v = w.Array is not null
                     ? OrtValue.CreateTensorValueFromMemory(w.Array, w.Shape)
-                    : OrtValue.CreateTensorValueWithData(OrtMemoryInfo.DefaultInstance, TensorElementType.Float, w.Shape, w.Pointer, w.Count * sizeof(float));
+                    : OrtValue.CreateTensorValueWithData(OrtMemoryInfo.DefaultInstance,
+                        w.Element == WeightElement.Int8 ? TensorElementType.Int8 : TensorElementType.Float, w.Shape, w.Pointer, w.ByteLength);
                 values.Add(v);
                 options.AddInitializer(name, v);
             }

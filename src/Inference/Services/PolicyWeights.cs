@@ -6,19 +6,22 @@ namespace Rlhf.Inference.Services;
 
 /// <summary>One tensor of a <see cref="PolicyWeights"/> message: ONNX initializer name, element type, shape as the graph stores it, bytes.</summary>
 /// <param name="Name">Initializer (or weight input) name of the engine's graph, e.g. <c>model.layers.0.mlp.up_proj.weight</c>.</param>
-/// <param name="DType">Element type; <c>float32</c> is the one the engines take.</param>
+/// <param name="DType">Element type: <c>float32</c> (what remote pushes carry), or <c>int8</c> in an in-process message to an int8 rollout graph.</param>
 /// <param name="Shape">Shape as stored in the graph (projections transposed, [in, out]).</param>
 /// <param name="ByteLength">Bytes of the tensor's row-major data.</param>
 public sealed record WeightTensorInfo(string Name, string DType, long[] Shape, long ByteLength)
 {
-    /// <summary>The one element type the rollout engines take.</summary>
+    /// <summary>The element type remote pushes carry.</summary>
     public const string Float32 = "float32";
+
+    /// <summary>The quantized projections of an int8 rollout graph (in-process messages only).</summary>
+    public const string Int8 = "int8";
 
     /// <summary>Throws <see cref="ArgumentException"/> unless the entry is a float32 tensor whose byte length matches its shape.</summary>
     public WeightTensorInfo Validate()
     {
         if (string.IsNullOrEmpty(Name)) throw new ArgumentException("A weight tensor has an empty name.");
-        if (DType != Float32) throw new ArgumentException($"Weight '{Name}' has dtype '{DType}'; the rollout engines take {Float32} only.");
+        if (DType != Float32) throw new ArgumentException($"Weight '{Name}' has dtype '{DType}'; pushes to a replica carry {Float32} only.");
         if (Shape is null || Shape.Any(d => d < 0)) throw new ArgumentException($"Weight '{Name}' has a missing or negative dimension.");
         long expected = Shape.Aggregate(1L, (a, d) => a * d) * sizeof(float);
         if (ByteLength != expected)
@@ -77,7 +80,7 @@ public sealed class PolicyWeights : IDisposable
         {
             w.Validate();
             if (w.Name != name) throw new ArgumentException($"Weight key '{name}' names a buffer called '{w.Name}'.");
-            manifest.Add(new WeightTensorInfo(name, WeightTensorInfo.Float32, w.Shape, w.Count * sizeof(float)));
+            manifest.Add(new WeightTensorInfo(name, w.Element == WeightElement.Int8 ? WeightTensorInfo.Int8 : WeightTensorInfo.Float32, w.Shape, w.ByteLength));
             copy[name] = w;
         }
         return new PolicyWeights(version, manifest, copy, owner);
@@ -109,7 +112,7 @@ public sealed class PolicyWeights : IDisposable
         var w = _buffers[name];
         return w.Array is not null
             ? MemoryMarshal.AsBytes(w.Array.AsSpan())
-            : new ReadOnlySpan<byte>((void*)w.Pointer, checked((int)(w.Count * sizeof(float))));
+            : new ReadOnlySpan<byte>((void*)w.Pointer, checked((int)w.ByteLength));
     }
 
     static string HashOf(PolicyWeights w)

@@ -4,8 +4,9 @@ using Microsoft.AspNetCore.Http;
 namespace Rlhf.Inference.Serving;
 
 /// <summary>Errors in OpenAI's error-object shape: <c>{"error": {"message", "type", "param", "code"}}</c>.</summary>
-static class HttpErrors
+public static class HttpErrors
 {
+    /// <summary>Writes the error object with <paramref name="status"/>.</summary>
     public static Task Write(HttpContext ctx, int status, string message, string type = "invalid_request_error", string? param = null)
     {
         ctx.Response.StatusCode = status;
@@ -14,7 +15,7 @@ static class HttpErrors
     }
 
     /// <summary>Runs <paramref name="body"/>; a bad request becomes a 400 with its message, anything else a 500.</summary>
-    public static async Task Guard(HttpContext ctx, Func<Task> body)
+    internal static async Task Guard(HttpContext ctx, Func<Task> body)
     {
         try { await body(); }
         catch (BadRequest e) { await Write(ctx, 400, e.Message, param: e.Param); }

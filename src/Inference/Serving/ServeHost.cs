@@ -86,7 +86,11 @@ public static class ServeHost
 
     static string ModelName(string path) => Path.GetFileName(Path.TrimEndingDirectorySeparator(path));
 
-    static WebApplication Build(string host, int port, string? token, Action<IServiceCollection> register)
+    /// <summary>
+    /// The shared host (also of <c>rlhf serve train</c>): Kestrel on <paramref name="host"/> with gRPC and HTTP/1.1 on one
+    /// port, <c>grpc.health.v1</c>, and the bearer token on everything but health when <paramref name="token"/> is given.
+    /// </summary>
+    public static WebApplication Build(string host, int port, string? token, Action<IServiceCollection> register)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();

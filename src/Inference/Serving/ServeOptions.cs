@@ -62,7 +62,8 @@ public sealed record RewardServeOptions
     }
 }
 
-static class ServeChecks
+/// <summary>Checks and token reading shared by the servers' options.</summary>
+public static class ServeChecks
 {
     public static void Common(string host, int port, int threads, string? tokenFile, int maxBatch)
     {

@@ -16,17 +16,19 @@ internal static class ExportCommand
         var kind = new Option<string>("--kind") { Description = "policy (causal LM, GenAI folder), reward or value (needs score.weight).", DefaultValueFactory = _ => "policy" };
         var graph = new Option<string?>("--graph") { Description = "plain (portable ONNX ops, any padding) or gqa (ONNX Runtime GroupQueryAttention, right padding; default when head_dim % 16 == 0)." };
         var weights = new Option<string>("--weights") { Description = "Policies: initializers (default; a plain GenAI folder) or inputs (weights are required graph inputs fed at run time, as `--engine genai` does after every PPO update; no parity is measured).", DefaultValueFactory = _ => "initializers" };
+        var precision = new Option<string>("--precision") { Description = "Policies: fp32 (default) or int8 (weight-only int8 projections and LM head, gqa graph; for rollout replicas: `rlhf serve rollout` takes float32 weight pushes and the trainer sends int8 in process).", DefaultValueFactory = _ => "fp32" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output folder." };
         var cmd = new Command("export", "Export a model folder to ONNX (model.onnx + model.onnx.data, genai_config.json, tokenizer files, rlhf_manifest.json with ORT-vs-TorchSharp parity).");
-        foreach (Option o in new Option[] { model, output, kind, graph, weights, overwrite }) cmd.Options.Add(o);
+        foreach (Option o in new Option[] { model, output, kind, graph, weights, precision, overwrite }) cmd.Options.Add(o);
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var k = ExportNames.ParseKind(r.GetValue(kind) ?? "policy");
             GraphKind? g = r.GetValue(graph) is string s ? ExportNames.ParseGraph(s) : null;
             var w = ExportNames.ParseWeights(r.GetValue(weights) ?? "initializers");
-            var result = ExportStage.FromHfFolder(r.GetValue(model)!, r.GetValue(output)!, k, g, r.GetValue(overwrite), w);
+            var pr = ExportNames.ParsePrecision(r.GetValue(precision) ?? "fp32");
+            var result = ExportStage.FromHfFolder(r.GetValue(model)!, r.GetValue(output)!, k, g, r.GetValue(overwrite), w, pr);
             var m = result.Manifest;
-            Console.WriteLine($"exported {m.Kind} ({m.Graph} graph, weights as {m.Weights}) to {result.Folder}: {m.OnnxBytes / 1e6:F1} MB in {m.ExportSeconds:F1} s; " +
+            Console.WriteLine($"exported {m.Kind} ({m.Graph} graph, {m.Precision}, weights as {m.Weights}) to {result.Folder}: {m.OnnxBytes / 1e6:F1} MB in {m.ExportSeconds:F1} s; " +
                               (m.Parity is { } p ? $"parity max |ORT - TorchSharp| = {p.MaxAbsDiff:E2}" : "parity not measured"));
             return 0;
         }));
@@ -53,8 +55,8 @@ internal static class BenchCommand
             Console.Write(ExportBench.Format(rows));
             return 0;
         }));
-        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward), `bench rollout` (ONNX Runtime engine vs TorchSharp generation), `bench serve` (weight push, tokens/s and PPO iterations through rlhf serve replicas vs in process) and `bench rm` (RM training step, one padded batch vs length-sorted chunks).")
-            { export, RolloutBenchCommand.Create(), ServeBenchCommand.Create(), RmBenchCommand() };
+        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward), `bench rollout` (ONNX Runtime engine vs TorchSharp generation), `bench serve` (weight push, tokens/s and PPO iterations through rlhf serve replicas vs in process), `bench rm` (RM training step, one padded batch vs length-sorted chunks), `bench train` (training-step tokens/s, fp32 vs bf16) and `bench ppo` (seconds per phase of a PPO iteration, fp32/bf16 × fp32/int8 rollouts).")
+            { export, RolloutBenchCommand.Create(), ServeBenchCommand.Create(), RmBenchCommand(), TrainBenchCommand.Create(), PpoBenchCommand.Create() };
     }
 
     /// <summary><c>rlhf bench rm</c>: see <see cref="RmBench"/>.</summary>

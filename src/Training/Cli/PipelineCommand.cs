@@ -13,21 +13,26 @@ internal static class PipelineCommand
         var common = new StageOptions();
         var sftFrom = new Option<string?>("--sft-from") { Description = "Use this SFT model folder instead of running SFT." };
         var rmFrom = new Option<string?>("--rm-from") { Description = "Use this reward-model folder instead of running the RM stage." };
+        var modelConfig = new Option<string?>("--model-config") { Description = "Architecture of the fresh SFT model (sft.model_config), e.g. models/small/config.json." };
+        var precision = new Option<string?>("--precision") { Description = "fp32 or bf16 for every stage (sft.precision, rm.precision, ppo.precision)." };
         var cmd = new Command("pipeline",
             "Run the stages in order into --out (default runs/pipeline): sft/, rm/, ppo/. A stage folder with a summary.json is reused, " +
             "one with a checkpoint is resumed. Stage settings: --set sft.lr=1e-3, --set rm.k=4, --set ppo.iterations=40, or sections \"sft\"/\"rm\"/\"ppo\" in --config.");
         common.AddTo(cmd);
         cmd.Options.Add(sftFrom);
         cmd.Options.Add(rmFrom);
+        cmd.Options.Add(modelConfig);
+        cmd.Options.Add(precision);
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var overrides = common.Overrides(r);
             if (r.GetValue(sftFrom) is string s) overrides.Add($"sft_from={StageOptions.Quote(s)}");
             if (r.GetValue(rmFrom) is string m) overrides.Add($"rm_from={StageOptions.Quote(m)}");
+            if (r.GetValue(modelConfig) is string mc) overrides.Add($"sft.model_config={StageOptions.Quote(mc)}");
+            if (r.GetValue(precision) is string p)
+                foreach (string stage in new[] { "sft", "rm", "ppo" }) overrides.Add($"{stage}.precision={p}");
             var cfg = ConfigLoader.Load<PipelineConfig>(r.GetValue(common.Config), overrides);
-            var summary = PipelineRunner.Run(cfg, new RunControl { Overwrite = r.GetValue(common.Overwrite) });
-            Console.WriteLine(summary.ToJsonString(ConfigLoader.Json));
-            return 0;
+            return RlhfCommand.RunStage(Stages.Of(cfg), resume: false, r.GetValue(common.Overwrite));   // the pipeline resumes its stages itself
         }));
         return cmd;
     }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Rlhf.Training.Common;
+using Rlhf.Training.Pipeline;
 using Rlhf.Training.Ppo;
 using Rlhf.Training.Sft;
 
@@ -42,9 +43,7 @@ internal static class PpoCommand
             if (r.GetValue(rewardEndpoint) is string we) overrides.Add($"reward_endpoint={StageOptions.Quote(we)}");
             if (r.GetValue(rewardUrl) is string wu) overrides.Add($"reward_url={StageOptions.Quote(wu)}");
             var cfg = ConfigLoader.Load<PpoConfig>(r.GetValue(common.Config), overrides);
-            var summary = PpoTrainer.Train(cfg, new RunControl { Resume = r.GetValue(common.Resume), Overwrite = r.GetValue(common.Overwrite) });
-            Console.WriteLine(ConfigLoader.ToJson(summary));
-            return 0;
+            return RlhfCommand.RunStage(Stages.Of(cfg), r.GetValue(common.Resume), r.GetValue(common.Overwrite));
         }));
         return cmd;
     }

@@ -32,7 +32,7 @@ internal static class RlhfCommand
             ScoreCommand.Create(),
             ExportCommand.Create(),
             BenchCommand.Create(),
-            Rlhf.Inference.Serving.ServeCommand.Create(),
+            ServeTrainCommand.Serve(),
         };
         root.Options.Add(Verbose);
         var parsed = root.Parse(args);
@@ -46,6 +46,30 @@ internal static class RlhfCommand
         verbose.Value = parsed.GetValue(Verbose);
         try { return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false }); }
         catch (Exception e) { return Fail(e); }   // a command that did not go through Guard
+    }
+
+    /// <summary>
+    /// Runs a stage and prints its summary as JSON. The first Ctrl+C stops it at the next step boundary with that
+    /// step's checkpoint written (continue with --resume); a second one ends the process.
+    /// </summary>
+    public static int RunStage(Pipeline.IStage stage, bool resume, bool overwrite)
+    {
+        using var cts = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCancel = (_, e) =>
+        {
+            if (cts.IsCancellationRequested) return;
+            e.Cancel = true;
+            cts.Cancel();
+            Console.Error.WriteLine("Stopping at the next step boundary (its checkpoint is kept); Ctrl+C again ends at once.");
+        };
+        Console.CancelKeyPress += onCancel;
+        try
+        {
+            var summary = stage.Run(new RunControl { Resume = resume, Overwrite = overwrite, Cancel = cts.Token });
+            Console.WriteLine(summary.ToJsonString(ConfigLoader.Json));
+            return 0;
+        }
+        finally { Console.CancelKeyPress -= onCancel; }
     }
 
     /// <summary>Runs a command body; a failure becomes one <c>error: …</c> line on stderr and exit code 1.</summary>
@@ -80,7 +104,7 @@ internal static class RlhfCommand
     public static bool IsUserError(Exception e) => e is InvalidDataException or Data.DataFileException or IOException
         or InvalidOperationException or ArgumentException or NonFiniteLossException or UnauthorizedAccessException
         or System.Text.Json.JsonException or FormatException or NotSupportedException
-        or Microsoft.ML.OnnxRuntime.OnnxRuntimeException or System.Net.Sockets.SocketException;
+        or Microsoft.ML.OnnxRuntime.OnnxRuntimeException or System.Net.Sockets.SocketException or StageCancelledException;
 
     static Exception Innermost(Exception e) => e switch
     {

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
+using Rlhf.Training.Pipeline;
 using Rlhf.Training.Data;
 using Rlhf.Training.Model;
 using Rlhf.Training.RewardModel;
@@ -37,9 +38,7 @@ internal static class RmCommand
             if (r.GetValue(k) is int kk) overrides.Add($"k={kk}");
             if (r.GetValue(prompts) is int n) overrides.Add($"train_prompts={n}");
             var cfg = ConfigLoader.Load<RmConfig>(r.GetValue(common.Config), overrides);
-            var summary = RmTrainer.Run(cfg, new RunControl { Resume = r.GetValue(common.Resume), Overwrite = r.GetValue(common.Overwrite) });
-            Console.WriteLine(ConfigLoader.ToJson(summary));
-            return 0;
+            return RlhfCommand.RunStage(Stages.Of(cfg), r.GetValue(common.Resume), r.GetValue(common.Overwrite));
         }));
         cmd.Subcommands.Add(CreateEval());
         return cmd;

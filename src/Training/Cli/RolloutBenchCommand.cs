@@ -35,7 +35,7 @@ internal static class RolloutBenchCommand
         var threads = new Option<int>("--threads") { Description = "Threads for both engines (0 = all cores).", DefaultValueFactory = _ => 0 };
         var noTorch = new Option<bool>("--skip-torch") { Description = "Only the ORT engine." };
         var repeats = new Option<int>("--repeats") { Description = "Timed runs per cell; the fastest counts (the machine may be shared).", DefaultValueFactory = _ => 2 };
-        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (keys tokens_per_s.<engine>.<greedy|sample>.<batch>, sync_seconds.<engine>; the --large model's keys start with large.)." };
+        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (keys tokens_per_s.<engine>.<greedy|sample>.<batch>, sync_seconds.<engine>, int8_over_fp32.<config>.<batch>; the --large model's keys start with large.)." };
         var rollout = new Command("rollout", "Our ORT rollout engine vs ONNX Runtime GenAI vs TorchSharp eager generation, weight sync of each.") { config, large, batches, newTokens, promptLen, threads, noTorch, repeats, json };
         rollout.SetAction(r => RlhfCommand.Guard(() =>
         {
@@ -89,9 +89,16 @@ internal static class RolloutBenchCommand
                 string plainDir = dir + "-plain";
                 LlamaGraph.Export(cfg, model.state_dict(), plainDir);
                 using var engine = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = nThreads, EosTokenIds = [], PadTokenId = 0, MaxBatchSize = batches.Max() });
+                RolloutEngine? int8 = null;
+                if (graph == GraphKind.ContribGqa)
+                {
+                    ExportStage.ExportPolicy(model, dir + "-int8", graph, new ExportOptions { Overwrite = true, Precision = RolloutPrecision.Int8 }, parity: false);
+                    int8 = RolloutEngine.Load(dir + "-int8", new RolloutEngineOptions { Threads = nThreads, EosTokenIds = [], PadTokenId = 0, MaxBatchSize = batches.Max() });
+                }
+                using var int8Owner = int8;
                 w.WriteLine();
                 w.WriteLine($"== {name}: {nParams / 1e6:F1}M parameters (V={cfg.VocabSize}, H={cfg.HiddenSize}, L={cfg.NumHiddenLayers}, heads {cfg.NumAttentionHeads}/{cfg.NumKeyValueHeads}, F={cfg.IntermediateSize}); ORT graph: {graph}");
-                w.WriteLine($"{"batch",5} | {"ORT tok/s",10} {"GFLOP/s",8} {"%peak",6} {"prefill ms",10} | {"torch tok/s",11} {"GFLOP/s",8} {"%peak",6} | {"ORT/torch",9}");
+                w.WriteLine($"{"batch",5} | {"ORT tok/s",10} {"GFLOP/s",8} {"%peak",6} {"prefill ms",10} | {"int8 tok/s",10} {"int8/fp32",9} | {"torch tok/s",11} {"GFLOP/s",8} {"%peak",6} | {"ORT/torch",9}");
                 var rng = new Random(7);
                 foreach (int b in batches)
                 {
@@ -110,6 +117,22 @@ internal static class RolloutBenchCommand
                         ortS = Math.Min(ortS, sw.Elapsed.TotalSeconds);
                     }
                     double ortTps = b * newTokens / ortS;
+                    string int8Cols = $"{"-",10} {"-",9}";
+                    if (int8 is not null)
+                    {
+                        int8.Generate([.. requests.Take(Math.Min(b, 4)).Select(q => q with { Sampling = sampling with { MaxNewTokens = 4 } })]);   // warm-up
+                        double int8S = double.MaxValue;
+                        for (int k = 0; k < repeats; k++)
+                        {
+                            sw.Restart();
+                            int8.Generate(requests);
+                            int8S = Math.Min(int8S, sw.Elapsed.TotalSeconds);
+                        }
+                        double int8Tps = b * newTokens / int8S;
+                        figures[$"int8_over_fp32.{name}.{b}"] = int8Tps / ortTps;
+                        figures[$"{keyPrefix}tokens_per_s.ort_int8.sample.{b}"] = int8Tps;
+                        int8Cols = $"{int8Tps,10:F0} {int8Tps / ortTps,8:F2}x";
+                    }
                     string torchCols = $"{"-",11} {"-",8} {"-",6}";
                     string ratio = "-";
                     if (torchToo)
@@ -130,7 +153,7 @@ internal static class RolloutBenchCommand
                         ratio = $"{ortTps / torchTps:F2}x";
                     }
                     figures[$"{keyPrefix}tokens_per_s.ort.sample.{b}"] = ortTps;
-                    w.WriteLine($"{b,5} | {ortTps,10:F0} {flops / ortS / 1e9,8:F1} {100 * flops / ortS / 1e9 / peak,5:F0}% {res[0].Timings.PrefillMs,10:F1} | {torchCols} | {ratio,9}");
+                    w.WriteLine($"{b,5} | {ortTps,10:F0} {flops / ortS / 1e9,8:F1} {100 * flops / ortS / 1e9 / peak,5:F0}% {res[0].Timings.PrefillMs,10:F1} | {int8Cols} | {torchCols} | {ratio,9}");
                 }
 
                 // Padding: the same batch, left vs right, on the plain graph.
@@ -174,6 +197,7 @@ internal static class RolloutBenchCommand
             {
                 try { Directory.Delete(dir, true); } catch (IOException) { }
                 try { Directory.Delete(dir + "-plain", true); } catch (IOException) { }
+                try { if (Directory.Exists(dir + "-int8")) Directory.Delete(dir + "-int8", true); } catch (IOException) { }
             }
         }
         using var self = Process.GetCurrentProcess();

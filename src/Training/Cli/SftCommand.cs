@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Rlhf.Training.Common;
+using Rlhf.Training.Pipeline;
 using Rlhf.Training.Sft;
 
 namespace Rlhf.Training.Cli;
@@ -33,9 +34,7 @@ internal static class SftCommand
             if (r.GetValue(lr) is double l) overrides.Add($"lr={l.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
             if (r.GetValue(batch) is int b) overrides.Add($"batch_size={b}");
             var cfg = ConfigLoader.Load<SftConfig>(r.GetValue(common.Config), overrides);
-            var summary = SftTrainer.Run(cfg, new RunControl { Resume = r.GetValue(common.Resume), Overwrite = r.GetValue(common.Overwrite) });
-            Console.WriteLine(ConfigLoader.ToJson(summary));
-            return 0;
+            return RlhfCommand.RunStage(Stages.Of(cfg), r.GetValue(common.Resume), r.GetValue(common.Overwrite));
         }));
         return cmd;
     }

@@ -27,16 +27,27 @@ public static class ConfigLoader
     /// </summary>
     public static T Load<T>(string? file, IEnumerable<string> overrides) where T : new()
     {
-        JsonObject merged = JsonSerializer.SerializeToNode(new T(), Json)!.AsObject();
+        JsonObject? fromFile = null;
         if (file is not null)
         {
             if (!File.Exists(file)) throw new FileNotFoundException($"Config file not found: {file}", file);
-            JsonObject fromFile;
             try { fromFile = JsonNode.Parse(File.ReadAllText(file))!.AsObject(); }
             catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
             { throw new InvalidDataException($"{file}: not a JSON object ({e.Message})."); }
-            Merge(merged, fromFile, file, "");
         }
+        return Build<T>(fromFile, file ?? "", overrides);
+    }
+
+    /// <summary>
+    /// Builds the config from a JSON object (a request body's <c>config</c>) over the defaults, with the same errors as
+    /// a config file: unknown keys name the key and list the known ones, <paramref name="source"/> says where it came from.
+    /// </summary>
+    public static T FromJson<T>(JsonObject json, string source) where T : new() => Build<T>(json, source, []);
+
+    static T Build<T>(JsonObject? layer, string source, IEnumerable<string> overrides) where T : new()
+    {
+        JsonObject merged = JsonSerializer.SerializeToNode(new T(), Json)!.AsObject();
+        if (layer is not null) Merge(merged, layer, source, "");
         foreach (string kv in overrides)
         {
             int eq = kv.IndexOf('=');

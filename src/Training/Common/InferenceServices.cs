@@ -1,4 +1,5 @@
 using Rlhf.Export;
+using Rlhf.Export.Onnx;
 using Rlhf.Training.OnnxExport;
 using Rlhf.Inference.Reward;
 using Rlhf.Inference.Rollout;
@@ -32,14 +33,17 @@ public static class InferenceServices
     /// rollout graph (GroupQueryAttention where the head size allows, see <see cref="ExportStage.DefaultGraph"/>) exported
     /// once to <paramref name="scratch"/>, weights then flowing in memory via <see cref="Sync"/>; or TorchSharp generation.
     /// </summary>
-    public static IRolloutService Rollouts(RolloutBackend backend, LlamaForCausalLM actor, TextTokenizer tokenizer, string tokenizerFolder, string scratch, int threads)
+    public static IRolloutService Rollouts(RolloutBackend backend, LlamaForCausalLM actor, TextTokenizer tokenizer, string tokenizerFolder, string scratch, int threads,
+        RolloutPrecision precision = RolloutPrecision.Fp32)
     {
+        if (precision != RolloutPrecision.Fp32 && backend != RolloutBackend.Ort)
+            throw new ArgumentException($"rollout precision {ExportNames.Name(precision)} is available with the ort engine only.");
         var graph = ExportStage.DefaultGraph(actor.Config);
         switch (backend)
         {
             case RolloutBackend.Ort:
                 ExportStage.ExportPolicy(actor, scratch, graph,
-                    new ExportOptions { TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = "ppo-rollout" }, parity: false);
+                    new ExportOptions { TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = "ppo-rollout", Precision = precision }, parity: false);
                 return new OnnxRollouts(RolloutEngine.Load(scratch, new RolloutEngineOptions { Threads = threads, MaxBatchSize = 64 }, tokenizer), scratch);
             case RolloutBackend.Genai:
                 ExportStage.ExportPolicy(actor, scratch, graph, new ExportOptions
@@ -60,13 +64,15 @@ public static class InferenceServices
 
     /// <summary>
     /// Sends <paramref name="policy"/>'s current weights to the rollout service as weights <paramref name="version"/>:
-    /// a float32 snapshot in the layout the service's graph reads (q/k/v packed where its layout names <c>qkv_proj</c>),
+    /// a snapshot in the layout the service's graph reads (q/k/v packed where its layout names <c>qkv_proj</c>, projections
+    /// as int8 + scales where it is an int8 graph, float32 otherwise),
     /// handed over as a <see cref="PolicyWeights"/> message (in process: pointers into the snapshot, no further copy).
     /// </summary>
     public static TimeSpan Sync(IRolloutService rollouts, LlamaForCausalLM policy, ulong version)
     {
-        bool packed = rollouts.WeightLayout.Keys.Any(k => k.EndsWith(".qkv_proj.weight", StringComparison.Ordinal));
-        var snapshot = OrtWeights.From(policy, packedQkv: packed);
+        bool int8 = rollouts.WeightLayout.Keys.Any(k => k.EndsWith(Int8MatMul.QuantizedName(""), StringComparison.Ordinal));
+        bool packed = int8 || rollouts.WeightLayout.Keys.Any(k => k.EndsWith(".qkv_proj.weight", StringComparison.Ordinal));
+        var snapshot = OrtWeights.From(policy, packedQkv: packed, int8: int8);
         PolicyWeights message;
         try { message = PolicyWeights.FromBuffers(version, snapshot.Buffers, snapshot); }
         catch

@@ -38,15 +38,17 @@ public sealed class LlamaAttention : nn.Module
     /// <summary>
     /// x [B, S, H]; cos/sin [B, S, D]; mask [B, 1, S, T] bool (true = may attend; T = cached + S);
     /// cache: when given, this layer's keys/values are appended and attention covers all T positions.
-    /// Returns [B, S, H]. Attention dropout applies in training mode only.
+    /// compute: the dtype of projections and attention (null = x's; see <see cref="Precision.Bf16"/>; cos/sin must
+    /// already be in it). Returns [B, S, H] in x's dtype. Attention dropout applies in training mode only.
     /// </summary>
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KvCache? cache, int layer)
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KvCache? cache, int layer, ScalarType? compute = null)
     {
         using var scope = torch.NewDisposeScope();
         long b = x.shape[0], s = x.shape[1];
-        var q = q_proj.forward(x).view(b, s, _heads, _headDim).transpose(1, 2);     // [B, heads, S, D]
-        var k = k_proj.forward(x).view(b, s, _kvHeads, _headDim).transpose(1, 2);   // [B, Hkv, S, D]
-        var v = v_proj.forward(x).view(b, s, _kvHeads, _headDim).transpose(1, 2);   // [B, Hkv, S, D]
+        var xc = MixedPrecision.Cast(x, compute);
+        var q = MixedPrecision.Linear(q_proj, xc, compute).view(b, s, _heads, _headDim).transpose(1, 2);     // [B, heads, S, D]
+        var k = MixedPrecision.Linear(k_proj, xc, compute).view(b, s, _kvHeads, _headDim).transpose(1, 2);   // [B, Hkv, S, D]
+        var v = MixedPrecision.Linear(v_proj, xc, compute).view(b, s, _kvHeads, _headDim).transpose(1, 2);   // [B, Hkv, S, D]
         q = Rope.Apply(q, cos, sin);
         k = Rope.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Append(layer, k, v);                   // [B, Hkv, T, D]
@@ -57,6 +59,7 @@ public sealed class LlamaAttention : nn.Module
         }
         var o = nn.functional.scaled_dot_product_attention(q, k, v, mask, training ? _dropout : 0.0);
         o = o.transpose(1, 2).reshape(b, s, _heads * _headDim);
-        return scope.MoveToOuter(o_proj.forward(o));
+        var y = MixedPrecision.Linear(o_proj, o, compute);
+        return scope.MoveToOuter(y.dtype == x.dtype ? y : y.to(x.dtype));
     }
 }

@@ -28,13 +28,16 @@ public sealed class LlamaDecoderLayer : nn.Module
         RegisterComponents();
     }
 
-    /// <summary>x [B, S, H]; cos/sin [B, S, D]; mask [B, 1, S, T] bool -> [B, S, H].</summary>
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KvCache? cache, int layer)
+    /// <summary>
+    /// x [B, S, H]; cos/sin [B, S, D] (in the compute dtype); mask [B, 1, S, T] bool -> [B, S, H]. The residual stream
+    /// and norms stay in x's dtype; attention and MLP run in <paramref name="compute"/> (null = x's dtype).
+    /// </summary>
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KvCache? cache, int layer, ScalarType? compute = null)
     {
         using var scope = torch.NewDisposeScope();
-        var r = self_attn.Forward(input_layernorm.forward(x), cos, sin, mask, cache, layer);
+        var r = self_attn.Forward(input_layernorm.forward(x), cos, sin, mask, cache, layer, compute);
         var h = x + nn.functional.dropout(r, _residualDropout, training);
-        r = mlp.forward(post_attention_layernorm.forward(h));
+        r = mlp.Forward(post_attention_layernorm.forward(h), compute);
         return scope.MoveToOuter(h + nn.functional.dropout(r, _residualDropout, training));
     }
 }

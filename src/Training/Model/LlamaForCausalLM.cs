@@ -27,6 +27,9 @@ public sealed class LlamaForCausalLM : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>Arithmetic precision of forward/backward (the trunk's; see <see cref="Model.Precision"/>).</summary>
+    public Precision Precision { get => model.Precision; set => model.Precision = value; }
+
     /// <summary>The decoder trunk (for heads that read hidden states).</summary>
     public LlamaModel Model => model;
 
@@ -59,9 +62,21 @@ public sealed class LlamaForCausalLM : nn.Module
     public Tensor HiddenStates(Tensor inputIds, Tensor attentionMask, Tensor positionIds, KvCache? cache = null) =>
         model.Forward(inputIds, attentionMask, positionIds, cache);
 
-    /// <summary>hidden [B, S, H] -> logits [B, S, V] through <c>lm_head</c> (or the tied embedding).</summary>
-    public Tensor Logits(Tensor hidden) =>
-        lm_head is not null ? lm_head.forward(hidden) : nn.functional.linear(hidden, model.EmbedWeight);
+    /// <summary>
+    /// hidden [B, S, H] -> logits [B, S, V] through <c>lm_head</c> (or the tied embedding), in hidden's dtype; under
+    /// <see cref="Precision.Bf16"/> the projection runs in bfloat16 and its result is cast back to float32.
+    /// </summary>
+    public Tensor Logits(Tensor hidden)
+    {
+        var compute = Precision.ComputeDtype();
+        if (compute is null)
+            return lm_head is not null ? lm_head.forward(hidden) : nn.functional.linear(hidden, model.EmbedWeight);
+        using var scope = torch.NewDisposeScope();
+        var y = lm_head is not null
+            ? MixedPrecision.Linear(lm_head, hidden, compute)
+            : nn.functional.linear(MixedPrecision.Cast(hidden, compute), MixedPrecision.Cast(model.EmbedWeight, compute));
+        return scope.MoveToOuter(y.to(hidden.dtype));
+    }
 
     /// <summary>
     /// Loads <c>config.json</c> and safetensors weights (single or sharded) from a HF folder onto

@@ -28,6 +28,9 @@ public sealed class LlamaForSequenceClassification : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>Arithmetic precision of the trunk's forward/backward (see <see cref="Model.Precision"/>); the head stays float32.</summary>
+    public Precision Precision { get => model.Precision; set => model.Precision = value; }
+
     /// <summary>Default std of the fresh head: 1/sqrt(H + 1) (InstructGPT/OpenAI lm-human-preferences).</summary>
     public static double DefaultHeadStd(ModelConfig c) => 1.0 / Math.Sqrt(c.HiddenSize + 1);
 

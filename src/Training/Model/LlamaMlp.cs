@@ -9,7 +9,7 @@ namespace Rlhf.Training.Model;
 /// SwiGLU feed-forward (Shazeer 2020): <c>down_proj(silu(gate_proj(x)) · up_proj(x))</c>, no biases.
 /// State dict: <c>gate_proj</c>/<c>up_proj</c> [I, H], <c>down_proj</c> [H, I].
 /// </summary>
-public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
+public sealed class LlamaMlp : nn.Module
 {
     readonly Linear gate_proj;
     readonly Linear up_proj;
@@ -24,11 +24,13 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>x [B, S, H] -> [B, S, H].</summary>
-    public override Tensor forward(Tensor x)
+    /// <summary>x [B, S, H] -> [B, S, H] in x's dtype; the projections run in <paramref name="compute"/> (null = x's dtype).</summary>
+    public Tensor Forward(Tensor x, ScalarType? compute = null)
     {
         using var scope = torch.NewDisposeScope();
-        var h = nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x);
-        return scope.MoveToOuter(down_proj.forward(h));
+        var xc = MixedPrecision.Cast(x, compute);
+        var h = nn.functional.silu(MixedPrecision.Linear(gate_proj, xc, compute)) * MixedPrecision.Linear(up_proj, xc, compute);
+        var y = MixedPrecision.Linear(down_proj, h, compute);
+        return scope.MoveToOuter(y.dtype == x.dtype ? y : y.to(x.dtype));
     }
 }

@@ -30,6 +30,9 @@ public sealed class LlamaModel : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>Arithmetic precision of forward/backward (see <see cref="Model.Precision"/>); fp32 unless a trainer sets it.</summary>
+    public Precision Precision { get; set; }
+
     /// <summary>The token embedding [V, H] (also the output projection when embeddings are tied).</summary>
     public Parameter EmbedWeight => embed_tokens.weight!;
 
@@ -44,10 +47,11 @@ public sealed class LlamaModel : nn.Module
         if (cache is not null && cache.NumLayers != Config.NumHiddenLayers)
             throw new ArgumentException($"KvCache has {cache.NumLayers} layers; the model has {Config.NumHiddenLayers}.");
         using var scope = torch.NewDisposeScope();
+        var compute = Precision.ComputeDtype();
         var h = embed_tokens.forward(inputIds);                                          // [B, S, H]
-        var (cos, sin) = Rope.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, h.dtype);
+        var (cos, sin) = Rope.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, compute ?? h.dtype);
         var mask = AttentionMask(attentionMask, inputIds.shape[1]);                      // [B, 1, S, T]
-        for (int i = 0; i < layers.Count; i++) h = layers[i].Forward(h, cos, sin, mask, cache, i);
+        for (int i = 0; i < layers.Count; i++) h = layers[i].Forward(h, cos, sin, mask, cache, i, compute);
         return scope.MoveToOuter(norm.forward(h));
     }
 

@@ -22,11 +22,16 @@ public sealed class OrtWeights : IDisposable
     public IReadOnlyDictionary<string, WeightBuffer> Buffers => _buffers;
 
     /// <summary>Bytes held.</summary>
-    public long Bytes => _buffers.Values.Sum(b => b.Count * sizeof(float));
+    public long Bytes => _buffers.Values.Sum(b => b.ByteLength);
 
-    /// <summary>Copies the weights of <paramref name="model"/> (any device/dtype) the decoder graph reads.</summary>
-    public static OrtWeights From(LlamaForCausalLM model, bool packedQkv = false)
+    /// <summary>
+    /// Copies the weights of <paramref name="model"/> (any device/dtype) the decoder graph reads. With
+    /// <paramref name="int8"/> (the int8 rollout graph, packed q/k/v) every projection and the LM head (the embedding when
+    /// tied) go as <see cref="Int8MatMul.Quantize"/>'s int8 weight and float32 scales instead of float32.
+    /// </summary>
+    public static OrtWeights From(LlamaForCausalLM model, bool packedQkv = false, bool int8 = false)
     {
+        if (int8 && !packedQkv) throw new ArgumentException("int8 rollout graphs are GroupQueryAttention graphs: pass packedQkv too.");
         var cfg = model.Config;
         var result = new OrtWeights();
         using var noGrad = torch.no_grad();
@@ -37,26 +42,42 @@ public sealed class OrtWeights : IDisposable
                 (name.Contains("q_proj", StringComparison.Ordinal) || name.Contains("k_proj", StringComparison.Ordinal) || name.Contains("v_proj", StringComparison.Ordinal)))
                 continue;
             if (!state.TryGetValue(name, out var t)) throw new InvalidOperationException($"The model has no weight '{name}'.");
-            result.Add(name, t, LlamaGraph.IsStoredTransposed(name));
+            result.Add(name, t, LlamaGraph.IsStoredTransposed(name), int8);
         }
+        if (int8 && cfg.TieWordEmbeddings) result.Add("lm_head.weight", state["model.embed_tokens.weight"], transpose: true, int8: true);
         if (packedQkv)
         {
             for (int i = 0; i < cfg.NumHiddenLayers; i++)
             {
                 string p = $"model.layers.{i}.self_attn.";
                 using var w = torch.cat([state[p + "q_proj.weight"], state[p + "k_proj.weight"], state[p + "v_proj.weight"]], 0);
-                result.Add(p + "qkv_proj.weight", w, transpose: true);
+                result.Add(p + "qkv_proj.weight", w, transpose: true, int8);
                 if (cfg.QkvBias)
                 {
                     using var bias = torch.cat([state[p + "q_proj.bias"], state[p + "k_proj.bias"], state[p + "v_proj.bias"]], 0);
-                    result.Add(p + "qkv_proj.bias", bias, transpose: false);
+                    result.Add(p + "qkv_proj.bias", bias, transpose: false, int8: false);
                 }
             }
         }
         return result;
     }
 
-    unsafe void Add(string name, Tensor source, bool transpose)
+    static bool IsProjection(string name) => name.EndsWith("_proj.weight", StringComparison.Ordinal) || name == "lm_head.weight";
+
+    void Add(string name, Tensor source, bool transpose, bool int8)
+    {
+        if (!int8 || !IsProjection(name))
+        {
+            Add(name, source, transpose);
+            return;
+        }
+        using var stored = transpose ? source.detach().t() : source.detach().alias();
+        var (q, scale) = Int8MatMul.Quantize(stored);
+        Keep(Int8MatMul.QuantizedName(name), q, WeightElement.Int8);
+        Keep(Int8MatMul.ScaleName(name), scale, WeightElement.Float32);
+    }
+
+    void Add(string name, Tensor source, bool transpose)
     {
         Tensor t;
         using (torch.NewDisposeScope())
@@ -65,10 +86,16 @@ public sealed class OrtWeights : IDisposable
             // One copy either way: the transpose materialised by contiguous(), or a clone of the already contiguous tensor.
             t = (transpose ? x.t().contiguous() : x.clone()).MoveToOuterDisposeScope();
         }
+        Keep(name, t, WeightElement.Float32);
+    }
+
+    /// <summary>Takes ownership of the contiguous CPU tensor <paramref name="t"/> and exposes its memory as <paramref name="name"/>.</summary>
+    unsafe void Keep(string name, Tensor t, WeightElement element)
+    {
         _tensors.Add(t);
         nint ptr;
         fixed (byte* p = t.bytes) ptr = (nint)p;
-        _buffers[name] = new WeightBuffer(name, t.shape, Pointer: ptr);
+        _buffers[name] = new WeightBuffer(name, t.shape, Pointer: ptr, Element: element);
     }
 
     /// <summary>Frees the copies (only after the engine no longer uses them).</summary>

@@ -58,14 +58,16 @@ public static class ExportStage
     /// the CPU in float32 and exports it with parity. Tokenizer files of the folder are copied.
     /// </summary>
     public static ExportResult FromHfFolder(string modelFolder, string outFolder, ModelKind kind, GraphKind? graph, bool overwrite,
-        WeightPlacement weights = WeightPlacement.Initializers)
+        WeightPlacement weights = WeightPlacement.Initializers, RolloutPrecision precision = RolloutPrecision.Fp32)
     {
         if (!Directory.Exists(modelFolder)) throw new DirectoryNotFoundException($"Model folder {modelFolder} does not exist.");
         if (!HfFolder.HasWeights(modelFolder))
             throw new FileNotFoundException($"{modelFolder} has no model.safetensors or model.safetensors.index.json (a Hugging Face model folder is expected).");
         if (weights == WeightPlacement.Inputs && kind != ModelKind.Policy)
             throw new ArgumentException("--weights inputs applies to policies (rollout engines feed them); reward and value models keep their initializers.");
-        var options = new ExportOptions { TokenizerFolder = modelFolder, Overwrite = overwrite, Stage = "export", Parent = modelFolder, Weights = weights };
+        if (precision != RolloutPrecision.Fp32 && (kind != ModelKind.Policy || weights == WeightPlacement.Inputs))
+            throw new ArgumentException("--precision int8 applies to policies with their weights as initializers (our ort engine's graph).");
+        var options = new ExportOptions { TokenizerFolder = modelFolder, Overwrite = overwrite, Stage = "export", Parent = modelFolder, Weights = weights, Precision = precision };
         if (kind == ModelKind.Policy)
         {
             using var model = LlamaForCausalLM.FromPretrained(modelFolder, torch.CPU, ScalarType.Float32);

@@ -19,6 +19,7 @@ public static class PipelineRunner
     public static JsonObject Run(PipelineConfig cfg, RunControl control)
     {
         cfg.Validate();
+        using var log = StageLog.Use(control.Logger);
         // a failed pipeline keeps its stage folders (finished or resumable) and drops a folder with nothing else in it
         return OutputFolder.CleanOnFailure(cfg.Out, () => RunStages(cfg, control),
             keep: f => new[] { "sft", "rm", "ppo" }.Any(s => Directory.Exists(Path.Combine(f, s))));
@@ -62,12 +63,12 @@ public static class PipelineRunner
         string summaryFile = Path.Combine(folder, "summary.json");
         if (File.Exists(summaryFile))
         {
-            Console.Error.WriteLine($"== {name}: reusing {folder}");
+            StageLog.Info($"== {name}: reusing {folder}");
             return ReadSummary(folder);
         }
-        bool resume = Directory.Exists(Path.Combine(folder, "checkpoint"));
-        Console.Error.WriteLine($"== {name}: {(resume ? "resuming" : "running")} into {folder}");
-        return run(control with { Resume = resume, Overwrite = !resume });
+        var stageControl = Stages.ResumeOrStart(folder, control);
+        StageLog.Info($"== {name}: {(stageControl.Resume ? "resuming" : "running")} into {folder}");
+        return run(stageControl);
     }
 
     static JsonNode ReadSummary(string folder)

@@ -34,6 +34,8 @@ public sealed class Experience : IDisposable
     public Tensor? Advantages { get; set; }
     /// <summary>Returns A + V_old [B, A].</summary>
     public Tensor? Returns { get; set; }
+    /// <summary>Truncated importance weights min(π_old/π_rollout, C) [B, A] (<see cref="Tis.Weights"/>); null = not applied.</summary>
+    public Tensor? IsWeights { get; set; }
 
     /// <summary>Rows (B).</summary>
     public long Rows => InputIds.shape[0];
@@ -96,12 +98,13 @@ public sealed class Experience : IDisposable
         Rewards = Rewards?.index_select(0, index),
         Advantages = Advantages?.index_select(0, index),
         Returns = Returns?.index_select(0, index),
+        IsWeights = IsWeights?.index_select(0, index),
     };
 
     /// <inheritdoc />
     public void Dispose()
     {
-        foreach (var t in new[] { InputIds, AttentionMask, PositionIds, Responses, ResponseMask, LogpOld, LogpRef, ValuesOld, Rewards, Advantages, Returns })
+        foreach (var t in new[] { InputIds, AttentionMask, PositionIds, Responses, ResponseMask, LogpOld, LogpRef, ValuesOld, Rewards, Advantages, Returns, IsWeights })
             t?.Dispose();
     }
 }

@@ -1,5 +1,6 @@
 using Rlhf.Inference.Reward;
 using Rlhf.Training.Common;
+using Rlhf.Training.Model;
 
 namespace Rlhf.Training.Ppo;
 
@@ -115,6 +116,10 @@ public sealed record PpoConfig
     public int MaxNewTokens { get; init; } = 48;
     /// <summary>Rollout engine.</summary>
     public RolloutBackend Engine { get; init; } = RolloutBackend.Ort;
+    /// <summary>Projections of the in-process rollout graph: fp32, or int8 (weight-only, engine ort; the trainer stays fp32/bf16).</summary>
+    public Rlhf.Export.RolloutPrecision RolloutPrecision { get; init; } = Rlhf.Export.RolloutPrecision.Fp32;
+    /// <summary>Truncated importance sampling cap C: the policy loss weighs each token by min(π_old/π_rollout, C) (0 = off).</summary>
+    public double TisCap { get; init; } = 2.0;
     /// <summary>
     /// Rollout replicas (<c>rlhf serve rollout</c>) that generate instead of the in-process engine: addresses
     /// (<c>http://127.0.0.1:7001</c>) or DNS names resolved again every iteration into one replica per address
@@ -146,6 +151,8 @@ public sealed record PpoConfig
     public string Device { get; init; } = "cpu";
     /// <summary>Threads for TorchSharp and ONNX Runtime (0 = all cores).</summary>
     public int Threads { get; init; }
+    /// <summary>Arithmetic precision of forward/backward passes: fp32, or bf16 mixed precision (matmuls and attention in bfloat16; float32 master weights, optimizer state, losses and checkpoints).</summary>
+    public Precision Precision { get; init; } = Precision.Fp32;
 
     /// <summary>Our RM folder in force: <see cref="RmModel"/>, else runs/rm unless <see cref="RewardModel"/> is set.</summary>
     public string? RmFolder() => RmModel ?? (RewardModel is null && RewardUrl is null ? "runs/rm" : null);
@@ -171,6 +178,10 @@ public sealed record PpoConfig
         if (RewardClip < 0) e.Add("reward_clip must be ≥ 0 (0 = off)");
         if (RolloutShardSize < 0) e.Add("rollout_shard_size must be ≥ 0 (0 = the whole batch in one call)");
         if (ServiceTimeoutSeconds <= 0) e.Add("service_timeout_seconds must be > 0");
+        if (!(TisCap >= 0)) e.Add("tis_cap must be ≥ 0 (0 = off)");
+        if (RolloutPrecision == Rlhf.Export.RolloutPrecision.Int8 && (Engine != RolloutBackend.Ort || RolloutEndpoints.Count > 0))
+            e.Add("rollout_precision int8 is built into the in-process ort engine's graph: use engine ort without rollout_endpoints " +
+                  "(replicas serve whatever folder they were given: export it with `rlhf export --precision int8`)");
         if (RolloutEndpoints.Count > 0 && Engine == RolloutBackend.Torch) e.Add("rollout_endpoints need engine ort or genai (the replicas' engine), not torch");
         if (RewardUrl is not null && (RewardEndpoint is not null || RewardModel is not null))
             e.Add("reward_url replaces the scorer: drop reward_endpoint / reward_model (give one way to score)");

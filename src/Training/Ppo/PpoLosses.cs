@@ -20,11 +20,14 @@ public static class PpoLosses
     /// <param name="logpOld">log π_old(a_t|s_t) at rollout [B, A]</param>
     /// <param name="advantages">A_t (usually whitened) [B, A]</param>
     /// <param name="mask">1 = response token, 0 = padding [B, A]</param>
+    /// <param name="isWeights">optional per-token importance weights w_t ≥ 0 [B, A] (<see cref="Tis.Weights"/>): each token's
+    /// term becomes w_t·max(−A·ratio, −A·clip(ratio)); clipFrac and approxKl are unweighted</param>
     /// <returns>scalar loss, and clipFrac, approxKl as scalar tensors without grad</returns>
     public static (Tensor Loss, Tensor ClipFrac, Tensor ApproxKl) Policy(
-        Tensor logp, Tensor logpOld, Tensor advantages, Tensor mask, double clipEps)
+        Tensor logp, Tensor logpOld, Tensor advantages, Tensor mask, double clipEps, Tensor? isWeights = null)
     {
         Shapes.BA(logp, nameof(logp), (logpOld, nameof(logpOld)), (advantages, nameof(advantages)), (mask, nameof(mask)));
+        if (isWeights is not null) Shapes.BA(logp, nameof(logp), (isWeights, nameof(isWeights)));
         if (clipEps <= 0) throw new ArgumentOutOfRangeException(nameof(clipEps), clipEps, "ε must be > 0");
 
         // padding is filled before exp so that garbage there cannot turn into Inf·0 = NaN gradients
@@ -33,7 +36,9 @@ public static class PpoLosses
         var adv = Masked.Fill(advantages.detach(), mask);
         var pgLosses = -adv * ratio;
         var pgLosses2 = -adv * ratio.clamp(1 - clipEps, 1 + clipEps);
-        var loss = Masked.Mean(maximum(pgLosses, pgLosses2), mask);
+        var perToken = maximum(pgLosses, pgLosses2);
+        if (isWeights is not null) perToken = perToken * Masked.Fill(isWeights.detach(), mask);
+        var loss = Masked.Mean(perToken, mask);
         using var _ = no_grad();
         var clipFrac = Masked.Mean(pgLosses2.gt(pgLosses).to_type(logp.dtype), mask);
         var approxKl = Masked.Mean(0.5 * logRatio.square(), mask);

@@ -55,6 +55,7 @@ public static class PpoTrainer
     public static PpoSummary Train(PpoConfig cfg, RunControl control)
     {
         cfg.Validate();
+        using var log = StageLog.Use(control.Logger);
         return OutputFolder.CleanOnFailure(cfg.Out, () => TrainStage(cfg, control));
     }
 
@@ -94,10 +95,10 @@ public static class PpoTrainer
             run.Calibration = NeedsSftNormalization(cfg, run.Rewards) ? MeasureOnSft(run, prompts, promptIds, cfg) : null;
             if (cfg.FoldRmNormalization) FoldIntoCritic(run.Critic, cfg, run.Calibration);
         }
-        string? lastCheckpoint = resumeFrom;
+        var steps = new StageSteps("ppo", cfg.Out, cfg.Iterations, start, cfg.CheckpointEvery, resumeFrom, control);
         Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmFolder()}.");
 
-        void Iterations(Action<int>? onIteration)
+        void Iterations()
         {
             for (int it = start; it < cfg.Iterations; it++)
             {
@@ -121,7 +122,7 @@ public static class PpoTrainer
                 t.Restart();
 
                 // 6. PPO epochs over shuffled minibatches
-                Update(run, exp, actorOpt, criticOpt, ptx, it, cfg, row, lastCheckpoint);
+                Update(run, exp, actorOpt, criticOpt, ptx, it, cfg, row, steps);
                 row["time/train"] = t.Elapsed.TotalSeconds;
                 t.Restart();
 
@@ -140,24 +141,16 @@ public static class PpoTrainer
                     Log($"iter {it + 1}/{cfg.Iterations}  score {row["objective/scores"]:F3}  gold {row["objective/gold"]:F3}  kl {row["objective/kl"]:F2}  " +
                         $"β {kl.Beta:F4}  held-out gold {e.Gold:F3} kl {e.Kl:F2}");
                 }
-                metrics.Add(row);
-                if ((cfg.CheckpointEvery > 0 && (it + 1) % cfg.CheckpointEvery == 0) || last)
+                steps.EndStep(it + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
                 {
-                    lastCheckpoint = TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
-                    {
-                        run.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
-                        TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
-                        run.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
-                    }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State, run.Calibration));
-                    metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
-                }
-                onIteration?.Invoke(it + 1);
-                if (control.StopAfterStep > 0 && it + 1 == control.StopAfterStep) throw new SimulatedKill(it + 1);
+                    run.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
+                    TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
+                    run.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
+                }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State, run.Calibration)));
             }
         }
 
-        try { TrainerParts.WithProgress("PPO", cfg.Iterations, start, control.Progress, Iterations); }
-        catch (SimulatedKill) { return new PpoSummary { Iterations = control.StopAfterStep }; }
+        steps.Run("PPO", Iterations);
 
         // Outputs: the aligned policy as an HF folder (+ ONNX), the critic, metrics, curves, the report.
         run.Actor.SavePretrained(cfg.Out, ScalarType.Float32);
@@ -194,7 +187,8 @@ public static class PpoTrainer
             : InferenceServices.Rewards(cfg.RewardModel, rmFolder, cfg.Threads, cfg.RewardTemplate);
         var rollouts = cfg.RolloutEndpoints.Count > 0
             ? InferenceServices.Replicas(cfg.RolloutEndpoints, cfg.ServiceTokenFile, cfg.RolloutShardSize, timeout)
-            : InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads), cfg.RolloutShardSize);
+            : InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads, cfg.RolloutPrecision), cfg.RolloutShardSize);
+        actor.Precision = reference.Precision = critic.Precision = cfg.Precision;
         // dropout off for the whole stage: the ratio must compare the same function at rollout and update time
         actor.eval();
         reference.eval();
@@ -295,6 +289,11 @@ public static class PpoTrainer
             row["returns"] = Masked.Mean(ret, exp.ResponseMask).item<float>();
             row["val/explained_variance"] = ExplainedVariance.Compute(values, ret, exp.ResponseMask);
             row["policy/rollout_logprob_mismatch"] = RolloutMismatch(s.Results, logp);
+            using var logpRollout = Tis.RolloutLogProbs([.. s.Results.Select(x => x.LogProbs)], logp);
+            var (w, wMean, wClip) = Tis.Weights(logp, logpRollout, exp.ResponseMask, cfg.TisCap > 0 ? cfg.TisCap : double.PositiveInfinity);
+            row["rollout/is_weight_mean"] = wMean;
+            row["rollout/is_weight_clipfrac"] = cfg.TisCap > 0 ? wClip : 0;
+            if (cfg.TisCap > 0) exp.IsWeights = w; else w.Dispose();
             klPerToken.Dispose();
         }
         return exp;
@@ -346,7 +345,7 @@ public static class PpoTrainer
 
     /// <summary>Step 6: <see cref="PpoConfig.PpoEpochs"/> passes of shuffled minibatches, clipped losses, separate actor/critic optimizers.</summary>
     static void Update(Run run, Experience exp, optim.Optimizer actorOpt, optim.Optimizer criticOpt, PtxBatches? ptx, int it,
-                       PpoConfig cfg, Dictionary<string, double> row, string? lastCheckpoint)
+                       PpoConfig cfg, Dictionary<string, double> row, StageSteps steps)
     {
         var stats = new Dictionary<string, List<double>>();
         void Add(string k, double v) { if (!stats.TryGetValue(k, out var l)) stats[k] = l = []; l.Add(v); }
@@ -367,7 +366,7 @@ public static class PpoTrainer
                     var mb = exp.Select(idx);
                     var logits = Temperature.Scale(mb.ResponseSlice(run.Actor.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), cfg.Temperature);
                     var logp = LogProbs.OfTokens(logits, mb.Responses);
-                    var (pg, clipFrac, approxKl) = PpoLosses.Policy(logp, mb.LogpOld!, mb.Advantages!, mb.ResponseMask, cfg.ClipEps);
+                    var (pg, clipFrac, approxKl) = PpoLosses.Policy(logp, mb.LogpOld!, mb.Advantages!, mb.ResponseMask, cfg.ClipEps, mb.IsWeights);
                     var actorLoss = pg;
                     if (cfg.EntropyCoef > 0)
                     {
@@ -386,8 +385,7 @@ public static class PpoTrainer
                     var loss = (actorLoss + cfg.VfCoef * vf) / group;
                     loss.backward();
                     double pgv = pg.item<float>(), vfv = vf.item<float>();
-                    if (!double.IsFinite(pgv) || !double.IsFinite(vfv))
-                        throw new NonFiniteLossException("ppo", it, "a loss", double.IsFinite(pgv) ? vfv : pgv, lastCheckpoint);
+                    steps.CheckFinite(it, "a loss", double.IsFinite(pgv) ? vfv : pgv);
                     Add("loss/policy", pgv);
                     Add("loss/value", vfv);
                     Add("policy/clipfrac", clipFrac.item<float>());
@@ -533,7 +531,7 @@ public static class PpoTrainer
     internal static (double Gain, double Bias) Compose(RewardNormalization first, RewardNormalization? second) =>
         second is null ? (first.Gain, first.Bias) : (second.Gain * first.Gain, second.Gain * first.Bias + second.Bias);
 
-    static void Log(string message) => Console.Error.WriteLine(message);
+    static void Log(string message) => StageLog.Info(message);
 
     sealed record PpoState(int Iteration, KlControllerState Kl, string ConfigJson, RunningMomentsState? Moments = null,
                            RewardNormalization? Calibration = null) : ICheckpointState;

@@ -72,6 +72,7 @@ public static class RmTrainer
     public static RmSummary Run(RmConfig cfg, RunControl control)
     {
         cfg.Validate();
+        using var log = StageLog.Use(control.Logger);
         return OutputFolder.CleanOnFailure(cfg.Out, () => RunStage(cfg, control));
     }
 
@@ -91,6 +92,7 @@ public static class RmTrainer
         using var model = resumeFrom is not null
             ? LlamaForSequenceClassification.FromPretrained(resumeFrom, device, ScalarType.Float32)
             : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
+        model.Precision = cfg.Precision;
         int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
         var train = data.Train.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
         var eval = data.Eval.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
@@ -106,9 +108,9 @@ public static class RmTrainer
             startStep = state.Step;
             Log($"Resuming from step {startStep} of {totalSteps}.");
         }
-        string? lastCheckpoint = resumeFrom;
+        var steps = new StageSteps("rm", cfg.Out, totalSteps, startStep, cfg.CheckpointEvery, resumeFrom, control);
 
-        void TrainSteps(Action<int>? onStep)
+        void TrainSteps()
         {
             model.eval();   // the RM trains with dropout off
             for (int step = startStep; step < totalSteps; step++)
@@ -128,8 +130,8 @@ public static class RmTrainer
                     margin = diff.mean().item<float>();
                 }
                 double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
-                if (!double.IsFinite(loss)) throw new NonFiniteLossException("rm", step, "the training loss", loss, lastCheckpoint);
-                if (!double.IsFinite(gradNorm)) throw new NonFiniteLossException("rm", step, "the gradient norm", gradNorm, lastCheckpoint);
+                steps.CheckFinite(step, "the training loss", loss);
+                steps.CheckFinite(step, "the gradient norm", gradNorm);
                 optimizer.step();
 
                 var row = new Dictionary<string, double>
@@ -144,27 +146,21 @@ public static class RmTrainer
                     row["accuracy/eval"] = a;
                     Log($"step {step + 1}/{totalSteps}  loss {loss:F4}  train acc {acc:P0}  held-out acc {a:P1}  lr {lr:E2}");
                 }
-                metrics.Add(row);
-                if ((cfg.CheckpointEvery > 0 && (step + 1) % cfg.CheckpointEvery == 0) || last)
+                steps.EndStep(step + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
                 {
-                    lastCheckpoint = TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
-                    {
-                        model.SavePretrained(tmp, ScalarType.Float32);
-                        TokenizerFiles.Copy(cfg.SftModel, tmp);
-                    }, Optimizers(optimizer), metrics, new RmState(step + 1, ConfigLoader.ToJson(cfg)));
-                    metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
-                }
-                onStep?.Invoke(step + 1);
-                if (control.StopAfterStep > 0 && step + 1 == control.StopAfterStep) throw new SimulatedKill(step + 1);
+                    model.SavePretrained(tmp, ScalarType.Float32);
+                    TokenizerFiles.Copy(cfg.SftModel, tmp);
+                }, Optimizers(optimizer), metrics, new RmState(step + 1, ConfigLoader.ToJson(cfg))));
             }
         }
 
         var trainClock = Stopwatch.StartNew();
-        try { TrainerParts.WithProgress("RM", totalSteps, startStep, control.Progress, TrainSteps); }
-        catch (SimulatedKill) { return new RmSummary { Steps = control.StopAfterStep, Normalization = new(1, 0, 0, 1) }; }
+        steps.Run("RM", TrainSteps);
         double trainSeconds = trainClock.Elapsed.TotalSeconds;
 
-        // Normalise on held-out SFT samples (or all training responses without them), then report.
+        // Normalise on held-out SFT samples (or all training responses without them), then report. Scored in float32:
+        // the exported reward graph that PPO reads computes in float32 whatever precision trained the weights.
+        model.Precision = Precision.Fp32;
         double[][] evalScores = ScoreAll(model, eval, padId, device);
         var raw = eval.Length > 0 ? evalScores : ScoreAll(model, train, padId, device);
         var norm = RewardNormalization.From(raw.SelectMany(r => r).ToList(), cfg.NormalizeStd);
@@ -356,7 +352,7 @@ public static class RmTrainer
 
     static Dictionary<string, optim.Optimizer> Optimizers(optim.Optimizer optimizer) => new() { ["optimizer"] = optimizer };
 
-    static void Log(string message) => Console.Error.WriteLine(message);
+    static void Log(string message) => StageLog.Info(message);
 
     sealed record RmState(int Step, string ConfigJson) : ICheckpointState;
 

@@ -55,6 +55,7 @@ public static class SftTrainer
     public static SftSummary Run(SftConfig cfg, RunControl control)
     {
         cfg.Validate();
+        using var log = StageLog.Use(control.Logger);
         return OutputFolder.CleanOnFailure(cfg.Out, () => RunStage(cfg, control));
     }
 
@@ -71,6 +72,7 @@ public static class SftTrainer
         string modelSource = resumeFrom ?? cfg.InitFrom ?? PrepareFreshModel(cfg, data);
         var tokenizer = TextTokenizer.Load(modelSource);
         using var model = LlamaForCausalLM.FromPretrained(modelSource, device, ScalarType.Float32, WithDropout(cfg));
+        model.Precision = cfg.Precision;
         int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
 
         var train = data.Train.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen)).ToArray();
@@ -96,9 +98,9 @@ public static class SftTrainer
         long parameters = model.parameters().Sum(p => p.numel());
         Log($"Model: {parameters / 1e6:F2}M parameters, {totalSteps} steps of {perStep} sequences, device {device.type}.");
 
-        string? lastCheckpoint = resumeFrom;
+        var steps = new StageSteps("sft", cfg.Out, totalSteps, startStep, cfg.CheckpointEvery, resumeFrom, control);
         double tokensTimed = 0, secondsTimed = 0;
-        void TrainSteps(Action<int>? onStep)
+        void TrainSteps()
         {
             for (int step = startStep; step < totalSteps; step++)
             {
@@ -124,8 +126,8 @@ public static class SftTrainer
                     positions += batch.InputIds.numel();
                 }
                 double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
-                if (!double.IsFinite(lossSum)) throw new NonFiniteLossException("sft", step, "the training loss", lossSum, lastCheckpoint);
-                if (!double.IsFinite(gradNorm)) throw new NonFiniteLossException("sft", step, "the gradient norm", gradNorm, lastCheckpoint);
+                steps.CheckFinite(step, "the training loss", lossSum);
+                steps.CheckFinite(step, "the gradient norm", gradNorm);
                 optimizer.step();
                 trainTokens += targets;
                 double sec = stepClock.Elapsed.TotalSeconds;
@@ -148,19 +150,11 @@ public static class SftTrainer
                     row["perplexity/eval"] = Math.Exp(el);
                     Log($"step {step + 1}/{totalSteps}  train {lossSum:F4}  eval {el:F4}  ppl {Math.Exp(el):F2}  lr {lr:E2}");
                 }
-                metrics.Add(row);
-                if ((cfg.CheckpointEvery > 0 && (step + 1) % cfg.CheckpointEvery == 0) || last)
-                {
-                    lastCheckpoint = SaveCheckpoint(cfg, model, modelSource, optimizer, metrics, step + 1, trainTokens);
-                    metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
-                }
-                onStep?.Invoke(step + 1);
-                if (control.StopAfterStep > 0 && step + 1 == control.StopAfterStep) throw new SimulatedKill(step + 1);
+                steps.EndStep(step + 1, row, metrics, () => SaveCheckpoint(cfg, model, modelSource, optimizer, metrics, step + 1, trainTokens));
             }
         }
 
-        try { TrainerParts.WithProgress("SFT", totalSteps, startStep, control.Progress, TrainSteps); }
-        catch (SimulatedKill) { return new SftSummary { Steps = control.StopAfterStep }; }
+        steps.Run("SFT", TrainSteps);
 
         // Final artefacts: the HF folder itself, plots, samples and the summary.
         model.SavePretrained(cfg.Out, ScalarType.Float32);
@@ -303,7 +297,7 @@ public static class SftTrainer
 
     static Dictionary<string, optim.Optimizer> Optimizers(optim.Optimizer optimizer) => new() { ["optimizer"] = optimizer };
 
-    static void Log(string message) => Console.Error.WriteLine(message);
+    static void Log(string message) => StageLog.Info(message);
 
     sealed record SftState(int Step, long TrainTokens, string ConfigJson) : ICheckpointState;
 

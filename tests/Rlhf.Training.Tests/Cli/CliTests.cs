@@ -27,13 +27,13 @@ public sealed class CliTests
     [Fact]
     public void HelpListsEveryCommand()
     {
-        // the commands of the README's table: nine top-level, `rm eval`, the three `bench` tools and the two `serve` replicas
+        // the commands of the README's table: nine top-level, `rm eval`, the five `bench` tools, the two `serve` replicas and the training server
         var (code, output, _) = Run("--help");
         Assert.Equal(0, code);
         Assert.Equal(["sft", "rm", "ppo", "pipeline", "generate", "data", "score", "export", "bench", "serve"], ListedCommands(output));
         Assert.Equal(["eval"], ListedCommands(Run("rm", "--help").Out));
-        Assert.Equal(["rollout", "reward"], ListedCommands(Run("serve", "--help").Out));
-        Assert.Equal(["export", "rollout", "serve", "rm"], ListedCommands(Run("bench", "--help").Out));
+        Assert.Equal(["rollout", "reward", "train"], ListedCommands(Run("serve", "--help").Out));
+        Assert.Equal(["export", "rollout", "serve", "rm", "train", "ppo"], ListedCommands(Run("bench", "--help").Out));
 
         string[] stage = ["--config", "--set", "--out", "--device", "--threads", "--seed", "--resume", "--overwrite"];
         var (_, sftHelp, _) = Run("sft", "--help");

@@ -48,7 +48,7 @@ public sealed class PipelineTests
 
         // An SFT stage killed after 2 of its 4 steps, exactly as the pipeline configures it.
         var sft = cfg.Sft with { Out = sftDir, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads };
-        SftTrainer.Run(sft, new RunControl { Progress = false, StopAfterStep = 2 });
+        StopAfter.Step(2, c => SftTrainer.Run(sft, c));
         Assert.False(File.Exists(Path.Combine(sftDir, "summary.json")));
         DateTime initWritten = Written(Path.Combine(sftDir, "init", "model.safetensors"));
 

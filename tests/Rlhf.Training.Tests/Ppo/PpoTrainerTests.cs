@@ -4,6 +4,7 @@ using Rlhf.Training.Ppo;
 using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
 using Rlhf.Training.Tests.Sft;
+using Rlhf.Training.Tests.Common;
 
 namespace Rlhf.Training.Tests.Ppo;
 
@@ -41,8 +42,11 @@ public sealed class PpoTrainerTests
         foreach (string k in new[] { "objective/rlhf_reward", "objective/scores", "objective/kl", "objective/entropy", "objective/gold",
                      "policy/approxkl", "policy/clipfrac", "val/clipfrac", "loss/policy", "loss/value", "val/explained_variance",
                      "val/mean", "returns", "tokens/eos_fraction", "time/generate", "time/score", "time/experience", "time/train",
-                     "time/sync", "samples/s", "policy/rollout_logprob_mismatch", "eval/gold", "eval/kl" })
+                     "time/sync", "samples/s", "policy/rollout_logprob_mismatch", "eval/gold", "eval/kl",
+                     "rollout/is_weight_mean", "rollout/is_weight_clipfrac" })
             Assert.Contains(k, m.Columns);
+        // float32 rollouts: the importance weights are 1 up to float rounding, none truncated
+        Assert.All(m.Rows, r => Assert.True(Math.Abs(r["rollout/is_weight_mean"] - 1) < 1e-3 && r["rollout/is_weight_clipfrac"] == 0));
         // the ORT rollout logprobs and TorchSharp's old logprobs are the same numbers (weights synced each iteration)
         Assert.All(m.Rows, r => Assert.True(r["policy/rollout_logprob_mismatch"] < 1e-3, $"mismatch {r["policy/rollout_logprob_mismatch"]}"));
         foreach (string f in new[] { "config.json", "model.safetensors", "tokenizer.json", "critic/model.safetensors", "onnx/model.onnx",
@@ -60,7 +64,7 @@ public sealed class PpoTrainerTests
         var a = Tiny() with { BestOfN = [1] };
         PpoTrainer.Train(a, new RunControl { Progress = false });
         var b = a with { Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "ppo") };
-        PpoTrainer.Train(b, new RunControl { Progress = false, StopAfterStep = 2 });
+        StopAfter.Step(2, c => PpoTrainer.Train(b, c));
         PpoTrainer.Train(b, new RunControl { Progress = false, Resume = true });
         Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")));
         Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "critic", "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "critic", "model.safetensors")));
@@ -82,5 +86,54 @@ public sealed class PpoTrainerTests
         int vocab = Rlhf.Export.Hf.ModelConfig.Load(Path.Combine(cfg.Out, "config.json")).VocabSize;
         Assert.True(Rollout.GenAiRolloutTests.AssertGenAiDecodesAsOurEngine(Path.Combine(Models.Value.Sft, "onnx"), vocab) > 0);
         Assert.True(Rollout.GenAiRolloutTests.AssertGenAiDecodesAsOurEngine(Path.Combine(cfg.Out, "onnx"), vocab) > 0);
+    }
+
+    /// <summary>An SFT model whose head_dim is 16 (the GroupQueryAttention graph, which int8 rollouts need), trained once.</summary>
+    static readonly Lazy<string> GqaSft = new(() =>
+    {
+        string arch = Path.Combine(Directory.CreateTempSubdirectory().FullName, "config.json");
+        File.WriteAllText(arch, """
+        { "model_type": "llama", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": true }
+        """);
+        var sft = SftTrainerTests.Tiny(Path.Combine(Directory.CreateTempSubdirectory().FullName, "sft")) with { ModelConfig = arch, SampleCount = 0 };
+        SftTrainer.Run(sft, new RunControl { Progress = false });
+        return sft.Out;
+    });
+
+    [Fact]
+    public void Int8RolloutsAreCorrectedByTruncatedImportanceWeights()
+    {
+        PpoConfig Int8(double cap) => Tiny() with
+        {
+            SftModel = GqaSft.Value, RmModel = null, RewardModel = Path.Combine(Models.Value.Rm, "onnx"), BestOfN = [1],
+            RolloutPrecision = Rlhf.Export.RolloutPrecision.Int8, TisCap = cap,
+        };
+        var a = Int8(2.0);
+        PpoTrainer.Train(a, new RunControl { Progress = false });
+        var m = MetricsTable.ReadCsv(Path.Combine(a.Out, "metrics.csv"));
+        foreach (var r in m.Rows)
+        {
+            // int8 rollouts are a different policy than the trainer's: the mismatch is visible, the weights are not all 1
+            Assert.True(r["policy/rollout_logprob_mismatch"] > 1e-3, $"mismatch {r["policy/rollout_logprob_mismatch"]}: int8 not in use?");
+            Assert.True(r["policy/rollout_logprob_mismatch"] < 0.5, $"mismatch {r["policy/rollout_logprob_mismatch"]}: stale or broken int8 weights?");
+            Assert.InRange(r["rollout/is_weight_mean"], 0.8, 1.2);
+            Assert.NotEqual(1.0, r["rollout/is_weight_mean"]);
+            Assert.InRange(r["rollout/is_weight_clipfrac"], 0.0, 0.2);
+        }
+        // the weights enter the update: without them (tis_cap 0) the same rollouts give other parameters
+        var b = Int8(0);
+        PpoTrainer.Train(b, new RunControl { Progress = false });
+        Assert.NotEqual(File.ReadAllBytes(Path.Combine(a.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")));
+        var mb = MetricsTable.ReadCsv(Path.Combine(b.Out, "metrics.csv"));
+        Assert.Equal(m.Rows[0]["policy/rollout_logprob_mismatch"], mb.Rows[0]["policy/rollout_logprob_mismatch"]);   // same first rollouts
+    }
+
+    [Fact]
+    public void Int8RolloutsNeedTheGroupQueryAttentionGraph()
+    {
+        var cfg = Tiny() with { RolloutPrecision = Rlhf.Export.RolloutPrecision.Int8, BestOfN = [1] };
+        var e = Assert.ThrowsAny<Exception>(() => PpoTrainer.Train(cfg, new RunControl { Progress = false }));
+        Assert.Contains("GroupQueryAttention", e.Message);
     }
 }

@@ -5,6 +5,7 @@ using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
 using Rlhf.Training.Tests.Sft;
 using static TorchSharp.torch;
+using Rlhf.Training.Tests.Common;
 
 namespace Rlhf.Training.Tests.RewardModel;
 
@@ -92,7 +93,7 @@ public sealed class RmTrainerTests
         var a = Tiny();
         RmTrainer.Run(a, new RunControl { Progress = false });
         var b = a with { Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "rm") };
-        RmTrainer.Run(b, new RunControl { Progress = false, StopAfterStep = 2 });
+        StopAfter.Step(2, c => RmTrainer.Run(b, c));
         RmTrainer.Run(b, new RunControl { Progress = false, Resume = true });
         Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")));
     }

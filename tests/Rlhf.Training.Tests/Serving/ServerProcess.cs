@@ -7,25 +7,30 @@ namespace Rlhf.Training.Tests.Serving;
 internal static partial class ServerProcess
 {
     /// <summary>The rlhf-serve.dll built next to this test project (same configuration).</summary>
-    public static string ServerDll
+    public static string ServerDll => BuildOutput(Path.Combine("src", "Inference", "Server"), "rlhf-serve.dll");
+
+    /// <summary>The rlhf.dll (the training CLI, <c>rlhf serve train</c>) built next to this test project.</summary>
+    public static string RlhfDll => BuildOutput(Path.Combine("src", "Training"), "rlhf.dll");
+
+    static string BuildOutput(string project, string file)
     {
-        get
-        {
-            var dir = new DirectoryInfo(AppContext.BaseDirectory);   // tests/Rlhf.Training.Tests/bin/<Config>/net10.0/
-            string tfm = dir.Name, config = dir.Parent!.Name;
-            var root = dir;
-            while (root is not null && !File.Exists(Path.Combine(root.FullName, "Rlhf.sln"))) root = root.Parent;
-            if (root is null) throw new InvalidOperationException("Rlhf.sln not found above the test output.");
-            string dll = Path.Combine(root.FullName, "src", "Inference", "Server", "bin", config, tfm, "rlhf-serve.dll");
-            return File.Exists(dll) ? dll : throw new FileNotFoundException($"{dll} is missing; build Rlhf.sln first.");
-        }
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);   // tests/Rlhf.Training.Tests/bin/<Config>/net10.0/
+        string tfm = dir.Name, config = dir.Parent!.Name;
+        var root = dir;
+        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Rlhf.sln"))) root = root.Parent;
+        if (root is null) throw new InvalidOperationException("Rlhf.sln not found above the test output.");
+        string dll = Path.Combine(root.FullName, project, "bin", config, tfm, file);
+        return File.Exists(dll) ? dll : throw new FileNotFoundException($"{dll} is missing; build Rlhf.sln first.");
     }
 
     /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> on a free port and waits until it listens.</summary>
     public static ReplicaProcess Start(params string[] args) => Start(0, args);
 
     /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> on <paramref name="port"/> (0 = a free one) and waits until it listens.</summary>
-    public static ReplicaProcess Start(int port, params string[] args) => ReplicaProcess.Start(["dotnet", ServerDll, .. args], port);
+    public static ReplicaProcess Start(int port, params string[] args) => StartDll(ServerDll, port, args);
+
+    /// <summary>Starts <c>dotnet &lt;dll&gt; &lt;args&gt; --port N</c> on <paramref name="port"/> (0 = a free one) and waits until it listens.</summary>
+    public static ReplicaProcess StartDll(string dll, int port, params string[] args) => ReplicaProcess.Start(["dotnet", dll, .. args], port);
 
     /// <summary>Freezes the process (SIGSTOP): it keeps its sockets, so calls to it hang until their deadline or its death.</summary>
     public static void Pause(this ReplicaProcess replica)

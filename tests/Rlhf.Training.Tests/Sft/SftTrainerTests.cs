@@ -9,6 +9,7 @@ using Rlhf.Training.Sft;
 using Rlhf.Training.Tests.Model;
 using TorchSharp;
 using static TorchSharp.torch;
+using Rlhf.Training.Tests.Common;
 
 namespace Rlhf.Training.Tests.Sft;
 
@@ -153,7 +154,7 @@ public sealed class SftTrainerTests
         var a = Shared.Config;
 
         var b = a with { Out = Temp() };
-        SftTrainer.Run(b, new RunControl { Progress = false, StopAfterStep = 2 });
+        StopAfter.Step(2, c => SftTrainer.Run(b, c));
         Assert.False(File.Exists(Path.Combine(b.Out, "model.safetensors")));
         SftTrainer.Run(b, new RunControl { Progress = false, Resume = true });
 
@@ -165,10 +166,26 @@ public sealed class SftTrainerTests
     }
 
     [Fact]
+    public void Bf16RunLearnsAsTheFp32RunDoesKeepsFloat32WeightsAndResumesExactly()
+    {
+        var (a, sa) = Shared;
+        var b = a with { Out = Temp(), Precision = Precision.Bf16 };
+        var sb = SftTrainer.Run(b, new RunControl { Progress = false });
+        Assert.InRange(sb.EvalLoss / sa.EvalLoss, 0.98, 1.02);          // the bar: within 2% of fp32
+        Assert.NotEqual(sa.EvalLoss, sb.EvalLoss);                       // and it did run in bf16
+        Assert.Contains("\"torch_dtype\": \"float32\"", File.ReadAllText(Path.Combine(b.Out, "config.json")));
+
+        var c = b with { Out = Temp() };
+        StopAfter.Step(2, ctl => SftTrainer.Run(c, ctl));
+        SftTrainer.Run(c, new RunControl { Progress = false, Resume = true });
+        Assert.Equal(File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(c.Out, "model.safetensors")));
+    }
+
+    [Fact]
     public void ResumeWithADifferentConfigIsRefused()
     {
         var a = Tiny(Temp());
-        SftTrainer.Run(a, new RunControl { Progress = false, StopAfterStep = 2 });
+        StopAfter.Step(2, c => SftTrainer.Run(a, c));
         var e = Assert.Throws<InvalidOperationException>(() => SftTrainer.Run(a with { Lr = 1e-2 }, new RunControl { Progress = false, Resume = true }));
         Assert.Contains("config differs", e.Message);
     }
@@ -190,7 +207,7 @@ public sealed class SftTrainerTests
 
         // the kept weights are those of the last good step: a run stopped right after that step wrote the same bytes
         var control = cfg with { Out = Temp() };
-        SftTrainer.Run(control, new RunControl { Progress = false, StopAfterStep = e.Step });
+        StopAfter.Step(e.Step, c => SftTrainer.Run(control, c));
         Assert.Equal(File.ReadAllBytes(Path.Combine(control.Out, "checkpoint", "model.safetensors")), File.ReadAllBytes(Path.Combine(ckpt, "model.safetensors")));
     }
 

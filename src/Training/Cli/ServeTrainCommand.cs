@@ -1,0 +1,37 @@
+using System.CommandLine;
+using Rlhf.Training.Service;
+
+namespace Rlhf.Training.Cli;
+
+/// <summary><c>rlhf serve train</c>: the training server (added to the inference server's <c>serve</c> command).</summary>
+internal static class ServeTrainCommand
+{
+    /// <summary>The <c>serve</c> command with <c>rollout</c>, <c>reward</c> and <c>train</c>.</summary>
+    public static Command Serve()
+    {
+        var serve = Rlhf.Inference.Serving.ServeCommand.Create();
+        serve.Description = "Run a service: an inference replica (rollout: gRPC + OpenAI-compatible HTTP; reward: gRPC + OpenRLHF's /get_reward) or the training server (train: runs submitted over HTTP/gRPC).";
+        serve.Subcommands.Add(Create());
+        return serve;
+    }
+
+    internal static Command Create()
+    {
+        var port = new Option<int>("--port") { Description = "TCP port (HTTP/JSON and gRPC share it).", Required = true };
+        var host = new Option<string>("--host") { Description = "Address to listen on.", DefaultValueFactory = _ => "127.0.0.1" };
+        var runsDir = new Option<string>("--runs-dir") { Description = "Folder of the run records and outputs (one sub-folder per run); runs survive a restart.", Required = true };
+        var token = new Option<string?>("--token-file") { Description = "File holding the bearer token; every call but the gRPC health check must send 'Authorization: Bearer <token>'." };
+        var dataRoot = new Option<string?>("--data-root") { Description = "Confine every path a submitted config names (train_file, init_from, sft_model, ...) to this folder; relative paths are taken from it." };
+        var insecure = new Option<bool>("--insecure-no-auth") { Description = "Serve without a token (only on a loopback --host)." };
+        var cmd = new Command("train",
+            "Serve training runs: POST /v1/runs {\"stage\": \"sft|rm|ppo|pipeline\", \"config\": {...}}, GET /v1/runs[/{id}], GET /v1/runs/{id}/metrics[?follow=true], " +
+            "POST /v1/runs/{id}/cancel, POST /v1/runs/{id}/resume, GET /v1/runs/{id}/artifacts[/{path}]; gRPC rlhf.training.v1.Runs/WatchMetrics. One run at a time; a run interrupted by a restart resumes from its checkpoint.")
+            { port, host, runsDir, token, dataRoot, insecure };
+        cmd.SetAction(r => RlhfCommand.Guard(() => TrainServer.Run(new TrainServeOptions
+        {
+            Port = r.GetValue(port), Host = r.GetValue(host)!, RunsDir = r.GetValue(runsDir)!, TokenFile = r.GetValue(token),
+            DataRoot = r.GetValue(dataRoot), InsecureNoAuth = r.GetValue(insecure),
+        })));
+        return cmd;
+    }
+}

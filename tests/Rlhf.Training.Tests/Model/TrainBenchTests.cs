@@ -1,0 +1,46 @@
+using Rlhf.Training.Cli;
+using Rlhf.Training.Tests.Model;
+
+namespace Rlhf.Training.Tests.Model;
+
+/// <summary>Smoke run of <c>rlhf bench train</c> on a tiny config: the table and the JSON keys the README names.</summary>
+public sealed class TrainBenchTests
+{
+    [Fact]
+    public void PrintsBothPrecisionsSideBySideWithTheirRatio()
+    {
+        var w = new StringWriter();
+        var figures = TrainBenchCommand.Run([("tiny-test", TinyModels.Config())], batch: 2, seqLen: 16, steps: 1, w);
+        string text = w.ToString();
+        Assert.Contains("libtorch matmul peak", text);
+        Assert.Contains("bf16/fp32", text);
+        Assert.True(figures["train_tokens_per_s.fp32.tiny-test"] > 0 && figures["train_tokens_per_s.bf16.tiny-test"] > 0);
+        Assert.Equal(figures["train_tokens_per_s.bf16.tiny-test"] / figures["train_tokens_per_s.fp32.tiny-test"], figures["bf16_over_fp32.tiny-test"], 9);
+        Assert.True(figures["matmul_gflops.fp32"] > 0 && figures["matmul_gflops.bf16"] > 0);
+        // both rows start from the same weights and tokens: their losses agree to bf16 precision
+        var losses = text.Split('\n').Where(l => l.StartsWith("tiny-test", StringComparison.Ordinal))
+            .Select(l => double.Parse(l.Split('|')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[^1], System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        Assert.Equal(2, losses.Length);
+        Assert.True(Math.Abs(losses[0] - losses[1]) < 0.05, $"fp32 loss {losses[0]}, bf16 loss {losses[1]}");
+    }
+}
+
+/// <summary>Smoke run of <c>rlhf bench ppo</c> on models/tiny: every cell of the table and its JSON keys.</summary>
+public sealed class PpoBenchTests
+{
+    [Fact]
+    public void TimesEveryPhaseForEveryPrecisionPair()
+    {
+        var w = new StringWriter();
+        var settings = new Rlhf.Training.Ppo.PpoConfig { RolloutBatch = 4, MiniBatch = 4, PpoEpochs = 1, MaxNewTokens = 4, Threads = 1 };
+        var figures = PpoBenchCommand.Run(["tiny"], settings, w);
+        foreach (string p in new[] { "fp32", "bf16" })
+            foreach (string r in new[] { "fp32", "int8" })
+            {
+                double sum = new[] { "generate", "score", "experience", "train", "sync" }.Sum(ph => figures[$"phase_seconds.{ph}.{p}.{r}.tiny"]);
+                Assert.True(sum > 0);
+                Assert.Equal(sum, figures[$"iteration_seconds.{p}.{r}.tiny"], 9);
+            }
+        Assert.Equal(4, w.ToString().Split('\n').Count(l => l.StartsWith("tiny ", StringComparison.Ordinal)));
+    }
+}
