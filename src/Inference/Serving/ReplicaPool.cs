@@ -98,7 +98,8 @@ public sealed class ReplicaPool : IRolloutService
         }
     }
 
-    string Targets => string.Join(", ", _targets.Select(t => t.Text));
+    /// <summary>The targets as given, comma-separated (the <c>rlhf.pool</c> tag of the pool's activities).</summary>
+    public string Targets => string.Join(",", _targets.Select(t => t.Text));
 
     Member[] Snapshot() { lock (_gate) return [.. _members]; }
 
@@ -255,10 +256,10 @@ public sealed class ReplicaPool : IRolloutService
         }
     }
 
-    /// <summary>An activity whose tags are set before listeners hear of its start (null tags are left out).</summary>
-    static Activity? Start(string name, params (string Key, object? Value)[] tags) =>
+    /// <summary>An activity whose tags (<c>rlhf.pool</c>: the pool's targets, then <paramref name="tags"/> that are not null) are set before listeners hear of its start.</summary>
+    Activity? Start(string name, params (string Key, object? Value)[] tags) =>
         Trace.StartActivity(name, ActivityKind.Client, default(ActivityContext),
-            [.. tags.Where(t => t.Value is not null).Select(t => new KeyValuePair<string, object?>(t.Key, t.Value))]);
+            [new("rlhf.pool", Targets), .. tags.Where(t => t.Value is not null).Select(t => new KeyValuePair<string, object?>(t.Key, t.Value))]);
 
     void Drop(Member m, string why)
     {

@@ -49,6 +49,7 @@ public sealed class ReplicaTests(ITestOutputHelper output) : IDisposable
             replicas.Add(ServerProcess.Start("reward", "--reward-model", rmOnnx, "--threads", "1", "--token-file", _tokenFile));
             var (victim, reward) = (replicas[1], replicas[3]);
             string[] addresses = [.. replicas.Take(3).Select(r => r.Address)];
+            string pool = string.Join(",", addresses);
             var clock = System.Diagnostics.Stopwatch.StartNew();
             var trace = new ConcurrentQueue<Span>();
             var marks = new ConcurrentDictionary<string, double>();
@@ -60,7 +61,7 @@ public sealed class ReplicaTests(ITestOutputHelper output) : IDisposable
                 Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
                 ActivityStarted = a =>
                 {
-                    if (a.GetTagItem("rlhf.replica") is string r && !addresses.Contains(r)) return;   // another test's pool
+                    if (Tag(a, "rlhf.pool") != pool) return;   // another pool (other tests run alongside)
                     // Iteration 2 (weights version 1): the victim's shard is on its way; freeze the victim so the shard
                     // stays in flight, and kill it half a second later, then start it again on its port.
                     if (a.OperationName == "rollout.shard" && Tag(a, "rlhf.replica") == victim.Address && Tag(a, "rlhf.required_version") == "1")
@@ -85,7 +86,7 @@ public sealed class ReplicaTests(ITestOutputHelper output) : IDisposable
                 },
                 ActivityStopped = a =>
                 {
-                    if (a.GetTagItem("rlhf.replica") is string r && !addresses.Contains(r)) return;
+                    if (Tag(a, "rlhf.pool") != pool) return;
                     double end = clock.Elapsed.TotalSeconds;
                     trace.Enqueue(new Span(a.OperationName, end - a.Duration.TotalSeconds, end, a.Status == ActivityStatusCode.Error,
                         a.TagObjects.ToDictionary(t => t.Key, t => Convert.ToString(t.Value, CultureInfo.InvariantCulture) ?? ""),
@@ -119,15 +120,24 @@ public sealed class ReplicaTests(ITestOutputHelper output) : IDisposable
             }
 
             // One shard failed: the victim's, in iteration 2, after it froze; it was re-sent to another replica after the kill.
-            var failed = Assert.Single(shards, s => s.Failed);
+            // (on a failure, the message lists the whole trace)
+            string timeline = string.Join("\n", spans.OrderBy(x => x.Start).Select(x => $"{x.Start,8:F3}-{x.End,8:F3} {x.Name,-16} {(x.Failed ? "FAILED " : "")}" +
+                string.Join(" ", x.Tags.Select(kv => $"{kv.Key[5..]}={kv.Value}"))));
+            var failedShards = shards.Where(s => s.Failed).ToArray();
+            Assert.True(failedShards.Length == 1, $"{failedShards.Length} failed shards; marks {string.Join(", ", marks)}\n{timeline}");
+            var failed = failedShards[0];
             Assert.Equal((victim.Address, "1", "1"), (failed.Tags["rlhf.replica"], failed.Tags["rlhf.required_version"], failed.Tags["rlhf.attempt"]));
-            var resent = Assert.Single(shards, s => s.Parent == failed.Parent && s.Tags["rlhf.shard"] == failed.Tags["rlhf.shard"] && !s.Failed);
+            var resends = shards.Where(s => s.Parent == failed.Parent && s.Tags["rlhf.shard"] == failed.Tags["rlhf.shard"] && !s.Failed).ToArray();
+            Assert.True(resends.Length == 1, $"{resends.Length} answers to the failed shard\n{timeline}");
+            var resent = resends[0];
             Assert.Equal("2", resent.Tags["rlhf.attempt"]);
             Assert.NotEqual(victim.Address, resent.Tags["rlhf.replica"]);
             Assert.True(failed.End >= marks["killed"] && resent.Start >= failed.End, $"failed at {failed.End:F3} s, re-sent at {resent.Start:F3} s, killed at {marks["killed"]:F3} s");
 
             // The restarted replica rejoined at version 2 (pulling the weights first) and only then got work, which it did.
-            var rejoin = Assert.Single(spans, s => s.Name == "rollout.rejoin" && !s.Failed && s.Tags["rlhf.replica"] == victim.Address);
+            var rejoins = spans.Where(s => s.Name == "rollout.rejoin" && !s.Failed && s.Tags["rlhf.replica"] == victim.Address).ToArray();
+            Assert.True(rejoins.Length == 1, $"{rejoins.Length} rejoins of the victim\n{timeline}");
+            var rejoin = rejoins[0];
             Assert.Equal(("0", "2"), (rejoin.Tags["rlhf.replica_version"], rejoin.Tags["rlhf.weights_version"]));
             Assert.True(rejoin.Start >= marks["restarted"]);
             var victimWork = shards.Where(s => s.Tags["rlhf.replica"] == victim.Address && s.Start > marks["killed"]).ToArray();
@@ -167,15 +177,18 @@ public sealed class ReplicaTests(ITestOutputHelper output) : IDisposable
                     if (!k.StartsWith("time/", StringComparison.Ordinal) && k != "samples/s")
                         Assert.True(v.Equals(remoteMetrics.Rows[i][k]), $"iteration {i + 1}: {k} = {v} in process, {remoteMetrics.Rows[i][k]} over replicas");
 
-            // A push to a replica that hangs (frozen) ends at its deadline; the other replica takes it and serves on.
-            replicas[0].Pause();
-            using var pool = new ReplicaPool([addresses[2], addresses[0]], ServeModels.Token, shardSize: 3, TimeSpan.FromSeconds(2), TextWriter.Null);
+            // A push to a replica that hangs (it accepts the connection and never answers) ends at its deadline; the
+            // other replica takes it and serves on.
+            using var hung = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+            hung.Start();
+            string hungAddress = $"http://127.0.0.1:{((System.Net.IPEndPoint)hung.LocalEndpoint).Port}";
+            using var pushPool = new ReplicaPool([addresses[2], hungAddress], ServeModels.Token, shardSize: 3, TimeSpan.FromSeconds(2), TextWriter.Null);
             using var actor = LlamaForCausalLM.FromPretrained(remote.Out, TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float32);
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            InferenceServices.Sync(pool, actor, 4);
+            InferenceServices.Sync(pushPool, actor, 4);
             Assert.InRange(sw.Elapsed.TotalSeconds, 2, 30);   // the 2 s push deadline, then the rejoin probe's 5 s status deadline
-            Assert.Equal([addresses[2]], pool.LiveReplicas);
-            Assert.All(await pool.GenerateAsync(probe, new RolloutCall { RequiredVersion = 4, Timeout = CallTimeout }), r => Assert.Equal(4UL, r.WeightsVersion));
+            Assert.Equal([addresses[2]], pushPool.LiveReplicas);
+            Assert.All(await pushPool.GenerateAsync(probe, new RolloutCall { RequiredVersion = 4, Timeout = CallTimeout }), r => Assert.Equal(4UL, r.WeightsVersion));
         }
         finally
         {

@@ -36,6 +36,16 @@ internal static partial class ServerProcess
     public static void Pause(this ReplicaProcess replica)
     {
         if (kill(replica.Id, SIGSTOP) != 0) throw new InvalidOperationException($"kill(SIGSTOP) of {replica.Id} failed: errno {Marshal.GetLastPInvokeError()}.");
+        // The signal is delivered asynchronously: wait (bounded) until the kernel reports the process stopped.
+        string state = "";
+        for (int i = 0; i < 500; i++)
+        {
+            string stat = File.ReadAllText($"/proc/{replica.Id}/stat");
+            state = stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[0];
+            if (state is "T" or "t") return;
+            Thread.Sleep(10);
+        }
+        throw new InvalidOperationException($"Process {replica.Id} did not stop after SIGSTOP (state {state}).");
     }
 
     const int SIGSTOP = 19;   // Linux
