@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
-using System.Text.Json;
 using Microsoft.ML.OnnxRuntimeGenAI;
 using Rlhf.Inference.Onnx;
 using Rlhf.Inference.Tokenization;
@@ -42,14 +41,13 @@ public sealed record GenAiEngineOptions
 /// </list>
 /// Calls are serialised; a weight update is swapped in between generate calls (one call's results come from one weights version).
 /// </summary>
-public sealed class GenAiRolloutEngine : Services.IRolloutService
+public sealed class GenAiRolloutEngine : LocalRolloutEngine
 {
     /// <summary>GenAI's largest batch per generator.</summary>
     public const int MaxGeneratorBatch = 32;
 
     static readonly Lazy<bool> TelemetryOff = new(() => { Utils.DisableTelemetryEvents(); return true; });
 
-    readonly object _gate = new();
     readonly Config _config;
     readonly Model _model;
     readonly GenAiEngineOptions _options;
@@ -61,7 +59,7 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
     List<(string Name, Tensor Tensor)>? _weights;
     List<GCHandle> _pins = [];
     IDisposable? _weightOwner;
-    ulong _version;
+    readonly int? _context;
     bool _disposed;
 
     GenAiRolloutEngine(string folder, string modelFile, GenAiEngineOptions options, TextTokenizer? tokenizer)
@@ -71,15 +69,16 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
             throw new ArgumentException($"MaxBatchSize must be in [1, {MaxGeneratorBatch}] (GenAI's limit per generator); got {options.MaxBatchSize}.");
         _options = options;
         Tokenizer = tokenizer;
-        var (vocab, eos, pad) = ReadGenAiConfig(folder);
-        _vocab = vocab;
+        var genai = GenAiConfigFile.Read(folder);
+        _vocab = genai.VocabSize ?? throw new InvalidDataException($"{Path.Combine(folder, "genai_config.json")} has no model.vocab_size.");
+        _context = genai.ContextLength;
         // GenAI ends a row at genai_config.json's eos_token_id (and pads it afterwards); an overlay adds to that list
         // rather than replacing it, so the folder's list is the one EOS set both sides use.
-        _eos = eos;
+        _eos = genai.EosTokenIds;
         if (_eos.Length == 0)
             throw new InvalidDataException($"{Path.Combine(folder, "genai_config.json")} has no model.eos_token_id; GenAI needs one to end rows " +
                                            "(our engine, --engine ort, can run without one).");
-        _pad = pad;
+        _pad = genai.PadTokenId ?? 0;
         _weightInputs = WeightInputs(modelFile);
         _config = new Config(folder);
         try
@@ -128,21 +127,6 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
         return new GenAiRolloutEngine(dir, file, options ?? new GenAiEngineOptions(), tokenizer);
     }
 
-    static (int Vocab, int[] Eos, int Pad) ReadGenAiConfig(string folder)
-    {
-        string f = Path.Combine(folder, "genai_config.json");
-        using var doc = JsonDocument.Parse(File.ReadAllText(f));
-        if (!doc.RootElement.TryGetProperty("model", out var m))
-            throw new InvalidDataException($"{f} has no \"model\" section.");
-        if (!m.TryGetProperty("vocab_size", out var v) || v.ValueKind != JsonValueKind.Number)
-            throw new InvalidDataException($"{f} has no model.vocab_size.");
-        int[] eos = !m.TryGetProperty("eos_token_id", out var e) ? []
-            : e.ValueKind == JsonValueKind.Array ? [.. e.EnumerateArray().Select(x => x.GetInt32())]
-            : e.ValueKind == JsonValueKind.Number ? [e.GetInt32()] : [];
-        int pad = m.TryGetProperty("pad_token_id", out var p) && p.ValueKind == JsonValueKind.Number ? p.GetInt32() : 0;
-        return (v.GetInt32(), eos, pad);
-    }
-
     /// <summary>Graph inputs that are not decoder I/O (ids, mask, positions, KV cache): the weights of a <c>--weights inputs</c> graph.</summary>
     static Dictionary<string, long[]> WeightInputs(string modelFile)
     {
@@ -174,33 +158,15 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
     }
 
     /// <inheritdoc/>
-    public ulong WeightsVersion { get { lock (_gate) return _version; } }
-
-    /// <inheritdoc/>
-    public IReadOnlyDictionary<string, long[]> WeightLayout => _weightInputs;
-
-    /// <inheritdoc/>
-    public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, Services.RolloutCall? call = null, CancellationToken cancellationToken = default)
-    {
-        call ??= new Services.RolloutCall();
-        return Services.ServiceCalls.WithDeadline("Generate", call.Timeout, cancellationToken, ct => Generate(requests, call.RequiredVersion, ct));
-    }
-
-    /// <inheritdoc/>
-    public Task<TimeSpan> PushWeightsAsync(Services.PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
-    {
-        ArgumentNullException.ThrowIfNull(weights);
-        return Services.ServiceCalls.WithDeadline("PushWeights", timeout ?? Services.RolloutCall.DefaultTimeout, cancellationToken,
-            _ => UpdateWeights(weights.Buffers, weights, weights.Version));
-    }
+    public override IReadOnlyDictionary<string, long[]> WeightLayout => _weightInputs;
 
     /// <summary>
     /// Generates a response for each request (in order), all with the weights version loaded when the call starts
     /// (<paramref name="requiredVersion"/>: that version or <see cref="Services.WeightsVersionMismatchException"/>).
     /// </summary>
-    public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default)
+    public override IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default)
     {
-        var (prompts, sampling) = RolloutRows.Prepare(requests, Tokenizer, _vocab,
+        var (prompts, sampling) = RolloutRows.Prepare(requests, Tokenizer, _vocab, _context,
             "A text prompt needs a tokenizer: put the tokenizer files in the GenAI folder or pass one to GenAiRolloutEngine.Load.");
         for (int i = 0; i < requests.Count; i++)
         {
@@ -215,10 +181,10 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
         // One generator has one set of sampling settings: group by them, keep request order within a group.
         var groups = Enumerable.Range(0, requests.Count)
             .GroupBy(i => (sampling[i].Temperature, sampling[i].TopK, sampling[i].TopP));
-        lock (_gate)
+        lock (Gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (requiredVersion is { } v && v != _version) throw new Services.WeightsVersionMismatchException(v, _version);
+            CheckVersion(requiredVersion);
             foreach (var g in groups)
             {
                 int[] rows = [.. g];
@@ -319,7 +285,7 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
             int[] resp = history[r].AsSpan(prompts[r].Length, generated[r]).ToArray();
             string? text = RolloutRows.Text(Tokenizer, resp, reason[r], stopAt[r]);
             results[r] = new RolloutResult(prompts[r], resp, text, logps[r].AsSpan(0, generated[r]).ToArray(),
-                reason[r] ?? RolloutFinishReason.Length, timings, _version);
+                reason[r] ?? RolloutFinishReason.Length, timings, Version);
         }
         return results;
     }
@@ -331,7 +297,7 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
     /// arrays are pinned until then). <paramref name="version"/> becomes <see cref="WeightsVersion"/> (null: unchanged).
     /// Returns the time taken.
     /// </summary>
-    public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null, ulong? version = null)
+    public override TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null, ulong? version = null)
     {
         ArgumentNullException.ThrowIfNull(weights);
         var sw = Stopwatch.StartNew();
@@ -377,12 +343,12 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
         List<(string Name, Tensor Tensor)>? oldTensors;
         List<GCHandle> oldPins;
         IDisposable? oldOwner;
-        lock (_gate)
+        lock (Gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             (oldTensors, oldPins, oldOwner) = (_weights, _pins, _weightOwner);
             (_weights, _pins, _weightOwner) = (tensors, pins, owner);
-            if (version is { } v) _version = v;
+            if (version is { } v) Version = v;
         }
         Release(oldTensors, oldPins, oldOwner);
         return sw.Elapsed;
@@ -396,9 +362,9 @@ public sealed class GenAiRolloutEngine : Services.IRolloutService
     }
 
     /// <summary>Frees the model and the weight memory handed over.</summary>
-    public void Dispose()
+    public override void Dispose()
     {
-        lock (_gate)
+        lock (Gate)
         {
             if (_disposed) return;
             _disposed = true;

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text.Json;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 using Rlhf.Inference.Onnx;
@@ -46,9 +45,8 @@ public sealed record RolloutEngineOptions
 /// updates build the new session outside the lock and swap it in between generate calls, so one call's results all come
 /// from one weights version). No TorchSharp types.
 /// </summary>
-public sealed class RolloutEngine : Services.IRolloutService
+public sealed class RolloutEngine : LocalRolloutEngine
 {
-    readonly object _gate = new();
     readonly string _modelFile;
     readonly RolloutEngineOptions _options;
     readonly int[] _eos;
@@ -60,7 +58,7 @@ public sealed class RolloutEngine : Services.IRolloutService
     List<OrtValue> _weightValues = [];
     IDisposable? _weightOwner;
     Dictionary<string, long[]>? _initializers;
-    ulong _version;
+    readonly int? _context;
     bool _disposed;
 
     RolloutEngine(string modelFile, string folder, RolloutEngineOptions options, TextTokenizer? tokenizer)
@@ -72,9 +70,10 @@ public sealed class RolloutEngine : Services.IRolloutService
         _session = new InferenceSession(modelFile, _sessionOptions);
         Signature = DecoderSignature.Read(_session, folder);
         Tokenizer = tokenizer;
-        (int[] cfgEos, int? cfgPad) = ReadGenAiTokens(folder);
-        _eos = options.EosTokenIds is { } e ? [.. e] : cfgEos.Length > 0 ? cfgEos : tokenizer?.EosId is int te ? [te] : [];
-        _pad = options.PadTokenId ?? tokenizer?.PadId ?? cfgPad ?? 0;
+        var genai = GenAiConfigFile.Read(folder);
+        _eos = options.EosTokenIds is { } e ? [.. e] : genai.EosTokenIds.Length > 0 ? genai.EosTokenIds : tokenizer?.EosId is int te ? [te] : [];
+        _pad = options.PadTokenId ?? tokenizer?.PadId ?? genai.PadTokenId ?? 0;
+        _context = genai.ContextLength;
         _sampler = new TokenSampler(Signature.VocabSize);
     }
 
@@ -112,57 +111,26 @@ public sealed class RolloutEngine : Services.IRolloutService
         return new RolloutEngine(file, folder, new RolloutEngineOptions { Threads = threads }, null);
     }
 
-    static (int[] Eos, int? Pad) ReadGenAiTokens(string folder)
-    {
-        string f = Path.Combine(folder, "genai_config.json");
-        if (!File.Exists(f)) return ([], null);
-        using var doc = JsonDocument.Parse(File.ReadAllText(f));
-        if (!doc.RootElement.TryGetProperty("model", out var m)) return ([], null);
-        int[] eos = !m.TryGetProperty("eos_token_id", out var e) ? []
-            : e.ValueKind == JsonValueKind.Array ? [.. e.EnumerateArray().Select(x => x.GetInt32())]
-            : e.ValueKind == JsonValueKind.Number ? [e.GetInt32()] : [];
-        int? pad = m.TryGetProperty("pad_token_id", out var p) && p.ValueKind == JsonValueKind.Number ? p.GetInt32() : null;
-        return (eos, pad);
-    }
-
     /// <summary>Generates one response.</summary>
     public RolloutResult Generate(RolloutRequest request) => Generate([request])[0];
 
     /// <inheritdoc/>
-    public ulong WeightsVersion { get { lock (_gate) return _version; } }
-
-    /// <inheritdoc/>
-    public IReadOnlyDictionary<string, long[]> WeightLayout => _initializers ??= OnnxInitializers.Read(_modelFile);
-
-    /// <inheritdoc/>
-    public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, Services.RolloutCall? call = null, CancellationToken cancellationToken = default)
-    {
-        call ??= new Services.RolloutCall();
-        return Services.ServiceCalls.WithDeadline("Generate", call.Timeout, cancellationToken, ct => Generate(requests, call.RequiredVersion, ct));
-    }
-
-    /// <inheritdoc/>
-    public Task<TimeSpan> PushWeightsAsync(Services.PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
-    {
-        ArgumentNullException.ThrowIfNull(weights);
-        return Services.ServiceCalls.WithDeadline("PushWeights", timeout ?? Services.RolloutCall.DefaultTimeout, cancellationToken,
-            _ => UpdateWeights(weights.Buffers, weights, weights.Version));
-    }
+    public override IReadOnlyDictionary<string, long[]> WeightLayout => _initializers ??= OnnxInitializers.Read(_modelFile);
 
     /// <summary>
     /// Generates a response for each request (in order), in batches of at most <see cref="RolloutEngineOptions.MaxBatchSize"/>,
     /// all with the weights version loaded when the call starts (<paramref name="requiredVersion"/>: that version or
     /// <see cref="Services.WeightsVersionMismatchException"/>). <paramref name="cancellationToken"/> is checked at every step.
     /// </summary>
-    public IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default)
+    public override IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default)
     {
-        var (prompts, sampling) = RolloutRows.Prepare(requests, Tokenizer, Signature.VocabSize,
+        var (prompts, sampling) = RolloutRows.Prepare(requests, Tokenizer, Signature.VocabSize, _context,
             "A text prompt needs a tokenizer: put the tokenizer files in the ONNX folder or pass one to RolloutEngine.Load.");
         var results = new RolloutResult[requests.Count];
-        lock (_gate)
+        lock (Gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (requiredVersion is { } v && v != _version) throw new Services.WeightsVersionMismatchException(v, _version);
+            CheckVersion(requiredVersion);
             for (int start = 0; start < requests.Count; start += _options.MaxBatchSize)
             {
                 int n = Math.Min(_options.MaxBatchSize, requests.Count - start);
@@ -179,7 +147,7 @@ public sealed class RolloutEngine : Services.IRolloutService
         long[] idArr = [.. ids.Select(x => (long)x)];
         long[] mask = [.. Enumerable.Repeat(1L, s)];
         long[] pos = [.. Enumerable.Range(0, s).Select(x => (long)x)];
-        lock (_gate)
+        lock (Gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             var (names, values) = Inputs(idArr, [1, s], mask, [1, s], pos, null, 1, 0);
@@ -206,7 +174,7 @@ public sealed class RolloutEngine : Services.IRolloutService
                 new float[(long)b * sig.KvHeads * pastCapacity * sig.HeadDim], [b, sig.KvHeads, pastCapacity, sig.HeadDim]))]
             : null;
         var pastValues = past?.Presents ?? zeroed;
-        lock (_gate)
+        lock (Gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             var (names, values) = Inputs(Flat(ids), [b, ids.GetLength(1)], Flat(mask), [b, mask.GetLength(1)],
@@ -434,7 +402,7 @@ public sealed class RolloutEngine : Services.IRolloutService
             int[] resp = history[r].AsSpan(prompts[r].Length, generated[r]).ToArray();
             string? text = RolloutRows.Text(Tokenizer, resp, reason[r], stopAt[r]);
             results[r] = new RolloutResult(prompts[r], resp, text, logps[r].AsSpan(0, generated[r]).ToArray(),
-                reason[r] ?? RolloutFinishReason.Length, timings, _version);
+                reason[r] ?? RolloutFinishReason.Length, timings, Version);
         }
     }
 
@@ -481,7 +449,7 @@ public sealed class RolloutEngine : Services.IRolloutService
     /// on disposal; the memory must not change meanwhile. <paramref name="version"/> becomes <see cref="WeightsVersion"/>
     /// (null: unchanged). Returns the time taken.
     /// </summary>
-    public TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null, ulong? version = null)
+    public override TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null, ulong? version = null)
     {
         ArgumentNullException.ThrowIfNull(weights);
         var sw = Stopwatch.StartNew();
@@ -526,11 +494,11 @@ public sealed class RolloutEngine : Services.IRolloutService
         SessionOptions oldOptions;
         List<OrtValue> oldValues;
         IDisposable? oldOwner;
-        lock (_gate)
+        lock (Gate)
         {
             (oldSession, oldOptions, oldValues, oldOwner) = (_session, _sessionOptions, _weightValues, _weightOwner);
             (_session, _sessionOptions, _weightValues, _weightOwner) = (session, options, values, owner);
-            if (version is { } v) _version = v;
+            if (version is { } v) Version = v;
         }
         oldSession.Dispose();
         oldOptions.Dispose();
@@ -540,9 +508,9 @@ public sealed class RolloutEngine : Services.IRolloutService
     }
 
     /// <summary>Frees the session and the weight memory handed over.</summary>
-    public void Dispose()
+    public override void Dispose()
     {
-        lock (_gate)
+        lock (Gate)
         {
             if (_disposed) return;
             _disposed = true;

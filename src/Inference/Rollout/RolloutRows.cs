@@ -8,11 +8,12 @@ internal static class RolloutRows
     /// <summary>
     /// Prompt ids and validated sampling options of each request: ids as given, or BOS + text through
     /// <paramref name="tokenizer"/> (<paramref name="noTokenizer"/> is the error when there is none). Throws
-    /// <see cref="ArgumentException"/> naming the request for an empty prompt, an id outside the vocabulary, or stop
-    /// strings without a tokenizer to decode with.
+    /// <see cref="ArgumentException"/> naming the request for an empty prompt, an id outside the vocabulary, a prompt
+    /// and <c>max_new_tokens</c> longer than <paramref name="contextLength"/> (the folder's context_length; null: no
+    /// limit known), or stop strings without a tokenizer to decode with.
     /// </summary>
     public static (int[][] Prompts, SamplingOptions[] Sampling) Prepare(IReadOnlyList<RolloutRequest> requests, TextTokenizer? tokenizer,
-        int vocabSize, string noTokenizer)
+        int vocabSize, int? contextLength, string noTokenizer)
     {
         ArgumentNullException.ThrowIfNull(requests);
         var prompts = new int[requests.Count][];
@@ -27,6 +28,9 @@ internal static class RolloutRows
             if (prompts[i].Length == 0) throw new ArgumentException($"Request {i} has an empty prompt (give at least a BOS token).");
             foreach (int t in prompts[i])
                 if ((uint)t >= (uint)vocabSize) throw new ArgumentException($"Request {i}: token id {t} is outside the vocabulary (size {vocabSize}).");
+            if (contextLength is int c && prompts[i].Length + sampling[i].MaxNewTokens > c)
+                throw new ArgumentException($"Request {i}: a prompt of {prompts[i].Length} tokens and max_new_tokens {sampling[i].MaxNewTokens} exceed the model's " +
+                                            $"context of {c} tokens (genai_config.json context_length); shorten the prompt or ask for fewer tokens.");
             if (sampling[i].StopStrings.Count > 0 && tokenizer is null)
                 throw new ArgumentException($"Request {i} has stop strings but the engine has no tokenizer to decode responses.");
         }

@@ -11,7 +11,8 @@ using Rlhf.Inference.Services;
 namespace Rlhf.Inference.Serving;
 
 /// <summary>
-/// OpenAI-compatible HTTP of a rollout replica: <c>GET /v1/models</c> and <c>POST /v1/completions</c> (prompt as a
+/// OpenAI-compatible HTTP of a rollout replica: <c>GET /v1/models</c>, <c>POST /v1/chat/completions</c> (folders with a
+/// chat template) and <c>POST /v1/completions</c> (prompt as a
 /// string, strings, token ids or lists of token ids; <c>max_tokens</c>, <c>temperature</c>, <c>top_p</c>, <c>top_k</c>,
 /// <c>n</c>, <c>seed</c>, <c>stop</c>, <c>logprobs</c>). Choice <c>i·n + j</c> (prompt i, sample j) samples with seed
 /// <c>seed + i·n + j</c>, so a seeded request gives the same tokens however it is batched.
@@ -26,36 +27,101 @@ static class OpenAiEndpoints
             return Results.Json(new { @object = "list", data = new[] { new { id = r.ModelName, @object = "model", created = 0L, owned_by = "rlhf" } } });
         });
         app.MapPost("/v1/completions", (HttpContext ctx) => HttpErrors.Guard(ctx, () => Completions(ctx, ctx.RequestServices.GetRequiredService<RolloutReplica>())));
+        app.MapPost("/v1/chat/completions", (HttpContext ctx) => HttpErrors.Guard(ctx, () => ChatCompletions(ctx, ctx.RequestServices.GetRequiredService<RolloutReplica>())));
     }
 
     static async Task Completions(HttpContext ctx, RolloutReplica replica)
     {
         using var doc = await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted);
+        var body = Body(doc, replica);
+        int? logprobs = Json.Int(body, "logprobs");
+        if (logprobs is < 0) throw new BadRequest($"'logprobs' must be >= 0; got {logprobs}.", "logprobs");
+        var prompts = Prompts(body, replica);
+        var (results, n) = await Generate(ctx, replica, body, prompts, Json.Int(body, "max_tokens") ?? 16, "max_tokens");
+
+        var choices = new JsonArray();
+        for (int k = 0; k < results.Count; k++)
+        {
+            var r = results[k];
+            choices.Add(new JsonObject
+            {
+                ["index"] = k,
+                ["text"] = r.Text ?? "",
+                ["logprobs"] = logprobs is null ? null : LogProbs(r, replica),
+                ["finish_reason"] = Finish(r),
+            });
+        }
+        await Answer(ctx, replica, "cmpl-", "text_completion", results, n, choices);
+    }
+
+    /// <summary>
+    /// <c>POST /v1/chat/completions</c>: the messages rendered by the folder's chat template (with the generation prompt),
+    /// encoded as they are (the template places BOS), then sampled as a completion; choice j samples with seed
+    /// <c>seed + j</c>.
+    /// </summary>
+    static async Task ChatCompletions(HttpContext ctx, RolloutReplica replica)
+    {
+        using var doc = await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted);
+        var body = Body(doc, replica);
+        var tokenizer = replica.Tokenizer ?? throw new BadRequest("This model folder has no tokenizer files, so it cannot take chat messages; use POST /v1/completions with token ids.");
+        var template = replica.Chat ?? throw new BadRequest(replica.ChatProblem ??
+            "This model folder has no chat template (tokenizer_config.json 'chat_template' or chat_template.jinja); use POST /v1/completions.", "messages");
+        bool logprobs = body.TryGetProperty("logprobs", out var lp) && lp.ValueKind == JsonValueKind.True;
+        string text;
+        try { text = template.Render(Messages(body), addGenerationPrompt: true, Special(tokenizer, tokenizer.BosId), Special(tokenizer, tokenizer.EosId)); }
+        catch (ChatTemplateException e) { throw new BadRequest(e.Message, "messages"); }
+        int[] ids = tokenizer.Encode(text);
+        if (ids.Length == 0) throw new BadRequest("The chat template rendered an empty prompt.", "messages");
+        int maxTokens = Json.Int(body, "max_completion_tokens") ?? Json.Int(body, "max_tokens") ?? 16;
+        var (results, n) = await Generate(ctx, replica, body, [RolloutRequest.FromIds(ids)], maxTokens, "max_completion_tokens");
+
+        var choices = new JsonArray();
+        for (int k = 0; k < results.Count; k++)
+        {
+            var r = results[k];
+            choices.Add(new JsonObject
+            {
+                ["index"] = k,
+                ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = r.Text ?? "" },
+                ["logprobs"] = logprobs ? ChatLogProbs(r, replica) : null,
+                ["finish_reason"] = Finish(r),
+            });
+        }
+        await Answer(ctx, replica, "chatcmpl-", "chat.completion", results, n, choices);
+    }
+
+    /// <summary>The request body, checked for what every endpoint needs: a JSON object naming this server's model, not streaming.</summary>
+    static JsonElement Body(JsonDocument doc, RolloutReplica replica)
+    {
         var body = doc.RootElement;
         if (body.ValueKind != JsonValueKind.Object) throw new BadRequest("The body must be a JSON object.");
         string model = Json.String(body, "model") ?? throw new BadRequest("'model' is required (GET /v1/models lists it).", "model");
         if (model != replica.ModelName) throw new BadRequest($"Unknown model '{model}'; this server serves '{replica.ModelName}'.", "model");
         if (body.TryGetProperty("stream", out var stream) && stream.ValueKind == JsonValueKind.True)
             throw new BadRequest("'stream' is not supported; send stream: false.", "stream");
-        int maxTokens = Json.Int(body, "max_tokens") ?? 16;
-        if (maxTokens < 1) throw new BadRequest($"'max_tokens' must be >= 1; got {maxTokens}.", "max_tokens");
+        return body;
+    }
+
+    /// <summary>
+    /// Samples <c>n</c> sequences per prompt with the body's sampling settings; sequence <c>i·n + j</c> gets seed
+    /// <c>seed + i·n + j</c> (a random base seed when none is given).
+    /// </summary>
+    static async Task<(IReadOnlyList<RolloutResult> Results, int N)> Generate(HttpContext ctx, RolloutReplica replica, JsonElement body,
+        IReadOnlyList<RolloutRequest> prompts, int maxTokens, string maxTokensName)
+    {
+        if (maxTokens < 1) throw new BadRequest($"'{maxTokensName}' must be >= 1; got {maxTokens}.", maxTokensName);
         int n = Json.Int(body, "n") ?? 1;
         if (n < 1) throw new BadRequest($"'n' must be >= 1; got {n}.", "n");
-        float temperature = Json.Float(body, "temperature") ?? 1f;
-        float topP = Json.Float(body, "top_p") ?? 1f;
         int topK = Json.Int(body, "top_k") ?? 0;
         if (topK == -1) topK = 0;   // vLLM's "off"
         long? seed = Json.Long(body, "seed");
-        int? logprobs = Json.Int(body, "logprobs");
-        if (logprobs is < 0) throw new BadRequest($"'logprobs' must be >= 0; got {logprobs}.", "logprobs");
-        string[] stop = Json.Strings(body, "stop");
-        var prompts = Prompts(body, replica);
         if (prompts.Count * (long)n > replica.MaxBatch)
             throw new BadRequest($"{prompts.Count} prompts × n = {n} is {prompts.Count * (long)n} sequences; this server takes at most {replica.MaxBatch} per request.", "n");
         ulong baseSeed = seed is { } s ? unchecked((ulong)s) : (ulong)Random.Shared.NextInt64();
         var sampling = new SamplingOptions
         {
-            Temperature = temperature, TopP = topP, TopK = topK, MaxNewTokens = maxTokens, StopStrings = stop,
+            Temperature = Json.Float(body, "temperature") ?? 1f, TopP = Json.Float(body, "top_p") ?? 1f, TopK = topK, MaxNewTokens = maxTokens,
+            StopStrings = Json.Strings(body, "stop"),
         };
         try { sampling.Validate(); }
         catch (ArgumentException e) { throw new BadRequest(e.Message); }
@@ -63,28 +129,21 @@ static class OpenAiEndpoints
         for (int i = 0; i < prompts.Count; i++)
             for (int j = 0; j < n; j++)
                 requests.Add(prompts[i] with { Sampling = sampling with { Seed = baseSeed + (ulong)(i * n + j) } });
-        var results = await replica.GenerateAsync(requests, new RolloutCall(), ctx.RequestAborted);
+        return (await replica.GenerateAsync(requests, new RolloutCall(), ctx.RequestAborted), n);
+    }
 
-        var choices = new JsonArray();
-        long promptTokens = 0, completionTokens = 0;
-        for (int k = 0; k < results.Count; k++)
-        {
-            var r = results[k];
-            if (k % n == 0) promptTokens += r.PromptIds.Length;
-            completionTokens += r.ResponseIds.Length;
-            choices.Add(new JsonObject
-            {
-                ["index"] = k,
-                ["text"] = r.Text ?? "",
-                ["logprobs"] = logprobs is null ? null : LogProbs(r, replica),
-                ["finish_reason"] = r.FinishReason == RolloutFinishReason.Length ? "length" : "stop",
-            });
-        }
+    static string Finish(RolloutResult r) => r.FinishReason == RolloutFinishReason.Length ? "length" : "stop";
+
+    /// <summary>Writes the answer: id, object, created, model, the weights version (also as <c>system_fingerprint</c>), choices, usage.</summary>
+    static Task Answer(HttpContext ctx, RolloutReplica replica, string idPrefix, string kind, IReadOnlyList<RolloutResult> results, int n, JsonArray choices)
+    {
+        long promptTokens = results.Where((_, k) => k % n == 0).Sum(r => (long)r.PromptIds.Length);
+        long completionTokens = results.Sum(r => (long)r.ResponseIds.Length);
         ulong version = results.Count > 0 ? results[0].WeightsVersion : replica.Engine.WeightsVersion;
         var response = new JsonObject
         {
-            ["id"] = "cmpl-" + Guid.NewGuid().ToString("N"),
-            ["object"] = "text_completion",
+            ["id"] = idPrefix + Guid.NewGuid().ToString("N"),
+            ["object"] = kind,
             ["created"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             ["model"] = replica.ModelName,
             ["system_fingerprint"] = $"weights-v{version}",
@@ -93,8 +152,50 @@ static class OpenAiEndpoints
             ["usage"] = new JsonObject { ["prompt_tokens"] = promptTokens, ["completion_tokens"] = completionTokens, ["total_tokens"] = promptTokens + completionTokens },
         };
         ctx.Response.ContentType = "application/json";
-        await ctx.Response.WriteAsync(response.ToJsonString(), ctx.RequestAborted);
+        return ctx.Response.WriteAsync(response.ToJsonString(), ctx.RequestAborted);
     }
+
+    /// <summary>The conversation: <c>messages</c> with a <c>role</c> and a <c>content</c> string (or text parts).</summary>
+    static List<(string Role, string Content)> Messages(JsonElement body)
+    {
+        if (!body.TryGetProperty("messages", out var m) || m.ValueKind != JsonValueKind.Array || m.GetArrayLength() == 0)
+            throw new BadRequest("'messages' must be a non-empty array of {\"role\", \"content\"} objects.", "messages");
+        var list = new List<(string, string)>();
+        foreach (var e in m.EnumerateArray())
+        {
+            if (e.ValueKind != JsonValueKind.Object) throw new BadRequest("Each message must be an object with 'role' and 'content'.", "messages");
+            string role = Json.String(e, "role") ?? throw new BadRequest("A message lacks its 'role'.", "messages");
+            string content = !e.TryGetProperty("content", out var c) || c.ValueKind == JsonValueKind.Null ? ""
+                : c.ValueKind == JsonValueKind.String ? c.GetString()!
+                : c.ValueKind == JsonValueKind.Array ? string.Concat(c.EnumerateArray().Select(TextPart))
+                : throw new BadRequest("A message's 'content' must be a string or an array of text parts.", "messages");
+            list.Add((role, content));
+        }
+        return list;
+
+        static string TextPart(JsonElement part) =>
+            part.ValueKind == JsonValueKind.Object && Json.String(part, "type") == "text" && Json.String(part, "text") is { } t ? t
+                : throw new BadRequest("Only text content parts ({\"type\": \"text\", \"text\": ...}) are supported.", "messages");
+    }
+
+    /// <summary>The string of a special token (what a template's <c>bos_token</c>/<c>eos_token</c> hold).</summary>
+    static string? Special(Tokenization.TextTokenizer tokenizer, int? id) => id is int i ? tokenizer.TokenText(i) : null;
+
+    /// <summary>Chat logprobs: per token its text, logprob and UTF-8 bytes; top_logprobs holds the chosen token only (the engine records no others).</summary>
+    static JsonObject ChatLogProbs(RolloutResult r, RolloutReplica replica)
+    {
+        var content = new JsonArray();
+        for (int t = 0; t < r.ResponseIds.Length; t++)
+        {
+            string piece = Piece(r.ResponseIds[t], replica);
+            var bytes = new JsonArray([.. System.Text.Encoding.UTF8.GetBytes(piece).Select(b => (JsonNode)JsonValue.Create((int)b))]);
+            var top = new JsonObject { ["token"] = piece, ["logprob"] = r.LogProbs[t], ["bytes"] = bytes.DeepClone() };
+            content.Add(new JsonObject { ["token"] = piece, ["logprob"] = r.LogProbs[t], ["bytes"] = bytes, ["top_logprobs"] = new JsonArray(top) });
+        }
+        return new JsonObject { ["content"] = content };
+    }
+
+    static string Piece(int id, RolloutReplica replica) => replica.Tokenizer?.Decode([id], skipSpecial: false) ?? $"<{id}>";
 
     /// <summary>OpenAI's legacy logprobs object; top_logprobs holds the chosen token only (the engine records no others).</summary>
     static JsonObject LogProbs(RolloutResult r, RolloutReplica replica)
@@ -106,7 +207,7 @@ static class OpenAiEndpoints
         int offset = 0;
         for (int t = 0; t < r.ResponseIds.Length; t++)
         {
-            string piece = replica.Tokenizer?.Decode([r.ResponseIds[t]], skipSpecial: false) ?? $"<{r.ResponseIds[t]}>";
+            string piece = Piece(r.ResponseIds[t], replica);
             tokens.Add(piece);
             lps.Add(r.LogProbs[t]);
             tops.Add(new JsonObject { [piece] = r.LogProbs[t] });

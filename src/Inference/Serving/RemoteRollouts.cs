@@ -76,6 +76,8 @@ public sealed class RemoteRollouts : IRolloutService
         }
         int missing = Array.FindIndex(results, r => r is null);
         if (missing >= 0) throw new InvalidDataException($"{Address} answered {results.Count(r => r is not null)} of {results.Length} requests (index {missing} missing).");
+        if (call.RequiredVersion is { } want && results.FirstOrDefault(r => r!.WeightsVersion != want) is { } other)
+            throw new InvalidDataException($"{Address} answered with weights version {other.WeightsVersion} where {want} was required.");
         return results!;
     }
 

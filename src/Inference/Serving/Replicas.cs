@@ -5,8 +5,9 @@ using Rlhf.Inference.Tokenization;
 
 namespace Rlhf.Inference.Serving;
 
-/// <summary>What a rollout replica serves: one engine, its tokenizer, its name, and the count of calls in flight.</summary>
-public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokenizer, string modelName, string engineName, int maxBatch) : IDisposable
+/// <summary>What a rollout replica serves: one engine, its tokenizer and chat template, its name, and the count of calls in flight.</summary>
+public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokenizer, string modelName, string engineName, int maxBatch,
+    ChatTemplate? chat = null, string? chatProblem = null) : IDisposable
 {
     int _queued;
 
@@ -14,6 +15,10 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
     public IRolloutService Engine => engine;
     /// <summary>The tokenizer (null: token ids only).</summary>
     public TextTokenizer? Tokenizer => tokenizer;
+    /// <summary>The folder's chat template (null: none, or one outside the supported subset, see <see cref="ChatProblem"/>).</summary>
+    public ChatTemplate? Chat => chat;
+    /// <summary>Why the folder's chat template cannot be used (null: fine or absent).</summary>
+    public string? ChatProblem => chatProblem;
     /// <summary>The model id clients name (<c>GET /v1/models</c>).</summary>
     public string ModelName => modelName;
     /// <summary><c>ort</c> or <c>genai</c>.</summary>

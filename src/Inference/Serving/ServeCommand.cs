@@ -11,7 +11,7 @@ public static class ServeCommand
     /// <summary>The <c>serve</c> command with its two sub-commands (for <c>rlhf serve</c>).</summary>
     public static Command Create()
     {
-        var serve = new Command("serve", "Run an inference replica on 127.0.0.1: a rollout replica (gRPC + OpenAI-compatible HTTP) or a reward replica (gRPC + OpenRLHF's /get_reward).");
+        var serve = new Command("serve", "Run an inference replica: a rollout replica (gRPC + OpenAI-compatible HTTP) or a reward replica (gRPC + OpenRLHF's /get_reward).");
         serve.Subcommands.Add(Rollout());
         serve.Subcommands.Add(Reward());
         return serve;
@@ -30,7 +30,8 @@ public static class ServeCommand
         return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
     }
 
-    static Option<int> PortOption() => new("--port") { Description = "TCP port on 127.0.0.1 (gRPC and HTTP share it).", Required = true };
+    static Option<int> PortOption() => new("--port") { Description = "TCP port (gRPC and HTTP share it).", Required = true };
+    static Option<string> HostOption() => new("--host") { Description = "Address to listen on: 127.0.0.1 (this machine only) or 0.0.0.0 / :: (every interface, e.g. in a container).", DefaultValueFactory = _ => "127.0.0.1" };
     static Option<int> ThreadsOption() => new("--threads") { Description = "ONNX Runtime intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
     static Option<string?> TokenOption() => new("--token-file") { Description = "File holding a bearer token; then every call but health checks must send 'Authorization: Bearer <token>'." };
 
@@ -38,21 +39,22 @@ public static class ServeCommand
     {
         var model = new Option<string>("--model") { Description = "ONNX policy folder (genai_config.json, model.onnx, tokenizer files), as rlhf export --kind policy writes.", Required = true };
         var port = PortOption();
+        var host = HostOption();
         var threads = ThreadsOption();
         var engine = new Option<string>("--engine") { Description = "ort (our engine) or genai (ONNX Runtime GenAI).", DefaultValueFactory = _ => "ort" };
         engine.AcceptOnlyFromAmong("ort", "genai");
         var token = TokenOption();
         var maxBatch = new Option<int>("--max-batch") { Description = "Most sequences per request (prompts x n).", DefaultValueFactory = _ => 256 };
         var cmd = new Command("rollout", "Serve a policy: gRPC Generate/PushWeights/GetStatus + grpc.health.v1, and GET /v1/models, POST /v1/completions.")
-            { model, port, threads, engine, token, maxBatch };
+            { model, port, host, threads, engine, token, maxBatch };
         cmd.SetAction(r => Guard(() =>
         {
             var options = new RolloutServeOptions
             {
-                Model = r.GetValue(model)!, Port = r.GetValue(port), Threads = r.GetValue(threads), TokenFile = r.GetValue(token),
+                Model = r.GetValue(model)!, Port = r.GetValue(port), Host = r.GetValue(host)!, Threads = r.GetValue(threads), TokenFile = r.GetValue(token),
                 Engine = r.GetValue(engine) == "genai" ? ServeEngine.Genai : ServeEngine.Ort, MaxBatch = r.GetValue(maxBatch),
             };
-            return ServeHost.Run(ServeHost.BuildRollout(options), $"rollout replica of {options.Model}", options.Port);
+            return ServeHost.Run(ServeHost.BuildRollout(options), $"rollout replica of {options.Model}", options.Host, options.Port);
         }));
         return cmd;
     }
@@ -61,18 +63,19 @@ public static class ServeCommand
     {
         var model = new Option<string>("--reward-model") { Description = "Reward model: our RM's onnx/ folder or an external sequence-classification ONNX folder (or .onnx file).", Required = true };
         var port = PortOption();
+        var host = HostOption();
         var threads = ThreadsOption();
         var token = TokenOption();
         var maxBatch = new Option<int>("--max-batch") { Description = "Most texts per request.", DefaultValueFactory = _ => 1024 };
         var cmd = new Command("reward", "Serve a reward model: gRPC Score + grpc.health.v1, and POST /get_reward ({\"query\": [...], \"prompts\": [...]} -> {\"rewards\": [...]}).")
-            { model, port, threads, token, maxBatch };
+            { model, port, host, threads, token, maxBatch };
         cmd.SetAction(r => Guard(() =>
         {
             var options = new RewardServeOptions
             {
-                RewardModel = r.GetValue(model)!, Port = r.GetValue(port), Threads = r.GetValue(threads), TokenFile = r.GetValue(token), MaxBatch = r.GetValue(maxBatch),
+                RewardModel = r.GetValue(model)!, Port = r.GetValue(port), Host = r.GetValue(host)!, Threads = r.GetValue(threads), TokenFile = r.GetValue(token), MaxBatch = r.GetValue(maxBatch),
             };
-            return ServeHost.Run(ServeHost.BuildReward(options), $"reward replica of {options.RewardModel}", options.Port);
+            return ServeHost.Run(ServeHost.BuildReward(options), $"reward replica of {options.RewardModel}", options.Host, options.Port);
         }));
         return cmd;
     }

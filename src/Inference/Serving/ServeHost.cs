@@ -21,7 +21,7 @@ using Rlhf.Inference.Tokenization;
 namespace Rlhf.Inference.Serving;
 
 /// <summary>
-/// The Kestrel host of a rollout or reward replica: one port on 127.0.0.1 serving gRPC (HTTP/2 with prior knowledge)
+/// The Kestrel host of a rollout or reward replica: one port (on 127.0.0.1 unless told otherwise) serving gRPC (HTTP/2 with prior knowledge)
 /// and HTTP/1.1 JSON side by side, <c>grpc.health.v1</c>, and a bearer token on everything but health when a token file
 /// is given.
 /// </summary>
@@ -42,8 +42,19 @@ public static class ServeHost
             ServeEngine.Genai => GenAiRolloutEngine.Load(folder, new GenAiEngineOptions { Threads = options.Threads }, tokenizer),
             _ => throw new ArgumentOutOfRangeException(nameof(options)),
         };
-        var replica = new RolloutReplica(engine, tokenizer, ModelName(folder), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch);
-        var app = Build("127.0.0.1", options.Port, token, services => services.AddSingleton(replica));
+        ChatTemplate? chat = null;
+        string? chatProblem = null;
+        if (ChatTemplate.Find(folder) is { } source)
+        {
+            try { chat = ChatTemplate.Parse(source); }
+            catch (ChatTemplateException e)
+            {
+                chatProblem = $"This model folder's chat template cannot be rendered here ({e.Message}; the server renders a Jinja subset, see README); use POST /v1/completions.";
+                Console.Error.WriteLine("rlhf-serve: warning: " + chatProblem);
+            }
+        }
+        var replica = new RolloutReplica(engine, tokenizer, ModelName(folder), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem);
+        var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica));
         app.MapGrpcService<RolloutGrpcService>();
         OpenAiEndpoints.Map(app);
         app.Lifetime.ApplicationStopped.Register(replica.Dispose);
@@ -57,7 +68,7 @@ public static class ServeHost
         string? token = ServeChecks.ReadToken(options.TokenFile);
         var scorer = RewardScorer.Load(options.RewardModel, new RewardScorerOptions { Threads = options.Threads });
         var replica = new RewardReplica(scorer, ModelName(Path.GetFullPath(options.RewardModel)), options.MaxBatch);
-        var app = Build("127.0.0.1", options.Port, token, services => services.AddSingleton(replica));
+        var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica));
         app.MapGrpcService<RewardGrpcService>();
         RewardEndpoints.Map(app);
         app.Lifetime.ApplicationStopped.Register(replica.Dispose);
@@ -65,9 +76,10 @@ public static class ServeHost
     }
 
     /// <summary>Runs <paramref name="app"/> until SIGINT/SIGTERM, printing one line when it listens.</summary>
-    public static int Run(WebApplication app, string what, int port)
+    public static int Run(WebApplication app, string what, string host, int port)
     {
-        app.Lifetime.ApplicationStarted.Register(() => Console.WriteLine($"rlhf-serve: {what} listening on http://127.0.0.1:{port}"));
+        string address = new UriBuilder("http", host, port).Uri.GetLeftPart(UriPartial.Authority);
+        app.Lifetime.ApplicationStarted.Register(() => Console.WriteLine($"rlhf-serve: {what} listening on {address}"));
         app.Run();
         return 0;
     }

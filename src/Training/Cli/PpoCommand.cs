@@ -19,7 +19,7 @@ internal static class PpoCommand
         var prompts = new Option<string?>("--prompts") { Description = "Prompts file (CSV/JSONL with a prompt column); default: the embedded task's PPO prompts." };
         var iterations = new Option<int?>("--iterations") { Description = "PPO iterations (rollout, score, update, sync)." };
         var engine = new Option<string?>("--engine") { Description = "ort (our ONNX Runtime engine, default), genai (ONNX Runtime GenAI, weights fed as graph inputs after every update) or torch." };
-        var rolloutEndpoints = new Option<string?>("--rollout-endpoints") { Description = "Comma-separated rollout replicas (rlhf serve rollout), e.g. http://127.0.0.1:7001,http://127.0.0.1:7002; they generate instead of the in-process engine." };
+        var rolloutEndpoints = new Option<string?>("--rollout-endpoints") { Description = "Comma-separated rollout replicas (rlhf serve rollout), e.g. http://127.0.0.1:7001,http://127.0.0.1:7002, or dns:///name:port (re-resolved every iteration, one replica per address); they generate instead of the in-process engine." };
         var rewardUrl = new Option<string?>("--reward-url") { Description = "An external OpenRLHF-style reward server, the full URL (e.g. http://127.0.0.1:5000/get_reward): POST {query, prompts} -> {rewards}; deadlines and bounded retries (service_timeout_seconds)." };
         var rewardEndpoint = new Option<string?>("--reward-endpoint") { Description = "A reward replica (rlhf serve reward), e.g. http://127.0.0.1:7101; it scores instead of the in-process scorer." };
         var cmd = new Command("ppo",

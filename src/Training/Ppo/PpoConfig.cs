@@ -122,7 +122,11 @@ public sealed record PpoConfig
     public Rlhf.Export.RolloutPrecision RolloutPrecision { get; init; } = Rlhf.Export.RolloutPrecision.Fp32;
     /// <summary>Truncated importance sampling cap C: the policy loss weighs each token by min(π_old/π_rollout, C) (0 = off).</summary>
     public double TisCap { get; init; } = 2.0;
-    /// <summary>Rollout replicas (<c>rlhf serve rollout</c>, e.g. <c>http://127.0.0.1:7001</c>) that generate instead of the in-process engine; empty = in process.</summary>
+    /// <summary>
+    /// Rollout replicas (<c>rlhf serve rollout</c>) that generate instead of the in-process engine: addresses
+    /// (<c>http://127.0.0.1:7001</c>) or DNS names resolved again every iteration into one replica per address
+    /// (<c>dns:///rollout:7001</c>); empty = in process.
+    /// </summary>
     public IReadOnlyList<string> RolloutEndpoints { get; init; } = [];
     /// <summary>A reward replica (<c>rlhf serve reward</c>) that scores instead of the in-process scorer; null = in process.</summary>
     public string? RewardEndpoint { get; init; }
@@ -183,7 +187,10 @@ public sealed record PpoConfig
         if (RolloutEndpoints.Count > 0 && Engine == RolloutBackend.Torch) e.Add("rollout_endpoints need engine ort or genai (the replicas' engine), not torch");
         if (RewardUrl is not null && (RewardEndpoint is not null || RewardModel is not null))
             e.Add("reward_url replaces the scorer: drop reward_endpoint / reward_model (give one way to score)");
-        foreach (string u in RolloutEndpoints.Append(RewardEndpoint).Append(RewardUrl).OfType<string>())
+        foreach (string u in RolloutEndpoints)
+            try { Rlhf.Inference.Serving.ReplicaTarget.Parse(u); }
+            catch (ArgumentException) { e.Add($"rollout endpoint '{u}' must be http://host:port or dns:///name:port"); }
+        foreach (string u in new[] { RewardEndpoint, RewardUrl }.OfType<string>())
             if (!Uri.TryCreate(u, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https")) e.Add($"endpoint '{u}' must be an http://host:port address");
         if (ServiceTokenFile is not null && !File.Exists(ServiceTokenFile)) e.Add($"service_token_file '{ServiceTokenFile}' does not exist");
         if (NormalizationSamples < 2) e.Add("normalization_samples must be ≥ 2");

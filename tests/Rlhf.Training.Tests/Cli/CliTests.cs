@@ -33,7 +33,7 @@ public sealed class CliTests
         Assert.Equal(["sft", "rm", "ppo", "pipeline", "generate", "data", "score", "export", "bench", "serve"], ListedCommands(output));
         Assert.Equal(["eval"], ListedCommands(Run("rm", "--help").Out));
         Assert.Equal(["rollout", "reward", "train"], ListedCommands(Run("serve", "--help").Out));
-        Assert.Equal(["export", "rollout", "rm", "train", "ppo"], ListedCommands(Run("bench", "--help").Out));
+        Assert.Equal(["export", "rollout", "serve", "rm", "train", "ppo"], ListedCommands(Run("bench", "--help").Out));
 
         string[] stage = ["--config", "--set", "--out", "--device", "--threads", "--seed", "--resume", "--overwrite"];
         var (_, sftHelp, _) = Run("sft", "--help");

@@ -19,7 +19,7 @@ namespace Rlhf.Training.Tests.Serving;
 public sealed class RolloutServerFixture : IDisposable
 {
     internal ServeModels Models { get; } = new();
-    internal ServerProcess Server { get; }
+    internal ReplicaProcess Server { get; }
 
     public RolloutServerFixture()
     {
@@ -99,6 +99,74 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
         Assert.Equal(seeded.Select(r => r.Text), choices.Select(c => (string?)c!["text"]));
     }
 
+    /// <summary>A copy of the served folder under another name, its tokenizer_config.json given <paramref name="template"/>.</summary>
+    string ChatFolder(string name, string template)
+    {
+        string folder = Path.Combine(fx.Models.Dir, name);
+        Directory.CreateDirectory(folder);
+        foreach (var f in Directory.GetFiles(fx.Models.Policy)) File.Copy(f, Path.Combine(folder, Path.GetFileName(f)), overwrite: true);
+        string configFile = Path.Combine(folder, "tokenizer_config.json");
+        var config = File.Exists(configFile) ? JsonNode.Parse(File.ReadAllText(configFile))!.AsObject() : [];
+        config["chat_template"] = template;
+        File.WriteAllText(configFile, config.ToJsonString());
+        return folder;
+    }
+
+    [Fact]
+    public async Task ChatCompletionsRenderTheFoldersTemplateForTheOpenAiClient()
+    {
+        // ChatML's shape with short markers (the tiny model's context is short and its tokenizer spells markers out byte by byte).
+        const string template = "{{ bos_token }}{% for message in messages %}{{ '<' + message['role'][0] + '>' + message['content'] | trim + '\n' }}{% endfor %}" +
+                                "{% if add_generation_prompt %}{{ '<a>' }}{% endif %}";
+        string folder = ChatFolder("tiny-chat", template);
+        using var server = ServerProcess.Start("rollout", "--model", folder, "--threads", "1", "--token-file", fx.Models.TokenFile);
+        var tokenizer = Rlhf.Inference.Tokenization.TextTokenizer.Load(folder);
+        // What the template gives for this conversation, written out by hand.
+        string prompt = tokenizer.TokenText(tokenizer.BosId!.Value) + "<s>Be brief.\n<u>the product\n<a>";
+        int[] ids = tokenizer.Encode(prompt);
+
+        var options = new OpenAI.OpenAIClientOptions { Endpoint = new Uri(server.Address + "/v1") };
+        var chat = new OpenAI.Chat.ChatClient("tiny-chat", new ApiKeyCredential(ServeModels.Token), options);
+#pragma warning disable OPENAI001   // Seed is marked experimental in the client
+        var settings = new OpenAI.Chat.ChatCompletionOptions { MaxOutputTokenCount = 6, Temperature = 1f, Seed = 11, IncludeLogProbabilities = true };
+#pragma warning restore OPENAI001
+        var answer = (await chat.CompleteChatAsync([new OpenAI.Chat.SystemChatMessage("Be brief."), new OpenAI.Chat.UserChatMessage("  the product ")], settings)).Value;
+
+        // The hand-written prompt's ids through /v1/completions with the same seed: the same tokens, logprobs and counts.
+        using var http = Http(server.Address);
+        var (status, body) = await Post(http, "/v1/completions", Completion(new { model = "tiny-chat", prompt = ids, max_tokens = 6, temperature = 1.0, seed = 11, logprobs = 1 }));
+        Assert.Equal(HttpStatusCode.OK, status);
+        var choice = body!["choices"]![0]!;
+        Assert.Equal(OpenAI.Chat.ChatMessageRole.Assistant, answer.Role);
+        Assert.Equal((string?)choice["text"], answer.Content[0].Text);
+        Assert.Equal((string?)choice["finish_reason"] == "length" ? OpenAI.Chat.ChatFinishReason.Length : OpenAI.Chat.ChatFinishReason.Stop, answer.FinishReason);
+        Assert.Equal([.. choice["logprobs"]!["token_logprobs"]!.AsArray().Select(x => (float)x!)], answer.ContentTokenLogProbabilities.Select(l => l.LogProbability));
+        Assert.Equal([.. choice["logprobs"]!["tokens"]!.AsArray().Select(x => (string?)x)], answer.ContentTokenLogProbabilities.Select(l => l.Token));
+        Assert.Equal((ids.Length, (int)body["usage"]!["completion_tokens"]!), (answer.Usage.InputTokenCount, answer.Usage.OutputTokenCount));
+
+        // No template in the folder (the fixture's): 400 in OpenAI's error shape, through the client and as curl sees it.
+        var plain = new OpenAI.Chat.ChatClient(ModelId, new ApiKeyCredential(ServeModels.Token), new OpenAI.OpenAIClientOptions { Endpoint = new Uri(fx.Server.Address + "/v1") });
+        var refused = await Assert.ThrowsAsync<ClientResultException>(() => plain.CompleteChatAsync([new OpenAI.Chat.UserChatMessage("hi")]));
+        Assert.Equal(400, refused.Status);
+        using var fixtureHttp = Http(fx.Server.Address);
+        (status, body) = await Post(fixtureHttp, "/v1/chat/completions", Completion(new { model = ModelId, messages = new[] { new { role = "user", content = "hi" } } }));
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Contains("no chat template", (string?)body!["error"]!["message"], StringComparison.Ordinal);
+        Assert.Equal(("invalid_request_error", "messages"), ((string?)body["error"]!["type"], (string?)body["error"]!["param"]));
+        // Bad messages on the chat server: 400 naming the field.
+        (status, body) = await Post(http, "/v1/chat/completions", Completion(new { model = "tiny-chat", messages = Array.Empty<object>() }));
+        Assert.Equal((HttpStatusCode.BadRequest, "messages"), (status, (string?)body!["error"]!["param"]));
+
+        // A template outside the supported subset: the replica still serves completions; chat gets a 400 naming the construct.
+        using var unsupported = ServerProcess.Start("rollout", "--model", ChatFolder("tiny-chat-json", "{{ messages | tojson }}"), "--threads", "1", "--token-file", fx.Models.TokenFile);
+        using var unsupportedHttp = Http(unsupported.Address);
+        (status, body) = await Post(unsupportedHttp, "/v1/chat/completions", Completion(new { model = "tiny-chat-json", messages = new[] { new { role = "user", content = "hi" } } }));
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Contains("not supported: the filter '| tojson'", (string?)body!["error"]!["message"], StringComparison.Ordinal);
+        (status, _) = await Post(unsupportedHttp, "/v1/completions", Completion(new { model = "tiny-chat-json", prompt = ids, max_tokens = 2 }));
+        Assert.Equal(HttpStatusCode.OK, status);
+    }
+
     [Fact]
     public async Task BadRequestsGet400WithAMessageAndTheServerGoesOnServing()
     {
@@ -112,6 +180,7 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
             Completion(new { model = ModelId, prompt = "the", max_tokens = 2, n = 1000 }),              // oversize batch
             Completion(new { model = ModelId, prompt = 42 }),
             Completion(new { model = ModelId, prompt = "the", temperature = -1 }),
+            Completion(new { model = ModelId, prompt = "the", max_tokens = fx.Models.Config.MaxPositionEmbeddings }),   // past the context
         ];
         foreach (string b in bad)
         {
@@ -121,6 +190,8 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
             Assert.Equal("invalid_request_error", (string?)body["error"]!["type"]);
             Assert.Equal(HttpStatusCode.OK, (await Post(http, "/v1/completions", good)).Status);   // still serving
         }
+        var (_, context) = await Post(http, "/v1/completions", bad[^1]);
+        Assert.Contains($"context of {fx.Models.Config.MaxPositionEmbeddings} tokens", (string?)context!["error"]!["message"], StringComparison.Ordinal);
         // Without the token: 401 in the same error shape (and the OpenAI client reports it).
         using var anonymous = Http(fx.Server.Address, token: null);
         var (s401, b401) = await Post(anonymous, "/v1/completions", good);

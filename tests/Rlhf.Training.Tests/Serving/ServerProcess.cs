@@ -1,35 +1,11 @@
-using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
-using System.Text;
+using System.Runtime.InteropServices;
+using Rlhf.Inference.Serving;
 
 namespace Rlhf.Training.Tests.Serving;
 
-/// <summary>
-/// An <c>rlhf-serve</c> process started from the build output on a free 127.0.0.1 port. Start waits (bounded) for its
-/// "listening" line; Dispose kills exactly this process and waits for it to end.
-/// </summary>
-internal sealed class ServerProcess : IDisposable
+/// <summary><c>rlhf-serve</c> processes started from the build output on 127.0.0.1 (<see cref="ReplicaProcess"/>), and freezing one.</summary>
+internal static partial class ServerProcess
 {
-    static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(90);
-    readonly Process _process;
-    readonly StringBuilder _output = new();
-
-    ServerProcess(Process process, int port)
-    {
-        _process = process;
-        Port = port;
-    }
-
-    /// <summary>The port it listens on.</summary>
-    public int Port { get; }
-
-    /// <summary>http://127.0.0.1:port</summary>
-    public string Address => $"http://127.0.0.1:{Port}";
-
-    /// <summary>What it printed so far (stdout and stderr).</summary>
-    public string Output { get { lock (_output) return _output.ToString(); } }
-
     /// <summary>The rlhf-serve.dll built next to this test project (same configuration).</summary>
     public static string ServerDll => BuildOutput(Path.Combine("src", "Inference", "Server"), "rlhf-serve.dll");
 
@@ -47,72 +23,33 @@ internal sealed class ServerProcess : IDisposable
         return File.Exists(dll) ? dll : throw new FileNotFoundException($"{dll} is missing; build Rlhf.sln first.");
     }
 
-    /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> and waits until it listens.</summary>
-    public static ServerProcess Start(params string[] args) => Start(0, args);
+    /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> on a free port and waits until it listens.</summary>
+    public static ReplicaProcess Start(params string[] args) => Start(0, args);
 
-    /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> on <paramref name="fixedPort"/> (0 = a free one) and waits until it listens.</summary>
-    public static ServerProcess Start(int fixedPort, params string[] args) => StartDll(ServerDll, fixedPort, args);
+    /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> on <paramref name="port"/> (0 = a free one) and waits until it listens.</summary>
+    public static ReplicaProcess Start(int port, params string[] args) => StartDll(ServerDll, port, args);
 
-    /// <summary>Starts <c>dotnet &lt;dll&gt; &lt;args&gt; --port N</c> on <paramref name="fixedPort"/> (0 = a free one) and waits until it listens.</summary>
-    public static ServerProcess StartDll(string dll, int fixedPort, params string[] args)
+    /// <summary>Starts <c>dotnet &lt;dll&gt; &lt;args&gt; --port N</c> on <paramref name="port"/> (0 = a free one) and waits until it listens.</summary>
+    public static ReplicaProcess StartDll(string dll, int port, params string[] args) => ReplicaProcess.Start(["dotnet", dll, .. args], port);
+
+    /// <summary>Freezes the process (SIGSTOP): it keeps its sockets, so calls to it hang until their deadline or its death.</summary>
+    public static void Pause(this ReplicaProcess replica)
     {
-        for (int attempt = 0; ; attempt++)
+        if (kill(replica.Id, SIGSTOP) != 0) throw new InvalidOperationException($"kill(SIGSTOP) of {replica.Id} failed: errno {Marshal.GetLastPInvokeError()}.");
+        // The signal is delivered asynchronously: wait (bounded) until the kernel reports the process stopped.
+        string state = "";
+        for (int i = 0; i < 500; i++)
         {
-            int port = fixedPort > 0 ? fixedPort : FreePort();
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            psi.ArgumentList.Add(dll);
-            foreach (var a in args) psi.ArgumentList.Add(a);
-            psi.ArgumentList.Add("--port");
-            psi.ArgumentList.Add(port.ToString(System.Globalization.CultureInfo.InvariantCulture));
-            var p = Process.Start(psi)!;
-            var server = new ServerProcess(p, port);
-            using var listening = new ManualResetEventSlim();
-            p.OutputDataReceived += (_, e) =>
-            {
-                if (e.Data is null) return;
-                lock (server._output) server._output.AppendLine(e.Data);
-                if (e.Data.Contains("listening on", StringComparison.Ordinal)) listening.Set();
-            };
-            p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (server._output) server._output.AppendLine(e.Data); };
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            var deadline = DateTime.UtcNow + StartTimeout;
-            while (!listening.Wait(200))
-            {
-                if (p.HasExited || DateTime.UtcNow > deadline)
-                {
-                    string output = server.Output;
-                    server.Dispose();
-                    if (attempt < 2 && fixedPort == 0 && output.Contains("address already in use", StringComparison.OrdinalIgnoreCase)) goto retry;
-                    throw new InvalidOperationException($"{Path.GetFileName(dll)} did not start within {StartTimeout.TotalSeconds} s (exit: {(p.HasExited ? p.ExitCode : "running")}):\n{output}");
-                }
-            }
-            return server;
-        retry:;
+            string stat = File.ReadAllText($"/proc/{replica.Id}/stat");
+            state = stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[0];
+            if (state is "T" or "t") return;
+            Thread.Sleep(10);
         }
+        throw new InvalidOperationException($"Process {replica.Id} did not stop after SIGSTOP (state {state}).");
     }
 
-    /// <summary>Kills the process (SIGKILL) and waits for it.</summary>
-    public void Kill()
-    {
-        if (!_process.HasExited)
-        {
-            _process.Kill(entireProcessTree: true);
-            _process.WaitForExit(10_000);
-        }
-    }
+    const int SIGSTOP = 19;   // Linux
 
-    internal static int FreePort()
-    {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        return ((IPEndPoint)l.LocalEndpoint).Port;
-    }
-
-    public void Dispose()
-    {
-        try { Kill(); }
-        catch (InvalidOperationException) { }   // never started
-        _process.Dispose();
-    }
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int kill(int pid, int sig);
 }

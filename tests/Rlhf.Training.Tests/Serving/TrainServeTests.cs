@@ -24,7 +24,7 @@ public sealed class TrainServeTests
 
     sealed class Server : IDisposable
     {
-        public required ServerProcess Process { get; init; }
+        public required Rlhf.Inference.Serving.ReplicaProcess Process { get; init; }
         public required HttpClient Http { get; init; }
         public void Dispose()
         {

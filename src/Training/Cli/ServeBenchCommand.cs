@@ -1,0 +1,263 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Rlhf.Export;
+using Rlhf.Export.Hf;
+using Rlhf.Inference.Rollout;
+using Rlhf.Inference.Serving;
+using Rlhf.Inference.Services;
+using Rlhf.Inference.Tokenization;
+using Rlhf.Training.Common;
+using Rlhf.Training.Data;
+using Rlhf.Training.Model;
+using Rlhf.Training.OnnxExport;
+using Rlhf.Training.Ppo;
+using Rlhf.Training.Sft;
+using Spectre.Console;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Cli;
+
+/// <summary>
+/// <c>rlhf bench serve</c>: what the services cost against the in-process path, with real <c>rlhf serve</c> replicas on
+/// 127.0.0.1: a weight push to 1 and 3 replicas (seconds, MB/s) vs the in-process sync, rollout tokens/s through one
+/// replica vs the in-process engine at one batch, and PPO seconds per iteration in process vs over replicas.
+/// </summary>
+internal static class ServeBenchCommand
+{
+    /// <summary>Settings of one run.</summary>
+    internal sealed record Options
+    {
+        /// <summary>Model config file (config.json) of the default model.</summary>
+        public required string ConfigPath { get; init; }
+        /// <summary>Also the ~100M config (pushes and tokens/s; PPO runs on the default model only).</summary>
+        public bool Large { get; init; }
+        /// <summary>Rows per generate call.</summary>
+        public int Batch { get; init; } = 32;
+        /// <summary>Tokens generated per row.</summary>
+        public int NewTokens { get; init; } = 32;
+        /// <summary>Threads of the trainer and of every replica (0 = all cores).</summary>
+        public int Threads { get; init; }
+        /// <summary>Timed runs per figure; the fastest counts.</summary>
+        public int Repeats { get; init; } = 2;
+        /// <summary>PPO iterations per run (0 = skip PPO).</summary>
+        public int PpoIterations { get; init; } = 3;
+    }
+
+    /// <summary>The <c>serve</c> sub-command of <c>rlhf bench</c>.</summary>
+    public static Command Create()
+    {
+        var config = new Option<string>("--config") { Description = "Model config.json of the default model.", DefaultValueFactory = _ => "models/tiny/config.json" };
+        var large = new Option<bool>("--large") { Description = "Also the ~100M-parameter random config (weight push and tokens/s; PPO stays on the default model)." };
+        var batch = new Option<int>("--batch") { Description = "Rows per generate call (and PPO rollout batch).", DefaultValueFactory = _ => 32 };
+        var newTokens = new Option<int>("--new-tokens") { Description = "Tokens generated per row.", DefaultValueFactory = _ => 32 };
+        var threads = new Option<int>("--threads") { Description = "Threads of the trainer and of each replica (0 = all cores).", DefaultValueFactory = _ => 0 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed runs per figure; the fastest counts (the machine may be shared).", DefaultValueFactory = _ => 2 };
+        var iterations = new Option<int>("--ppo-iterations") { Description = "PPO iterations per run, in process and over replicas (0 = skip).", DefaultValueFactory = _ => 3 };
+        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (push_seconds, push_mb_per_s, tokens_per_s, remote_over_inprocess_tokens_per_s, iteration_seconds_inprocess, iteration_seconds_remote, iteration_phase_seconds)." };
+        var cmd = new Command("serve", "Services vs in process, with rlhf serve replicas on 127.0.0.1: weight push to 1 and 3 replicas vs the in-process sync, tokens/s through one replica vs the in-process engine, PPO seconds per iteration.")
+            { config, large, batch, newTokens, threads, repeats, iterations, json };
+        cmd.SetAction(r => RlhfCommand.Guard(() =>
+        {
+            string path = r.GetValue(config)!;
+            var options = new Options
+            {
+                ConfigPath = File.Exists(path) ? path : throw new FileNotFoundException($"Model config '{path}' not found; pass --config."),
+                Large = r.GetValue(large), Batch = r.GetValue(batch), NewTokens = r.GetValue(newTokens), Threads = r.GetValue(threads),
+                Repeats = Math.Max(1, r.GetValue(repeats)), PpoIterations = r.GetValue(iterations),
+            };
+            if (options.Batch < 1 || options.NewTokens < 1 || options.PpoIterations < 0)
+                throw new ArgumentException("--batch and --new-tokens must be >= 1 and --ppo-iterations >= 0.");
+            var figures = Run(options, AnsiConsole.Console);
+            if (r.GetValue(json) is string file) AtomicFile.WriteAllText(file, figures.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
+            return 0;
+        }));
+        return cmd;
+    }
+
+    /// <summary>Runs the benchmark, prints its tables to <paramref name="console"/> and returns the figures.</summary>
+    internal static JsonObject Run(Options o, IAnsiConsole console)
+    {
+        int threads = o.Threads > 0 ? o.Threads : Environment.ProcessorCount;
+        DeviceSelector.SetThreads(threads);
+        var figures = new JsonObject
+        {
+            ["push_seconds"] = new JsonObject(), ["push_mb_per_s"] = new JsonObject(), ["tokens_per_s"] = new JsonObject(),
+            ["remote_over_inprocess_tokens_per_s"] = new JsonObject(),
+        };
+        console.MarkupLine($"[bold]rlhf bench serve[/]: {threads} thread(s) for the trainer and for each replica, batch {o.Batch}, {o.NewTokens} new tokens per row (T=1), best of {o.Repeats}.");
+        var push = new Table().Title("weight push (float32 snapshot + transfer + swap)").AddColumns("model", "MB", "in process s", "1 replica s", "MB/s", "3 replicas s", "MB/s");
+        var tokens = new Table().Title($"rollout tokens/s at batch {o.Batch}").AddColumns("model", "in process", "1 replica", "remote / in process", "same tokens");
+        var models = new List<(string Name, ModelConfig Cfg)> { ("tiny", ModelConfig.Load(o.ConfigPath)) };
+        if (o.Large) models.Add(("100M", RolloutBenchCommand.Large));
+        foreach (var (name, cfg) in models)
+        {
+            var (p, t) = Measure(name, cfg with { EosTokenIds = [] }, o, threads);
+            double mb = p.Bytes / 1e6;
+            push.AddRow(name, F(mb, 1), F(p.InProcess, 3), F(p.One, 3), F(mb / p.One, 0), F(p.Three, 3), F(mb / p.Three, 0));
+            tokens.AddRow(name, F(t.InProcess, 0), F(t.Remote, 0), F(t.Remote / t.InProcess, 3) + "x", t.Same ? "yes" : "NO");
+            figures["push_seconds"]![name] = new JsonObject { ["inprocess"] = p.InProcess, ["replicas_1"] = p.One, ["replicas_3"] = p.Three };
+            figures["push_mb_per_s"]![name] = new JsonObject { ["replicas_1"] = mb / p.One, ["replicas_3"] = mb / p.Three };
+            figures["tokens_per_s"]![name] = new JsonObject { ["inprocess"] = t.InProcess, ["remote"] = t.Remote, ["same_tokens"] = t.Same };
+            figures["remote_over_inprocess_tokens_per_s"]![name] = t.Remote / t.InProcess;
+        }
+        console.Write(push);
+        console.Write(tokens);
+        if (o.PpoIterations > 0)
+        {
+            var (local, remote) = Ppo(o, threads);
+            double localTotal = local.Values.Sum(), remoteTotal = remote.Values.Sum();
+            figures["iteration_seconds_inprocess"] = localTotal;
+            figures["iteration_seconds_remote"] = remoteTotal;
+            figures["iteration_phase_seconds"] = new JsonObject
+            {
+                ["inprocess"] = new JsonObject([.. local.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))]),
+                ["remote"] = new JsonObject([.. remote.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))]),
+            };
+            var table = new Table().Title($"PPO seconds per iteration (tiny, {o.PpoIterations} iterations of {o.Batch} rollouts; remote: 3 rollout replicas + a reward replica)")
+                .AddColumns("", "in process", "over replicas", "remote / in process");
+            foreach (string phase in local.Keys) table.AddRow(phase, F(local[phase], 3), F(remote[phase], 3), F(remote[phase] / local[phase], 2) + "x");
+            console.Write(table.AddRow("iteration", F(localTotal, 3), F(remoteTotal, 3), F(remoteTotal / localTotal, 2) + "x"));
+        }
+        return figures;
+    }
+
+    static string F(double x, int digits) => x.ToString("F" + digits.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
+
+    sealed record PushFigures(long Bytes, double InProcess, double One, double Three);
+    sealed record TokenFigures(double InProcess, double Remote, bool Same);
+
+    /// <summary>Weight pushes and tokens/s of one random model: in process, then through replicas serving its export.</summary>
+    static (PushFigures, TokenFigures) Measure(string name, ModelConfig cfg, Options o, int threads)
+    {
+        string dir = Directory.CreateTempSubdirectory("rlhf-bench-serve-").FullName;
+        try
+        {
+            using var model = LlamaForCausalLM.Create(cfg, CPU, ScalarType.Float32, 1234);
+            model.eval();
+            string folder = Path.Combine(dir, name);
+            ExportStage.ExportPolicy(model, folder, ExportStage.DefaultGraph(cfg), new ExportOptions { Overwrite = true }, parity: false);
+            var rng = new Random(7);
+            var requests = Enumerable.Range(0, o.Batch).Select(i => RolloutRequest.FromIds(
+                [.. Enumerable.Range(0, rng.Next(8, 17)).Select(_ => rng.Next(3, cfg.VocabSize))],
+                new SamplingOptions { Temperature = 1f, MaxNewTokens = o.NewTokens, Seed = (ulong)i })).ToList();
+            ulong version = 0;
+
+            using var engine = RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = threads, EosTokenIds = [], PadTokenId = 0, MaxBatchSize = Math.Max(64, o.Batch) });
+            double inProcess = Best(o.Repeats, () => InferenceServices.Sync(engine, model, ++version));
+            long bytes = OrtWeightsBytes(engine);
+            var (localTps, localTokens) = TokensPerSecond(engine, requests, version, o.Repeats);
+
+            string[] command = ["dotnet", Path.Combine(AppContext.BaseDirectory, "rlhf.dll"), "serve", "rollout", "--model", folder,
+                "--threads", threads.ToString(CultureInfo.InvariantCulture), "--max-batch", Math.Max(256, o.Batch).ToString(CultureInfo.InvariantCulture)];
+            var replicas = new List<ReplicaProcess>();
+            try
+            {
+                for (int i = 0; i < 3; i++) replicas.Add(ReplicaProcess.Start(command));
+                var timeout = TimeSpan.FromMinutes(10);
+                using var one = new ReplicaPool([replicas[0].Address], null, o.Batch, timeout, TextWriter.Null);
+                using var three = new ReplicaPool([.. replicas.Select(r => r.Address)], null, o.Batch, timeout, TextWriter.Null);
+                double pushOne = Best(o.Repeats, () => InferenceServices.Sync(one, model, ++version));
+                double pushThree = Best(o.Repeats, () => InferenceServices.Sync(three, model, ++version));
+                var (remoteTps, remoteTokens) = TokensPerSecond(one, requests, version, o.Repeats);
+                bool same = localTokens.Zip(remoteTokens).All(x => x.First.AsSpan().SequenceEqual(x.Second));
+                return (new PushFigures(bytes, inProcess, pushOne, pushThree), new TokenFigures(localTps, remoteTps, same));
+            }
+            finally
+            {
+                foreach (var r in replicas) r.Dispose();
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    static long OrtWeightsBytes(IRolloutService service) =>
+        service.WeightLayout.Values.Sum(shape => shape.Aggregate(1L, (a, d) => a * d) * sizeof(float));
+
+    static double Best(int repeats, Func<TimeSpan> run) => Enumerable.Range(0, repeats).Min(_ => run().TotalSeconds);
+
+    /// <summary>Generated tokens per second (best of <paramref name="repeats"/> after a short warm-up) and the tokens of the last run.</summary>
+    static (double TokensPerSecond, int[][] Tokens) TokensPerSecond(IRolloutService service, IReadOnlyList<RolloutRequest> requests, ulong version, int repeats)
+    {
+        var call = new RolloutCall { RequiredVersion = version };
+        service.Generate([.. requests.Take(4).Select(q => q with { Sampling = q.Sampling! with { MaxNewTokens = 2 } })], call);
+        double best = 0;
+        int[][] tokens = [];
+        for (int k = 0; k < repeats; k++)
+        {
+            var sw = Stopwatch.StartNew();
+            var results = service.Generate(requests, call);
+            best = Math.Max(best, results.Sum(r => r.ResponseIds.Length) / sw.Elapsed.TotalSeconds);
+            tokens = [.. results.Select(r => r.ResponseIds)];
+        }
+        return (best, tokens);
+    }
+
+    /// <summary>
+    /// Mean seconds per PPO iteration of each <c>time/*</c> phase in process and over 3 rollout replicas + a
+    /// reward replica, on a fresh model of the default config with a tokenizer trained on the default task and a reward
+    /// model with a fresh head (what is timed does not depend on the weights).
+    /// </summary>
+    static (SortedDictionary<string, double> InProcess, SortedDictionary<string, double> Remote) Ppo(Options o, int threads)
+    {
+        string dir = Directory.CreateTempSubdirectory("rlhf-bench-serve-ppo-").FullName;
+        try
+        {
+            string sft = Path.Combine(dir, "sft"), rm = Path.Combine(dir, "rm");
+            var texts = DataSets.SftExamples(7, DataSets.SftTrainName, 2000).Select(e => PromptFormat.Join(e.Prompt, e.Response));
+            SftTrainer.WriteFreshModel(sft, texts, vocabSize: 2000, Path.GetFullPath(o.ConfigPath), seed: 1);
+            using (var policy = LlamaForCausalLM.FromPretrained(sft, CPU, ScalarType.Float32)) ExportStage.AfterStage(policy, sft, "sft");
+            using (var reward = LlamaForSequenceClassification.FromPretrained(sft, CPU, ScalarType.Float32, newHeadSeed: 3))
+            {
+                reward.SavePretrained(rm, ScalarType.Float32);
+                TokenizerFiles.Copy(sft, rm);
+                ExportStage.AfterStage(reward, rm, "rm");
+            }
+            int shard = (o.Batch + 2) / 3;
+            var local = new PpoConfig
+            {
+                Out = Path.Combine(dir, "ppo-local"), SftModel = sft, RmModel = rm, RewardNormalization = ScoreNormalization.None,
+                Iterations = o.PpoIterations, RolloutBatch = o.Batch, MiniBatch = Math.Min(8, o.Batch), PpoEpochs = 1, MaxNewTokens = o.NewTokens,
+                DefaultPrompts = Math.Max(64, o.Batch), EvalPrompts = 4, EvalEvery = o.PpoIterations, CheckpointEvery = 0, BestOfN = [1],
+                Threads = threads, RolloutShardSize = shard, Seed = 1,
+            };
+            if (o.Batch % local.MiniBatch != 0) local = local with { MiniBatch = o.Batch };
+            var inProcess = PhaseSeconds(local);
+
+            string threadArg = threads.ToString(CultureInfo.InvariantCulture), rlhf = Path.Combine(AppContext.BaseDirectory, "rlhf.dll");
+            var replicas = new List<ReplicaProcess>();
+            try
+            {
+                for (int i = 0; i < 3; i++) replicas.Add(ReplicaProcess.Start(["dotnet", rlhf, "serve", "rollout", "--model", Path.Combine(sft, ExportStage.OnnxFolderName), "--threads", threadArg]));
+                var reward = ReplicaProcess.Start(["dotnet", rlhf, "serve", "reward", "--reward-model", Path.Combine(rm, ExportStage.OnnxFolderName), "--threads", threadArg]);
+                replicas.Add(reward);
+                var remote = PhaseSeconds(local with
+                {
+                    Out = Path.Combine(dir, "ppo-remote"), RolloutEndpoints = [.. replicas.Take(3).Select(r => r.Address)], RewardEndpoint = reward.Address,
+                });
+                return (inProcess, remote);
+            }
+            finally
+            {
+                foreach (var r in replicas) r.Dispose();
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>Mean seconds per iteration of each <c>time/*</c> phase (generate, score, experience, train, sync) of a PPO run.</summary>
+    static SortedDictionary<string, double> PhaseSeconds(PpoConfig cfg)
+    {
+        PpoTrainer.Train(cfg, new RunControl { Progress = false });
+        var rows = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv")).Rows;
+        return new SortedDictionary<string, double>(rows[0].Keys.Where(k => k.StartsWith("time/", StringComparison.Ordinal))
+            .ToDictionary(k => k["time/".Length..], k => rows.Average(r => r[k])), StringComparer.Ordinal);
+    }
+}
