@@ -4,6 +4,8 @@ namespace Rlhf.Inference.Rollout;
 /// Per-request random numbers: xoshiro256** (Blackman &amp; Vigna 2018) seeded through SplitMix64. Written out here
 /// (not <see cref="System.Random"/>) so a seed gives the same stream on every .NET version and machine. Each request
 /// owns one instance, so its tokens do not depend on which other requests share the batch. Not thread-safe.
+/// Its SplitMix64 step is the project's one copy, also behind the seed derivations (<see cref="Mix"/>, <see cref="Derive"/>)
+/// and the default task's data stream (Rlhf.Training.Common.SplitMixRandom).
 /// </summary>
 public sealed class Rng
 {
@@ -28,6 +30,22 @@ public sealed class Rng
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
         return z ^ (z >> 31);
+    }
+
+    /// <summary>One SplitMix64 output for state <paramref name="x"/>: mix(x + γ), a bijective hash of a 64-bit seed.</summary>
+    public static ulong Mix(ulong x) => SplitMix64(ref x);
+
+    /// <summary>A seed for an independent stream named <paramref name="name"/> derived from <paramref name="seed"/>
+    /// (FNV-1a of the name mixed through SplitMix64), e.g. one per data split.</summary>
+    public static ulong Derive(ulong seed, string name)
+    {
+        ulong h = 0xCBF29CE484222325UL;
+        foreach (char c in name)
+        {
+            h ^= c;
+            h *= 0x100000001B3UL;
+        }
+        return Mix(seed ^ Mix(h));
     }
 
     /// <summary>Next 64 random bits (xoshiro256**).</summary>

@@ -105,6 +105,13 @@ public sealed class RolloutEngine : Services.IRolloutService
         return new RolloutEngine(file, folder, options ?? new RolloutEngineOptions(), tokenizer);
     }
 
+    /// <summary>The decoder at <paramref name="path"/> for forward passes only (<see cref="Forward"/>, <see cref="Logits"/>): no tokenizer is read.</summary>
+    public static RolloutEngine OpenDecoder(string path, int threads)
+    {
+        var (file, folder) = OnnxModelPath.Resolve(path);
+        return new RolloutEngine(file, folder, new RolloutEngineOptions { Threads = threads }, null);
+    }
+
     static (int[] Eos, int? Pad) ReadGenAiTokens(string folder)
     {
         string f = Path.Combine(folder, "genai_config.json");
@@ -179,6 +186,44 @@ public sealed class RolloutEngine : Services.IRolloutService
             using var outputs = _session.Run(_run, names, values, [Signature.Logits]);
             foreach (var v in values) v.Dispose();
             return outputs[0].GetTensorDataAsSpan<float>().ToArray();
+        }
+    }
+
+    /// <summary>
+    /// One forward of the decoder with the cache held by the caller (parity checks, benchmarks): ids [B, S], mask [B, T]
+    /// (T = past + S), positions [B, S] (ignored by a graph without position ids; required by one with them);
+    /// <paramref name="past"/>: the previous step, or null for an empty cache. With no past and
+    /// <paramref name="pastCapacity"/> &gt; 0 the past is a zeroed buffer of that many slots, as GenAI passes it with
+    /// <c>past_present_share_buffer</c> (graphs without position ids only; their presents then keep that length).
+    /// </summary>
+    public DecoderStep Forward(long[,] ids, long[,] mask, long[,]? positions, DecoderStep? past, int pastCapacity = 0)
+    {
+        var sig = Signature;
+        int b = ids.GetLength(0);
+        if (sig.PositionIds is not null && positions is null) throw new ArgumentException("This graph takes position_ids.", nameof(positions));
+        OrtValue[]? zeroed = past is null && pastCapacity > 0
+            ? [.. Enumerable.Range(0, 2 * sig.Layers).Select(_ => OrtValue.CreateTensorValueFromMemory(
+                new float[(long)b * sig.KvHeads * pastCapacity * sig.HeadDim], [b, sig.KvHeads, pastCapacity, sig.HeadDim]))]
+            : null;
+        var pastValues = past?.Presents ?? zeroed;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var (names, values) = Inputs(Flat(ids), [b, ids.GetLength(1)], Flat(mask), [b, mask.GetLength(1)],
+                positions is null ? new long[ids.Length] : Flat(positions), pastValues, b, 0);
+            try { return new DecoderStep(Signature, _session.Run(_run, names, values, OutputNames()).ToArray()); }
+            finally
+            {
+                foreach (var v in values) if (pastValues is null || !pastValues.Contains(v)) v.Dispose();
+                if (zeroed is not null) foreach (var v in zeroed) v.Dispose();
+            }
+        }
+
+        static long[] Flat(long[,] a)
+        {
+            var flat = new long[a.Length];
+            Buffer.BlockCopy(a, 0, flat, 0, a.Length * sizeof(long));
+            return flat;
         }
     }
 
@@ -507,5 +552,40 @@ public sealed class RolloutEngine : Services.IRolloutService
             _weightOwner?.Dispose();
             _run.Dispose();
         }
+    }
+}
+
+/// <summary>The outputs of one <see cref="RolloutEngine.Forward"/>: logits [B, S, V] and the presents, in ORT memory until disposed.</summary>
+public sealed class DecoderStep : IDisposable
+{
+    readonly OrtValue[] _outputs;   // logits, then present key/value per layer (the order of the next step's past)
+
+    internal DecoderStep(DecoderSignature signature, OrtValue[] outputs)
+    {
+        Signature = signature;
+        _outputs = outputs;
+    }
+
+    /// <summary>The graph's I/O names.</summary>
+    public DecoderSignature Signature { get; }
+
+    /// <summary>present key, value of every layer, in layer order.</summary>
+    internal OrtValue[] Presents => _outputs[1..];
+
+    /// <summary>Shape of the logits [B, S, V].</summary>
+    public long[] LogitsShape => _outputs[0].GetTensorTypeAndShape().Shape;
+
+    /// <summary>Logits of row <paramref name="b"/> at position <paramref name="s"/> [V].</summary>
+    public float[] LogitsAt(int b, int s)
+    {
+        var shape = LogitsShape;
+        int seq = (int)shape[1], v = (int)shape[2];
+        return _outputs[0].GetTensorDataAsSpan<float>().Slice((b * seq + s) * v, v).ToArray();
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        foreach (var o in _outputs) o.Dispose();
     }
 }

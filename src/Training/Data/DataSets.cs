@@ -62,9 +62,10 @@ public static class DataSets
     public const string PpoPromptsName = "ppo_prompts";
     public const string PpoEvalPromptsName = "ppo_eval_prompts";
     public const string CorpusName = "corpus";
+    public const string CorpusEvalName = "corpus_eval";
 
     /// <summary>The seed of one split's generator.</summary>
-    public static ulong SplitSeed(ulong seed, string split) => Rng.Derive(seed, split);
+    public static ulong SplitSeed(ulong seed, string split) => Inference.Rollout.Rng.Derive(seed, split);
 
     /// <summary>SFT demonstrations of a split: opening words as prompt, the rest of the review as response.</summary>
     public static IReadOnlyList<SftExample> SftExamples(ulong seed, string split, int count, ReviewGeneratorOptions? options = null)
@@ -83,6 +84,10 @@ public static class DataSets
     /// <summary>Full review texts of a split (tokenizer corpus).</summary>
     public static IReadOnlyList<string> Corpus(ulong seed, int count, ReviewGeneratorOptions? options = null) =>
         new ReviewGenerator(SplitSeed(seed, CorpusName), options).Generate(count).Select(r => r.Text).ToArray();
+
+    /// <summary>Held-out review texts of the corpus's distribution (their own split: no ptx or tokenizer text among them).</summary>
+    public static IReadOnlyList<string> HeldOutCorpus(ulong seed, int count, ReviewGeneratorOptions? options = null) =>
+        new ReviewGenerator(SplitSeed(seed, CorpusEvalName), options).Generate(count).Select(r => r.Text).ToArray();
 
     /// <summary>Writes sft_train, sft_eval, rm_prompts, rm_eval_prompts, ppo_prompts, ppo_eval_prompts (as .csv or
     /// .jsonl) and corpus.txt (one review per line) into <paramref name="folder"/>.</summary>

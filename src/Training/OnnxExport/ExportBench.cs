@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Rlhf.Export;
+using Rlhf.Inference.Rollout;
 using Rlhf.Export.Hf;
 using Rlhf.Training.Model;
 using TorchSharp;
@@ -73,7 +74,7 @@ public static class ExportBench
                 using var model = LlamaForCausalLM.Create(cfg with { ResidualDropout = 0, AttentionDropout = 0 }, torch.CPU, ScalarType.Float32, seed: 7);
                 model.eval();
                 var rng = new Random(3);
-                var engines = new List<(string Engine, OrtDecoder Decoder)>();
+                var engines = new List<(string Engine, RolloutEngine Decoder)>();
                 try
                 {
                     foreach (var graph in new[] { GraphKind.Plain, GraphKind.ContribGqa })
@@ -85,7 +86,7 @@ public static class ExportBench
                         var result = PolicyExport.Export(model.Config, model.state_dict(), folder, graph, new ExportOptions { Overwrite = true });
                         Add(new BenchRow(name, engine, "export", 0, sw.Elapsed.TotalMilliseconds, "ms"));
                         Add(new BenchRow(name, engine, "size", 0, (result.Saved.ModelBytes + result.Saved.DataBytes) / 1e6, "MB"));
-                        engines.Add((engine, new OrtDecoder(folder, options.Threads)));
+                        engines.Add((engine, RolloutEngine.OpenDecoder(folder, options.Threads)));
                     }
                     foreach (int b in options.Batches)
                         foreach (var row in Forward(name, model, engines, b, options, rng)) Add(row);
@@ -107,7 +108,7 @@ public static class ExportBench
     /// Prefill and decode times of every engine at batch <paramref name="b"/>. The engines run interleaved within each
     /// repetition (ORT graphs, then TorchSharp), so load changes on a shared machine hit them alike.
     /// </summary>
-    static IEnumerable<BenchRow> Forward(string name, LlamaForCausalLM model, List<(string Engine, OrtDecoder Decoder)> engines, int b,
+    static IEnumerable<BenchRow> Forward(string name, LlamaForCausalLM model, List<(string Engine, RolloutEngine Decoder)> engines, int b,
         BenchOptions options, Random rng)
     {
         var cfg = model.Config;
@@ -122,7 +123,7 @@ public static class ExportBench
         var sIdsT = torch.tensor(Flat(sIds), [b, 1]);
         var sMaskT = torch.tensor(Flat(sMask), [b, t + 1]);
         var sPosT = torch.tensor(Flat(sPos), [b, 1]);
-        var caches = engines.Select(e => e.Decoder.Run(ids, mask, pos, null)).ToList();
+        var caches = engines.Select(e => e.Decoder.Forward(ids, mask, pos, null)).ToList();
         try
         {
             int n = engines.Count + 1;
@@ -134,9 +135,9 @@ public static class ExportBench
                 for (int e = 0; e < engines.Count; e++)
                 {
                     var d = engines[e].Decoder;
-                    double p = Time(() => d.Run(ids, mask, pos, null).Dispose());
+                    double p = Time(() => d.Forward(ids, mask, pos, null).Dispose());
                     var c = caches[e];
-                    double s = Time(() => d.Run(sIds, sMask, sPos, c).Dispose());
+                    double s = Time(() => d.Forward(sIds, sMask, sPos, c).Dispose());
                     if (keep) { prefill[e].Add(p); decode[e].Add(s); }
                 }
                 double tp = Time(() => model.Forward(idsT, maskT, posT).Dispose());

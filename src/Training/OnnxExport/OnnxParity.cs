@@ -1,4 +1,5 @@
 using Microsoft.ML.OnnxRuntime;
+using Rlhf.Inference.Rollout;
 using Rlhf.Training.Model;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -32,8 +33,8 @@ public static class OnnxParity
         bool sharedBuffer = false)
     {
         if (lengths.Length == 0 || lengths.Any(l => l < 1)) throw new ArgumentException("Every row needs at least one token.", nameof(lengths));
-        using var decoder = new OrtDecoder(folder, threads);
-        bool gqa = !decoder.TakesPositionIds;
+        using var decoder = RolloutEngine.OpenDecoder(folder, threads);
+        bool gqa = decoder.Signature.PositionIds is null;
         if (gqa && leftPad) throw new ArgumentException("The GroupQueryAttention graph supports right padding only.", nameof(leftPad));
         if (!gqa && sharedBuffer) throw new ArgumentException("Only the GroupQueryAttention graph takes a shared past/present buffer.", nameof(sharedBuffer));
         var cfg = model.Config;
@@ -55,7 +56,7 @@ public static class OnnxParity
                 pos[b, col] = j;
             }
         double prefill = 0, decode = 0;
-        var step = decoder.Run(ids, mask, pos, null, sharedBuffer ? W + steps : 0);
+        var step = decoder.Forward(ids, mask, pos, null, sharedBuffer ? W + steps : 0);
         try
         {
             for (int b = 0; b < B; b++)
@@ -79,7 +80,7 @@ public static class OnnxParity
                         stepMask[b, t - 1] = 1;
                     }
                 }
-                var next = decoder.Run(stepIds, stepMask, stepPos, step);
+                var next = decoder.Forward(stepIds, stepMask, stepPos, step);
                 step.Dispose();
                 step = next;
                 for (int b = 0; b < B; b++)

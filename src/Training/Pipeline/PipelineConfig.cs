@@ -13,6 +13,14 @@ public sealed record PipelineConfig
     public string? SftFrom { get; init; }
     /// <summary>An existing reward-model folder to use instead of running the RM stage.</summary>
     public string? RmFrom { get; init; }
+    /// <summary>
+    /// Rounds of RM → PPO. Each round after the first samples K responses per prompt (<see cref="RoundPrompts"/> fresh
+    /// prompts) from the latest policy, has the default task's annotators rank them, retrains the RM from the previous one
+    /// on the old and new comparisons, and runs PPO again from the latest policy (π_ref stays the SFT model).
+    /// </summary>
+    public int Rounds { get; init; } = 1;
+    /// <summary>Prompts labelled in each round after the first (K policy samples each, ranked by the annotators).</summary>
+    public int RoundPrompts { get; init; } = 2000;
     /// <summary>Seed for every stage.</summary>
     public long Seed { get; init; } = 1;
     /// <summary>cpu or cuda, for every stage.</summary>
@@ -52,6 +60,13 @@ public sealed record PipelineConfig
         Owned("rm.sft_model", Rm.SftModel != rm.SftModel, "use sft_from (--sft-from)");
         Owned("ppo.sft_model", Ppo.SftModel != ppo.SftModel, "use sft_from (--sft-from)");
         Owned("ppo.rm_model", Ppo.RmModel != ppo.RmModel, "use rm_from (--rm-from)");
+        Owned("rm.init_model", Rm.InitModel != rm.InitModel, "each round after the first continues from the previous round's RM");
+        Owned("ppo.policy_model", Ppo.PolicyModel != ppo.PolicyModel, "each round after the first starts from the previous round's policy");
+        if (Rounds < 1) e.Add("rounds must be ≥ 1");
+        if (RoundPrompts < 1) e.Add("round_prompts must be ≥ 1");
+        if (Rounds > 1 && Rm.EvalPrompts < 1) e.Add("rounds > 1 measure the RM on held-out policy samples: rm.eval_prompts must be ≥ 1");
+        if (Rounds > 1 && (Rm.RankingsFile is not null || Rm.PairsFile is not null))
+            e.Add("rounds > 1 label policy samples with the default task's annotators: drop rm.rankings_file and rm.pairs_file");
         if (e.Count > 0) throw new InvalidDataException("Invalid pipeline config: " + string.Join("; ", e) + ".");
     }
 }

@@ -10,7 +10,8 @@ using Rlhf.Training.Sft;
 namespace Rlhf.Training.Pipeline;
 
 /// <summary>
-/// Chains the stages SFT → RM → PPO. A stage whose folder already holds its summary.json is reused, one
+/// Chains the stages SFT → RM → PPO, then (<see cref="PipelineConfig.Rounds"/> &gt; 1) further RM → PPO rounds
+/// (<see cref="PipelineRounds"/>). A stage whose folder already holds its summary.json is reused, one
 /// with a checkpoint but no summary is resumed, anything else starts fresh; <c>--overwrite</c> reruns everything.
 /// </summary>
 public static class PipelineRunner
@@ -22,7 +23,7 @@ public static class PipelineRunner
         using var log = StageLog.Use(control.Logger);
         // a failed pipeline keeps its stage folders (finished or resumable) and drops a folder with nothing else in it
         return OutputFolder.CleanOnFailure(cfg.Out, () => RunStages(cfg, control),
-            keep: f => new[] { "sft", "rm", "ppo" }.Any(s => Directory.Exists(Path.Combine(f, s))));
+            keep: f => new[] { "sft", "rm", "ppo" }.Any(s => Directory.Exists(Path.Combine(f, s))) || Directory.EnumerateDirectories(f, "round*").Any());
     }
 
     static JsonObject RunStages(PipelineConfig cfg, RunControl control)
@@ -52,13 +53,16 @@ public static class PipelineRunner
         string ppoFolder = Path.Combine(cfg.Out, "ppo");
         var ppo = cfg.Ppo with { Out = ppoFolder, SftModel = sftFolder, RmModel = rmFolder, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads };
         summary["ppo"] = Stage("PPO", ppoFolder, control, c => JsonSerializer.SerializeToNode(PpoTrainer.Train(ppo, c), ConfigLoader.Json)!);
+        if (cfg.Rounds > 1)
+            summary["rounds"] = JsonSerializer.SerializeToNode(
+                PipelineRounds.Run(cfg, control, sftFolder, rmFolder, ppoFolder, summary["rm"]!, summary["ppo"]!), ConfigLoader.Json);
 
         summary["seconds"] = clock.Elapsed.TotalSeconds;
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), summary.ToJsonString(ConfigLoader.Json));
         return summary;
     }
 
-    static JsonNode Stage(string name, string folder, RunControl control, Func<RunControl, JsonNode> run)
+    internal static JsonNode Stage(string name, string folder, RunControl control, Func<RunControl, JsonNode> run)
     {
         string summaryFile = Path.Combine(folder, "summary.json");
         if (File.Exists(summaryFile))

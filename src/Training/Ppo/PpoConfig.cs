@@ -11,6 +11,8 @@ public sealed record PpoConfig
     public string Out { get; init; } = "runs/ppo";
     /// <summary>SFT folder: the actor's start and the frozen reference π_ref.</summary>
     public string SftModel { get; init; } = "runs/sft";
+    /// <summary>The actor's starting weights (an HF causal-LM folder, e.g. an earlier PPO run); null = <see cref="SftModel"/>. π_ref stays the SFT model (an <c>sft</c> reward normalisation is measured on the actor's samples at the start).</summary>
+    public string? PolicyModel { get; init; }
     /// <summary>
     /// Our reward-model folder (HF + onnx/): the critic's start (its normalisation folded into the value head), and the
     /// scorer unless <see cref="RewardModel"/> is set. null = runs/rm, or none when <see cref="RewardModel"/> is set

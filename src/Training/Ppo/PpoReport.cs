@@ -9,10 +9,14 @@ namespace Rlhf.Training.Ppo;
 /// <summary>Gold score, RM score and KL of best-of-N sampling from the SFT model (N = 1 is the SFT model).</summary>
 public sealed record BestOfNPoint(int N, double Gold, double Score, double Kl);
 
-/// <summary>SFT vs best-of-N vs PPO on the same held-out prompts.</summary>
+/// <summary>Perplexity of the SFT and PPO models on the same held-out pretraining-style text (what PPO costs there: the alignment tax).</summary>
+public sealed record CorpusPerplexity(double Sft, double Ppo, long Tokens);
+
+/// <summary>SFT vs best-of-N vs PPO on the same held-out prompts (and, where measured, on held-out corpus text).</summary>
 public sealed record Comparison(
     string[] Prompts, string[] SftResponses, double[] SftGold, double[] SftScores,
-    string[] PpoResponses, double[] PpoGold, double[] PpoScores, double PpoKl, IReadOnlyList<BestOfNPoint> BestOfN)
+    string[] PpoResponses, double[] PpoGold, double[] PpoScores, double PpoKl, IReadOnlyList<BestOfNPoint> BestOfN,
+    CorpusPerplexity? Corpus = null)
 {
     /// <summary>Mean and standard deviation of the SFT model's gold scores.</summary>
     public (double Mean, double Std) SftGoldStats => TrainerParts.MeanStd(SftGold);
@@ -37,7 +41,7 @@ public static class PpoReport
     }
 
     /// <summary>report.md and report.png (gold score vs KL for SFT, best-of-N and PPO on one pair of axes).</summary>
-    public static void Write(string folder, Comparison c)
+    public static void Write(string folder, Comparison c, double ptxCoef)
     {
         var plt = new Plot();
         var bon = plt.Add.Scatter(c.BestOfN.Select(b => b.Kl).ToArray(), c.BestOfN.Select(b => b.Gold).ToArray());
@@ -64,6 +68,9 @@ public static class PpoReport
         md.AppendLine("| policy | gold score | RM score | KL to SFT (nats) |").AppendLine("|---|---|---|---|");
         foreach (var b in c.BestOfN) md.AppendLine($"| {(b.N == 1 ? "SFT" : $"SFT best-of-{b.N}")} | {F(b.Gold)} | {F(b.Score)} | {F(b.Kl)} |");
         md.AppendLine($"| PPO | {F(ppoMean)} | {F(c.PpoScores.Average())} | {F(c.PpoKl)} |").AppendLine();
+        if (c.Corpus is { } p)
+            md.AppendLine($"Held-out corpus perplexity ({p.Tokens} predicted tokens of the default task's reviews, the alignment tax; " +
+                          $"ptx_coef {ptxCoef.ToString(CultureInfo.InvariantCulture)}): SFT {F(p.Sft)}, PPO {F(p.Ppo)} ({(p.Ppo / p.Sft - 1).ToString("+0.0%;-0.0%", CultureInfo.InvariantCulture)}).").AppendLine();
         md.AppendLine("![gold vs KL](report.png)").AppendLine();
         md.AppendLine("![reward](reward.png) ![kl](kl.png)").AppendLine();
         md.AppendLine("## Samples (same prompts)").AppendLine();

@@ -23,6 +23,10 @@ public sealed record PpoSummary
     public double PpoKl { get; init; }
     /// <summary>(PPO gold − SFT gold) / SFT gold std.</summary>
     public double GoldGainInSftStd { get; init; }
+    /// <summary>Perplexity of the SFT model on the default task's held-out corpus (null with a ptx_file).</summary>
+    public double? CorpusPerplexitySft { get; init; }
+    /// <summary>Perplexity of the PPO model on the same text: its rise over <see cref="CorpusPerplexitySft"/> is the alignment tax.</summary>
+    public double? CorpusPerplexityPpo { get; init; }
     /// <summary>Best-of-N points from the SFT model.</summary>
     public IReadOnlyList<BestOfNPoint> BestOfN { get; init; } = [];
     /// <summary>Mean seconds per iteration by phase (generate, score, experience, train, sync).</summary>
@@ -53,6 +57,8 @@ public sealed record PpoSummary
             PpoScore = c.PpoScores.Average(),
             PpoKl = c.PpoKl,
             GoldGainInSftStd = (c.PpoGoldStats.Mean - sftMean) / Math.Max(sftStd, 1e-9),
+            CorpusPerplexitySft = c.Corpus?.Sft,
+            CorpusPerplexityPpo = c.Corpus?.Ppo,
             BestOfN = c.BestOfN,
             SecondsPerIteration = new[] { "generate", "score", "experience", "train", "sync" }.ToDictionary(k => k, k => Mean("time/" + k)),
             SamplesPerSecond = Mean("samples/s"),

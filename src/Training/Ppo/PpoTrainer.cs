@@ -161,7 +161,7 @@ public static class PpoTrainer
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "ppo_config.json"), ConfigLoader.ToJson(cfg));
         PpoReport.Curves(cfg.Out, metrics);
         var comparison = Compare(run, evalPrompts, cfg);
-        PpoReport.Write(cfg.Out, comparison);
+        PpoReport.Write(cfg.Out, comparison, cfg.PtxCoef);
         var summary = PpoSummary.From(metrics, comparison, clock.Elapsed.TotalSeconds) with { RewardNormalization = run.Calibration };
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), System.Text.Json.JsonSerializer.Serialize(summary, ConfigLoader.Json));
         return summary;
@@ -171,7 +171,7 @@ public static class PpoTrainer
     {
         string? rmFolder = cfg.RmFolder();
         var tokenizer = TextTokenizer.Load(cfg.SftModel);
-        var actor = LlamaForCausalLM.FromPretrained(resumeFrom is null ? cfg.SftModel : Path.Combine(resumeFrom, "actor"), device, ScalarType.Float32);
+        var actor = LlamaForCausalLM.FromPretrained(resumeFrom is null ? cfg.PolicyModel ?? cfg.SftModel : Path.Combine(resumeFrom, "actor"), device, ScalarType.Float32);
         var reference = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
         foreach (var p in reference.parameters()) p.requires_grad = false;
         var critic = resumeFrom is not null
@@ -205,6 +205,8 @@ public static class PpoTrainer
     {
         if (!File.Exists(Path.Combine(cfg.SftModel, "config.json")))
             throw new DirectoryNotFoundException($"{cfg.SftModel}: no SFT model folder (config.json); train one with `rlhf sft` or pass --sft-model.");
+        if (cfg.PolicyModel is string policy && !File.Exists(Path.Combine(policy, "config.json")))
+            throw new DirectoryNotFoundException($"{policy}: no policy model folder (config.json) to start the actor from (policy_model).");
         if (cfg.RmFolder() is string rm && !File.Exists(Path.Combine(rm, "config.json")))
             throw new DirectoryNotFoundException($"{rm}: no reward-model folder (config.json); train one with `rlhf rm`, set rm_model (--rm-model), " +
                                                  "or optimise an ONNX reward model alone with --reward-model <folder>.");
@@ -219,7 +221,7 @@ public static class PpoTrainer
         return [.. Enumerable.Range(within * cfg.RolloutBatch, cfg.RolloutBatch).Select(i => order[i % promptCount])];
     }
 
-    static ulong SamplingSeed(long seed, int it) => Common.Rng.Mix((ulong)seed ^ Common.Rng.Mix((ulong)it + 0x5EED));
+    static ulong SamplingSeed(long seed, int it) => Rng.Mix((ulong)seed ^ Rng.Mix((ulong)it + 0x5EED));
 
     /// <summary>
     /// Samples one response per prompt from <paramref name="rollouts"/>, which must hold weights <paramref name="version"/>
@@ -230,7 +232,7 @@ public static class PpoTrainer
         var requests = ids.Select((p, i) => RolloutRequest.FromIds(p, new SamplingOptions
         {
             Temperature = (float)cfg.Temperature, TopK = cfg.TopK, TopP = (float)cfg.TopP, MaxNewTokens = cfg.MaxNewTokens,
-            Seed = Common.Rng.Mix(seed + (ulong)i),
+            Seed = Rng.Mix(seed + (ulong)i),
         })).ToList();
         return (prompts, ids, [.. rollouts.Generate(requests, new RolloutCall { RequiredVersion = version })]);
     }
@@ -462,8 +464,11 @@ public static class PpoTrainer
             bestOf.Add(new BestOfNPoint(n, gold / prompts.Count, score / prompts.Count, BestOfN.Kl(n)));
         }
         double[] sftGold = [.. prompts.Select((p, i) => GoldScorer.Score(p, scored.Texts[i], scored.EndedWithEos[i]).Total)];
+        var heldOut = PtxBatches.HeldOutRows(cfg, run.Tokenizer, run.Actor.Config.MaxPositionEmbeddings);
+        var corpus = heldOut is null ? null : new CorpusPerplexity(PtxBatches.Perplexity(run.Reference, heldOut, run.Device),
+            PtxBatches.Perplexity(run.Actor, heldOut, run.Device), heldOut.Length * (long)(cfg.PtxSeqLen - 1));
         return new Comparison([.. prompts], [.. scored.Texts.Take(prompts.Count)], sftGold, [.. scored.RmScores.Take(prompts.Count).Select(x => (double)x)],
-            ppo.Responses, ppo.GoldPer, ppo.ScorePer, ppo.Kl, bestOf);
+            ppo.Responses, ppo.GoldPer, ppo.ScorePer, ppo.Kl, bestOf, corpus);
     }
 
     static IReadOnlyList<string> TrainingPrompts(PpoConfig cfg) => cfg.PromptsFile is null

@@ -88,6 +88,41 @@ internal sealed class PtxBatches
     }
 
     /// <summary>
+    /// Perplexity exp(mean NLL) of <paramref name="model"/> over every predicted token of <paramref name="rows"/> (equal
+    /// lengths, as <see cref="Rows"/> cuts them), in batches of <paramref name="batchSize"/> rows, without gradients.
+    /// </summary>
+    public static double Perplexity(LlamaForCausalLM model, int[][] rows, Device device, int batchSize = 16)
+    {
+        using var noGrad = no_grad();
+        double sum = 0;
+        long tokens = 0;
+        for (int i = 0; i < rows.Length; i += batchSize)
+        {
+            using var scope = NewDisposeScope();
+            int[][] part = rows[i..Math.Min(rows.Length, i + batchSize)];
+            int l = part[0].Length;
+            using var ids = tensor(part.SelectMany(r => r.Select(x => (long)x)).ToArray(), [part.Length, l], device: device);
+            long predicted = part.Length * (long)(l - 1);
+            sum += Nll(model, ids).item<float>() * (double)predicted;
+            tokens += predicted;
+        }
+        return Math.Exp(sum / tokens);
+    }
+
+    /// <summary>Documents of the default task's held-out corpus measured in the PPO report (the alignment tax).</summary>
+    public const int HeldOutCorpusDocuments = 256;
+
+    /// <summary>
+    /// Rows of <see cref="PpoConfig.PtxSeqLen"/> tokens of the default task's held-out corpus (<see cref="DataSets.HeldOutCorpus"/>),
+    /// on which the PPO report compares the perplexity of the SFT and PPO models; null with a <see cref="PpoConfig.PtxFile"/>
+    /// (its text is the user's and nothing of it is held out).
+    /// </summary>
+    public static int[][]? HeldOutRows(PpoConfig cfg, TextTokenizer tokenizer, int maxPositions) =>
+        cfg.PtxFile is null && cfg.PtxSeqLen <= maxPositions
+            ? Rows(Pack(tokenizer, DataSets.HeldOutCorpus((ulong)cfg.Seed, HeldOutCorpusDocuments)), cfg.PtxSeqLen) is { Length: > 0 } rows ? rows : null
+            : null;
+
+    /// <summary>
     /// The ptx data of a run: <see cref="PpoConfig.PtxFile"/> (plain text lines, or a <c>text</c> column of CSV/JSONL/Parquet), or the
     /// default task's corpus (the texts <c>rlhf data</c> writes to corpus.txt for the same seed).
     /// </summary>

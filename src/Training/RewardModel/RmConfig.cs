@@ -9,6 +9,8 @@ public sealed record RmConfig
     public string Out { get; init; } = "runs/rm";
     /// <summary>The SFT model folder the RM starts from (and samples responses from).</summary>
     public string SftModel { get; init; } = "runs/sft";
+    /// <summary>A reward-model folder to continue training from (its score head included); null = the SFT model with a new head.</summary>
+    public string? InitModel { get; init; }
     /// <summary>Ranked records (prompt,responses,ranking) to train on; null = sample K responses from the SFT model and let the simulated annotators rank them.</summary>
     public string? RankingsFile { get; init; }
     /// <summary>Preference pairs (prompt,chosen,rejected) to train on, alone or added to the rankings.</summary>

@@ -33,9 +33,10 @@ public sealed record RmData(IReadOnlyList<RmGroup> Train, IReadOnlyList<RmGroup>
     /// <summary>
     /// From files, or (default task) K responses per prompt sampled from the SFT model: training prompts ranked by the
     /// simulated annotator panel, held-out prompts ranked by the gold scorer. Labelled data is written to
-    /// <c>rankings.jsonl</c> and <c>eval_rankings.jsonl</c> in the output folder.
+    /// <c>rankings.jsonl</c> and <c>eval_rankings.jsonl</c> in the output folder. <paramref name="trainSplit"/> names the
+    /// default task's split the training prompts come from (a later pipeline round labels fresh prompts).
     /// </summary>
-    public static RmData Load(RmConfig cfg, ResponseSampler sampler)
+    public static RmData Load(RmConfig cfg, ResponseSampler sampler, string trainSplit = DataSets.RmPromptsName)
     {
         if (cfg.RankingsFile is not null || cfg.PairsFile is not null)
         {
@@ -66,7 +67,7 @@ public sealed record RmData(IReadOnlyList<RmGroup> Train, IReadOnlyList<RmGroup>
 
         ulong seed = (ulong)cfg.Seed;
         var panel = AnnotatorPanel.CreateDefault(seed, cfg.Annotators, cfg.AnnotatorNoise);
-        var trainPrompts = DataSets.Prompts(seed, DataSets.RmPromptsName, cfg.TrainPrompts).Select(p => p.Prompt).ToList();
+        var trainPrompts = DataSets.Prompts(seed, trainSplit, cfg.TrainPrompts).Select(p => p.Prompt).ToList();
         var evalPrompts = DataSets.Prompts(seed, DataSets.RmEvalPromptsName, cfg.EvalPrompts).Select(p => p.Prompt).ToList();
         var trainSamples = sampler(trainPrompts, cfg.K, cfg.Seed);
         var evalSamples = sampler(evalPrompts, cfg.K, cfg.Seed + 1);

@@ -82,6 +82,8 @@ public static class RmTrainer
         Device device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
         DeviceSelector.SetThreads(cfg.Threads);
         var tokenizer = TextTokenizer.Load(cfg.SftModel);   // a bad SFT folder fails before the output folder is touched
+        if (cfg.InitModel is not null && !File.Exists(Path.Combine(cfg.InitModel, "config.json")))
+            throw new DirectoryNotFoundException($"{cfg.InitModel}: no reward-model folder (config.json) to continue from (init_model).");
         string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
 
         var labelClock = Stopwatch.StartNew();
@@ -91,7 +93,9 @@ public static class RmTrainer
 
         using var model = resumeFrom is not null
             ? LlamaForSequenceClassification.FromPretrained(resumeFrom, device, ScalarType.Float32)
-            : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
+            : cfg.InitModel is not null
+                ? LlamaForSequenceClassification.FromPretrained(cfg.InitModel, device, ScalarType.Float32)
+                : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
         model.Precision = cfg.Precision;
         int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
         var train = data.Train.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();

@@ -205,11 +205,11 @@ public static class SftTrainer
         return result;
     }
 
-    /// <summary>Fisher–Yates permutation of 0..n−1 from a seeded <see cref="Rng"/> (stable across .NET versions).</summary>
+    /// <summary>Fisher–Yates permutation of 0..n−1 from a seeded <see cref="SplitMixRandom"/> (stable across .NET versions).</summary>
     internal static int[] Permutation(int n, long seed)
     {
         int[] p = Enumerable.Range(0, n).ToArray();
-        var rng = new Rng((ulong)seed);
+        var rng = new SplitMixRandom((ulong)seed);
         for (int i = n - 1; i > 0; i--)
         {
             int j = rng.Next(i + 1);

@@ -22,7 +22,7 @@ public sealed class ReadmeConfigKeysTests
     }
 
     /// <summary>The `keys` of the README paragraph that starts with <paramref name="heading"/> (values in parentheses left out).</summary>
-    static string[] ReadmeKeys(string heading)
+    internal static string[] ReadmeKeys(string heading)
     {
         string readme = Readme();
         int start = readme.IndexOf(heading, StringComparison.Ordinal);
@@ -42,6 +42,9 @@ public sealed class ReadmeConfigKeysTests
 
     [Fact]
     public void PpoKeys() => Assert.Equal(ReadmeKeys("PPO keys:").Order(), Keys(new PpoConfig()).Order());
+
+    [Fact]
+    public void PipelineKeys() => Assert.Equal(ReadmeKeys("Pipeline keys:").Order(), Keys(new Rlhf.Training.Pipeline.PipelineConfig()).Order());
 
     [Fact]
     public void EveryListedKeyIsAcceptedByAnOverride()

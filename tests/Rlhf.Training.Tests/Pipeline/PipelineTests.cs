@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using Rlhf.Training.Cli;
 using Rlhf.Training.Common;
+using Rlhf.Training.Data;
 using Rlhf.Training.Pipeline;
 using Rlhf.Training.Ppo;
 using Rlhf.Training.RewardModel;
@@ -140,5 +141,122 @@ public sealed class PipelineTests
         Assert.Equal((shared.Out, rm), (ppoConfig["sft_model"]!.GetValue<string>(), ppoConfig["rm_model"]!.GetValue<string>()));
         Assert.Equal(Json(Path.Combine(rm, "summary.json")).ToJsonString(), Json(Path.Combine(b, "summary.json"))["rm"]!.ToJsonString());
         Assert.Equal(rmWritten, Written(Path.Combine(rm, "model.safetensors")));   // used, not retrained
+    }
+
+    [Fact]
+    public void RoundsRetrainTheRmOnPolicySamplesAndScoreItAgainstGold()
+    {
+        // an SFT model that writes some real words (200 steps; the shared 4-step one writes bytes whose gold scores all tie at −3)
+        string root = Directory.CreateTempSubdirectory().FullName, outDir = Path.Combine(root, "p");
+        var sft = SftTrainerTests.Tiny(Path.Combine(root, "sft")) with { DefaultTrainSize = 3200, BatchSize = 16, GradAccum = 1, EvalEvery = 100, CheckpointEvery = 0, SampleCount = 4 };
+        SftTrainer.Run(sft, new RunControl { Progress = false });
+        string sftDir = sft.Out;
+        var cfg = Tiny(outDir) with { SftFrom = sftDir, Rounds = 2, RoundPrompts = 8, Rm = Tiny(outDir).Rm with { K = 3, EvalPrompts = 6, MaxNewTokens = 24, MaxSeqLen = 64 } };
+        var s = PipelineRunner.Run(cfg, new RunControl { Progress = false });
+        string round = Path.Combine(outDir, "round2");
+
+        // structure: round2/{data,rm,ppo}, each stage chained from the previous round, reference still the SFT model
+        foreach (string f in new[] { "summary.json", "policy_samples.jsonl", "data/rankings.jsonl", "data/train_rankings.jsonl", "data/policy_samples.jsonl",
+                                     "rm/summary.json", "ppo/summary.json", "ppo/report.md" })
+            Assert.True(File.Exists(Path.Combine(round, f)), f);
+        foreach (string f in new[] { "rounds.csv", "rounds.png", "report.md" }) Assert.True(File.Exists(Path.Combine(outDir, f)), f);
+        var rmCfg = Json(Path.Combine(round, "rm", "rm_config.json"));
+        Assert.Equal(Path.Combine(outDir, "rm"), rmCfg["init_model"]!.GetValue<string>());
+        Assert.Equal(Path.Combine(outDir, "rm", "eval_rankings.jsonl"), rmCfg["eval_file"]!.GetValue<string>());
+        var ppoCfg = Json(Path.Combine(round, "ppo", "ppo_config.json"));
+        Assert.Equal((sftDir, Path.Combine(outDir, "ppo"), Path.Combine(round, "rm")),
+            (ppoCfg["sft_model"]!.GetValue<string>(), ppoCfg["policy_model"]!.GetValue<string>(), ppoCfg["rm_model"]!.GetValue<string>()));
+
+        // old + new comparisons: the first RM's 8 prompts and 8 fresh ones (other prompts), 3 comparisons each
+        var oldRanked = DataFiles.ReadRanked(Path.Combine(outDir, "rm", "rankings.jsonl")).Records;
+        var newRanked = DataFiles.ReadRanked(Path.Combine(round, "data", "rankings.jsonl")).Records;
+        Assert.Equal(8, newRanked.Count);
+        Assert.NotEqual(oldRanked.Select(r => r.Prompt), newRanked.Select(r => r.Prompt));
+        Assert.Equal(oldRanked.Concat(newRanked).Select(r => r.Prompt), DataFiles.ReadRanked(Path.Combine(round, "data", "train_rankings.jsonl")).Records.Select(r => r.Prompt));
+        Assert.Equal(16 * 3, Json(Path.Combine(round, "rm", "summary.json"))["train_pairs"]!.GetValue<int>());
+
+        // accuracy on the first policy's held-out samples, counted here from gold scores computed here
+        var samples = File.ReadLines(Path.Combine(round, "policy_samples.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+        Assert.Equal(6, samples.Count);
+        double Count(string scores)
+        {
+            int right = 0, counted = 0;
+            foreach (var x in samples)
+            {
+                string prompt = x["prompt"]!.GetValue<string>();
+                string[] texts = [.. x["responses"]!.AsArray().Select(t => t!.GetValue<string>())];
+                bool[] eos = [.. x["ended_with_eos"]!.AsArray().Select(t => t!.GetValue<bool>())];
+                double[] sc = [.. x[scores]!.AsArray().Select(t => t!.GetValue<double>())];
+                double[] gold = [.. texts.Select((t, i) => Rlhf.Training.Data.DefaultTask.GoldScorer.Score(prompt, t, eos[i]).Total)];
+                Assert.Equal(gold, x["gold"]!.AsArray().Select(t => t!.GetValue<double>()));
+                for (int i = 0; i < 3; i++)
+                    for (int j = i + 1; j < 3; j++)
+                        if (gold[i] != gold[j])
+                        {
+                            counted++;
+                            if ((sc[i] > sc[j]) == (gold[i] > gold[j]) && sc[i] != sc[j]) right++;
+                        }
+            }
+            Assert.True(counted > 0);
+            return right / (double)counted;
+        }
+        var rows = MetricsTable.ReadCsv(Path.Combine(outDir, "rounds.csv")).Rows;
+        Assert.Equal([1.0, 2.0], rows.Select(r => r["round"]));
+        Assert.False(rows[0].ContainsKey("rm_accuracy_before"));
+        Assert.Equal(Count("score_before"), rows[1]["rm_accuracy_before"], 12);
+        Assert.Equal(Count("score_after"), rows[1]["rm_accuracy_after"], 12);
+        Assert.Equal(rows[1]["rm_accuracy_after"], Json(Path.Combine(round, "summary.json"))["rm_accuracy_after"]!.GetValue<double>(), 12);
+        Assert.Equal(Json(Path.Combine(round, "ppo", "summary.json"))["ppo_kl"]!.GetValue<double>(), rows[1]["ppo_kl"], 12);
+        Assert.Equal(s["ppo"]!["gold_gain_in_sft_std"]!.GetValue<double>(), rows[0]["gold_gain_in_sft_std"], 12);
+        Assert.Equal(2, s["rounds"]!.AsArray().Count);
+        Assert.Equal(ReadmeConfigKeysTests.ReadmeKeys("Round keys:").Order(), Json(Path.Combine(round, "summary.json")).AsObject().Select(kv => kv.Key).Order());
+
+        // the scores are the RMs' own: the first prompt's responses scored one at a time by the previous and the retrained RM
+        var tokenizer = Rlhf.Inference.Tokenization.TextTokenizer.Load(sftDir);
+        foreach (var (folder, key) in new[] { (Path.Combine(outDir, "rm"), "score_before"), (Path.Combine(round, "rm"), "score_after") })
+        {
+            using var rm = Rlhf.Training.Model.LlamaForSequenceClassification.FromPretrained(folder, TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float32);
+            rm.eval();
+            for (int i = 0; i < 3; i++)
+            {
+                int[] ids = Rlhf.Inference.Tokenization.PromptFormat.JoinedIds(tokenizer, samples[0]["prompt"]!.GetValue<string>(),
+                    samples[0]["responses"]![i]!.GetValue<string>(), cfg.Rm.MaxSeqLen);
+                using var noGrad = TorchSharp.torch.no_grad();
+                using var t = TorchSharp.torch.tensor(ids.Select(x => (long)x).ToArray(), [1, ids.Length]);
+                using var m = TorchSharp.torch.ones_like(t);
+                using var score = rm.Scores(t, m);
+                Assert.Equal(score.item<float>(), samples[0][key]![i]!.GetValue<double>(), 4);
+            }
+        }
+
+        // the alignment tax is measured and reported
+        var ppo = Json(Path.Combine(round, "ppo", "summary.json"));
+        Assert.True(ppo["corpus_perplexity_sft"]!.GetValue<double>() > 1 && ppo["corpus_perplexity_ppo"]!.GetValue<double>() > 1);
+        Assert.Contains($"SFT {ppo["corpus_perplexity_sft"]!.GetValue<double>().ToString("F3", CultureInfo.InvariantCulture)}, PPO", File.ReadAllText(Path.Combine(round, "ppo", "report.md")));
+        Assert.Contains("| 2 | 24 | 48 |", File.ReadAllText(Path.Combine(outDir, "report.md")));
+
+        // resume: a finished round is reused; a round without its summary reuses its finished stages
+        string[] models = [.. new[] { "rm", "ppo" }.Select(x => Path.Combine(round, x, "model.safetensors"))];
+        DateTime[] before = [.. models.Select(Written)];
+        DateTime summaryWritten = Written(Path.Combine(round, "summary.json"));
+        PipelineRunner.Run(cfg, new RunControl { Progress = false });
+        Assert.Equal(summaryWritten, Written(Path.Combine(round, "summary.json")));
+        string roundSummary = File.ReadAllText(Path.Combine(round, "summary.json"));
+        File.Delete(Path.Combine(round, "summary.json"));
+        PipelineRunner.Run(cfg, new RunControl { Progress = false });
+        Assert.Equal(before, models.Select(Written));
+        Assert.Equal(roundSummary, File.ReadAllText(Path.Combine(round, "summary.json")));
+    }
+
+    [Fact]
+    public void RoundsRefuseWhatTheyCannotLabelOrWouldOverride()
+    {
+        var cfg = Tiny("ignored") with { Rounds = 2 };
+        cfg.Validate();
+        string E(PipelineConfig c) => Assert.Throws<InvalidDataException>(c.Validate).Message;
+        Assert.Contains("rm.rankings_file", E(cfg with { Rm = cfg.Rm with { RankingsFile = "r.jsonl" } }));
+        Assert.Contains("ppo.policy_model is set by the pipeline", E(cfg with { Ppo = cfg.Ppo with { PolicyModel = "p" } }));
+        Assert.Contains("rm.init_model is set by the pipeline", E(cfg with { Rm = cfg.Rm with { InitModel = "r" } }));
+        Assert.Contains("rounds must be ≥ 1", E(cfg with { Rounds = 0 }));
     }
 }

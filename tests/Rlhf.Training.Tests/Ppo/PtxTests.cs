@@ -50,6 +50,20 @@ public sealed class PtxTests
     }
 
     [Fact]
+    public void PerplexityIsExpOfTheMeanNllOverEveryPredictedTokenWhateverTheBatching()
+    {
+        using var actor = TinyModels.Randomized(TinyModels.Config(), 22);
+        int[][] rows = [[1, 7, 3, 9, 4], [2, 0, 49, 5, 11], [3, 3, 8, 1, 0]];
+        double nll;
+        using (no_grad())
+        using (var ids = TinyModels.Ids([.. rows.Select(r => r.Select(x => (long)x).ToArray())]))
+            nll = PtxBatches.Nll(actor, ids).item<float>();
+        // batches of 2 and 1 rows: each batch's mean weighted by its 8 and 4 predicted tokens
+        Assert.Equal(Math.Exp(nll), PtxBatches.Perplexity(actor, rows, CPU, batchSize: 2), 3);
+        Assert.Equal(Math.Exp(nll), PtxBatches.Perplexity(actor, rows, CPU, batchSize: 16), 3);
+    }
+
+    [Fact]
     public void PtxTextComesFromPlainTextOrATextColumn()
     {
         string dir = Directory.CreateTempSubdirectory("rlhf-ptx-").FullName;

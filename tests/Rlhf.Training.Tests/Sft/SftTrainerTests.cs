@@ -16,14 +16,11 @@ namespace Rlhf.Training.Tests.Sft;
 /// <summary>Short real SFT runs on a tiny model and the default task.</summary>
 public sealed class SftTrainerTests
 {
+    /// <summary>The shared tiny architecture (vocab 300, tied embeddings, dropout 0.1) as a config.json for the SFT stage.</summary>
     internal static string TinyArchitecture()
     {
         string path = Path.Combine(Directory.CreateTempSubdirectory().FullName, "config.json");
-        File.WriteAllText(path, """
-        { "model_type": "llama", "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": true,
-          "residual_dropout": 0.1, "attention_dropout": 0.1 }
-        """);
+        (Rlhf.Tests.Shared.TinyLlama.Config(vocab: 300, tied: true) with { ResidualDropout = 0.1, AttentionDropout = 0.1 }).Save(path);
         return path;
     }
 

@@ -56,7 +56,7 @@ public sealed class AnnotatorPanel
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(noiseScale);
-        var rng = new Rng(Rng.Derive(seed, "annotators"));
+        var rng = new SplitMixRandom(Inference.Rollout.Rng.Derive(seed, "annotators"));
         string[] words = Lexicon.SentimentWords.Keys.Order(StringComparer.Ordinal).ToArray();
         var list = new List<Annotator>(count);
         for (int i = 0; i < count; i++)
@@ -95,7 +95,7 @@ public sealed class AnnotatorPanel
         for (int a = 0; a < Annotators.Count; a++)
         {
             var annotator = Annotators[a];
-            var rng = new Rng(Rng.Mix(_seed ^ Rng.Mix(contentHash + (ulong)a)));
+            var rng = new SplitMixRandom(Inference.Rollout.Rng.Mix(_seed ^ Inference.Rollout.Rng.Mix(contentHash + (ulong)a)));
             result[a] = new double[gold.Length];
             for (int i = 0; i < gold.Length; i++)
             {

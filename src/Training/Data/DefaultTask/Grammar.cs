@@ -42,7 +42,7 @@ internal sealed class Grammar
     static readonly string[] Ordinals = ["first", "second", "third", "fourth", "fifth", "top"];
     static readonly string[] Colours = ["white", "brown", "black", "red", "blue", "grey", "green"];
 
-    readonly Rng _rng;
+    readonly SplitMixRandom _rng;
     readonly ReviewDomain _domain;
     readonly string _venue;
     readonly bool _past;
@@ -51,7 +51,7 @@ internal sealed class Grammar
     readonly HashSet<string> _nouns = [];
     bool _venueNamed;
 
-    public Grammar(Rng rng, ReviewDomain domain)
+    public Grammar(SplitMixRandom rng, ReviewDomain domain)
     {
         _rng = rng;
         _domain = domain;

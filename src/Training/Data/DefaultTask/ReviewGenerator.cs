@@ -62,7 +62,7 @@ public sealed record ReviewGeneratorOptions
 /// with a factual sentence it comes first, so the opening words do not give the sentiment away.</para></summary>
 public sealed class ReviewGenerator
 {
-    readonly Rng _rng;
+    readonly SplitMixRandom _rng;
     readonly ReviewGeneratorOptions _options;
     readonly double[] _mixCumulative;
 
@@ -70,7 +70,7 @@ public sealed class ReviewGenerator
     {
         _options = options ?? new ReviewGeneratorOptions();
         _options.Validate();
-        _rng = new Rng(seed);
+        _rng = new SplitMixRandom(seed);
         var m = _options.Mix;
         double[] p = [m.Positive, m.Negative, m.Mixed, m.Neutral];
         double total = p.Sum(), acc = 0;

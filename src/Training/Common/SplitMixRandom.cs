@@ -2,12 +2,13 @@ namespace Rlhf.Training.Common;
 
 /// <summary>SplitMix64 (Steele, Lea, Flood 2014; the seeding generator of xoshiro) as a stream of data-generation
 /// draws, not System.Random, so data and data orders are the same on every .NET version and machine. The step itself is
-/// <see cref="Inference.Rollout.Rng.SplitMix64"/>, the project's one copy (the rollout engine seeds xoshiro256** with it).</summary>
-public sealed class Rng
+/// <see cref="Inference.Rollout.Rng.SplitMix64"/>, the project's one copy (the rollout engine seeds xoshiro256** with it;
+/// seeds of streams come from <see cref="Inference.Rollout.Rng.Derive"/> and <see cref="Inference.Rollout.Rng.Mix"/>).</summary>
+public sealed class SplitMixRandom
 {
     ulong _state;
 
-    public Rng(ulong seed) => _state = seed;
+    public SplitMixRandom(ulong seed) => _state = seed;
 
     /// <summary>Next 64 bits: x ← x + γ, return mix(x).</summary>
     public ulong NextU64() => Inference.Rollout.Rng.SplitMix64(ref _state);
@@ -36,20 +37,4 @@ public sealed class Rng
         double u2 = NextDouble();
         return Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2.0 * Math.PI * u2);
     }
-
-    /// <summary>A seed for an independent stream named <paramref name="name"/> derived from <paramref name="seed"/>
-    /// (FNV-1a of the name mixed through SplitMix64), e.g. one per data split.</summary>
-    public static ulong Derive(ulong seed, string name)
-    {
-        ulong h = 0xCBF29CE484222325UL;
-        foreach (char c in name)
-        {
-            h ^= c;
-            h *= 0x100000001B3UL;
-        }
-        return Mix(seed ^ Mix(h));
-    }
-
-    /// <summary>One SplitMix64 output for state <paramref name="x"/>: mix(x + γ), a bijective hash of a 64-bit seed.</summary>
-    public static ulong Mix(ulong x) => Inference.Rollout.Rng.SplitMix64(ref x);
 }
