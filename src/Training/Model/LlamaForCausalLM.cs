@@ -11,7 +11,7 @@ namespace Rlhf.Training.Model;
 /// <c>model.layers.{i}.mlp.{gate,up,down}_proj.weight</c>, <c>model.layers.{i}.{input,post_attention}_layernorm.weight</c>,
 /// <c>model.norm.weight</c>, and <c>lm_head.weight</c> [V, H] unless embeddings are tied (then absent, as in HF files).
 /// </summary>
-public sealed class LlamaForCausalLM : nn.Module
+public sealed class LlamaForCausalLM : nn.Module, IMixedPrecision
 {
     readonly LlamaModel model;
     readonly Linear? lm_head;

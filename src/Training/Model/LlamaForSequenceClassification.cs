@@ -11,7 +11,7 @@ namespace Rlhf.Training.Model;
 /// weights <c>model.*</c> and <c>score.weight</c> [1, H]; reward models have no bias, PPO critics an optional
 /// <c>score.bias</c> [1] (it holds the RM normalisation folded in by <see cref="FoldAffine"/>). Used for reward models and critics.
 /// </summary>
-public sealed class LlamaForSequenceClassification : nn.Module
+public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision
 {
     readonly LlamaModel model;
     readonly Linear score;

@@ -21,6 +21,13 @@ public enum Precision
     Bf16,
 }
 
+/// <summary>A model whose forward/backward arithmetic can be switched between <see cref="Precision"/>s.</summary>
+public interface IMixedPrecision
+{
+    /// <summary>Arithmetic of the next forward (and its backward).</summary>
+    Precision Precision { get; set; }
+}
+
 /// <summary>The casts that implement <see cref="Precision.Bf16"/> (TorchSharp has no autocast).</summary>
 public static class MixedPrecision
 {

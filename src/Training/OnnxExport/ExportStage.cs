@@ -107,11 +107,19 @@ public static class ExportStage
     static bool OnCpuFloat32(nn.Module m) =>
         m.parameters().All(p => p.device.type == DeviceType.CPU && p.dtype == ScalarType.Float32);
 
+    /// <summary>Runs <paramref name="body"/> with <paramref name="m"/> in eval mode and float32 arithmetic (what the exported graph computes), then restores both.</summary>
     static T WithEval<T>(nn.Module m, Func<T> body)
     {
         bool wasTraining = m.training;
+        var mixed = m as IMixedPrecision;
+        var precision = mixed?.Precision;
         m.eval();
+        if (mixed is not null) mixed.Precision = Precision.Fp32;
         try { return body(); }
-        finally { m.train(wasTraining); }
+        finally
+        {
+            m.train(wasTraining);
+            if (mixed is not null) mixed.Precision = precision!.Value;
+        }
     }
 }

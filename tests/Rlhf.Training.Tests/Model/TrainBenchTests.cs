@@ -44,3 +44,30 @@ public sealed class PpoBenchTests
         Assert.Equal(4, w.ToString().Split('\n').Count(l => l.StartsWith("tiny ", StringComparison.Ordinal)));
     }
 }
+
+/// <summary>The shipped model configs: models/small is the SmolLM-135M shape and its pipeline config loads and validates.</summary>
+public sealed class ShippedConfigTests
+{
+    static string RepoFile(string path)
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "Rlhf.sln"))) return Path.Combine(dir.FullName, path);
+        throw new FileNotFoundException(path);
+    }
+
+    [Fact]
+    public void SmallIsTheSmolLm135MShapeAndItsPipelineConfigIsValid()
+    {
+        var c = Rlhf.Export.Hf.ModelConfig.Load(RepoFile("models/small/config.json"));
+        Assert.Equal((576, 30, 9, 3, 64, 1536, 49152, true), (c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.IntermediateSize, c.VocabSize, c.TieWordEmbeddings));
+        using var m = Rlhf.Training.Model.LlamaForCausalLM.Create(c with { NumHiddenLayers = 1 }, TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float32, 1);
+        long perLayer = m.parameters().Sum(p => p.numel()) - 49152L * 576 - 576;   // one layer: everything but the embedding and final norm
+        Assert.Equal(134_515_008L, 49152L * 576 + 576 + 30 * perLayer);            // SmolLM-135M's parameter count
+
+        var cfg = Rlhf.Training.Common.ConfigLoader.Load<Rlhf.Training.Pipeline.PipelineConfig>(RepoFile("models/small/pipeline.json"), []);
+        cfg.Validate();
+        Assert.Equal("models/small/config.json", cfg.Sft.ModelConfig);
+        Assert.Equal(Rlhf.Training.Model.Precision.Bf16, cfg.Ppo.Precision);
+        Assert.Equal(Rlhf.Export.RolloutPrecision.Int8, cfg.Ppo.RolloutPrecision);
+    }
+}
