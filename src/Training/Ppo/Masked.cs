@@ -65,5 +65,12 @@ public static class Masked
     }
 
     /// <summary>x where mask ≠ 0, else 0 (NaN-safe, unlike x·mask).</summary>
-    internal static Tensor Fill(Tensor x, Tensor mask) => x.masked_fill(mask.eq(0), 0);
+    internal static Tensor Fill(Tensor x, Tensor mask)
+    {
+        // The zero Scalar is held by `using` until the native calls return: an implicit temporary Scalar can be finalized
+        // by the GC while libtorch still reads it (seen once in a full test run: masked_fill failing in Scalar::toFloat).
+        using var zero = 0f.ToScalar();
+        using var padding = mask.eq(zero);
+        return x.masked_fill(padding, zero);
+    }
 }
