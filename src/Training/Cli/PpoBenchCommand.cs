@@ -43,7 +43,7 @@ internal static class PpoBenchCommand
             };
             var figures = Run(names, settings, Console.Out);
             if (r.GetValue(json) is string file)
-                AtomicFile.WriteAllText(file, System.Text.Json.JsonSerializer.Serialize(figures, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
+                BenchFigures.Write(file, figures);
             return 0;
         }));
         return cmd;

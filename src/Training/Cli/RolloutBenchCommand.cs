@@ -48,7 +48,7 @@ internal static class RolloutBenchCommand
             var figures = new SortedDictionary<string, double>(StringComparer.Ordinal);
             RunRollout(configs, bs, r.GetValue(newTokens), r.GetValue(promptLen), r.GetValue(threads), !r.GetValue(noTorch), Console.Out, Math.Max(1, r.GetValue(repeats)), figures);
             if (r.GetValue(json) is string file)
-                AtomicFile.WriteAllText(file, System.Text.Json.JsonSerializer.Serialize(figures, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
+                BenchFigures.Write(file, figures);
             return 0;
         }));
         return rollout;
@@ -345,4 +345,12 @@ internal static class RolloutBenchCommand
             try { Directory.Delete(dir, true); } catch (IOException) { }
         }
     }
+}
+
+/// <summary>The `--json FILE` of the bench commands: figures by key, indented, written atomically.</summary>
+internal static class BenchFigures
+{
+    /// <summary>Writes <paramref name="figures"/> to <paramref name="file"/>.</summary>
+    public static void Write(string file, IDictionary<string, double> figures) =>
+        AtomicFile.WriteAllText(file, System.Text.Json.JsonSerializer.Serialize(figures, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
 }

@@ -36,7 +36,7 @@ internal static class TrainBenchCommand
             DeviceSelector.SetThreads(r.GetValue(threads));
             var figures = Run(list, r.GetValue(batch), r.GetValue(seqLen), r.GetValue(steps), Console.Out);
             if (r.GetValue(json) is string file)
-                AtomicFile.WriteAllText(file, System.Text.Json.JsonSerializer.Serialize(figures, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
+                BenchFigures.Write(file, figures);
             return 0;
         }));
         return cmd;
