@@ -290,11 +290,14 @@ public static class PpoTrainer
             row["val/mean"] = Masked.Mean(values, exp.ResponseMask).item<float>();
             row["returns"] = Masked.Mean(ret, exp.ResponseMask).item<float>();
             row["val/explained_variance"] = ExplainedVariance.Compute(values, ret, exp.ResponseMask);
-            row["policy/rollout_logprob_mismatch"] = RolloutMismatch(s.Results, logp);
-            using var logpRollout = Tis.RolloutLogProbs([.. s.Results.Select(x => x.LogProbs)], logp);
+            var (logpRollout, recorded) = Tis.RolloutLogProbs([.. s.Results.Select(x => x.LogProbs)], logp);
+            using var rolloutOwner = logpRollout;
+            using var mismatch = Masked.Mean((logpRollout - logp).abs(), exp.ResponseMask);
+            // mean |log π_engine − log π_TorchSharp| over response tokens (NaN when the engine records none)
+            row["policy/rollout_logprob_mismatch"] = recorded ? mismatch.item<float>() : double.NaN;
             var (w, wMean, wClip) = Tis.Weights(logp, logpRollout, exp.ResponseMask, cfg.TisCap > 0 ? cfg.TisCap : double.PositiveInfinity);
             row["rollout/is_weight_mean"] = wMean;
-            row["rollout/is_weight_clipfrac"] = cfg.TisCap > 0 ? wClip : 0;
+            row["rollout/is_weight_clipfrac"] = wClip;   // 0 without a cap: no ratio exceeds +∞
             if (cfg.TisCap > 0) exp.IsWeights = w; else w.Dispose();
             klPerToken.Dispose();
         }
@@ -326,23 +329,6 @@ public static class PpoTrainer
             return c;
         }
         return (Cat(logps) * exp.ResponseMask, Cat(refs) * exp.ResponseMask, Cat(vals) * exp.ResponseMask);
-    }
-
-    /// <summary>Mean |log π_ORT − log π_TorchSharp| over response tokens (NaN when the engine records none).</summary>
-    static double RolloutMismatch(RolloutResult[] results, Tensor logp)
-    {
-        float[] flat = logp.to(CPU).data<float>().ToArray();
-        long a = logp.shape[1];
-        double sum = 0;
-        long n = 0;
-        for (int i = 0; i < results.Length; i++)
-            for (int t = 0; t < results[i].LogProbs.Length; t++)
-            {
-                if (float.IsNaN(results[i].LogProbs[t])) return double.NaN;
-                sum += Math.Abs(results[i].LogProbs[t] - flat[i * a + t]);
-                n++;
-            }
-        return n == 0 ? double.NaN : sum / n;
     }
 
     /// <summary>Step 6: <see cref="PpoConfig.PpoEpochs"/> passes of shuffled minibatches, clipped losses, separate actor/critic optimizers.</summary>

@@ -36,24 +36,27 @@ public static class Tis
     }
 
     /// <summary>
-    /// The engine's per-token log-probabilities as [B, A] (row i's response right-padded with 0). Where an engine records
-    /// none (NaN, e.g. TorchSharp eager generation), the row takes <paramref name="logpOld"/>'s values, so its weights are 1.
+    /// The engine's per-token log-probabilities as [B, A] (row i's response right-padded with 0), and whether every row
+    /// has them. Where an engine records none (NaN, e.g. TorchSharp eager generation), the row takes
+    /// <paramref name="logpOld"/>'s values, so its weights are 1.
     /// </summary>
     /// <param name="rollout">per row, one log-probability per response token</param>
     /// <param name="logpOld">log π_old [B, A], for rows without engine log-probabilities</param>
-    public static Tensor RolloutLogProbs(IReadOnlyList<float[]> rollout, Tensor logpOld)
+    public static (Tensor LogProbs, bool AllRecorded) RolloutLogProbs(IReadOnlyList<float[]> rollout, Tensor logpOld)
     {
         long b = logpOld.shape[0], a = logpOld.shape[1];
         if (rollout.Count != b) throw new ArgumentException($"{rollout.Count} rows of rollout log-probabilities for a batch of {b}.");
         float[] old = logpOld.to(CPU).data<float>().ToArray();
         var flat = new float[b * a];
+        bool all = true;
         for (int i = 0; i < b; i++)
         {
             var row = rollout[i];
             if (row.Length > a) throw new ArgumentException($"Row {i} has {row.Length} rollout log-probabilities for {a} response positions.");
             bool known = row.All(x => !float.IsNaN(x));
+            all &= known;
             for (int t = 0; t < a; t++) flat[i * a + t] = !known ? old[i * a + t] : t < row.Length ? row[t] : 0f;
         }
-        return tensor(flat, [b, a], device: logpOld.device);
+        return (tensor(flat, [b, a], device: logpOld.device), all);
     }
 }

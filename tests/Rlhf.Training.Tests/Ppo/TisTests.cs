@@ -34,10 +34,12 @@ public sealed class TisTests
     public void RowsWithoutEngineLogProbsGetWeightOne()
     {
         using var old = tensor(new float[] { -1f, -2f, -3f, -0.5f, -0.25f, -4f }, [2, 3]);
-        using var r = Tis.RolloutLogProbs([[float.NaN, float.NaN], [-0.4f, -0.3f, -4f]], old);
-        Assert.Equal(new[] { -1f, -2f, -3f, -0.4f, -0.3f, -4f }, r.data<float>().ToArray());
-        using var r2 = Tis.RolloutLogProbs([[-1f], [-0.4f, -0.3f]], old);
-        Assert.Equal(new[] { -1f, 0f, 0f, -0.4f, -0.3f, 0f }, r2.data<float>().ToArray());   // right padding with 0
+        var (r, allRecorded) = Tis.RolloutLogProbs([[float.NaN, float.NaN], [-0.4f, -0.3f, -4f]], old);
+        using (r) Assert.Equal(new[] { -1f, -2f, -3f, -0.4f, -0.3f, -4f }, r.data<float>().ToArray());
+        Assert.False(allRecorded);
+        var (r2, allRecorded2) = Tis.RolloutLogProbs([[-1f], [-0.4f, -0.3f]], old);
+        using (r2) Assert.Equal(new[] { -1f, 0f, 0f, -0.4f, -0.3f, 0f }, r2.data<float>().ToArray());   // right padding with 0
+        Assert.True(allRecorded2);
     }
 
     [Fact]
