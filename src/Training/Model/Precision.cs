@@ -36,7 +36,7 @@ public static class MixedPrecision
 
     /// <summary>x cast to <paramref name="compute"/> (differentiable); x itself when null or already that dtype.</summary>
     public static Tensor Cast(Tensor x, ScalarType? compute) =>
-        compute is ScalarType d && x.dtype != d ? x.to(d) : x.alias();
+        compute is ScalarType d && x.dtype != d ? x.to(d) : x;
 
     /// <summary>
     /// y = x·Wᵀ + b with x, W and b cast to <paramref name="compute"/>: x [..., in] -> y [..., out] in the compute dtype
