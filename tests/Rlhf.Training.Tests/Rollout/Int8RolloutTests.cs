@@ -3,6 +3,7 @@ using Rlhf.Export.Hf;
 using Rlhf.Inference.Rollout;
 using Rlhf.Training.Model;
 using Rlhf.Training.OnnxExport;
+using Rlhf.Training.Tests.Export;
 using Rlhf.Training.Tests.Model;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -12,11 +13,10 @@ namespace Rlhf.Training.Tests.Rollout;
 /// <summary>Weight-only int8 rollout graphs: what they compute, and that weight updates reach the folded int8 weights.</summary>
 public sealed class Int8RolloutTests
 {
-    static ModelConfig Cfg(bool tied) => TinyModels.Config(tied: tied) with { HiddenSize = 64, NumAttentionHeads = 4, NumKeyValueHeads = 2, IntermediateSize = 96 };   // head_dim 16
 
     static string Export(LlamaForCausalLM m, RolloutPrecision precision)
     {
-        string dir = Path.Combine(Path.GetTempPath(), $"rlhf-int8-{Guid.NewGuid():N}");
+        string dir = ExportModels.TempPath("int8");
         ExportStage.ExportPolicy(m, dir, GraphKind.ContribGqa, new ExportOptions { Overwrite = true, Precision = precision }, parity: false);
         return dir;
     }
@@ -59,7 +59,7 @@ public sealed class Int8RolloutTests
     [InlineData(true)]
     public void Int8LogitsFollowTheInt8WeightsAndStayCloseToFloat32(bool tied)
     {
-        var cfg = Cfg(tied);
+        var cfg = ExportModels.Config(tied ? "tied" : "llama");   // head_dim 16: the GroupQueryAttention graph
         using var m = TinyModels.Randomized(cfg, 3);
         string fp = Export(m, RolloutPrecision.Fp32), q = Export(m, RolloutPrecision.Int8);
         try
@@ -89,7 +89,7 @@ public sealed class Int8RolloutTests
     [Fact]
     public void WeightUpdatesReachTheInt8Weights()
     {
-        var cfg = Cfg(tied: false);
+        var cfg = ExportModels.Config("llama");
         using var a = TinyModels.Randomized(cfg, 3);
         using var b = TinyModels.Randomized(cfg, 4);
         string qa = Export(a, RolloutPrecision.Int8), qb = Export(b, RolloutPrecision.Int8);
@@ -133,7 +133,7 @@ public sealed class Int8RolloutTests
         string x = b.Input("x", Rlhf.Export.Onnx.Proto.TensorProto.Types.DataType.Float, m, k);
         Rlhf.Export.Onnx.Int8MatMul.Add(b, x, "proj.weight", weight, "y");
         b.Output("y", Rlhf.Export.Onnx.Proto.TensorProto.Types.DataType.Float, m, n);
-        string dir = Path.Combine(Path.GetTempPath(), $"rlhf-int8op-{Guid.NewGuid():N}");
+        string dir = ExportModels.TempPath("int8op");
         try
         {
             b.Save(dir, "op.onnx");
@@ -169,7 +169,7 @@ public sealed class Int8RolloutTests
     public void Int8NeedsTheGroupQueryAttentionGraph()
     {
         using var m = TinyModels.Randomized(TinyModels.Config(), 3);
-        var e = Assert.Throws<ArgumentException>(() => ExportStage.ExportPolicy(m, Path.Combine(Path.GetTempPath(), $"rlhf-int8-{Guid.NewGuid():N}"),
+        var e = Assert.Throws<ArgumentException>(() => ExportStage.ExportPolicy(m, ExportModels.TempPath("int8"),
             GraphKind.Plain, new ExportOptions { Precision = RolloutPrecision.Int8 }, parity: false));
         Assert.Contains("GroupQueryAttention", e.Message);
     }
