@@ -1,1 +1,2 @@
+Rlhf.Training.Common.HostAllocator.KeepFreedMemory();
 return Rlhf.Training.Cli.RlhfCommand.Run(args);

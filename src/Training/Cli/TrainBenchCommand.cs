@@ -26,7 +26,7 @@ internal static class TrainBenchCommand
         var seqLen = new Option<int>("--seq-len") { Description = "Tokens per sequence.", DefaultValueFactory = _ => 128 };
         var steps = new Option<int>("--steps") { Description = "Timed steps per cell after one warm-up step; the median counts.", DefaultValueFactory = _ => 3 };
         var threads = new Option<int>("--threads") { Description = "Intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
-        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (keys train_tokens_per_s.<fp32|bf16>.<config>, bf16_over_fp32.<config>, matmul_gflops.<fp32|bf16>)." };
+        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (keys train_tokens_per_s.<fp32|bf16>.<config>, bf16_over_fp32.<config>, matmul_gflops.<fp32|bf16>, optimizer_seconds.<fp32|bf16>.<config>, page_faults_per_step.<fp32|bf16>.<config>)." };
         var cmd = new Command("train", "Training-step tokens/s in fp32 and bf16 mixed precision for each model config, with libtorch's fp32 and bf16 matmul peaks measured in the same run.") { configs, batch, seqLen, steps, threads, json };
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
@@ -64,18 +64,19 @@ internal static class TrainBenchCommand
         figures["matmul_gflops.bf16"] = peaks[Precision.Bf16];
         w.WriteLine($"libtorch matmul peak, {torch.get_num_threads()} threads, 1024x1024x1024: fp32 {peaks[Precision.Fp32]:F0} GFLOP/s, bf16 {peaks[Precision.Bf16]:F0} GFLOP/s");
         w.WriteLine($"one step = forward + next-token loss + backward + AdamW, batch {batch} x {seqLen} tokens, random weights and tokens");
-        w.WriteLine($"{"config",-8} {"params",8} | {"precision",9} {"ms/step",9} {"fwd+bwd",8} {"AdamW",6} {"tokens/s",9} {"GFLOP/s",8} {"%bf16 peak",10} {"loss",7} | {"bf16/fp32",9}");
+        w.WriteLine($"{"config",-8} {"params",8} | {"precision",9} {"ms/step",9} {"fwd+bwd",8} {"AdamW",6} {"faults",7} {"tokens/s",9} {"GFLOP/s",8} {"%bf16 peak",10} {"loss",7} | {"bf16/fp32",9}");
         foreach (var (name, cfg0) in configs)
         {
             var cfg = cfg0 with { ResidualDropout = 0, AttentionDropout = 0, MaxPositionEmbeddings = Math.Max(cfg0.MaxPositionEmbeddings, seqLen) };
             double fp32Tps = 0;
             foreach (var precision in new[] { Precision.Fp32, Precision.Bf16 })
             {
-                var (seconds, optimizerSeconds, loss, parameters) = TimeSteps(cfg, precision, batch, seqLen, steps);
+                var (seconds, optimizerSeconds, faults, loss, parameters) = TimeSteps(cfg, precision, batch, seqLen, steps);
                 double tps = batch * seqLen / seconds;
                 double gflops = StepFlops(cfg, batch, seqLen) / seconds / 1e9;
                 figures[$"train_tokens_per_s.{Key(precision)}.{name}"] = tps;
                 figures[$"optimizer_seconds.{Key(precision)}.{name}"] = optimizerSeconds;
+                if (faults is double f) figures[$"page_faults_per_step.{Key(precision)}.{name}"] = f;
                 string ratio = "";
                 if (precision == Precision.Fp32) fp32Tps = tps;
                 else
@@ -83,7 +84,7 @@ internal static class TrainBenchCommand
                     figures[$"bf16_over_fp32.{name}"] = tps / fp32Tps;
                     ratio = $"{tps / fp32Tps:F2}x";
                 }
-                w.WriteLine($"{name,-8} {parameters / 1e6,7:F1}M | {Key(precision),9} {seconds * 1000,9:F0} {(seconds - optimizerSeconds) * 1000,8:F0} {optimizerSeconds * 1000,6:F0} {tps,9:F0} {gflops,8:F1} {100 * gflops / peaks[Precision.Bf16],9:F0}% {loss,7:F3} | {ratio,9}");
+                w.WriteLine($"{name,-8} {parameters / 1e6,7:F1}M | {Key(precision),9} {seconds * 1000,9:F0} {(seconds - optimizerSeconds) * 1000,8:F0} {optimizerSeconds * 1000,6:F0} {faults?.ToString("F0") ?? "-",7} {tps,9:F0} {gflops,8:F1} {100 * gflops / peaks[Precision.Bf16],9:F0}% {loss,7:F3} | {ratio,9}");
             }
         }
         using var self = Process.GetCurrentProcess();
@@ -95,9 +96,10 @@ internal static class TrainBenchCommand
 
     /// <summary>
     /// Median seconds of <paramref name="steps"/> timed training steps after one warm-up step, the median seconds of
-    /// their optimizer steps alone; the last loss; parameter count.
+    /// their optimizer steps alone, the process's minor page faults per timed step (Linux; see <see cref="HostAllocator"/>);
+    /// the last loss; parameter count.
     /// </summary>
-    static (double Seconds, double OptimizerSeconds, double Loss, long Parameters) TimeSteps(ModelConfig cfg, Precision precision, int batch, int seqLen, int steps)
+    static (double Seconds, double OptimizerSeconds, double? FaultsPerStep, double Loss, long Parameters) TimeSteps(ModelConfig cfg, Precision precision, int batch, int seqLen, int steps)
     {
         using var model = LlamaForCausalLM.Create(cfg, CPU, ScalarType.Float32, seed: 1234);
         model.Precision = precision;
@@ -113,6 +115,7 @@ internal static class TrainBenchCommand
         var stepClock = new Stopwatch();
         double loss = double.NaN;
         var sw = new Stopwatch();
+        long? faultsAfterWarmUp = null;
         for (int s = 0; s <= steps; s++)
         {
             sw.Restart();
@@ -132,10 +135,12 @@ internal static class TrainBenchCommand
                 times.Add(sw.Elapsed.TotalSeconds);
                 optimizerTimes.Add(stepClock.Elapsed.TotalSeconds);
             }
+            else faultsAfterWarmUp = HostAllocator.MinorPageFaults();
         }
         times.Sort();
         optimizerTimes.Sort();
-        return (times[times.Count / 2], optimizerTimes[optimizerTimes.Count / 2], loss, model.parameters().Sum(p => p.numel()));
+        double? faultsPerStep = faultsAfterWarmUp is long f0 && HostAllocator.MinorPageFaults() is long f1 ? (f1 - f0) / (double)steps : null;
+        return (times[times.Count / 2], optimizerTimes[optimizerTimes.Count / 2], faultsPerStep, loss, model.parameters().Sum(p => p.numel()));
     }
 
     /// <summary>

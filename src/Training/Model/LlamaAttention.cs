@@ -38,17 +38,22 @@ public sealed class LlamaAttention : nn.Module
     /// <summary>
     /// x [B, S, H]; cos/sin [B, S, D]; mask [B, 1, S, T] bool (true = may attend; T = cached + S);
     /// cache: when given, this layer's keys/values are appended and attention covers all T positions.
-    /// compute: the dtype of projections and attention (null = x's; see <see cref="Precision.Bf16"/>; cos/sin must
-    /// already be in it). Returns [B, S, H] in x's dtype. Attention dropout applies in training mode only.
+    /// compute: the dtype of the four projections (null = x's; see <see cref="Precision.Bf16"/>); q, k and v return to
+    /// x's dtype, in which RoPE (cos/sin must be in it) and attention run. Returns [B, S, H] in x's dtype. Attention
+    /// dropout applies in training mode only.
     /// </summary>
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KvCache? cache, int layer, ScalarType? compute = null)
     {
         using var scope = torch.NewDisposeScope();
         long b = x.shape[0], s = x.shape[1];
         var xc = MixedPrecision.Cast(x, compute);
-        var q = MixedPrecision.Linear(q_proj, xc, compute).view(b, s, _heads, _headDim).transpose(1, 2);     // [B, heads, S, D]
-        var k = MixedPrecision.Linear(k_proj, xc, compute).view(b, s, _kvHeads, _headDim).transpose(1, 2);   // [B, Hkv, S, D]
-        var v = MixedPrecision.Linear(v_proj, xc, compute).view(b, s, _kvHeads, _headDim).transpose(1, 2);   // [B, Hkv, S, D]
+        // Under mixed precision q, k and v return to x's dtype (float32) for RoPE and attention: libtorch's CPU attention
+        // backward runs about twice slower in bfloat16 than in float32 (measured at the tiny and small configs' shapes).
+        Tensor Project(Linear proj, long heads) =>
+            MixedPrecision.Cast(MixedPrecision.Linear(proj, xc, compute), x.dtype).view(b, s, heads, _headDim).transpose(1, 2);
+        var q = Project(q_proj, _heads);     // [B, heads, S, D]
+        var k = Project(k_proj, _kvHeads);   // [B, Hkv, S, D]
+        var v = Project(v_proj, _kvHeads);   // [B, Hkv, S, D]
         q = Rope.Apply(q, cos, sin);
         k = Rope.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Append(layer, k, v);                   // [B, Hkv, T, D]
@@ -57,7 +62,7 @@ public sealed class LlamaAttention : nn.Module
             k = k.repeat_interleave(_heads / _kvHeads, dim: 1);                       // [B, heads, T, D]
             v = v.repeat_interleave(_heads / _kvHeads, dim: 1);
         }
-        var o = nn.functional.scaled_dot_product_attention(q, k, v, mask, training ? _dropout : 0.0);
+        var o = nn.functional.scaled_dot_product_attention(q, k, v, mask, training ? _dropout : 0.0);   // [B, heads, S, D]
         o = o.transpose(1, 2).reshape(b, s, _heads * _headDim);
         var y = MixedPrecision.Linear(o_proj, o, compute);
         return scope.MoveToOuter(y.dtype == x.dtype ? y : y.to(x.dtype));

@@ -29,8 +29,8 @@ public sealed class LlamaDecoderLayer : nn.Module
     }
 
     /// <summary>
-    /// x [B, S, H]; cos/sin [B, S, D] (in the compute dtype); mask [B, 1, S, T] bool -> [B, S, H]. The residual stream
-    /// and norms stay in x's dtype; attention and MLP run in <paramref name="compute"/> (null = x's dtype).
+    /// x [B, S, H]; cos/sin [B, S, D] (in x's dtype); mask [B, 1, S, T] bool -> [B, S, H]. The residual stream, norms,
+    /// RoPE and attention stay in x's dtype; the projections and the MLP run in <paramref name="compute"/> (null = x's dtype).
     /// </summary>
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KvCache? cache, int layer, ScalarType? compute = null)
     {

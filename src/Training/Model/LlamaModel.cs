@@ -49,7 +49,7 @@ public sealed class LlamaModel : nn.Module
         using var scope = torch.NewDisposeScope();
         var compute = Precision.ComputeDtype();
         var h = embed_tokens.forward(inputIds);                                          // [B, S, H]
-        var (cos, sin) = Rope.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, compute ?? h.dtype);
+        var (cos, sin) = Rope.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, h.dtype);
         var mask = AttentionMask(attentionMask, inputIds.shape[1]);                      // [B, 1, S, T]
         for (int i = 0; i < layers.Count; i++) h = layers[i].Forward(h, cos, sin, mask, cache, i, compute);
         return scope.MoveToOuter(norm.forward(h));

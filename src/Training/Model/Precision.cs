@@ -13,9 +13,10 @@ public enum Precision
     /// <summary>Everything in the parameters' dtype.</summary>
     Fp32,
     /// <summary>
-    /// Mixed precision: every projection (q/k/v/o, the SwiGLU MLP, the LM head) and attention run in bfloat16 on
-    /// bfloat16 casts of activations and weights; the residual stream, RMSNorm, RoPE tables, the scalar value/reward head
-    /// and everything after the logits (log-softmax, losses, KL, GAE) stay float32. Gradients reach the float32 weights
+    /// Mixed precision: every projection (q/k/v/o, the SwiGLU MLP, the LM head) runs in bfloat16 on bfloat16 casts of
+    /// activations and weights; the residual stream, RMSNorm, RoPE and attention itself (softmax(QKᵀ/√d)·V: libtorch's
+    /// CPU attention backward runs about twice slower in bfloat16), the scalar value/reward head and everything after the
+    /// logits (log-softmax, losses, KL, GAE) stay float32. Gradients reach the float32 weights
     /// through the casts, so the optimizer updates float32 masters and checkpoints stay float32.
     /// </summary>
     Bf16,
@@ -31,7 +32,7 @@ public interface IMixedPrecision
 /// <summary>The casts that implement <see cref="Precision.Bf16"/> (TorchSharp has no autocast).</summary>
 public static class MixedPrecision
 {
-    /// <summary>The dtype matmuls and attention run in: bfloat16 for <see cref="Precision.Bf16"/>, null (= the input's dtype) otherwise.</summary>
+    /// <summary>The dtype projections run in: bfloat16 for <see cref="Precision.Bf16"/>, null (= the input's dtype) otherwise.</summary>
     public static ScalarType? ComputeDtype(this Precision p) => p == Precision.Bf16 ? ScalarType.BFloat16 : null;
 
     /// <summary>x cast to <paramref name="compute"/> (differentiable); x itself when null or already that dtype.</summary>

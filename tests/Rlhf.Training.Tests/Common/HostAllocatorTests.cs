@@ -1,0 +1,60 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Rlhf.Tests.Shared;
+using Rlhf.Training.Tests.Serving;
+
+namespace Rlhf.Training.Tests.Common;
+
+/// <summary>
+/// <c>HostAllocator.KeepFreedMemory</c> as the CLI applies it at start: a real <c>rlhf bench train</c> process whose
+/// per-step buffers (here a 64K-vocabulary logits tensor of 128 MiB and its gradients) exceed glibc's largest mmap
+/// threshold page-faults them afresh every step with glibc's defaults, and reuses its pages with the setting.
+/// </summary>
+public sealed class HostAllocatorTests
+{
+    static readonly TimeSpan Deadline = TimeSpan.FromMinutes(3);
+
+    /// <summary>page_faults_per_step.fp32.wide of one bench run; <paramref name="glibcTunables"/> set = the setting is skipped.</summary>
+    static double FaultsPerStep(string configFile, string dir, string? glibcTunables)
+    {
+        string json = Path.Combine(dir, $"bench-{glibcTunables is null}.json");
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { ServerProcess.RlhfDll, "bench", "train", "--configs", $"wide={configFile}", "--batch-size", "8", "--seq-len", "64",
+                                  "--steps", "6", "--threads", "1", "--json", json })
+            psi.ArgumentList.Add(a);
+        if (glibcTunables is not null) psi.Environment["GLIBC_TUNABLES"] = glibcTunables;
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        var output = p.StandardOutput.ReadToEndAsync();
+        if (!p.WaitForExit(Deadline))
+        {
+            p.Kill();
+            Assert.Fail($"rlhf bench train did not finish in {Deadline.TotalSeconds} s");
+        }
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, $"rlhf bench train exited {p.ExitCode}: {err.Result}{output.Result}");
+        return (double)JsonNode.Parse(File.ReadAllText(json))!["page_faults_per_step.fp32.wide"]!;
+    }
+
+    [Fact]
+    public void Training_steps_reuse_their_pages_instead_of_faulting_them_in_again()
+    {
+        if (!OperatingSystem.IsLinux() || Environment.GetEnvironmentVariable("GLIBC_TUNABLES") is not null) return;
+        string dir = Directory.CreateTempSubdirectory().FullName;
+        try
+        {
+            string cfg = Path.Combine(dir, "config.json");
+            TinyLlama.Config(vocab: 65536, layers: 1, tied: true).Save(cfg);
+            // any GLIBC_TUNABLES leaves glibc's malloc to the user; this one restates a default (7 cached chunks per size)
+            double glibc = FaultsPerStep(cfg, dir, "glibc.malloc.tcache_count=7");
+            double kept = FaultsPerStep(cfg, dir, null);
+            long logitsPages = 8L * 64 * 65536 * 4 / 4096;
+            Assert.True(glibc > logitsPages, $"with glibc's defaults a step faulted only {glibc} pages (the logits alone are {logitsPages})");
+            Assert.True(kept < glibc / 10, $"{kept} page faults per step with freed memory kept vs {glibc} with glibc's defaults");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
