@@ -16,9 +16,9 @@ public static partial class HostAllocator
 
     /// <summary>
     /// On Linux/glibc, makes malloc serve every thread from the one heap, without mmap for large blocks and without
-    /// trimming, unless the user set
-    /// glibc's own malloc variables (<c>GLIBC_TUNABLES</c>, <c>MALLOC_MMAP_MAX_</c>, <c>MALLOC_TRIM_THRESHOLD_</c>,
-    /// <c>MALLOC_MMAP_THRESHOLD_</c>), which then decide. Returns whether the settings were applied.
+    /// trimming, unless the user set glibc's own malloc variables (<c>GLIBC_TUNABLES</c>, <c>MALLOC_MMAP_MAX_</c>,
+    /// <c>MALLOC_TRIM_THRESHOLD_</c>, <c>MALLOC_MMAP_THRESHOLD_</c>), which then decide. Returns whether the settings
+    /// were applied.
     /// </summary>
     public static bool KeepFreedMemory()
     {
@@ -29,8 +29,8 @@ public static partial class HostAllocator
         try
         {
             // one arena: a thread's own arena maps blocks beyond its 64 MiB heaps afresh whatever M_MMAP_MAX says, and
-            // the trainer runs on whichever thread the command or server hands it
-            return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, int.MaxValue) == 1 && mallopt(M_ARENA_MAX, 1) == 1;
+            // the trainer runs on whichever thread the command or server hands it; a trim threshold of −1 never trims
+            return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, -1) == 1 && mallopt(M_ARENA_MAX, 1) == 1;
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {

@@ -304,6 +304,14 @@ public static class PpoTrainer
         return exp;
     }
 
+    /// <summary>
+    /// Logits [B, A, V] of the positions that predict the response tokens: the trunk runs over prompt and response, the
+    /// LM head only over <see cref="Experience.ResponseSlice"/> (with a 49k vocabulary the head is a fifth of a 135M
+    /// model's matmuls, and the prompt positions' logits are never read).
+    /// </summary>
+    internal static Tensor ResponseLogits(LlamaForCausalLM model, Experience mb) =>
+        model.Logits(mb.ResponseSlice(model.HiddenStates(mb.InputIds, mb.AttentionMask, mb.PositionIds)));
+
     /// <summary>log π, log π_ref and V over the response positions of <paramref name="exp"/>, in chunks of rows.</summary>
     static (Tensor Logp, Tensor LogpRef, Tensor Values) ForwardAll(Run run, Experience exp, double temperature, int chunk)
     {
@@ -315,8 +323,8 @@ public static class PpoTrainer
             using var scope = NewDisposeScope();
             using var idx = arange(i, Math.Min(exp.Rows, i + chunk), dtype: ScalarType.Int64, device: run.Device);
             using var mb = exp.Select(idx);
-            var lp = LogProbs.OfTokens(Temperature.Scale(mb.ResponseSlice(run.Actor.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), temperature), mb.Responses);
-            var lr = LogProbs.OfTokens(Temperature.Scale(mb.ResponseSlice(run.Reference.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), temperature), mb.Responses);
+            var lp = LogProbs.OfTokens(Temperature.Scale(ResponseLogits(run.Actor, mb), temperature), mb.Responses);
+            var lr = LogProbs.OfTokens(Temperature.Scale(ResponseLogits(run.Reference, mb), temperature), mb.Responses);
             var v = mb.ResponseSlice(run.Critic.Values(mb.InputIds, mb.AttentionMask, mb.PositionIds));
             logps.Add(lp.MoveToOuterDisposeScope());
             refs.Add(lr.MoveToOuterDisposeScope());
@@ -352,7 +360,7 @@ public static class PpoTrainer
                 {
                     using var idx = tensor(order.Skip(m * cfg.MiniBatch).Take(cfg.MiniBatch).Select(x => (long)x).ToArray(), device: run.Device);
                     var mb = exp.Select(idx);
-                    var logits = Temperature.Scale(mb.ResponseSlice(run.Actor.Forward(mb.InputIds, mb.AttentionMask, mb.PositionIds)), cfg.Temperature);
+                    var logits = Temperature.Scale(ResponseLogits(run.Actor, mb), cfg.Temperature);
                     var logp = LogProbs.OfTokens(logits, mb.Responses);
                     var (pg, clipFrac, approxKl) = PpoLosses.Policy(logp, mb.LogpOld!, mb.Advantages!, mb.ResponseMask, cfg.ClipEps, mb.IsWeights);
                     var actorLoss = pg;

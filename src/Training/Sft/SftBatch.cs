@@ -98,4 +98,20 @@ public static class SftLoss
         return nn.functional.cross_entropy(logits.reshape(-1, v).to(ScalarType.Float32), targets.reshape(-1),
             ignore_index: SftBatch.Ignore, reduction: nn.Reduction.Sum);
     }
+
+    /// <summary>
+    /// <see cref="SummedNll(Tensor, Tensor)"/> of <paramref name="model"/> on <paramref name="batch"/>, with the LM head
+    /// run only where a target is counted: hidden [B, S, H] → the N counted positions [1, N, H] → logits [1, N, V]. The
+    /// prompt and padding positions' logits would never be read (with a 49k vocabulary the head is a fifth of a 135M
+    /// model's matmuls).
+    /// </summary>
+    public static Tensor SummedNll(Model.LlamaForCausalLM model, SftBatch batch)
+    {
+        using var scope = NewDisposeScope();
+        var hidden = model.HiddenStates(batch.InputIds, batch.AttentionMask, batch.PositionIds);   // [B, S, H]
+        var counted = batch.Targets.reshape(-1).ne(SftBatch.Ignore).nonzero().squeeze(1);          // [N]
+        var h = hidden.reshape(-1, hidden.shape[2]).index_select(0, counted).unsqueeze(0);         // [1, N, H]
+        var targets = batch.Targets.reshape(-1).index_select(0, counted).unsqueeze(0);              // [1, N]
+        return scope.MoveToOuter(SummedNll(model.Logits(h), targets));
+    }
 }

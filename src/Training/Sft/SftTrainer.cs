@@ -119,8 +119,7 @@ public static class SftTrainer
                 {
                     using var scope = NewDisposeScope();
                     using var batch = SftBatch.Collate(examples, padId, device);
-                    var logits = model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
-                    var loss = SftLoss.SummedNll(logits, batch.Targets) / targets;
+                    var loss = SftLoss.SummedNll(model, batch) / targets;
                     loss.backward();
                     lossSum += loss.item<float>();
                     positions += batch.InputIds.numel();
@@ -229,8 +228,7 @@ public static class SftTrainer
         {
             using var scope = NewDisposeScope();
             using var batch = SftBatch.Collate(eval.Skip(i).Take(batchSize).ToArray(), padId, device);
-            var logits = model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
-            sum += SftLoss.SummedNll(logits, batch.Targets).item<float>();
+            sum += SftLoss.SummedNll(model, batch).item<float>();
             count += batch.TargetCount;
         }
         return sum / Math.Max(1, count);

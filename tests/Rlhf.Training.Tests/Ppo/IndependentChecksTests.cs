@@ -116,7 +116,7 @@ public sealed class IndependentChecksTests
         using (no_grad())
         {
             values = Flat(exp.ResponseSlice(critic.Values(exp.InputIds, exp.AttentionMask, exp.PositionIds)));
-            logp = Flat(LogProbs.OfTokens(exp.ResponseSlice(actor.Forward(exp.InputIds, exp.AttentionMask, exp.PositionIds)), exp.Responses));
+            logp = Flat(LogProbs.OfTokens(PpoTrainer.ResponseLogits(actor, exp), exp.Responses));   // the LM head on response positions only
         }
         int a = (int)exp.Responses.shape[1];
         for (int i = 0; i < prompts.Length; i++)

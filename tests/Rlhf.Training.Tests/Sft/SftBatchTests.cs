@@ -29,6 +29,26 @@ public sealed class SftBatchTests
         Assert.Equal(expected, SftLoss.SummedNll(logits, targets).item<float>(), 5);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void SummedNllOfTheCountedPositionsEqualsTheLossOverAllLogitsAndItsGradient(bool tied)
+    {
+        using var model = Tests.Model.TinyModels.Randomized(Tests.Model.TinyModels.Config(tied: tied), seed: 5);
+        model.eval();
+        using var batch = SftBatch.Collate([new TokenizedExample([1, 5, 6, 9, 2], 2), new TokenizedExample([1, 7, 8, 2], 3),
+                                            new TokenizedExample([1, 4, 2], 1)], padId: 0, CPU);
+        var full = SftLoss.SummedNll(model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds), batch.Targets);
+        full.backward();
+        var expectedGrads = model.parameters().Select(p => p.grad!.clone()).ToList();
+        model.zero_grad();
+        var counted = SftLoss.SummedNll(model, batch);
+        counted.backward();
+        Assert.Equal(full.item<float>(), counted.item<float>(), 4);
+        foreach (var (p, g) in model.parameters().Zip(expectedGrads))
+            Assert.True((p.grad! - g).abs().max().item<float>() < 1e-5f, "gradients differ");
+    }
+
     [Fact]
     public void PermutationIsSeededAndComplete()
     {
