@@ -37,7 +37,7 @@ public sealed class PpoLearnsTests
         {
             RmModel = null, RewardModel = CountingRewardModel(sft, period), MissingEosPenalty = null, RewardClip = 0,
             RewardNormalization = ScoreNormalization.None,   // scores stay counts of '.', the unit the assertions use
-            Iterations = 10, RolloutBatch = 32, MiniBatch = 8, PpoEpochs = 4, ActorLr = 3e-3, CriticLr = 3e-3,
+            Iterations = 20, RolloutBatch = 32, MiniBatch = 8, PpoEpochs = 4, ActorLr = 3e-3, CriticLr = 3e-3,
             AdaptiveKl = false, InitKlCoef = 0.02, EvalPrompts = 32, EvalEvery = 100, CheckpointEvery = 0, BestOfN = [1],
         };
         var s = PpoTrainer.Train(cfg, new RunControl { Progress = false });
@@ -45,10 +45,12 @@ public sealed class PpoLearnsTests
         double first = m.Rows.Take(2).Average(r => r["objective/rm_scores"]);
         double last = m.Rows.TakeLast(2).Average(r => r["objective/rm_scores"]);
         string trace = $"'.' per response: held-out SFT {s.SftScore:F3} -> PPO {s.PpoScore:F3} (KL {s.PpoKl:F3}); training {first:F3} -> {last:F3}";
-        // measured: held-out 0.34 -> 1.09 periods per response at KL 3.4 nats (20 iterations reach 9.5 at KL 46)
+        // measured with seeds 1-4: after 20 iterations held-out 0.16-0.34 -> 1.5-8.7 periods per response at KL 4.5-43
+        // nats (this seed: 0.34 -> 8.5 at KL 38). After 10 iterations two of the four seeds had barely moved: the
+        // policy takes off at a seed-dependent iteration, so 10 iterations passed or failed on last-bit numerics.
         Assert.True(s.PpoScore > 2 * s.SftScore && s.PpoScore > s.SftScore + 0.4, trace);
         Assert.True(last > first + 0.2, trace);
-        Assert.True(double.IsFinite(s.PpoKl) && s.PpoKl > 0 && s.PpoKl < 20, trace);
+        Assert.True(double.IsFinite(s.PpoKl) && s.PpoKl > 0 && s.PpoKl < 60, trace);
         Assert.All(m.Rows, r => Assert.True(double.IsFinite(r["objective/kl"]), trace));
     }
 }
