@@ -58,6 +58,9 @@ public sealed class LlamaForCausalLM : nn.Module, IMixedPrecision
         return scope.MoveToOuter(Logits(h));
     }
 
+    /// <summary>Final hidden states [R, L, H] of packed sequences (after <c>model.norm</c>).</summary>
+    public Tensor HiddenStates(PackedBatch packed) => model.Forward(packed);
+
     /// <summary>Final hidden states [B, S, H] (after <c>model.norm</c>); same arguments as <see cref="Forward"/>.</summary>
     public Tensor HiddenStates(Tensor inputIds, Tensor attentionMask, Tensor positionIds, KvCache? cache = null) =>
         model.Forward(inputIds, attentionMask, positionIds, cache);

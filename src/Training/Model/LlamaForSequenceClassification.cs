@@ -120,6 +120,13 @@ public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision
         return scope.MoveToOuter(score.forward(h).squeeze(-1).to(ScalarType.Float32));
     }
 
+    /// <summary>Per-token values [R, L] (float32) of packed sequences (<see cref="PackedBatch"/>).</summary>
+    public Tensor Values(PackedBatch packed)
+    {
+        using var scope = torch.NewDisposeScope();
+        return scope.MoveToOuter(score.forward(model.Forward(packed)).squeeze(-1).to(ScalarType.Float32));
+    }
+
     /// <summary>Scores [B] (float32): the value at each row's last real token (works for left and right padding).</summary>
     public Tensor Scores(Tensor inputIds, Tensor attentionMask, Tensor? positionIds = null)
     {

@@ -47,12 +47,24 @@ public sealed class LlamaModel : nn.Module
         if (cache is not null && cache.NumLayers != Config.NumHiddenLayers)
             throw new ArgumentException($"KvCache has {cache.NumLayers} layers; the model has {Config.NumHiddenLayers}.");
         using var scope = torch.NewDisposeScope();
+        return scope.MoveToOuter(Layers(inputIds, positionIds, AttentionMask(attentionMask, inputIds.shape[1]), cache));
+    }
+
+    /// <summary>Final hidden states [R, L, H] of packed sequences (<see cref="PackedBatch"/>; no cache).</summary>
+    public Tensor Forward(PackedBatch packed)
+    {
+        using var scope = torch.NewDisposeScope();
+        return scope.MoveToOuter(Layers(packed.InputIds, packed.PositionIds, packed.Allowed, null));
+    }
+
+    /// <summary>Embedding, decoder layers and final norm: ids/positions [B, S], mask [B, 1, S, T] bool -> [B, S, H].</summary>
+    Tensor Layers(Tensor inputIds, Tensor positionIds, Tensor mask, KvCache? cache)
+    {
         var compute = Precision.ComputeDtype();
         var h = embed_tokens.forward(inputIds);                                          // [B, S, H]
         var (cos, sin) = Rope.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, h.dtype);
-        var mask = AttentionMask(attentionMask, inputIds.shape[1]);                      // [B, 1, S, T]
         for (int i = 0; i < layers.Count; i++) h = layers[i].Forward(h, cos, sin, mask, cache, i, compute);
-        return scope.MoveToOuter(norm.forward(h));
+        return norm.forward(h);
     }
 
     /// <summary>

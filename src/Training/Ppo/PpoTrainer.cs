@@ -305,12 +305,16 @@ public static class PpoTrainer
     }
 
     /// <summary>
-    /// Logits [B, A, V] of the positions that predict the response tokens: the trunk runs over prompt and response, the
-    /// LM head only over <see cref="Experience.ResponseSlice"/> (with a 49k vocabulary the head is a fifth of a 135M
-    /// model's matmuls, and the prompt positions' logits are never read).
+    /// Logits [B, A, V] of the positions that predict the response tokens: the trunk runs over the rows packed without
+    /// padding (<see cref="Experience.Pack"/>), the LM head only over the response-predicting positions (with a 49k
+    /// vocabulary the head is a fifth of a 135M model's matmuls, and the prompt positions' logits are never read).
     /// </summary>
-    internal static Tensor ResponseLogits(LlamaForCausalLM model, Experience mb) =>
-        model.Logits(mb.ResponseSlice(model.HiddenStates(mb.InputIds, mb.AttentionMask, mb.PositionIds)));
+    internal static Tensor ResponseLogits(LlamaForCausalLM model, Experience mb, PackedBatch packed, Tensor index) =>
+        model.Logits(mb.PackedResponses(model.HiddenStates(packed), index));
+
+    /// <summary>V(s_t) [B, A] of the states before each response token, from the packed rows.</summary>
+    internal static Tensor ResponseValues(LlamaForSequenceClassification critic, Experience mb, PackedBatch packed, Tensor index) =>
+        mb.PackedResponses(critic.Values(packed), index);
 
     /// <summary>log π, log π_ref and V over the response positions of <paramref name="exp"/>, in chunks of rows.</summary>
     static (Tensor Logp, Tensor LogpRef, Tensor Values) ForwardAll(Run run, Experience exp, double temperature, int chunk)
@@ -323,9 +327,11 @@ public static class PpoTrainer
             using var scope = NewDisposeScope();
             using var idx = arange(i, Math.Min(exp.Rows, i + chunk), dtype: ScalarType.Int64, device: run.Device);
             using var mb = exp.Select(idx);
-            var lp = LogProbs.OfTokens(Temperature.Scale(ResponseLogits(run.Actor, mb), temperature), mb.Responses);
-            var lr = LogProbs.OfTokens(Temperature.Scale(ResponseLogits(run.Reference, mb), temperature), mb.Responses);
-            var v = mb.ResponseSlice(run.Critic.Values(mb.InputIds, mb.AttentionMask, mb.PositionIds));
+            var (packed, index) = mb.Pack();
+            using var _ = packed;
+            var lp = LogProbs.OfTokens(Temperature.Scale(ResponseLogits(run.Actor, mb, packed, index), temperature), mb.Responses);
+            var lr = LogProbs.OfTokens(Temperature.Scale(ResponseLogits(run.Reference, mb, packed, index), temperature), mb.Responses);
+            var v = ResponseValues(run.Critic, mb, packed, index);
             logps.Add(lp.MoveToOuterDisposeScope());
             refs.Add(lr.MoveToOuterDisposeScope());
             vals.Add(v.MoveToOuterDisposeScope());
@@ -360,7 +366,9 @@ public static class PpoTrainer
                 {
                     using var idx = tensor(order.Skip(m * cfg.MiniBatch).Take(cfg.MiniBatch).Select(x => (long)x).ToArray(), device: run.Device);
                     var mb = exp.Select(idx);
-                    var logits = Temperature.Scale(ResponseLogits(run.Actor, mb), cfg.Temperature);
+                    var (packed, index) = mb.Pack();
+                    using var _ = packed;
+                    var logits = Temperature.Scale(ResponseLogits(run.Actor, mb, packed, index), cfg.Temperature);
                     var logp = LogProbs.OfTokens(logits, mb.Responses);
                     var (pg, clipFrac, approxKl) = PpoLosses.Policy(logp, mb.LogpOld!, mb.Advantages!, mb.ResponseMask, cfg.ClipEps, mb.IsWeights);
                     var actorLoss = pg;
@@ -376,7 +384,7 @@ public static class PpoTrainer
                         actorLoss = actorLoss + cfg.PtxCoef * ptxNll;
                         Add("loss/ptx", ptxNll.item<float>());
                     }
-                    var values = mb.ResponseSlice(run.Critic.Values(mb.InputIds, mb.AttentionMask, mb.PositionIds));
+                    var values = ResponseValues(run.Critic, mb, packed, index);
                     var (vf, vfClip) = PpoLosses.Value(values, mb.ValuesOld!, mb.Returns!, mb.ResponseMask, cfg.ValueClipEps);
                     var loss = (actorLoss + cfg.VfCoef * vf) / group;
                     loss.backward();

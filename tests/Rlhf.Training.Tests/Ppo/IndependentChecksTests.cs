@@ -115,8 +115,20 @@ public sealed class IndependentChecksTests
         float[] values, logp;
         using (no_grad())
         {
-            values = Flat(exp.ResponseSlice(critic.Values(exp.InputIds, exp.AttentionMask, exp.PositionIds)));
-            logp = Flat(LogProbs.OfTokens(PpoTrainer.ResponseLogits(actor, exp), exp.Responses));   // the LM head on response positions only
+            var (packed, index) = exp.Pack();   // what PPO runs: rows packed without padding, the LM head on response positions only
+            using var _p = packed;
+            values = Flat(PpoTrainer.ResponseValues(critic, exp, packed, index));
+            logp = Flat(LogProbs.OfTokens(PpoTrainer.ResponseLogits(actor, exp, packed, index), exp.Responses));
+            // the padded layout gives the same numbers at every response token
+            float[] real = Flat(exp.ResponseMask);
+            float[] paddedValues = Flat(exp.ResponseSlice(critic.Values(exp.InputIds, exp.AttentionMask, exp.PositionIds)));
+            float[] paddedLogp = Flat(LogProbs.OfTokens(exp.ResponseSlice(actor.Forward(exp.InputIds, exp.AttentionMask, exp.PositionIds)), exp.Responses));
+            for (int k = 0; k < real.Length; k++)
+                if (real[k] != 0)
+                {
+                    Assert.Equal(paddedValues[k], values[k], 5);
+                    Assert.Equal(paddedLogp[k], logp[k], 5);
+                }
         }
         int a = (int)exp.Responses.shape[1];
         for (int i = 0; i < prompts.Length; i++)

@@ -1,0 +1,78 @@
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Model;
+
+/// <summary>
+/// Sequences packed end to end into rows so that a forward pass spends (almost) no compute on padding: token ids,
+/// positions restarting at 0 in every sequence, and a block-diagonal causal mask that keeps each sequence to its own
+/// earlier tokens. Every sequence's hidden states equal those of the sequence run alone (up to float rounding).
+/// </summary>
+public sealed class PackedBatch : IDisposable
+{
+    /// <summary>[R, L] int64 token ids (padding id after a row's last sequence).</summary>
+    public required Tensor InputIds { get; init; }
+    /// <summary>[R, L] int64 position of each token within its own sequence (0 on padding).</summary>
+    public required Tensor PositionIds { get; init; }
+    /// <summary>[R, 1, L, L] bool: key k is visible to query q when both belong to the same sequence and k ≤ q (padding sees padding).</summary>
+    public required Tensor Allowed { get; init; }
+    /// <summary>Per sequence, the flat index r·L + c of its first token in [R·L].</summary>
+    public required long[] Starts { get; init; }
+
+    /// <summary>
+    /// Packs <paramref name="sequences"/> (each non-empty) first-fit-decreasing into rows as long as the longest
+    /// sequence; ties keep input order, so the layout is deterministic.
+    /// </summary>
+    public static PackedBatch Pack(IReadOnlyList<long[]> sequences, long padId, Device device)
+    {
+        if (sequences.Count == 0 || sequences.Any(s => s.Length == 0))
+            throw new ArgumentException("Packing needs at least one sequence and no empty ones.");
+        int width = sequences.Max(s => s.Length);
+        var rowFill = new List<int>();
+        var place = new (int Row, int Offset)[sequences.Count];
+        foreach (int i in Enumerable.Range(0, sequences.Count).OrderByDescending(i => sequences[i].Length))
+        {
+            int r = rowFill.FindIndex(f => f + sequences[i].Length <= width);
+            if (r < 0) { r = rowFill.Count; rowFill.Add(0); }
+            place[i] = (r, rowFill[r]);
+            rowFill[r] += sequences[i].Length;
+        }
+        int rows = rowFill.Count;
+        var ids = Enumerable.Repeat(padId, rows * width).ToArray();
+        var pos = new long[rows * width];
+        var segment = Enumerable.Repeat(-1L, rows * width).ToArray();
+        var starts = new long[sequences.Count];
+        for (int i = 0; i < sequences.Count; i++)
+        {
+            starts[i] = (long)place[i].Row * width + place[i].Offset;
+            for (int j = 0; j < sequences[i].Length; j++)
+            {
+                ids[starts[i] + j] = sequences[i][j];
+                pos[starts[i] + j] = j;
+                segment[starts[i] + j] = i;
+            }
+        }
+        return new PackedBatch
+        {
+            InputIds = tensor(ids, [rows, width], device: device),
+            PositionIds = tensor(pos, [rows, width], device: device),
+            Allowed = BlockCausal(segment, rows, width, device),
+            Starts = starts,
+        };
+    }
+
+    /// <summary>segment [R·L] (sequence of each position, −1 = padding) -> [R, 1, L, L] bool: same segment and k ≤ q.</summary>
+    static Tensor BlockCausal(long[] segment, int rows, int width, Device device)
+    {
+        using var scope = NewDisposeScope();
+        var seg = tensor(segment, [rows, width], device: device);
+        var same = seg.unsqueeze(2).eq(seg.unsqueeze(1));                                              // [R, L(q), L(k)]
+        var causal = ones([width, width], ScalarType.Bool, device).tril();                              // k ≤ q
+        return scope.MoveToOuter(same.logical_and(causal).unsqueeze(1));
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        InputIds.Dispose(); PositionIds.Dispose(); Allowed.Dispose();
+    }
+}
