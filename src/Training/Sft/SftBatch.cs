@@ -100,18 +100,34 @@ public static class SftLoss
     }
 
     /// <summary>
-    /// <see cref="SummedNll(Tensor, Tensor)"/> of <paramref name="model"/> on <paramref name="batch"/>, with the LM head
-    /// run only where a target is counted: hidden [B, S, H] → the N counted positions [1, N, H] → logits [1, N, V]. The
-    /// prompt and padding positions' logits would never be read (with a 49k vocabulary the head is a fifth of a 135M
-    /// model's matmuls).
+    /// <see cref="SummedNll(Tensor, Tensor)"/> of <paramref name="model"/> on <paramref name="batch"/> without computing
+    /// on padding: the rows are packed end to end (<see cref="Model.PackedBatch"/>), and the LM head runs only on the N
+    /// positions with a counted target (hidden [R·L, H] → [1, N, H] → logits [1, N, V]); prompt and padding logits would
+    /// never be read (with a 49k vocabulary the head is a fifth of a 135M model's matmuls).
     /// </summary>
     public static Tensor SummedNll(Model.LlamaForCausalLM model, SftBatch batch)
     {
+        long b = batch.InputIds.shape[0], s = batch.InputIds.shape[1];
+        long[] ids = batch.InputIds.to(CPU).data<long>().ToArray();
+        long[] mask = batch.AttentionMask.to(CPU).data<long>().ToArray();
+        long[] targets = batch.Targets.to(CPU).data<long>().ToArray();
+        var rows = new long[b][];
+        for (long i = 0; i < b; i++)
+            rows[i] = [.. Enumerable.Range(0, (int)s).Where(t => mask[i * s + t] != 0).Select(t => ids[i * s + t])];   // right-padded: t = position
+        using var packed = Model.PackedBatch.Pack(rows, 0, batch.InputIds.device);
+        var index = new List<long>();
+        var counted = new List<long>();
+        for (long i = 0; i < b; i++)
+            for (long t = 0; t < s; t++)
+                if (targets[i * s + t] != SftBatch.Ignore)
+                {
+                    index.Add(packed.Starts[i] + t);
+                    counted.Add(targets[i * s + t]);
+                }
         using var scope = NewDisposeScope();
-        var hidden = model.HiddenStates(batch.InputIds, batch.AttentionMask, batch.PositionIds);   // [B, S, H]
-        var counted = batch.Targets.reshape(-1).ne(SftBatch.Ignore).nonzero().squeeze(1);          // [N]
-        var h = hidden.reshape(-1, hidden.shape[2]).index_select(0, counted).unsqueeze(0);         // [1, N, H]
-        var targets = batch.Targets.reshape(-1).index_select(0, counted).unsqueeze(0);              // [1, N]
-        return scope.MoveToOuter(SummedNll(model.Logits(h), targets));
+        var hidden = model.HiddenStates(packed);                                                       // [R, L, H]
+        var h = hidden.reshape(-1, hidden.shape[2]).index_select(0, tensor(index.ToArray(), device: hidden.device)).unsqueeze(0);   // [1, N, H]
+        var y = tensor(counted.ToArray(), [1, counted.Count], device: hidden.device);                  // [1, N]
+        return scope.MoveToOuter(SummedNll(model.Logits(h), y));
     }
 }

@@ -32,7 +32,7 @@ public sealed class SftBatchTests
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public void SummedNllOfTheCountedPositionsEqualsTheLossOverAllLogitsAndItsGradient(bool tied)
+    public void SummedNllOverPackedRowsAndCountedPositionsEqualsTheLossOverAllLogitsAndItsGradient(bool tied)
     {
         using var model = Tests.Model.TinyModels.Randomized(Tests.Model.TinyModels.Config(tied: tied), seed: 5);
         model.eval();
