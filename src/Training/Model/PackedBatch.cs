@@ -17,6 +17,31 @@ public sealed class PackedBatch : IDisposable
     public required Tensor Allowed { get; init; }
     /// <summary>Per sequence, the flat index r·L + c of its first token in [R·L].</summary>
     public required long[] Starts { get; init; }
+    /// <summary>For a batch packed by <see cref="FromPadded"/>: per padded position b·S + t, its flat index in [R·L] (−1 on padding).</summary>
+    public long[] PaddedToFlat { get; private init; } = [];
+
+    /// <summary>
+    /// Packs the real tokens (attentionMask = 1) of each row of a padded batch (left, right or both sides) and records
+    /// where every real padded position lands (<see cref="PaddedToFlat"/>). inputIds/attentionMask [B, S] int64; every
+    /// row needs a real token.
+    /// </summary>
+    public static PackedBatch FromPadded(Tensor inputIds, Tensor attentionMask)
+    {
+        long b = inputIds.shape[0], s = inputIds.shape[1];
+        long[] ids = inputIds.to(CPU).data<long>().ToArray();
+        long[] mask = attentionMask.to(CPU).data<long>().ToArray();
+        var rows = new long[b][];
+        for (long i = 0; i < b; i++)
+            rows[i] = [.. Enumerable.Range(0, (int)s).Where(t => mask[i * s + t] != 0).Select(t => ids[i * s + t])];
+        var packed = Pack(rows, 0, inputIds.device);
+        var map = new long[b * s];
+        for (long i = 0; i < b; i++)
+        {
+            long next = packed.Starts[i];
+            for (long t = 0; t < s; t++) map[i * s + t] = mask[i * s + t] != 0 ? next++ : -1;
+        }
+        return new PackedBatch { InputIds = packed.InputIds, PositionIds = packed.PositionIds, Allowed = packed.Allowed, Starts = packed.Starts, PaddedToFlat = map };
+    }
 
     /// <summary>
     /// Packs <paramref name="sequences"/> (each non-empty) first-fit-decreasing into rows as long as the longest

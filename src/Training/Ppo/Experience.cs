@@ -89,24 +89,12 @@ public sealed class Experience : IDisposable
     public (Model.PackedBatch Packed, Tensor ResponseIndex) Pack()
     {
         long b = Rows, s = InputIds.shape[1], a = Responses.shape[1];
-        long[] ids = InputIds.to(CPU).data<long>().ToArray();
-        long[] mask = AttentionMask.to(CPU).data<long>().ToArray();
+        var packed = Model.PackedBatch.FromPadded(InputIds, AttentionMask);
         float[] respMask = ResponseMask.to(CPU).data<float>().ToArray();
-        var sequences = new long[b][];
-        var promptLengths = new int[b];
-        for (long i = 0; i < b; i++)
-        {
-            var seq = new List<long>();
-            for (long t = 0; t < s; t++)
-                if (mask[i * s + t] != 0) seq.Add(ids[i * s + t]);
-            sequences[i] = [.. seq];
-            promptLengths[i] = (int)Enumerable.Range(0, PromptLength).Count(t => mask[i * s + t] != 0);
-        }
-        var packed = Model.PackedBatch.Pack(sequences, 0, InputIds.device);
         var index = new long[b * a];
         for (long i = 0; i < b; i++)
             for (long t = 0; t < a; t++)
-                if (respMask[i * a + t] != 0) index[i * a + t] = packed.Starts[i] + promptLengths[i] - 1 + t;
+                if (respMask[i * a + t] != 0) index[i * a + t] = packed.PaddedToFlat[i * s + PromptLength - 1 + t];
         return (packed, tensor(index, device: InputIds.device));
     }
 

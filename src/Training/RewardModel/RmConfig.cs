@@ -81,7 +81,7 @@ public sealed record RmConfig
     public string Device { get; init; } = "cpu";
     /// <summary>Intra-op threads (0 = all cores).</summary>
     public int Threads { get; init; }
-    /// <summary>Arithmetic precision of forward/backward passes: fp32, or bf16 mixed precision (projections in bfloat16; attention, float32 master weights, optimizer state, losses and checkpoints).</summary>
+    /// <summary>Arithmetic precision of forward/backward passes: fp32, or bf16 mixed precision (projections in bfloat16; attention, norms, master weights, optimizer state, losses and checkpoints in float32).</summary>
     public Precision Precision { get; init; } = Precision.Fp32;
 
     /// <summary>Throws with what to change when a value is out of range.</summary>

@@ -107,23 +107,16 @@ public static class SftLoss
     /// </summary>
     public static Tensor SummedNll(Model.LlamaForCausalLM model, SftBatch batch)
     {
-        long b = batch.InputIds.shape[0], s = batch.InputIds.shape[1];
-        long[] ids = batch.InputIds.to(CPU).data<long>().ToArray();
-        long[] mask = batch.AttentionMask.to(CPU).data<long>().ToArray();
+        using var packed = Model.PackedBatch.FromPadded(batch.InputIds, batch.AttentionMask);
         long[] targets = batch.Targets.to(CPU).data<long>().ToArray();
-        var rows = new long[b][];
-        for (long i = 0; i < b; i++)
-            rows[i] = [.. Enumerable.Range(0, (int)s).Where(t => mask[i * s + t] != 0).Select(t => ids[i * s + t])];   // right-padded: t = position
-        using var packed = Model.PackedBatch.Pack(rows, 0, batch.InputIds.device);
         var index = new List<long>();
         var counted = new List<long>();
-        for (long i = 0; i < b; i++)
-            for (long t = 0; t < s; t++)
-                if (targets[i * s + t] != SftBatch.Ignore)
-                {
-                    index.Add(packed.Starts[i] + t);
-                    counted.Add(targets[i * s + t]);
-                }
+        for (int k = 0; k < targets.Length; k++)
+            if (targets[k] != SftBatch.Ignore)
+            {
+                index.Add(packed.PaddedToFlat[k]);
+                counted.Add(targets[k]);
+            }
         using var scope = NewDisposeScope();
         var hidden = model.HiddenStates(packed);                                                       // [R, L, H]
         var h = hidden.reshape(-1, hidden.shape[2]).index_select(0, tensor(index.ToArray(), device: hidden.device)).unsqueeze(0);   // [1, N, H]

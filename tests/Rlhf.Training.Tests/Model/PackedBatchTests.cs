@@ -28,6 +28,19 @@ public sealed class PackedBatchTests
     }
 
     [Fact]
+    public void FromPaddedPacksTheRealTokensOfLeftAndRightPaddedRowsAndMapsTheirPositions()
+    {
+        // row 0 left-padded [0 0 5 6], row 1 right-padded [7 8 9 0], row 2 both [0 4 0 0]
+        using var ids = tensor(new long[] { 0, 0, 5, 6, 7, 8, 9, 0, 0, 4, 0, 0 }, [3, 4]);
+        using var mask = tensor(new long[] { 0, 0, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0 }, [3, 4]);
+        using var p = PackedBatch.FromPadded(ids, mask);
+        // width 3: [7 8 9] · [5 6 4]
+        Assert.Equal(new long[] { 7, 8, 9, 5, 6, 4 }, p.InputIds.data<long>().ToArray());
+        Assert.Equal(new long[] { 0, 1, 2, 0, 1, 0 }, p.PositionIds.data<long>().ToArray());
+        Assert.Equal(new long[] { -1, -1, 3, 4, 0, 1, 2, -1, -1, 5, -1, -1 }, p.PaddedToFlat);
+    }
+
+    [Fact]
     public void PackedHiddenStatesAndTheirGradientsEqualEachSequenceRunAlone()
     {
         using var model = TinyModels.Randomized(TinyModels.Config(), seed: 3);
