@@ -55,7 +55,7 @@ internal static class BenchCommand
             Console.Write(ExportBench.Format(rows));
             return 0;
         }));
-        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward), `bench rollout` (ONNX Runtime engine vs TorchSharp generation), `bench serve` (weight push, tokens/s and PPO iterations through rlhf serve replicas vs in process), `bench rm` (RM training step, one padded batch vs length-sorted chunks), `bench train` (training-step tokens/s, fp32 vs bf16) and `bench ppo` (seconds per phase of a PPO iteration, fp32/bf16 × fp32/int8 rollouts).")
+        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward), `bench rollout` (ONNX Runtime engine vs TorchSharp generation), `bench serve` (weight push, tokens/s and PPO iterations through rlhf serve replicas vs in process), `bench rm` (RM training step, one padded batch vs length-sorted chunks vs packed rows), `bench train` (training-step tokens/s, fp32 vs bf16) and `bench ppo` (seconds per phase of a PPO iteration, fp32/bf16 × fp32/int8 rollouts).")
             { export, RolloutBenchCommand.Create(), ServeBenchCommand.Create(), RmBenchCommand(), TrainBenchCommand.Create(), PpoBenchCommand.Create() };
     }
 
@@ -67,7 +67,7 @@ internal static class BenchCommand
         var ppb = new Option<int>("--prompts-per-batch") { Description = "Prompts (groups of K) per step.", DefaultValueFactory = _ => 4 };
         var steps = new Option<int>("--steps") { Description = "Timed steps per layout (median reported).", DefaultValueFactory = _ => 20 };
         var threads = new Option<int>("--threads") { Description = "Intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
-        var cmd = new Command("rm", "Milliseconds per RM training step: all K·P sequences in one right-padded batch vs length-sorted chunks of 16, 8 and 4 (the trainer uses 16).") { model, k, ppb, steps, threads };
+        var cmd = new Command("rm", "Milliseconds per RM training step: all K·P sequences in one right-padded batch vs length-sorted chunks of 16, 8 and 4 vs packed rows (what the trainer uses).") { model, k, ppb, steps, threads };
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             Common.DeviceSelector.SetThreads(r.GetValue(threads));

@@ -45,6 +45,7 @@ public static class RmBench
 
             var layouts = new List<(string Name, int Chunk)> { ("one padded batch", k * promptsPerBatch) };
             layouts.AddRange(chunks.Where(c => c < k * promptsPerBatch).Distinct().OrderDescending().Select(c => ($"chunks of {c}", c)));
+            layouts.Add(("packed rows", 0));
             var rows = new List<Row>();
             double? baseline = null;
             foreach (var (name, chunk) in layouts)
@@ -64,7 +65,8 @@ public static class RmBench
                     times.Add(clock.Elapsed.TotalMilliseconds);
                     var lengths = batches[b].SelectMany(g => g.Sequences).Select(x => x.Length).Order().ToArray();
                     real += lengths.Sum();
-                    foreach (var c in lengths.Chunk(chunk)) padded += (long)c.Max() * c.Length;
+                    if (chunk == 0) padded += PackedPositions(lengths);
+                    else foreach (var c in lengths.Chunk(chunk)) padded += (long)c.Max() * c.Length;
                 }
                 double ms = times.Order().ElementAt(times.Count / 2);   // median: the machine may be shared
                 baseline ??= ms;
@@ -76,6 +78,13 @@ public static class RmBench
         {
             if (temp is not null) Directory.Delete(temp, recursive: true);
         }
+    }
+
+    /// <summary>Positions of the packed rows (rows × longest length) of sequences of these lengths.</summary>
+    static long PackedPositions(int[] lengths)
+    {
+        using var p = PackedBatch.Pack([.. lengths.Select(n => new long[n])], 0, CPU);
+        return p.InputIds.numel();
     }
 
     static IEnumerable<(int W, int L)> Pairs(int k)

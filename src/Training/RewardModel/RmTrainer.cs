@@ -216,17 +216,22 @@ public static class RmTrainer
     internal static TokenizedGroup Tokenize(TextTokenizer tokenizer, RmGroup g, int maxLen) =>
         new(g, [.. g.Responses.Select(r => PromptFormat.JoinedIds(tokenizer, g.Prompt, r, maxLen))]);
 
-    /// <summary>Sequences per forward chunk in <see cref="ScoreGroups"/> (<c>rlhf bench rm</c> compares chunk sizes).</summary>
-    internal const int ScoreChunk = 16;
+    /// <summary>
+    /// <see cref="ScoreGroups"/>'s layout: 0 = every sequence packed end to end into rows (<see cref="PackedBatch"/>),
+    /// what the trainer uses (`rlhf bench rm`, tiny model, 4 prompts × K=8: 139 ms per step packed, 157 ms in
+    /// length-sorted chunks of 16, 194 ms as one padded batch); n > 0 = length-sorted chunks of n sequences.
+    /// </summary>
+    internal const int ScoreChunk = 0;
 
     /// <summary>
-    /// Scores every sequence of the groups: [Σ K] in group order. The sequences run shortest first in chunks of
-    /// <see cref="ScoreChunk"/>, each right-padded only to its own longest sequence, so padding costs little compute;
-    /// the scores (and their gradients) are the same as from one padded batch.
+    /// Scores every sequence of the groups: [Σ K] in group order, in <paramref name="chunk"/>'s layout
+    /// (<see cref="ScoreChunk"/>): packed rows, or the sequences shortest first in chunks each right-padded only to its
+    /// own longest sequence. The scores (and their gradients) are the same as from one padded batch up to float rounding.
     /// </summary>
     internal static Tensor ScoreGroups(LlamaForSequenceClassification model, IReadOnlyList<TokenizedGroup> groups, int padId, Device device, int chunk = ScoreChunk)
     {
         int[][] seqs = [.. groups.SelectMany(g => g.Sequences)];
+        if (chunk == 0) return ScorePacked(model, seqs, device);
         int[] order = [.. Enumerable.Range(0, seqs.Length).OrderBy(i => seqs[i].Length)];
         var chunks = new List<Tensor>();
         for (int c = 0; c < order.Length; c += chunk)
@@ -237,6 +242,15 @@ public static class RmTrainer
         foreach (var t in chunks) t.Dispose();
         using var inv = tensor(inverse, device: device);
         return sorted.index_select(0, inv);
+    }
+
+    /// <summary>Scores [n] of n sequences packed end to end without padding (<see cref="PackedBatch"/>): the value at each one's last token.</summary>
+    static Tensor ScorePacked(LlamaForSequenceClassification model, int[][] seqs, Device device)
+    {
+        using var packed = PackedBatch.Pack([.. seqs.Select(x => x.Select(t => (long)t).ToArray())], 0, device);
+        using var scope = NewDisposeScope();
+        var last = tensor(seqs.Select((x, i) => packed.Starts[i] + x.Length - 1).ToArray(), device: device);
+        return scope.MoveToOuter(model.Values(packed).reshape(-1).index_select(0, last));
     }
 
     /// <summary>Scores [n] of n sequences right-padded to the longest of them.</summary>

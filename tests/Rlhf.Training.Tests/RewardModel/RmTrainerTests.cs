@@ -56,17 +56,19 @@ public sealed class RmTrainerTests
         for (int i = 0; i < z.Length; i++) Assert.True(Math.Abs(z[i] - ort[i]) < 1e-4, $"row {i}: {requests[i]} torch {z[i]} ort {ort[i]} ids {string.Join(",", scorer.Encode(requests[i].Prompt, requests[i].Response).Ids)} torch ids {string.Join(",", groups.SelectMany(g => g.Sequences).ElementAt(i))}");
     }
 
-    [Fact]
-    public void ChunkedScoringMatchesScoringEachSequenceAlone()
+    [Theory]
+    [InlineData(RmTrainer.ScoreChunk)]   // packed rows, what the trainer uses
+    [InlineData(16)]                     // two length-sorted chunks
+    public void PackedAndChunkedScoringMatchScoringEachSequenceAlone(int chunk)
     {
-        // 3 groups × 7 responses of different lengths = 21 sequences: two chunks, shortest first, then put back in order
+        // 3 groups × 7 responses of different lengths = 21 sequences, scored in the layout, then put back in order
         var tok = Rlhf.Inference.Tokenization.TextTokenizer.Load(SftFolder.Value);
         using var rm = LlamaForSequenceClassification.FromPretrained(SftFolder.Value, CPU, ScalarType.Float32, newHeadSeed: 3);
         string[] words = ["good", "the staff were rude", "a long and very slow evening with cold soup", "", "fine.", "we loved it, really", "the room"];
         var groups = Enumerable.Range(0, 3).Select(g => RmTrainer.Tokenize(tok,
             new RmGroup($"Prompt {g}: the food", words.Select((w, i) => string.Join(' ', Enumerable.Repeat(w, 1 + (i + g) % 3))).ToArray(), [], new double[words.Length]), 40)).ToList();
         using var noGrad = no_grad();
-        var chunked = RmTrainer.ScoreGroups(rm, groups, tok.PadId ?? 0, CPU).data<float>().ToArray();
+        var chunked = RmTrainer.ScoreGroups(rm, groups, tok.PadId ?? 0, CPU, chunk).data<float>().ToArray();
         var alone = groups.SelectMany(g => g.Sequences).Select(seq =>
         {
             using var ids = tensor(seq.Select(x => (long)x).ToArray(), [1, seq.Length]);
@@ -81,7 +83,7 @@ public sealed class RmTrainerTests
     public void BenchComparesOnePaddedBatchWithChunksThatPadLess()
     {
         var rows = RmBench.Run(SftFolder.Value, k: 4, promptsPerBatch: 2, steps: 2, chunks: [4, 2, 99]);
-        Assert.Equal(["one padded batch", "chunks of 4", "chunks of 2"], rows.Select(r => r.Layout));   // 99 ≥ 8 sequences: not a chunking
+        Assert.Equal(["one padded batch", "chunks of 4", "chunks of 2", "packed rows"], rows.Select(r => r.Layout));   // 99 ≥ 8 sequences: not a chunking
         Assert.Equal(1.0, rows[0].Speedup);
         Assert.All(rows, r => Assert.True(r.MsPerStep > 0 && r.PaddedShare is >= 0 and < 1));
         Assert.True(rows[1].PaddedShare <= rows[0].PaddedShare && rows[2].PaddedShare <= rows[1].PaddedShare);   // sorted chunks pad less
