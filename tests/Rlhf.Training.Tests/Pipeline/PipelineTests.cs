@@ -225,7 +225,8 @@ public sealed class PipelineTests
                 using var t = TorchSharp.torch.tensor(ids.Select(x => (long)x).ToArray(), [1, ids.Length]);
                 using var m = TorchSharp.torch.ones_like(t);
                 using var score = rm.Scores(t, m);
-                Assert.Equal(score.item<float>(), samples[0][key]![i]!.GetValue<double>(), 4);
+                double stored = samples[0][key]![i]!.GetValue<double>();   // scored in packed rows: equal up to float rounding
+                Assert.True(Math.Abs(score.item<float>() - stored) < 1e-4, $"{key} {i}: alone {score.item<float>()}, stored {stored}");
             }
         }
 

@@ -44,7 +44,7 @@ public sealed class SftBatchTests
         model.zero_grad();
         var counted = SftLoss.SummedNll(model, batch);
         counted.backward();
-        Assert.Equal(full.item<float>(), counted.item<float>(), 4);
+        Assert.True(Math.Abs(full.item<float>() - counted.item<float>()) < 1e-4, $"packed {counted.item<float>()} vs all logits {full.item<float>()}");
         foreach (var (p, g) in model.parameters().Zip(expectedGrads))
             Assert.True((p.grad! - g).abs().max().item<float>() < 1e-5f, "gradients differ");
     }

@@ -98,7 +98,7 @@ public sealed class SftTrainerTests
             using var logp = logits.log_softmax(-1);
             for (int t = e.PromptLength - 1; t < e.Ids.Length - 1; t++, count++) nll -= logp[t, e.Ids[t + 1]].item<float>();
         }
-        Assert.Equal(nll / count, json["eval_loss"]!.GetValue<double>(), 4);
+        Assert.True(Math.Abs(nll / count - json["eval_loss"]!.GetValue<double>()) < 1e-4, $"eval_loss {json["eval_loss"]} vs {nll / count} row by row");
 
         Assert.Equal(m.parameters().Sum(p => p.numel()), json["parameters"]!.GetValue<long>());
         Assert.True(json["seconds"]!.GetValue<double>() > 0 && json["tokens_per_second"]!.GetValue<double>() > 0);
