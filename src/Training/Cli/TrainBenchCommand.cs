@@ -96,7 +96,7 @@ internal static class TrainBenchCommand
 
     /// <summary>
     /// Median seconds of <paramref name="steps"/> timed training steps after one warm-up step, the median seconds of
-    /// their optimizer steps alone, the process's minor page faults per timed step (Linux; see <see cref="HostAllocator"/>);
+    /// their optimizer steps alone, the median of the process's minor page faults per timed step (Linux; see <see cref="HostAllocator"/>);
     /// the last loss; parameter count.
     /// </summary>
     static (double Seconds, double OptimizerSeconds, double? FaultsPerStep, double Loss, long Parameters) TimeSteps(ModelConfig cfg, Precision precision, int batch, int seqLen, int steps)
@@ -115,9 +115,10 @@ internal static class TrainBenchCommand
         var stepClock = new Stopwatch();
         double loss = double.NaN;
         var sw = new Stopwatch();
-        long? faultsAfterWarmUp = null;
+        var faults = new List<long>();
         for (int s = 0; s <= steps; s++)
         {
+            long? faultsBefore = HostAllocator.MinorPageFaults();
             sw.Restart();
             using (var scope = NewDisposeScope())
             {
@@ -134,12 +135,13 @@ internal static class TrainBenchCommand
             {
                 times.Add(sw.Elapsed.TotalSeconds);
                 optimizerTimes.Add(stepClock.Elapsed.TotalSeconds);
+                if (faultsBefore is long f0 && HostAllocator.MinorPageFaults() is long f1) faults.Add(f1 - f0);
             }
-            else faultsAfterWarmUp = HostAllocator.MinorPageFaults();
         }
         times.Sort();
         optimizerTimes.Sort();
-        double? faultsPerStep = faultsAfterWarmUp is long f0 && HostAllocator.MinorPageFaults() is long f1 ? (f1 - f0) / (double)steps : null;
+        faults.Sort();
+        double? faultsPerStep = faults.Count > 0 ? faults[faults.Count / 2] : null;
         return (times[times.Count / 2], optimizerTimes[optimizerTimes.Count / 2], faultsPerStep, loss, model.parameters().Sum(p => p.numel()));
     }
 

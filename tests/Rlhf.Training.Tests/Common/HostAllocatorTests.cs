@@ -14,7 +14,7 @@ public sealed class HostAllocatorTests
 {
     static readonly TimeSpan Deadline = TimeSpan.FromMinutes(3);
 
-    /// <summary>page_faults_per_step.fp32.wide of one bench run; <paramref name="glibcTunables"/> set = the setting is skipped.</summary>
+    /// <summary>page_faults_per_step.fp32.wide (the median step's) of one bench run; <paramref name="glibcTunables"/> set = the setting is skipped.</summary>
     static double FaultsPerStep(string configFile, string dir, string? glibcTunables)
     {
         string json = Path.Combine(dir, $"bench-{glibcTunables is null}.json");
