@@ -18,7 +18,7 @@ public sealed class PackedBatch : IDisposable
     /// <summary>Per sequence, the flat index r·L + c of its first token in [R·L].</summary>
     public required long[] Starts { get; init; }
     /// <summary>For a batch packed by <see cref="FromPadded"/>: per padded position b·S + t, its flat index in [R·L] (−1 on padding).</summary>
-    public long[] PaddedToFlat { get; private init; } = [];
+    public long[] PaddedToFlat { get; private set; } = [];
 
     /// <summary>
     /// Packs the real tokens (attentionMask = 1) of each row of a padded batch (left, right or both sides) and records
@@ -40,7 +40,8 @@ public sealed class PackedBatch : IDisposable
             long next = packed.Starts[i];
             for (long t = 0; t < s; t++) map[i * s + t] = mask[i * s + t] != 0 ? next++ : -1;
         }
-        return new PackedBatch { InputIds = packed.InputIds, PositionIds = packed.PositionIds, Allowed = packed.Allowed, Starts = packed.Starts, PaddedToFlat = map };
+        packed.PaddedToFlat = map;
+        return packed;
     }
 
     /// <summary>
@@ -49,19 +50,7 @@ public sealed class PackedBatch : IDisposable
     /// </summary>
     public static PackedBatch Pack(IReadOnlyList<long[]> sequences, long padId, Device device)
     {
-        if (sequences.Count == 0 || sequences.Any(s => s.Length == 0))
-            throw new ArgumentException("Packing needs at least one sequence and no empty ones.");
-        int width = sequences.Max(s => s.Length);
-        var rowFill = new List<int>();
-        var place = new (int Row, int Offset)[sequences.Count];
-        foreach (int i in Enumerable.Range(0, sequences.Count).OrderByDescending(i => sequences[i].Length))
-        {
-            int r = rowFill.FindIndex(f => f + sequences[i].Length <= width);
-            if (r < 0) { r = rowFill.Count; rowFill.Add(0); }
-            place[i] = (r, rowFill[r]);
-            rowFill[r] += sequences[i].Length;
-        }
-        int rows = rowFill.Count;
+        var (rows, width, place) = Layout([.. sequences.Select(s => s.Length)]);
         var ids = Enumerable.Repeat(padId, rows * width).ToArray();
         var pos = new long[rows * width];
         var segment = Enumerable.Repeat(-1L, rows * width).ToArray();
@@ -83,6 +72,27 @@ public sealed class PackedBatch : IDisposable
             Allowed = BlockCausal(segment, rows, width, device),
             Starts = starts,
         };
+    }
+
+    /// <summary>
+    /// Where <see cref="Pack"/> puts sequences of these lengths (each ≥ 1): first fit, longest first (ties in input
+    /// order), into rows as wide as the longest; the row count, the width and each sequence's (row, offset).
+    /// </summary>
+    public static (int Rows, int Width, (int Row, int Offset)[] Place) Layout(IReadOnlyList<int> lengths)
+    {
+        if (lengths.Count == 0 || lengths.Any(n => n < 1))
+            throw new ArgumentException("Packing needs at least one sequence and no empty ones.");
+        int width = lengths.Max();
+        var rowFill = new List<int>();
+        var place = new (int Row, int Offset)[lengths.Count];
+        foreach (int i in Enumerable.Range(0, lengths.Count).OrderByDescending(i => lengths[i]))
+        {
+            int r = rowFill.FindIndex(f => f + lengths[i] <= width);
+            if (r < 0) { r = rowFill.Count; rowFill.Add(0); }
+            place[i] = (r, rowFill[r]);
+            rowFill[r] += lengths[i];
+        }
+        return (rowFill.Count, width, place);
     }
 
     /// <summary>segment [R·L] (sequence of each position, −1 = padding) -> [R, 1, L, L] bool: same segment and k ≤ q.</summary>

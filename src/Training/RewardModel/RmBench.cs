@@ -65,7 +65,7 @@ public static class RmBench
                     times.Add(clock.Elapsed.TotalMilliseconds);
                     var lengths = batches[b].SelectMany(g => g.Sequences).Select(x => x.Length).Order().ToArray();
                     real += lengths.Sum();
-                    if (chunk == 0) padded += PackedPositions(lengths);
+                    if (chunk == 0) { var (r, w, _) = PackedBatch.Layout(lengths); padded += (long)r * w; }
                     else foreach (var c in lengths.Chunk(chunk)) padded += (long)c.Max() * c.Length;
                 }
                 double ms = times.Order().ElementAt(times.Count / 2);   // median: the machine may be shared
@@ -78,13 +78,6 @@ public static class RmBench
         {
             if (temp is not null) Directory.Delete(temp, recursive: true);
         }
-    }
-
-    /// <summary>Positions of the packed rows (rows × longest length) of sequences of these lengths.</summary>
-    static long PackedPositions(int[] lengths)
-    {
-        using var p = PackedBatch.Pack([.. lengths.Select(n => new long[n])], 0, CPU);
-        return p.InputIds.numel();
     }
 
     static IEnumerable<(int W, int L)> Pairs(int k)

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Rlhf.Tests.Shared;
 using Rlhf.Training.Tests.Serving;
@@ -18,21 +17,9 @@ public sealed class HostAllocatorTests
     static double FaultsPerStep(string configFile, string dir, string? glibcTunables)
     {
         string json = Path.Combine(dir, $"bench-{glibcTunables is null}.json");
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { ServerProcess.RlhfDll, "bench", "train", "--configs", $"wide={configFile}", "--batch-size", "8", "--seq-len", "64",
-                                  "--steps", "6", "--threads", "1", "--json", json })
-            psi.ArgumentList.Add(a);
-        if (glibcTunables is not null) psi.Environment["GLIBC_TUNABLES"] = glibcTunables;
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        var output = p.StandardOutput.ReadToEndAsync();
-        if (!p.WaitForExit(Deadline))
-        {
-            p.Kill();
-            Assert.Fail($"rlhf bench train did not finish in {Deadline.TotalSeconds} s");
-        }
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, $"rlhf bench train exited {p.ExitCode}: {err.Result}{output.Result}");
+        var (code, output) = ServerProcess.RunCli(Deadline, glibcTunables is null ? null : new Dictionary<string, string> { ["GLIBC_TUNABLES"] = glibcTunables },
+            "bench", "train", "--configs", $"wide={configFile}", "--batch-size", "8", "--seq-len", "64", "--steps", "6", "--threads", "1", "--json", json);
+        Assert.True(code == 0, $"rlhf bench train exited {code}: {output}");
         return (double)JsonNode.Parse(File.ReadAllText(json))!["page_faults_per_step.fp32.wide"]!;
     }
 

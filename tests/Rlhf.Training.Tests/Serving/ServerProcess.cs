@@ -23,6 +23,28 @@ internal static partial class ServerProcess
         return File.Exists(dll) ? dll : throw new FileNotFoundException($"{dll} is missing; build Rlhf.sln first.");
     }
 
+    /// <summary>
+    /// Runs the training CLI (<c>dotnet rlhf.dll args</c>) to its end within <paramref name="deadline"/> (killed and
+    /// failed past it), with <paramref name="environment"/> added to its environment; its exit code and stderr + stdout.
+    /// </summary>
+    public static (int Code, string Output) RunCli(TimeSpan deadline, IReadOnlyDictionary<string, string>? environment, params string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(RlhfDll);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        var output = p.StandardOutput.ReadToEndAsync();
+        if (!p.WaitForExit(deadline))
+        {
+            p.Kill(entireProcessTree: true);
+            Assert.Fail($"rlhf {string.Join(' ', args)} did not finish in {deadline.TotalSeconds} s");
+        }
+        p.WaitForExit();
+        return (p.ExitCode, err.Result + output.Result);
+    }
+
     /// <summary>Starts <c>rlhf-serve &lt;args&gt; --port N</c> on a free port and waits until it listens.</summary>
     public static ReplicaProcess Start(params string[] args) => Start(0, args);
 

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Sockets;
@@ -137,23 +136,8 @@ public sealed class TrainServeTests
         return o;
     }
 
-    /// <summary>Runs the CLI (<c>dotnet rlhf.dll args</c>) as a process with a deadline; returns its exit code and stderr.</summary>
-    static (int Code, string Err) Cli(params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(ServerProcess.RlhfDll);
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        var outp = p.StandardOutput.ReadToEndAsync();
-        if (!p.WaitForExit((int)RunDeadline.TotalMilliseconds))
-        {
-            p.Kill(entireProcessTree: true);
-            Assert.Fail($"rlhf {string.Join(' ', args)} did not finish in {RunDeadline.TotalSeconds} s");
-        }
-        p.WaitForExit();
-        return (p.ExitCode, err.Result + outp.Result);
-    }
+    /// <summary>Runs the CLI (<c>dotnet rlhf.dll args</c>) as a process with a deadline; returns its exit code and output.</summary>
+    static (int Code, string Err) Cli(params string[] args) => ServerProcess.RunCli(RunDeadline, null, args);
 
     [Fact]
     public async Task SftThenPipelineOverHttpEqualTheCli()
