@@ -122,7 +122,7 @@ internal static class TrainBenchCommand
             sw.Restart();
             using (var scope = NewDisposeScope())
             {
-                optimizer.zero_grad();
+                TrainerParts.ClearGrads(optimizer);
                 var logits = model.Forward(ids, mask, pos);
                 var l = SftLoss.SummedNll(logits, targets) / (batch * (seqLen - 1));
                 l.backward();

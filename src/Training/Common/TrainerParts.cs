@@ -41,6 +41,17 @@ public static class TrainerParts
         return optim.AdamW(groups, s.Lr, s.Beta1, s.Beta2, s.Eps, s.WeightDecay);
     }
 
+    /// <summary>
+    /// Drops the gradients of the optimizer's parameters before the next backward (PyTorch's
+    /// <c>zero_grad(set_to_none=True)</c>; TorchSharp's <c>zero_grad</c> fills zeros): the backward then stores each
+    /// gradient instead of adding it to a zero-filled one, a fill and an add over every parameter less per step. The
+    /// numbers are the same (0 + g = g); a parameter that receives no gradient keeps none, and AdamW skips it.
+    /// </summary>
+    public static void ClearGrads(optim.Optimizer optimizer)
+    {
+        foreach (var p in optimizer.parameters()) p.grad = null;
+    }
+
     /// <summary>Sets the learning rate of every parameter group.</summary>
     public static void SetLr(optim.Optimizer optimizer, double lr)
     {

@@ -106,9 +106,6 @@ public sealed class Experience : IDisposable
         return packedPerPosition.reshape([rl, .. tail]).index_select(0, responseIndex).view([Rows, Responses.shape[1], .. tail]);
     }
 
-    /// <summary>The [B, S, ·] positions whose outputs predict/evaluate the response: P − 1 … P + A − 2 → [B, A, ·].</summary>
-    public Tensor ResponseSlice(Tensor perPosition) => perPosition.narrow(1, PromptLength - 1, Responses.shape[1]);
-
     /// <summary>Rows <paramref name="index"/> of every tensor, as a new experience (for minibatches).</summary>
     public Experience Select(Tensor index) => new()
     {

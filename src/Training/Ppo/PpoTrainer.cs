@@ -360,7 +360,7 @@ public static class PpoTrainer
             int[] order = SftTrainer.Permutation((int)exp.Rows, cfg.Seed * 1_000_033 + it * 97 + epoch);
             for (int m = 0; m < mbPerEpoch && !stop; m++)
             {
-                if (m % cfg.GradAccum == 0) { actorOpt.zero_grad(); criticOpt.zero_grad(); }
+                if (m % cfg.GradAccum == 0) { TrainerParts.ClearGrads(actorOpt); TrainerParts.ClearGrads(criticOpt); }
                 int group = GradAccumulation.GroupSize(m, mbPerEpoch, cfg.GradAccum);
                 using (var scope = NewDisposeScope())
                 {

@@ -55,7 +55,7 @@ public static class RmBench
                 for (int b = 0; b < batches.Length; b++)
                 {
                     var clock = Stopwatch.StartNew();
-                    optimizer.zero_grad();
+                    TrainerParts.ClearGrads(optimizer);
                     using (var scope = NewDisposeScope())
                     {
                         RmTrainer.BatchLoss(model, batches[b], padId, CPU, margin: 0, chunk).Loss.backward();

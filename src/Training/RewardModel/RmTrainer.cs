@@ -121,7 +121,7 @@ public static class RmTrainer
             {
                 double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, 0.0);
                 TrainerParts.SetLr(optimizer, lr);
-                optimizer.zero_grad();
+                TrainerParts.ClearGrads(optimizer);
                 var groups = BatchGroups(train, step, stepsPerEpoch, cfg);
                 double loss, acc, margin;
                 using (var scope = NewDisposeScope())

@@ -109,7 +109,7 @@ public static class SftTrainer
                 TrainerParts.SetLr(optimizer, lr);
                 torch.manual_seed(cfg.Seed * 1_000_003 + step);    // dropout noise depends on the step only: resume-exact
                 model.train();
-                optimizer.zero_grad();
+                TrainerParts.ClearGrads(optimizer);
 
                 var micro = MicroBatches(train, step, stepsPerEpoch, cfg);
                 long targets = micro.Sum(m => m.Sum(e => (long)e.Ids.Length - e.PromptLength));

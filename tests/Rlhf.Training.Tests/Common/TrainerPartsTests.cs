@@ -88,4 +88,42 @@ public sealed class TrainerPartsTests
         }
         Assert.Equal(1.0, TrainerParts.ClipGradNorm(m, 0), 4);                         // the clipped global norm is the limit
     }
+
+    [Fact]
+    public void ClearingGradientsTrainsBitForBitLikeZeroFillingThem()
+    {
+        // Three AdamW steps, each over two accumulated micro-batches with clipping, once with TorchSharp's zero_grad
+        // (zero-filled gradients, backward adds into them) and once with ClearGrads (gradients dropped, backward stores).
+        var runs = new List<Dictionary<string, Tensor>>();
+        foreach (bool clear in new[] { false, true })
+        {
+            using var m = TinyModels.Randomized(TinyModels.Config(tied: true), 8);
+            m.train();
+            using var opt = TrainerParts.AdamW(m, new AdamWSettings(1e-2, 0.1, 0.9, 0.95, 1e-8));
+            for (int step = 0; step < 3; step++)
+            {
+                if (clear)
+                {
+                    TrainerParts.ClearGrads(opt);
+                    Assert.All(m.parameters(), p => Assert.Null(p.grad));
+                }
+                else opt.zero_grad();
+                for (int micro = 0; micro < 2; micro++)
+                {
+                    torch.manual_seed(100 * step + micro);                                    // the same dropout masks both runs
+                    var ids = TinyModels.Ids([3 + step, 17, 42 + micro, 5, 9], [8, 4 + micro, 33, 21, 7]);
+                    var mask = torch.ones_like(ids);
+                    var targets = torch.cat([ids[.., 1..], torch.full([2, 1], Rlhf.Training.Sft.SftBatch.Ignore, ScalarType.Int64)], 1);
+                    using var loss = Rlhf.Training.Sft.SftLoss.SummedNll(m.Forward(ids, mask, Rlhf.Training.Model.PositionIds.FromAttentionMask(mask)), targets);
+                    loss.backward();
+                }
+                TrainerParts.ClipGradNorm(m, 1.0);
+                opt.step();
+            }
+            runs.Add(Snapshot(m));
+        }
+        Assert.All(runs[0], kv => Assert.True(TinyModels.Same(kv.Value, runs[1][kv.Key]), $"{kv.Key} differs"));
+        using var initial = TinyModels.Randomized(TinyModels.Config(tied: true), 8);
+        Assert.All(Snapshot(initial), kv => Assert.True(TinyModels.MaxAbsDiff(kv.Value, runs[0][kv.Key]) > 1e-5f, $"{kv.Key} did not move"));
+    }
 }

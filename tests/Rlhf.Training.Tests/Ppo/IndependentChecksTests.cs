@@ -85,6 +85,12 @@ public sealed class IndependentChecksTests
         Assert.True(worst > 1e-4, "bf16 rounding should show");       // the inputs were really rounded
     }
 
+    /// <summary>
+    /// The padded layout's reference for what PPO reads from packed rows: of [B, S, ·] per-position outputs, those that
+    /// predict/evaluate the response, positions P − 1 … P + A − 2 → [B, A, ·].
+    /// </summary>
+    static Tensor ResponseSlice(Experience exp, Tensor perPosition) => perPosition.narrow(1, exp.PromptLength - 1, exp.Responses.shape[1]);
+
     [Fact]
     public void ResponseSliceReadsThePositionBeforeEachResponseToken()
     {
@@ -95,9 +101,9 @@ public sealed class IndependentChecksTests
         Assert.Equal(new long[] { 0, 1, 2, 3, 4, 0, 0, 0, 0, 1, 2, 3 }, exp.PositionIds.data<long>().ToArray());
         // a per-position tensor holding 100·row + position: the slice is positions P − 1 + t = 2, 3, 4
         var perPosition = (arange(2).unsqueeze(1) * 100 + arange(6).unsqueeze(0)).to_type(ScalarType.Float32);
-        Assert.Equal([2f, 3f, 4f, 102f, 103f, 104f], Flat(exp.ResponseSlice(perPosition)));
+        Assert.Equal([2f, 3f, 4f, 102f, 103f, 104f], Flat(ResponseSlice(exp, perPosition)));
         // …and with a trailing feature axis [B, S, V]
-        Assert.Equal([2f, 2f, 3f, 3f, 4f, 4f, 102f, 102f, 103f, 103f, 104f, 104f], Flat(exp.ResponseSlice(perPosition.unsqueeze(-1).expand(2, 6, 2))));
+        Assert.Equal([2f, 2f, 3f, 3f, 4f, 4f, 102f, 102f, 103f, 103f, 104f, 104f], Flat(ResponseSlice(exp, perPosition.unsqueeze(-1).expand(2, 6, 2))));
         Assert.Equal([1f, 1f, 0f, 1f, 1f, 1f], Flat(exp.ResponseMask));
     }
 
@@ -121,8 +127,8 @@ public sealed class IndependentChecksTests
             logp = Flat(LogProbs.OfTokens(PpoTrainer.ResponseLogits(actor, exp, packed, index), exp.Responses));
             // the padded layout gives the same numbers at every response token
             float[] real = Flat(exp.ResponseMask);
-            float[] paddedValues = Flat(exp.ResponseSlice(critic.Values(exp.InputIds, exp.AttentionMask, exp.PositionIds)));
-            float[] paddedLogp = Flat(LogProbs.OfTokens(exp.ResponseSlice(actor.Forward(exp.InputIds, exp.AttentionMask, exp.PositionIds)), exp.Responses));
+            float[] paddedValues = Flat(ResponseSlice(exp, critic.Values(exp.InputIds, exp.AttentionMask, exp.PositionIds)));
+            float[] paddedLogp = Flat(LogProbs.OfTokens(ResponseSlice(exp, actor.Forward(exp.InputIds, exp.AttentionMask, exp.PositionIds)), exp.Responses));
             for (int k = 0; k < real.Length; k++)
                 if (real[k] != 0)
                 {
