@@ -94,6 +94,7 @@ public sealed class TrainerPartsTests
     {
         // Three AdamW steps, each over two accumulated micro-batches with clipping, once with TorchSharp's zero_grad
         // (zero-filled gradients, backward adds into them) and once with ClearGrads (gradients dropped, backward stores).
+        using var scope = NewDisposeScope();
         var runs = new List<Dictionary<string, Tensor>>();
         foreach (bool clear in new[] { false, true })
         {
