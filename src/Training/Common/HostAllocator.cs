@@ -15,17 +15,21 @@ public static partial class HostAllocator
     const int M_TRIM_THRESHOLD = -1, M_MMAP_MAX = -4, M_ARENA_MAX = -8;
 
     /// <summary>
+    /// Whether the user set malloc up through the environment (<c>GLIBC_TUNABLES</c> or any <c>MALLOC_*</c> variable:
+    /// glibc's <c>MALLOC_ARENA_MAX</c>, <c>MALLOC_MMAP_THRESHOLD_</c>, … or a preloaded allocator's, such as jemalloc's
+    /// <c>MALLOC_CONF</c>); <see cref="KeepFreedMemory"/> then changes nothing.
+    /// </summary>
+    public static bool LeftToUser() =>
+        Environment.GetEnvironmentVariable("GLIBC_TUNABLES") is not null ||
+        Environment.GetEnvironmentVariables().Keys.Cast<string>().Any(k => k.StartsWith("MALLOC_", StringComparison.Ordinal));
+
+    /// <summary>
     /// On Linux/glibc, makes malloc serve every thread from the one heap, without mmap for large blocks and without
-    /// trimming, unless the user set glibc's own malloc variables (<c>GLIBC_TUNABLES</c>, <c>MALLOC_MMAP_MAX_</c>,
-    /// <c>MALLOC_TRIM_THRESHOLD_</c>, <c>MALLOC_MMAP_THRESHOLD_</c>), which then decide. Returns whether the settings
-    /// were applied.
+    /// trimming, unless <see cref="LeftToUser"/>. Returns whether the settings were applied.
     /// </summary>
     public static bool KeepFreedMemory()
     {
-        if (!OperatingSystem.IsLinux()) return false;
-        if (new[] { "GLIBC_TUNABLES", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_" }
-            .Any(v => Environment.GetEnvironmentVariable(v) is not null))
-            return false;
+        if (!OperatingSystem.IsLinux() || LeftToUser()) return false;
         try
         {
             // one arena: a thread's own arena maps blocks beyond its 64 MiB heaps afresh whatever M_MMAP_MAX says, and
