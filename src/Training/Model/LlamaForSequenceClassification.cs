@@ -116,16 +116,18 @@ public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision
     {
         using var scope = torch.NewDisposeScope();
         var pos = positionIds ?? PositionIds.FromAttentionMask(attentionMask);
-        var h = model.Forward(inputIds, attentionMask, pos);
-        return scope.MoveToOuter(score.forward(h).squeeze(-1).to(ScalarType.Float32));
+        return scope.MoveToOuter(ValueHead(model.Forward(inputIds, attentionMask, pos)));
     }
 
     /// <summary>Per-token values [R, L] (float32) of packed sequences (<see cref="PackedBatch"/>).</summary>
     public Tensor Values(PackedBatch packed)
     {
         using var scope = torch.NewDisposeScope();
-        return scope.MoveToOuter(score.forward(model.Forward(packed)).squeeze(-1).to(ScalarType.Float32));
+        return scope.MoveToOuter(ValueHead(model.Forward(packed)));
     }
+
+    /// <summary>hidden [..., H] -> values [...] in float32: <c>score(hidden)</c> without its last axis.</summary>
+    Tensor ValueHead(Tensor hidden) => score.forward(hidden).squeeze(-1).to(ScalarType.Float32);
 
     /// <summary>Scores [B] (float32): the value at each row's last real token (works for left and right padding).</summary>
     public Tensor Scores(Tensor inputIds, Tensor attentionMask, Tensor? positionIds = null)
