@@ -96,7 +96,8 @@ public sealed class ExportFolderTests
         try
         {
             PolicyExport.Export(model.Config, model.state_dict(), dir, GraphKind.Plain);
-            var before = File.GetLastWriteTimeUtc(Path.Combine(dir, "model.onnx"));
+            var stamp = DateTime.UnixEpoch.AddDays(1);   // no write gives this time: found later, the file was not rewritten
+            File.SetLastWriteTimeUtc(Path.Combine(dir, "model.onnx"), stamp);
             var e = Assert.Throws<InvalidOperationException>(() => PolicyExport.Export(model.Config, model.state_dict(), dir, GraphKind.Plain));
             Assert.Contains("--overwrite", e.Message);
 
@@ -104,7 +105,7 @@ public sealed class ExportFolderTests
             var broken = model.state_dict().Where(kv => kv.Key != "model.norm.weight").ToDictionary(kv => kv.Key, kv => kv.Value);
             var bad = Assert.Throws<ArgumentException>(() => PolicyExport.Export(model.Config, broken, dir, GraphKind.ContribGqa, new ExportOptions { Overwrite = true }));
             Assert.Contains("model.norm.weight", bad.Message);
-            Assert.Equal(before, File.GetLastWriteTimeUtc(Path.Combine(dir, "model.onnx")));
+            Assert.Equal(stamp, File.GetLastWriteTimeUtc(Path.Combine(dir, "model.onnx")));
             Assert.Equal("plain", ExportManifest.Load(dir).Graph);
             Assert.Empty(Siblings(dir));
 

@@ -27,7 +27,21 @@ public sealed class PipelineTests
 
     static JsonNode Json(string file) => JsonNode.Parse(File.ReadAllText(file))!;
 
-    static DateTime Written(string file) => File.GetLastWriteTimeUtc(file);
+    /// <summary>
+    /// A modification time no write can give (the day after the Unix epoch). A file stamped with it and found with it
+    /// later was not rewritten; found with another, it was. Unlike comparing two write times, this needs no sleep and
+    /// does not depend on the file system's timestamp granularity (a rewrite within the same clock tick).
+    /// </summary>
+    static readonly DateTime Stamp = DateTime.UnixEpoch.AddDays(1);
+
+    /// <summary>Stamps each file with <see cref="Stamp"/>.</summary>
+    static void MarkUnwritten(params string[] files)
+    {
+        foreach (string f in files) File.SetLastWriteTimeUtc(f, Stamp);
+    }
+
+    /// <summary>Whether <paramref name="file"/> was rewritten since <see cref="MarkUnwritten"/>.</summary>
+    static bool Rewritten(string file) => File.GetLastWriteTimeUtc(file) != Stamp;
 
     /// <summary>Keys in the first column of the README's summary.json table for <paramref name="stage"/> ("SFT:", "RM:", "PPO:").</summary>
     static string[] ReadmeSummaryKeys(string stage)
@@ -51,11 +65,11 @@ public sealed class PipelineTests
         var sft = cfg.Sft with { Out = sftDir, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads };
         StopAfter.Step(2, c => SftTrainer.Run(sft, c));
         Assert.False(File.Exists(Path.Combine(sftDir, "summary.json")));
-        DateTime initWritten = Written(Path.Combine(sftDir, "init", "model.safetensors"));
+        MarkUnwritten(Path.Combine(sftDir, "init", "model.safetensors"));
 
         var s = PipelineRunner.Run(cfg, new RunControl { Progress = false });
         // resumed, not restarted: the folder kept its init/, and the weights equal an uninterrupted run's
-        Assert.Equal(initWritten, Written(Path.Combine(sftDir, "init", "model.safetensors")));
+        Assert.False(Rewritten(Path.Combine(sftDir, "init", "model.safetensors")));
         Assert.Equal(File.ReadAllBytes(Path.Combine(SftTrainerTests.Shared.Config.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(sftDir, "model.safetensors")));
 
         // summary.json: one section per stage, each equal to the stage's own summary.json, keys as the README lists them
@@ -97,19 +111,18 @@ public sealed class PipelineTests
 
         // every stage reused, nothing retrained
         string[] models = [.. new[] { "sft", "rm", "ppo" }.Select(x => Path.Combine(outDir, x, "model.safetensors"))];
-        DateTime[] before = [.. models.Select(Written)];
+        MarkUnwritten(models);
         var again = PipelineRunner.Run(cfg, new RunControl { Progress = false });
-        Assert.Equal(before, models.Select(Written));
+        Assert.All(models, m => Assert.False(Rewritten(m), m + " was rewritten"));
         foreach (string stage in new[] { "sft", "rm", "ppo" }) Assert.Equal(written[stage]!.ToJsonString(), again[stage]!.ToJsonString());
 
         // --overwrite reruns every stage from scratch (the folder is cleared) with the same results
         string stray = Path.Combine(outDir, "stray.txt");
         File.WriteAllText(stray, "");
         byte[] sftBytes = File.ReadAllBytes(models[0]), rmBytes = File.ReadAllBytes(models[1]);
-        Thread.Sleep(20);
         var fresh = PipelineRunner.Run(cfg, new RunControl { Progress = false, Overwrite = true });
         Assert.False(File.Exists(stray));
-        Assert.All(models.Zip(before), m => Assert.True(Written(m.First) > m.Second, m.First + " was not rewritten"));
+        Assert.All(models, m => Assert.True(Rewritten(m), m + " was not rewritten"));
         Assert.Equal(sftBytes, File.ReadAllBytes(models[0]));
         Assert.Equal(rmBytes, File.ReadAllBytes(models[1]));
         Assert.Equal(written["rm"]!["pairwise_accuracy"]!.ToJsonString(), fresh["rm"]!["pairwise_accuracy"]!.ToJsonString());
@@ -134,13 +147,13 @@ public sealed class PipelineTests
 
         // --rm-from as well: only PPO runs, against that reward model
         string b = Path.Combine(dir, "b"), rm = Path.Combine(a, "rm");
-        DateTime rmWritten = Written(Path.Combine(rm, "model.safetensors"));
+        MarkUnwritten(Path.Combine(rm, "model.safetensors"));
         Assert.Equal(0, RlhfCommand.Run(["pipeline", "--config", cfgFile, "--out", b, "--sft-from", shared.Out, "--rm-from", rm]));
         Assert.Equal(["ppo"], Directory.GetDirectories(b).Select(Path.GetFileName));
         var ppoConfig = Json(Path.Combine(b, "ppo", "ppo_config.json"));
         Assert.Equal((shared.Out, rm), (ppoConfig["sft_model"]!.GetValue<string>(), ppoConfig["rm_model"]!.GetValue<string>()));
         Assert.Equal(Json(Path.Combine(rm, "summary.json")).ToJsonString(), Json(Path.Combine(b, "summary.json"))["rm"]!.ToJsonString());
-        Assert.Equal(rmWritten, Written(Path.Combine(rm, "model.safetensors")));   // used, not retrained
+        Assert.False(Rewritten(Path.Combine(rm, "model.safetensors")));   // used, not retrained
     }
 
     [Fact]
@@ -238,14 +251,13 @@ public sealed class PipelineTests
 
         // resume: a finished round is reused; a round without its summary reuses its finished stages
         string[] models = [.. new[] { "rm", "ppo" }.Select(x => Path.Combine(round, x, "model.safetensors"))];
-        DateTime[] before = [.. models.Select(Written)];
-        DateTime summaryWritten = Written(Path.Combine(round, "summary.json"));
+        MarkUnwritten([.. models, Path.Combine(round, "summary.json")]);
         PipelineRunner.Run(cfg, new RunControl { Progress = false });
-        Assert.Equal(summaryWritten, Written(Path.Combine(round, "summary.json")));
+        Assert.False(Rewritten(Path.Combine(round, "summary.json")));
         string roundSummary = File.ReadAllText(Path.Combine(round, "summary.json"));
         File.Delete(Path.Combine(round, "summary.json"));
         PipelineRunner.Run(cfg, new RunControl { Progress = false });
-        Assert.Equal(before, models.Select(Written));
+        Assert.All(models, m => Assert.False(Rewritten(m), m + " was rewritten"));
         Assert.Equal(roundSummary, File.ReadAllText(Path.Combine(round, "summary.json")));
     }
 

@@ -70,6 +70,28 @@ internal static partial class ServerProcess
         throw new InvalidOperationException($"Process {replica.Id} did not stop after SIGSTOP (state {state}).");
     }
 
+    /// <summary>
+    /// Waits (bounded by <paramref name="deadline"/>) until bytes sent to the replica wait unread in the kernel on one of its
+    /// connections (<c>/proc/net/tcp</c>: an established socket on its port with a non-empty receive queue). For a frozen
+    /// replica this proves that a request reached it and is in flight, without guessing how long that takes.
+    /// </summary>
+    public static void WaitUntilUnreadRequest(this ReplicaProcess replica, TimeSpan deadline)
+    {
+        string port = replica.Port.ToString("X4", System.Globalization.CultureInfo.InvariantCulture);
+        var end = DateTime.UtcNow + deadline;
+        while (true)
+        {
+            foreach (string line in File.ReadLines("/proc/net/tcp").Skip(1))
+            {
+                // sl local_address rem_address st tx_queue:rx_queue ...   (addresses as HEXIP:HEXPORT, state 01 = established)
+                string[] f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                if (f[1].EndsWith(":" + port, StringComparison.Ordinal) && f[3] == "01" && Convert.ToInt64(f[4].Split(':')[1], 16) > 0) return;
+            }
+            if (DateTime.UtcNow > end) throw new TimeoutException($"No request reached the replica on port {replica.Port} within {deadline.TotalSeconds} s.");
+            Thread.Sleep(10);
+        }
+    }
+
     const int SIGSTOP = 19;   // Linux
 
     [LibraryImport("libc", SetLastError = true)]

@@ -51,23 +51,67 @@ public sealed class TrainServeTests
         ["checkpoint_every"] = 2, ["sample_count"] = 4, ["threads"] = 1, ["seed"] = 3,
     };
 
-    /// <summary>A longer tiny SFT (40 steps, a checkpoint every 4) to stop in the middle.</summary>
-    static JsonObject LongSft(string modelConfig) => new()
+    /// <summary>
+    /// A tiny SFT that cannot end while a test waits on it: 10,000 epochs of 20 steps (a checkpoint every 4). Stopped
+    /// only by the test (a cancel or a kill), so a stop request can never lose a race with the run's end.
+    /// </summary>
+    static JsonObject EndlessSft(string modelConfig) => new()
     {
         ["model_config"] = modelConfig, ["tokenizer_vocab_size"] = 300, ["default_train_size"] = 160, ["default_eval_size"] = 8,
-        ["batch_size"] = 8, ["grad_accum"] = 1, ["epochs"] = 2, ["max_seq_len"] = 48, ["lr"] = 3e-3, ["warmup_steps"] = 1,
+        ["batch_size"] = 8, ["grad_accum"] = 1, ["epochs"] = 10_000, ["max_seq_len"] = 48, ["lr"] = 3e-3, ["warmup_steps"] = 1,
         ["eval_every"] = 10, ["checkpoint_every"] = 4, ["sample_count"] = 0, ["threads"] = 1, ["seed"] = 5,
     };
 
-    static readonly Lazy<string> LongConfigArch = new(SftTrainerTests.TinyArchitecture);
+    static readonly Lazy<string> EndlessArch = new(SftTrainerTests.TinyArchitecture);
 
-    /// <summary>The long SFT run uninterrupted, in process (the reference for the kill and cancel tests).</summary>
-    static readonly Lazy<string> LongReference = new(() =>
+    /// <summary>The checkpoint files that a run's checkpoint at a step must equal byte for byte (the weights and the AdamW state).</summary>
+    static readonly string[] CheckpointFiles = ["checkpoint/model.safetensors", "checkpoint/optimizer.bin"];
+
+    /// <summary>
+    /// The endless SFT run in process without interruption, stopped after <paramref name="step"/>: the output folder whose
+    /// checkpoint a stopped and resumed run's checkpoint at that step must equal.
+    /// </summary>
+    static string ReferenceStoppedAt(int step)
     {
         string outDir = Path.Combine(Directory.CreateTempSubdirectory().FullName, "ref");
-        SftTrainer.Run(ConfigLoader.FromJson<SftConfig>(LongSft(LongConfigArch.Value), "test") with { Out = outDir }, new RunControl { Progress = false });
+        var cfg = ConfigLoader.FromJson<SftConfig>(EndlessSft(EndlessArch.Value), "test") with { Out = outDir };
+        Rlhf.Training.Tests.Common.StopAfter.Step(step, c => SftTrainer.Run(cfg, c));
         return outDir;
-    });
+    }
+
+    /// <summary>
+    /// Asserts that run <paramref name="id"/> stopped at a step boundary: its status step equals its checkpoint's step, it
+    /// has one metrics row per step up to there, and the checkpoint equals an uninterrupted run's at that step. Returns the step.
+    /// </summary>
+    static async Task<int> AssertStoppedExactly(HttpClient http, string id, int atLeast)
+    {
+        var s = await Status(http, id);
+        int step = (int)s["step"]!;
+        Assert.True(step >= atLeast, $"stopped at step {step}, before step {atLeast} that it had already reported");
+        Assert.Equal(step, (int)JsonNode.Parse(await Artifact(http, id, "checkpoint/trainer_state.json"))!["step"]!);
+        var rows = (await Json(await http.GetAsync($"/v1/runs/{id}/metrics")))["rows"]!.AsArray();
+        Assert.Equal(Enumerable.Range(1, step), rows.Select(r => (int)r!["step"]!));   // a step redone after a restart replaces the first try's
+        Assert.Equal(HttpStatusCode.NotFound, (await http.GetAsync($"/v1/runs/{id}/artifacts/model.safetensors")).StatusCode);   // not finished
+        string reference = ReferenceStoppedAt(step);
+        foreach (string f in CheckpointFiles)
+        {
+            byte[] served = await Artifact(http, id, f);
+            Assert.True(File.ReadAllBytes(Path.Combine(reference, f)).SequenceEqual(served), $"{f} at step {step} differs from an uninterrupted run's");
+        }
+        return step;
+    }
+
+    /// <summary>Waits (bounded) until the server has logged that run <paramref name="id"/> resumed from the checkpoint of step <paramref name="step"/>, not from scratch.</summary>
+    static void AssertResumedFrom(Server server, string id, int step)
+    {
+        string line = $"run {id}: Resuming from step {step} of ";
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (!server.Process.Output.Contains(line, StringComparison.Ordinal))
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"the server did not log '{line}…':\n{server.Process.Output}");
+            Thread.Sleep(50);
+        }
+    }
 
     static async Task<JsonObject> Json(HttpResponseMessage r) => JsonNode.Parse(await r.Content.ReadAsStringAsync())!.AsObject();
 
@@ -154,6 +198,7 @@ public sealed class TrainServeTests
         Assert.All(rows, r => Assert.Equal(("sft", 4), ((string)r["stage"]!, (int)r["total"]!)));
         var status = await Status(http, sft);
         Assert.Equal(("succeeded", 4, 4), ((string)status["status"]!, (int)status["step"]!, (int)status["total"]!));
+        Assert.Equal(HttpStatusCode.BadRequest, (await http.PostAsync($"/v1/runs/{sft}/resume", null)).StatusCode);   // nothing to resume
 
         // the same config through the CLI: same weights, same figures, same metrics rows
         string cfgFile = Path.Combine(dir, "sft.json");
@@ -211,67 +256,69 @@ public sealed class TrainServeTests
     }
 
     [Fact]
-    public async Task AKilledServerResumesItsRunOnRestartAndEndsAsAnUninterruptedRun()
+    public async Task AKilledServerResumesItsRunOnRestartExactly()
     {
         string runsDir = Path.Combine(Directory.CreateTempSubdirectory().FullName, "runs");
         string id;
         using (var server = Start(runsDir))
         {
-            id = await Submit(server.Http, "sft", LongSft(LongConfigArch.Value));
-            var (rows, end) = await Follow(server.Http, id, r => (int)r["step"]! >= 6);
+            id = await Submit(server.Http, "sft", EndlessSft(EndlessArch.Value));
+            var (_, end) = await Follow(server.Http, id, r => (int)r["step"]! >= 6);
             Assert.Null(end);
             server.Process.Kill();   // SIGKILL mid-run
         }
         var stored = JsonNode.Parse(File.ReadAllText(Path.Combine(runsDir, id, "run.json")))!;
         Assert.Equal("running", (string)stored["status"]!);
-        Assert.True((int)stored["step"]! < 40, "the run had finished before the kill");
+        int killedAfter = (int)stored["step"]!;   // the last step the killed server recorded (its checkpoint may be older)
+        Assert.True(killedAfter >= 6);
+        int checkpoint = (int)JsonNode.Parse(File.ReadAllText(Path.Combine(runsDir, id, "out", "checkpoint", "trainer_state.json")))!["step"]!;
+        Assert.InRange(checkpoint, 4, killedAfter + 1);   // the cadence's last (written before the step is recorded)
 
+        // restarted, the server resumes the run from its last checkpoint; it goes past the kill, then the test stops it
         using (var server = Start(runsDir))
         {
-            var s = await WaitFor(server.Http, id, "succeeded", "failed", "cancelled");
-            Assert.Equal("succeeded", (string)s["status"]!);
-            Assert.Equal(2, (int)s["attempts"]!);
-            string reference = LongReference.Value;
-            Assert.Equal(File.ReadAllBytes(Path.Combine(reference, "model.safetensors")), await Artifact(server.Http, id, "model.safetensors"));
-            Assert.True(JsonNode.DeepEquals(Figures(JsonNode.Parse(File.ReadAllText(Path.Combine(reference, "summary.json")))!),
-                                            Figures(JsonNode.Parse(await Artifact(server.Http, id, "summary.json"))!)));
-            // one metrics row per step, a step redone after the restart replacing the first try's
-            var rows = (await Json(await server.Http.GetAsync($"/v1/runs/{id}/metrics")))["rows"]!.AsArray();
-            Assert.Equal(Enumerable.Range(1, 40), rows.Select(r => (int)r!["step"]!));
+            var (_, end) = await Follow(server.Http, id, r => (int)r["step"]! >= killedAfter + 2);
+            Assert.Null(end);
+            Assert.Equal(2, (int)(await Status(server.Http, id))["attempts"]!);
+            AssertResumedFrom(server, id, checkpoint);
+            Assert.Equal(HttpStatusCode.OK, (await server.Http.PostAsync($"/v1/runs/{id}/cancel", null)).StatusCode);
+            Assert.Equal("cancelled", (string)(await WaitFor(server.Http, id, "cancelled", "failed"))["status"]!);
+            await AssertStoppedExactly(server.Http, id, killedAfter + 2);
         }
     }
 
     [Fact]
-    public async Task CancelStopsAtAStepWithItsCheckpointAndResumeFinishesIt()
+    public async Task CancelStopsAtAStepWithItsCheckpointAndResumeContinuesExactly()
     {
         string runsDir = Path.Combine(Directory.CreateTempSubdirectory().FullName, "runs");
         using var server = Start(runsDir);
         var http = server.Http;
-        string id = await Submit(http, "sft", LongSft(LongConfigArch.Value));
-        await Follow(http, id, r => (int)r["step"]! >= 2);
+        string id = await Submit(http, "sft", EndlessSft(EndlessArch.Value));
+        var (seen, _) = await Follow(http, id, r => (int)r["step"]! >= 2);
 
-        // 20 status requests at once while it trains: all answered
+        // 20 status requests at once while it trains: all answered, all running (the run cannot have ended)
         using (var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
         {
             var answers = await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => http.GetAsync($"/v1/runs/{id}", cts.Token)));
             Assert.All(answers, a => Assert.Equal(HttpStatusCode.OK, a.StatusCode));
+            foreach (var a in answers) Assert.Equal("running", (string)(await Json(a))["status"]!);
         }
 
         var cancel = await http.PostAsync($"/v1/runs/{id}/cancel", null);
         Assert.Equal(HttpStatusCode.OK, cancel.StatusCode);
-        var s = await WaitFor(http, id, "cancelled", "succeeded", "failed");
-        Assert.Equal("cancelled", (string)s["status"]!);
-        int step = (int)s["step"]!;
-        Assert.InRange(step, 2, 39);
-        var state = JsonNode.Parse(await Artifact(http, id, "checkpoint/trainer_state.json"))!;
-        Assert.Equal(step, (int)state["step"]!);                        // the checkpoint holds the step it stopped at
-        Assert.Equal(HttpStatusCode.NotFound, (await http.GetAsync($"/v1/runs/{id}/artifacts/model.safetensors")).StatusCode);
+        Assert.Equal("cancelled", (string)(await WaitFor(http, id, "cancelled", "failed"))["status"]!);
+        int step = await AssertStoppedExactly(http, id, (int)seen[^1]["step"]!);
 
+        // resumed, it continues from that checkpoint: two steps further, stopped again, equal to an uninterrupted run there
         var resumed = await Json(await http.PostAsync($"/v1/runs/{id}/resume", null));
         Assert.Equal("queued", (string)resumed["status"]!);
-        Assert.Equal("succeeded", (string)(await WaitFor(http, id, "succeeded", "failed"))["status"]!);
-        Assert.Equal(File.ReadAllBytes(Path.Combine(LongReference.Value, "model.safetensors")), await Artifact(http, id, "model.safetensors"));
-        Assert.Equal(HttpStatusCode.BadRequest, (await http.PostAsync($"/v1/runs/{id}/resume", null)).StatusCode);   // nothing to resume
+        var (more, end) = await Follow(http, id, r => (int)r["step"]! >= step + 2);
+        Assert.Null(end);
+        Assert.Equal(2, (int)(await Status(http, id))["attempts"]!);
+        AssertResumedFrom(server, id, step);
+        Assert.Equal(HttpStatusCode.OK, (await http.PostAsync($"/v1/runs/{id}/cancel", null)).StatusCode);
+        Assert.Equal("cancelled", (string)(await WaitFor(http, id, "cancelled", "failed"))["status"]!);
+        await AssertStoppedExactly(http, id, step + 2);
     }
 
     /// <summary>GET <paramref name="path"/> sent byte for byte (as curl --path-as-is), returning status and the whole response.</summary>
