@@ -35,17 +35,19 @@ public sealed class StageSteps(string stage, string outFolder, int total, int st
 
     /// <summary>
     /// Ends step <paramref name="done"/> (1-based): adds <paramref name="row"/> to <paramref name="metrics"/>, saves a
-    /// checkpoint (and metrics.csv) when the cadence says so, reports the step, and stops with
-    /// <see cref="StageCancelledException"/> when cancellation was asked for (saving this step's checkpoint first).
+    /// checkpoint (and metrics.csv) when the cadence says so or the step is the stage's last (<paramref name="final"/>:
+    /// it stops early), reports the step, and stops with <see cref="StageCancelledException"/> when cancellation was
+    /// asked for (saving this step's checkpoint first).
     /// </summary>
-    public void EndStep(int done, Dictionary<string, double> row, MetricsTable metrics, Func<string> saveCheckpoint)
+    public void EndStep(int done, Dictionary<string, double> row, MetricsTable metrics, Func<string> saveCheckpoint, bool final = false)
     {
         metrics.Add(row);
-        bool due = (checkpointEvery > 0 && done % checkpointEvery == 0) || done == Total;
+        final |= done == Total;
+        bool due = (checkpointEvery > 0 && done % checkpointEvery == 0) || final;
         if (due) Save(metrics, saveCheckpoint);
         _progress?.Invoke(done);
         control.OnStep?.Invoke(new StageEvent(Stage, done, Total, row));
-        if (done < Total && control.Cancel.IsCancellationRequested)
+        if (!final && control.Cancel.IsCancellationRequested)
         {
             if (!due) Save(metrics, saveCheckpoint);
             throw new StageCancelledException(Stage, done, LastCheckpoint!);

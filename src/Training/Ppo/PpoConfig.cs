@@ -143,6 +143,14 @@ public sealed record PpoConfig
     public double ServiceTimeoutSeconds { get; init; } = 600;
     /// <summary>Evaluate on held-out prompts every N iterations (and at the end).</summary>
     public int EvalEvery { get; init; } = 10;
+    /// <summary>
+    /// Stop before <see cref="Iterations"/> once the held-out RM score has plateaued: after this many evaluations in a
+    /// row without a gain of more than <see cref="EarlyStopMinDelta"/> over the best before them (0 = always run every
+    /// iteration). See <see cref="EarlyStopping"/>.
+    /// </summary>
+    public int EarlyStopPatience { get; init; }
+    /// <summary>The gain in held-out RM score (SFT standard deviations once normalised) that counts as progress for <see cref="EarlyStopPatience"/>.</summary>
+    public double EarlyStopMinDelta { get; init; } = 0.05;
     /// <summary>Checkpoint every N iterations (0 = only at the end).</summary>
     public int CheckpointEvery { get; init; } = 10;
     /// <summary>Best-of-N sizes compared in the report.</summary>
@@ -175,6 +183,7 @@ public sealed record PpoConfig
         if (TopK < 0 || TopP is <= 0 or > 1) e.Add("top_k must be ≥ 0 and top_p in (0, 1]");
         if (MaxNewTokens < 1) e.Add("max_new_tokens must be ≥ 1");
         if (EvalEvery < 1 || CheckpointEvery < 0 || EvalPrompts < 1) e.Add("eval_every and eval_prompts must be ≥ 1, checkpoint_every ≥ 0");
+        if (EarlyStopPatience < 0 || !(EarlyStopMinDelta >= 0)) e.Add("early_stop_patience must be ≥ 0 (0 = off) and early_stop_min_delta ≥ 0");
         if (BestOfN.Any(n => n < 1)) e.Add("best_of_n sizes must be ≥ 1");
         if (RewardNormalization == ScoreNormalization.Batch && RolloutBatch < 2) e.Add("reward_normalization batch needs rollout_batch ≥ 2");
         if (RewardClip < 0) e.Add("reward_clip must be ≥ 0 (0 = off)");

@@ -98,9 +98,10 @@ public static class PpoTrainer
         var steps = new StageSteps("ppo", cfg.Out, cfg.Iterations, start, cfg.CheckpointEvery, resumeFrom, control);
         Log($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmFolder()}.");
 
+        bool plateaued = resumeFrom is not null && Plateaued(metrics, cfg);   // a resumed run that had stopped early stays stopped
         void Iterations()
         {
-            for (int it = start; it < cfg.Iterations; it++)
+            for (int it = start; it < cfg.Iterations && !plateaued; it++)
             {
                 var row = new Dictionary<string, double> { ["iteration"] = it + 1, ["objective/kl_coef"] = kl.Beta };
                 var t = Stopwatch.StartNew();
@@ -139,14 +140,17 @@ public static class PpoTrainer
                     row["eval/score"] = e.Score;
                     row["eval/kl"] = e.Kl;
                     Log($"iter {it + 1}/{cfg.Iterations}  score {row["objective/scores"]:F3}  gold {row["objective/gold"]:F3}  kl {row["objective/kl"]:F2}  " +
-                        $"β {kl.Beta:F4}  held-out gold {e.Gold:F3} kl {e.Kl:F2}");
+                        $"β {kl.Beta:F4}  held-out score {e.Score:F3} gold {e.Gold:F3} kl {e.Kl:F2}");
+                    plateaued = !last && Plateaued(metrics, cfg, e.Score);
+                    if (plateaued)
+                        Log($"Held-out RM score has not gained more than {cfg.EarlyStopMinDelta} over {cfg.EarlyStopPatience} evaluations: stopping after iteration {it + 1} (early_stop_patience).");
                 }
                 steps.EndStep(it + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
                 {
                     run.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
                     TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
                     run.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
-                }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State, run.Calibration)));
+                }, optimizers, metrics, new PpoState(it + 1, kl.State, ConfigLoader.ToJson(cfg), moments.State, run.Calibration)), final: plateaued);
             }
         }
 
@@ -165,6 +169,13 @@ public static class PpoTrainer
         var summary = PpoSummary.From(metrics, comparison, clock.Elapsed.TotalSeconds) with { RewardNormalization = run.Calibration };
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), System.Text.Json.JsonSerializer.Serialize(summary, ConfigLoader.Json));
         return summary;
+    }
+
+    /// <summary>Whether the held-out RM scores in <paramref name="metrics"/> (and <paramref name="latest"/>, not yet added) have plateaued (<see cref="EarlyStopping"/>).</summary>
+    static bool Plateaued(MetricsTable metrics, PpoConfig cfg, double? latest = null)
+    {
+        double[] scores = [.. metrics.Rows.Where(r => r.ContainsKey("eval/score")).Select(r => r["eval/score"]), .. latest is { } l ? [l] : Array.Empty<double>()];
+        return EarlyStopping.Plateaued(scores, cfg.EarlyStopPatience, cfg.EarlyStopMinDelta);
     }
 
     static Run Open(PpoConfig cfg, Device device, string? resumeFrom)
