@@ -40,8 +40,20 @@ public sealed class KlTests
         var k3 = Kl.Estimate(logp, logq, KlEstimator.K3);
         Assert.True(k3.min().item<float>() >= 0);
         Assert.True(k1.min().item<float>() < 0);    // k1 is negative on some tokens
-        Assert.Equal(trueKl, k1.to_type(ScalarType.Float64).mean().item<double>(), 2);
-        Assert.Equal(trueKl, k3.to_type(ScalarType.Float64).mean().item<double>(), 2);
+        // unbiased: each sample mean within 4 standard errors of the exact KL (the seed is fixed, so this is deterministic) …
+        Assert.True(WithinFourStandardErrors(trueKl, k1), "k1 is biased");
+        Assert.True(WithinFourStandardErrors(trueKl, k3), "k3 is biased");
+        // … a bound tight enough to tell a biased estimator apart: k2 = ½(log p/q)² has E_p = ½Σ p·log²(p/q) ≈ 0.144 ≠ 0.2305
+        var k2 = 0.5 * (logp - logq).square();
+        Assert.False(WithinFourStandardErrors(trueKl, k2), "the bound cannot tell k2 (biased) apart");
+    }
+
+    /// <summary>|mean(k) − expected| &lt; 4·σ(k)/√n: the sample mean is consistent with <paramref name="expected"/> as its expectation.</summary>
+    static bool WithinFourStandardErrors(double expected, Tensor k)
+    {
+        using var d = k.to_type(ScalarType.Float64);
+        double mean = d.mean().item<double>(), se = d.std().item<double>() / Math.Sqrt(d.numel());
+        return Math.Abs(mean - expected) < 4 * se;
     }
 
     [Fact]
