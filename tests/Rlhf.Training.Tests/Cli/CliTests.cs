@@ -27,13 +27,23 @@ public sealed class CliTests
     [Fact]
     public void HelpListsEveryCommand()
     {
-        // the commands of the README's table: nine top-level, `rm eval`, the five `bench` tools, the two `serve` replicas and the training server
+        // the commands of docs/cli.md: ten top-level, `rm eval`, the six `bench` tools, the two `serve` replicas and the training server
         var (code, output, _) = Run("--help");
         Assert.Equal(0, code);
-        Assert.Equal(["sft", "rm", "ppo", "pipeline", "generate", "data", "score", "export", "bench", "serve"], ListedCommands(output));
+        string[] commands = ListedCommands(output);
+        Assert.Equal(["sft", "rm", "ppo", "pipeline", "generate", "data", "score", "export", "bench", "serve"], commands);
         Assert.Equal(["eval"], ListedCommands(Run("rm", "--help").Out));
         Assert.Equal(["rollout", "reward", "train"], ListedCommands(Run("serve", "--help").Out));
         Assert.Equal(["export", "rollout", "serve", "rm", "train", "ppo"], ListedCommands(Run("bench", "--help").Out));
+        // docs/cli.md has a section for every command and names every subcommand
+        string cliPage = Rlhf.Training.Tests.Common.DocsPages.Docs("cli.md");
+        foreach (string c in commands)
+        {
+            Assert.True(cliPage.Contains($"\n## `rlhf {c}", StringComparison.Ordinal), $"docs/cli.md has no section for rlhf {c}");
+            string help = Run(c, "--help").Out;
+            foreach (string sub in help.Contains("Commands:", StringComparison.Ordinal) ? ListedCommands(help) : [])
+                Assert.True(cliPage.Contains($"`rlhf {c} {sub}`", StringComparison.Ordinal), $"docs/cli.md does not name rlhf {c} {sub}");
+        }
 
         string[] stage = ["--config", "--set", "--out", "--device", "--threads", "--seed", "--resume", "--overwrite"];
         var (_, sftHelp, _) = Run("sft", "--help");

@@ -3,7 +3,7 @@ using Rlhf.Training.Tests.Model;
 
 namespace Rlhf.Training.Tests.Model;
 
-/// <summary>Smoke run of <c>rlhf bench train</c> on a tiny config: the table and the JSON keys the README names.</summary>
+/// <summary>Smoke run of <c>rlhf bench train</c> on a tiny config: the table, and the JSON keys docs/performance.md names.</summary>
 public sealed class TrainBenchTests
 {
     [Fact]
@@ -17,6 +17,7 @@ public sealed class TrainBenchTests
         Assert.True(figures["train_tokens_per_s.fp32.tiny-test"] > 0 && figures["train_tokens_per_s.bf16.tiny-test"] > 0);
         Assert.Equal(figures["train_tokens_per_s.bf16.tiny-test"] / figures["train_tokens_per_s.fp32.tiny-test"], figures["bf16_over_fp32.tiny-test"], 9);
         Assert.True(figures["matmul_gflops.fp32"] > 0 && figures["matmul_gflops.bf16"] > 0);
+        BenchDocs.AssertNamed(figures.Keys);
         // both rows start from the same weights and tokens: their losses agree to bf16 precision
         var losses = text.Split('\n').Where(l => l.StartsWith("tiny-test", StringComparison.Ordinal))
             .Select(l => double.Parse(l.Split('|')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[^1], System.Globalization.CultureInfo.InvariantCulture)).ToArray();
@@ -25,7 +26,7 @@ public sealed class TrainBenchTests
     }
 }
 
-/// <summary>Smoke run of <c>rlhf bench ppo</c> on models/tiny: every cell of the table and its JSON keys.</summary>
+/// <summary>Smoke run of <c>rlhf bench ppo</c> on models/tiny: every cell of the table and its JSON keys, which docs/performance.md names.</summary>
 public sealed class PpoBenchTests
 {
     [Fact]
@@ -42,6 +43,7 @@ public sealed class PpoBenchTests
                 Assert.Equal(sum, figures[$"iteration_seconds.{p}.{r}.tiny"], 9);
             }
         Assert.Equal(4, w.ToString().Split('\n').Count(l => l.StartsWith("tiny ", StringComparison.Ordinal)));
+        BenchDocs.AssertNamed(figures.Keys);
     }
 }
 
@@ -69,5 +71,17 @@ public sealed class ShippedConfigTests
         Assert.Equal("models/small/config.json", cfg.Sft.ModelConfig);
         Assert.Equal(Rlhf.Training.Model.Precision.Bf16, cfg.Ppo.Precision);
         Assert.Equal(Rlhf.Export.RolloutPrecision.Int8, cfg.Ppo.RolloutPrecision);
+    }
+}
+
+/// <summary>The bench commands' <c>--json</c> keys as docs/performance.md documents them.</summary>
+internal static class BenchDocs
+{
+    /// <summary>Every key family of <paramref name="keys"/> (the part before the first '.') is named in docs/performance.md as <c>`family.</c>.</summary>
+    internal static void AssertNamed(IEnumerable<string> keys)
+    {
+        string page = Rlhf.Training.Tests.Common.DocsPages.Docs("performance.md");
+        foreach (string family in keys.Select(k => k.Split('.')[0]).Distinct())
+            Assert.True(page.Contains($"`{family}.", StringComparison.Ordinal), $"docs/performance.md does not name the --json key {family}.*");
     }
 }

@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
-using System.Text.RegularExpressions;
 using Rlhf.Training.Cli;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;
@@ -43,15 +42,14 @@ public sealed class PipelineTests
     /// <summary>Whether <paramref name="file"/> was rewritten since <see cref="MarkUnwritten"/>.</summary>
     static bool Rewritten(string file) => File.GetLastWriteTimeUtc(file) != Stamp;
 
-    /// <summary>Keys in the first column of the README's summary.json table for <paramref name="stage"/> ("SFT:", "RM:", "PPO:").</summary>
-    static string[] ReadmeSummaryKeys(string stage)
+    /// <summary>Keys in the first column of docs/outputs.md's summary.json table for <paramref name="stage"/> ("SFT:", "RM:", "PPO:").</summary>
+    static string[] DocumentedSummaryKeys(string stage)
     {
-        string readme = ReadmeConfigKeysTests.Readme();
-        int section = readme.IndexOf("### `summary.json`", StringComparison.Ordinal);
-        int start = readme.IndexOf("\n" + stage + "\n", section, StringComparison.Ordinal);
-        int end = readme.IndexOf("\n\n", start + stage.Length + 3, StringComparison.Ordinal);
-        return [.. readme[start..end].Split('\n').Where(l => l.StartsWith("| `", StringComparison.Ordinal))
-            .SelectMany(l => Regex.Matches(l.Split('|')[1], "`([a-z0-9_]+)`").Select(m => m.Groups[1].Value))];
+        string section = DocsPages.Section(DocsPages.Docs("outputs.md"), "## `summary.json`");
+        int start = section.IndexOf("\n" + stage + "\n", StringComparison.Ordinal);
+        Assert.True(start >= 0, $"docs/outputs.md's summary.json section has no '{stage}' table");
+        int end = section.IndexOf("\n\n", start + stage.Length + 3, StringComparison.Ordinal);
+        return DocsPages.TableKeys(section[start..(end < 0 ? section.Length : end)]);
     }
 
     [Fact]
@@ -72,7 +70,7 @@ public sealed class PipelineTests
         Assert.False(Rewritten(Path.Combine(sftDir, "init", "model.safetensors")));
         Assert.Equal(File.ReadAllBytes(Path.Combine(SftTrainerTests.Shared.Config.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(sftDir, "model.safetensors")));
 
-        // summary.json: one section per stage, each equal to the stage's own summary.json, keys as the README lists them
+        // summary.json: one section per stage, each equal to the stage's own summary.json, keys as docs/outputs.md lists them
         var written = Json(Path.Combine(outDir, "summary.json")).AsObject();
         Assert.Equal(["stage", "sft", "rm", "ppo", "seconds"], written.Select(kv => kv.Key).ToArray());
         Assert.Equal("pipeline", written["stage"]!.GetValue<string>());
@@ -81,7 +79,7 @@ public sealed class PipelineTests
         {
             Assert.Equal(Json(Path.Combine(outDir, stage, "summary.json")).ToJsonString(), written[stage]!.ToJsonString());
             Assert.Equal(s[stage]!.ToJsonString(), written[stage]!.ToJsonString());
-            Assert.Equal(ReadmeSummaryKeys(heading).Order(), written[stage]!.AsObject().Select(kv => kv.Key).Order());
+            Assert.Equal(DocumentedSummaryKeys(heading).Order(), written[stage]!.AsObject().Select(kv => kv.Key).Order());
         }
         Assert.Equal(4, written["sft"]!["steps"]!.GetValue<int>());
         Assert.Equal(2, written["rm"]!["steps"]!.GetValue<int>());          // 8 prompts / 4 per batch, one epoch
@@ -222,7 +220,7 @@ public sealed class PipelineTests
         Assert.Equal(Json(Path.Combine(round, "ppo", "summary.json"))["ppo_kl"]!.GetValue<double>(), rows[1]["ppo_kl"], 12);
         Assert.Equal(s["ppo"]!["gold_gain_in_sft_std"]!.GetValue<double>(), rows[0]["gold_gain_in_sft_std"], 12);
         Assert.Equal(2, s["rounds"]!.AsArray().Count);
-        Assert.Equal(ReadmeConfigKeysTests.ReadmeKeys("Round keys:").Order(), Json(Path.Combine(round, "summary.json")).AsObject().Select(kv => kv.Key).Order());
+        Assert.Equal(DocsPages.ParagraphKeys(DocsPages.Docs("outputs.md"), "Round keys:").Order(), Json(Path.Combine(round, "summary.json")).AsObject().Select(kv => kv.Key).Order());
 
         // the scores are the RMs' own: the first prompt's responses scored one at a time by the previous and the retrained RM
         var tokenizer = Rlhf.Inference.Tokenization.TextTokenizer.Load(sftDir);

@@ -344,18 +344,17 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
     }
 
     [Fact]
-    public void TheReadmeSectionNamesEveryServeOption()
+    public void TheDocsPageNamesEveryServeOption()
     {
-        string readme = Common.ReadmeConfigKeysTests.Readme();
-        int start = readme.IndexOf("## Inference as a service", StringComparison.Ordinal);
-        Assert.True(start >= 0, "README has no 'Inference as a service' section");
-        string section = readme[start..readme.IndexOf("\n## ", start + 5, StringComparison.Ordinal)];
+        string page = Common.DocsPages.Docs("serving.md");
+        string section = Common.DocsPages.Section(page, "# Inference as a service");
         foreach (var command in ServeCommand.Create().Subcommands)
         {
             Assert.Contains($"serve {command.Name} ", section, StringComparison.Ordinal);
             foreach (var option in command.Options)
-                Assert.True(section.Contains(option.Name, StringComparison.Ordinal), $"the README's services section lacks serve {command.Name} {option.Name}");
+                Assert.True(section.Contains(option.Name, StringComparison.Ordinal), $"docs/serving.md lacks serve {command.Name} {option.Name}");
         }
+        Assert.Contains("docs/serving.md", Common.DocsPages.Readme(), StringComparison.Ordinal);   // the README links the page
     }
 
     [Fact]

@@ -415,19 +415,18 @@ public sealed class TrainServeTests
     }
 
     [Fact]
-    public void TheReadmeSectionAndHelpNameEveryOptionAndEndpoint()
+    public void TheDocsPageAndHelpNameEveryOptionAndEndpoint()
     {
-        string readme = Common.ReadmeConfigKeysTests.Readme();
-        int start = readme.IndexOf("## Training as a service", StringComparison.Ordinal);
-        Assert.True(start >= 0, "README has no 'Training as a service' section");
-        string section = readme[start..readme.IndexOf("\n## ", start + 5, StringComparison.Ordinal)];
+        string page = Common.DocsPages.Docs("training-service.md");
+        string section = Common.DocsPages.Section(page, "# Training as a service");
         var command = Rlhf.Training.Cli.ServeTrainCommand.Create();
         foreach (var option in command.Options)
-            Assert.True(section.Contains(option.Name, StringComparison.Ordinal), $"the README's training service section lacks {option.Name}");
+            Assert.True(section.Contains(option.Name, StringComparison.Ordinal), $"docs/training-service.md lacks {option.Name}");
         foreach (string endpoint in new[] { "POST /v1/runs", "GET /v1/runs", "/v1/runs/{id}", "/metrics", "follow=true", "/cancel", "/resume", "/artifacts", "WatchMetrics" })
             Assert.Contains(endpoint, command.Description, StringComparison.Ordinal);
         foreach (string curl in new[] { "/v1/runs -H", "/v1/runs/$ID -H", "/v1/runs/$ID/metrics -H", "/v1/runs/$ID/metrics?follow=true", "-X POST http://127.0.0.1:7200/v1/runs/$ID/cancel",
                                         "-X POST http://127.0.0.1:7200/v1/runs/$ID/resume", "/v1/runs/$ID/artifacts -H", "/v1/runs/$ID/artifacts/ppo/model.safetensors" })
             Assert.Contains(curl, section, StringComparison.Ordinal);
+        Assert.Contains("docs/training-service.md", Common.DocsPages.Readme(), StringComparison.Ordinal);   // the README links the page
     }
 }
