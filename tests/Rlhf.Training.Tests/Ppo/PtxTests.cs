@@ -77,16 +77,34 @@ public sealed class PtxTests
     }
 
     [Fact]
-    public void PpoWithPtxLogsTheLossOnItsText()
+    public void PtxEntersTheActorUpdateAndLowersTheLossOnItsText()
     {
         string dir = Directory.CreateTempSubdirectory("rlhf-ptx-run-").FullName;
         string file = Path.Combine(dir, "ptx.txt");
         File.WriteAllLines(file, DataSets.Corpus(9, 200));
-        var cfg = PpoTrainerTests.Tiny() with { Iterations = 2, PtxCoef = 0.5, PtxFile = file, PtxBatchSize = 4, PtxSeqLen = 16, BestOfN = [1], CheckpointEvery = 0 };
-        PpoTrainer.Train(cfg, new RunControl { Progress = false });
-        var m = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv"));
+        var with = PpoTrainerTests.Tiny() with { Iterations = 2, PtxCoef = 0.5, PtxFile = file, PtxBatchSize = 4, PtxSeqLen = 16, BestOfN = [1], CheckpointEvery = 0 };
+        var without = with with { Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "ppo"), PtxCoef = 0 };
+        PpoTrainer.Train(with, new RunControl { Progress = false });
+        PpoTrainer.Train(without, new RunControl { Progress = false });
+        var m = MetricsTable.ReadCsv(Path.Combine(with.Out, "metrics.csv"));
+        var m0 = MetricsTable.ReadCsv(Path.Combine(without.Out, "metrics.csv"));
         // a next-token loss of a trained-on-reviews model on reviews: positive and below log V (uniform guessing)
-        int vocab = Rlhf.Export.Hf.ModelConfig.Load(Path.Combine(cfg.SftModel, "config.json")).VocabSize;
+        int vocab = Rlhf.Export.Hf.ModelConfig.Load(Path.Combine(with.SftModel, "config.json")).VocabSize;
         Assert.All(m.Rows, r => Assert.InRange(r["loss/ptx"], 0.01, Math.Log(vocab)));
+        Assert.DoesNotContain("loss/ptx", m0.Columns);
+
+        // the same rollouts in iteration 1 (the same policy sampled them) ...
+        Assert.Equal(m0.Rows[0]["objective/scores"], m.Rows[0]["objective/scores"]);
+        Assert.Equal(m0.Rows[0]["objective/kl"], m.Rows[0]["objective/kl"]);
+        // ... but another actor update (the critic's, which the ptx term does not enter, is the same)
+        Assert.NotEqual(m0.Rows[0]["grad_norm/actor"], m.Rows[0]["grad_norm/actor"]);
+        Assert.Equal(m0.Rows[0]["grad_norm/critic"], m.Rows[0]["grad_norm/critic"], 9);   // the ptx term has no value part
+        // and one that pulls the actor towards the ptx text: lower perplexity on it than the update without the term
+        var tokenizer = Rlhf.Inference.Tokenization.TextTokenizer.Load(with.Out);
+        int[][] rows = PtxBatches.Rows(PtxBatches.Pack(tokenizer, DataSets.Corpus(9, 200)), 16);
+        using var a = LlamaForCausalLM.FromPretrained(with.Out, CPU, ScalarType.Float32);
+        using var b = LlamaForCausalLM.FromPretrained(without.Out, CPU, ScalarType.Float32);
+        double pWith = PtxBatches.Perplexity(a, rows, CPU), pWithout = PtxBatches.Perplexity(b, rows, CPU);
+        Assert.True(pWith < pWithout, $"ptx text perplexity {pWith} with the ptx term, {pWithout} without");
     }
 }
