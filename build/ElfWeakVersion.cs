@@ -145,7 +145,7 @@ namespace Rlhf.Build
             if (sys == null || ElfWeakVersion.LibraryHasVersion(sys, Version)) return true;
             if (ElfWeakVersion.MarkWeakInFile(File, Version))
                 Log.LogMessage(Microsoft.Build.Framework.MessageImportance.High,
-                    $"rlhf: {sys} lacks {Version}; marked that requirement weak in {File} (see README, 'TorchSharp on Debian 12').");
+                    $"rlhf: {sys} lacks {Version}; marked that requirement weak in {File} (see docs/troubleshooting.md, 'TorchSharp on Debian 12').");
             return true;
         }
     }

@@ -49,7 +49,7 @@ public static class ServeHost
             try { chat = ChatTemplate.Parse(source); }
             catch (ChatTemplateException e)
             {
-                chatProblem = $"This model folder's chat template cannot be rendered here ({e.Message}; the server renders a Jinja subset, see README); use POST /v1/completions.";
+                chatProblem = $"This model folder's chat template cannot be rendered here ({e.Message}; the server renders a Jinja subset, see docs/serving.md); use POST /v1/completions.";
                 Console.Error.WriteLine("rlhf-serve: warning: " + chatProblem);
             }
         }

@@ -34,7 +34,7 @@ internal static class GenerateCommand
         var seed = new Option<long>("--seed") { Description = "Sampling seed.", DefaultValueFactory = _ => 1 };
         var gold = new Option<bool>("--gold") { Description = "Also print the default task's gold score of each response." };
         var device = new Option<string>("--device") { Description = "cpu or cuda (torch engine).", DefaultValueFactory = _ => "cpu" };
-        var engine = new Option<string>("--engine") { Description = "torch (TorchSharp eager, KV cache), ort (our ONNX Runtime rollout engine) or genai (ONNX Runtime GenAI; its per-chunk seed makes sampled tokens depend on the batch, see README).", DefaultValueFactory = _ => "torch" };
+        var engine = new Option<string>("--engine") { Description = "torch (TorchSharp eager, KV cache), ort (our ONNX Runtime rollout engine) or genai (ONNX Runtime GenAI; its per-chunk seed makes sampled tokens depend on the batch, see docs/onnx-and-engines.md).", DefaultValueFactory = _ => "torch" };
         var threads = new Option<int>("--threads") { Description = "Intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
         var cmd = new Command("generate", "Sample continuations of prompts from a model folder.")
         {

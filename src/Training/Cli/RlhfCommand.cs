@@ -130,10 +130,10 @@ internal static class RlhfCommand
 /// <summary>Options shared by the training stages: config file, key=value overrides, device, resume.</summary>
 internal sealed class StageOptions
 {
-    public Option<string?> Config { get; } = new("--config") { Description = "JSON config file (snake_case keys; see README). Command-line options override it." };
+    public Option<string?> Config { get; } = new("--config") { Description = "JSON config file (snake_case keys; see docs/configuration.md). Command-line options override it." };
     public Option<string[]> Set { get; } = new("--set") { Description = "Override any config key: --set lr=1e-3 --set decay=linear (repeatable).", AllowMultipleArgumentsPerToken = false };
     public Option<string?> Out { get; } = new("--out") { Description = "Output folder." };
-    public Option<string?> Device { get; } = new("--device") { Description = "cpu or cuda (cuda needs the GPU build, see README)." };
+    public Option<string?> Device { get; } = new("--device") { Description = "cpu or cuda (cuda needs the GPU build, see docs/troubleshooting.md)." };
     public Option<int?> Threads { get; } = new("--threads") { Description = "Intra-op threads (0 = all cores)." };
     public Option<long?> Seed { get; } = new("--seed") { Description = "Seed for data order, initialisation, dropout and sampling." };
     public Option<bool> Resume { get; } = new("--resume") { Description = "Continue from the checkpoint in the output folder." };

@@ -4,7 +4,7 @@ using Rlhf.Training.Model;
 
 namespace Rlhf.Training.Ppo;
 
-/// <summary>PPO stage settings. JSON keys are the snake_case property names (see README).</summary>
+/// <summary>PPO stage settings. JSON keys are the snake_case property names (docs/configuration.md).</summary>
 public sealed record PpoConfig
 {
     /// <summary>Output folder: the aligned policy (HF folder + onnx/), critic/, metrics, plots, report, summary.json.</summary>
@@ -102,7 +102,7 @@ public sealed record PpoConfig
     /// <summary>SFT samples (one per training prompt) that measure the sft normalisation.</summary>
     public int NormalizationSamples { get; init; } = 256;
     /// <summary>
-    /// Fold the RM's normalisation into the critic built from it (V = gain·v + bias, see README). Off by default: measured,
+    /// Fold the RM's normalisation into the critic built from it (V = gain·v + bias, see docs/ppo.md). Off by default: measured,
     /// it did not raise explained variance and made the first value loss 4.6× larger (prefix values sit below last-token values).
     /// </summary>
     public bool FoldRmNormalization { get; init; }

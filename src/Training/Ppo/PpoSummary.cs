@@ -2,7 +2,7 @@ using Rlhf.Training.Common;
 
 namespace Rlhf.Training.Ppo;
 
-/// <summary>Headline figures of a PPO run (<c>summary.json</c>; keys documented in the README).</summary>
+/// <summary>Headline figures of a PPO run (<c>summary.json</c>; keys in docs/outputs.md).</summary>
 public sealed record PpoSummary
 {
     /// <summary>Always "ppo".</summary>

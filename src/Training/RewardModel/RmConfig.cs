@@ -2,7 +2,7 @@ using Rlhf.Training.Model;
 
 namespace Rlhf.Training.RewardModel;
 
-/// <summary>Reward-model stage settings. JSON keys are the snake_case property names (see README).</summary>
+/// <summary>Reward-model stage settings. JSON keys are the snake_case property names (docs/configuration.md).</summary>
 public sealed record RmConfig
 {
     /// <summary>Output folder: HF sequence-classification folder, rankings, metrics, plots, summary.json, onnx/.</summary>

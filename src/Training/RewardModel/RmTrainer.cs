@@ -32,7 +32,7 @@ public sealed record RewardNormalization(double Gain, double Bias, double RawMea
     public double Apply(double raw) => Gain * raw + Bias;
 }
 
-/// <summary>Headline figures of an RM run (<c>summary.json</c>; keys documented in the README).</summary>
+/// <summary>Headline figures of an RM run (<c>summary.json</c>; keys in docs/outputs.md).</summary>
 public sealed record RmSummary
 {
     /// <summary>Always "rm".</summary>

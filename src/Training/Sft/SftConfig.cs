@@ -2,7 +2,7 @@ using Rlhf.Training.Model;
 
 namespace Rlhf.Training.Sft;
 
-/// <summary>Supervised fine-tuning settings. JSON keys are the snake_case property names (see README).</summary>
+/// <summary>Supervised fine-tuning settings. JSON keys are the snake_case property names (docs/configuration.md).</summary>
 public sealed record SftConfig
 {
     /// <summary>Output folder: an HF model folder plus metrics.csv, loss.png, summary.json, checkpoints/.</summary>

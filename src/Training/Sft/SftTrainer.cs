@@ -12,7 +12,7 @@ using static TorchSharp.torch;
 
 namespace Rlhf.Training.Sft;
 
-/// <summary>Headline figures of an SFT run (written as <c>summary.json</c>; keys documented in the README).</summary>
+/// <summary>Headline figures of an SFT run (written as <c>summary.json</c>; keys in docs/outputs.md).</summary>
 public sealed record SftSummary
 {
     /// <summary>Always "sft".</summary>

@@ -4,7 +4,7 @@ using Rlhf.Inference.Tokenization;
 
 namespace Rlhf.Inference.Tests.Tokenization;
 
-/// <summary>The tokenizer formats the README names that had no test: a WordPiece <c>tokenizer.json</c> and a SentencePiece unigram <c>tokenizer.model</c>.</summary>
+/// <summary>The tokenizer formats the docs name that had no test: a WordPiece <c>tokenizer.json</c> and a SentencePiece unigram <c>tokenizer.model</c>.</summary>
 public sealed class TokenizerFormatsTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("rlhf-tokfmt-").FullName;

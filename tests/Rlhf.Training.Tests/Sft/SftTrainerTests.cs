@@ -43,7 +43,7 @@ public sealed class SftTrainerTests
     });
 
     [Fact]
-    public void RunWritesEveryFileTheReadmeLists()
+    public void RunWritesEveryFileTheDocsList()
     {
         var (cfg, s) = Shared;
         Assert.Equal(4, s.Steps);                                  // 64 / (8 × 2) steps in one epoch
