@@ -3,12 +3,13 @@ namespace Rlhf.Training.Common;
 /// <summary>
 /// The step loop every trainer shares: the progress bar, the NaN guard, the checkpoint cadence (every
 /// <c>checkpoint_every</c> steps and the last), one <see cref="StageEvent"/> per step, and cancellation at a step
-/// boundary with the checkpoint of that step written first. A trainer supplies what one step does and how its
-/// checkpoint is saved.
+/// boundary with the checkpoint of that step written first. Every step's metrics row also goes to the stage's
+/// TensorBoard event file (<see cref="TensorBoardLog"/>). A trainer supplies what one step does and how its checkpoint is saved.
 /// </summary>
 public sealed class StageSteps(string stage, string outFolder, int total, int start, int checkpointEvery, string? resumedFrom, RunControl control)
 {
     Action<int>? _progress;
+    readonly TensorBoardLog _tensorBoard = new(outFolder);
 
     /// <summary>The stage's name in events and errors ("sft", "rm", "ppo").</summary>
     public string Stage { get; } = stage;
@@ -42,6 +43,7 @@ public sealed class StageSteps(string stage, string outFolder, int total, int st
     public void EndStep(int done, Dictionary<string, double> row, MetricsTable metrics, Func<string> saveCheckpoint, bool final = false)
     {
         metrics.Add(row);
+        _tensorBoard.Add(done, row);
         final |= done == Total;
         bool due = (checkpointEvery > 0 && done % checkpointEvery == 0) || final;
         if (due) Save(metrics, saveCheckpoint);

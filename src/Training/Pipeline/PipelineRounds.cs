@@ -10,6 +10,7 @@ using Rlhf.Training.Data;
 using Rlhf.Training.Data.DefaultTask;
 using Rlhf.Training.Model;
 using Rlhf.Training.RewardModel;
+using ScottPlot;
 using static TorchSharp.torch;
 
 namespace Rlhf.Training.Pipeline;
@@ -186,7 +187,7 @@ internal static class PipelineRounds
         };
     }
 
-    /// <summary>rounds.csv (one row per round), rounds.png (accuracies and gold gain per round) and report.md in <paramref name="folder"/>.</summary>
+    /// <summary>rounds.csv (one row per round), rounds.png (<see cref="RoundsPng"/>) and report.md in <paramref name="folder"/>.</summary>
     static void Write(string folder, IReadOnlyList<RoundSummary> rounds)
     {
         var table = new MetricsTable();
@@ -204,10 +205,7 @@ internal static class PipelineRounds
             table.Add(row);
         }
         table.WriteCsv(Path.Combine(folder, "rounds.csv"));
-        (string, double[], double[]) S(string label, string col) => TrainerParts.Series(label, table, col, "round");
-        Plots.Lines(Path.Combine(folder, "rounds.png"), "Iterated RLHF: reward model accuracy and gold gain per round", "round", "value",
-            [S("RM accuracy, SFT samples", "rm_accuracy_sft"), S("previous RM on the latest policy's samples", "rm_accuracy_before"),
-             S("retrained RM on the same samples", "rm_accuracy_after"), S("gold gain (SFT std)", "gold_gain_in_sft_std")]);
+        RoundsPng(Path.Combine(folder, "rounds.png"), rounds);
 
         static string F(double? x) => x is double v ? v.ToString("F3", CultureInfo.InvariantCulture) : "–";
         var md = new StringBuilder();
@@ -224,5 +222,64 @@ internal static class PipelineRounds
                           $"{F(s.GoldGainInSftStd)} | {F(s.PpoGoldMean)} | {F(s.PpoKl)} |");
         md.AppendLine().AppendLine("![rounds](rounds.png)");
         AtomicFile.WriteAllText(Path.Combine(folder, "report.md"), md.ToString());
+    }
+
+    /// <summary>
+    /// rounds.png, two panels over whole rounds (integer ticks): left, pairwise accuracy against gold (0–1, chance at 0.5)
+    /// of each round's RM on the held-out SFT samples and, from round 2, of the previous RM (before) and the retrained one
+    /// (after) on held-out samples of the previous round's policy; right, the round's PPO gold gain over SFT in SFT
+    /// standard deviations. Each legend sits in one row below its panel, off the data.
+    /// </summary>
+    static void RoundsPng(string path, IReadOnlyList<RoundSummary> rounds)
+    {
+        int[] r = [.. rounds.Select(s => s.Round)];
+        var accuracy = RoundsPanel("Reward model: pairwise accuracy against gold", "accuracy (fraction of pairs)", r,
+            [("RM, SFT samples", MarkerShape.FilledCircle, [.. rounds.Select(s => (double?)s.RmAccuracySft)]),
+             ("previous RM, policy samples", MarkerShape.OpenCircle, [.. rounds.Select(s => s.RmAccuracyBefore)]),   // a ring: an equal "after" shows inside it
+             ("retrained RM, policy samples", MarkerShape.FilledDiamond, [.. rounds.Select(s => s.RmAccuracyAfter)])],
+            reference: 0.5, referenceLabel: "chance");
+        accuracy.Axes.SetLimitsY(-0.03, 1.03);
+        var gain = RoundsPanel("PPO policy: held-out gold gain over SFT", "gold gain (SFT standard deviations)", r,
+            [("PPO policy of the round, held-out prompts", MarkerShape.FilledCircle, [.. rounds.Select(s => (double?)s.GoldGainInSftStd)])],
+            reference: 0, referenceLabel: "SFT");
+        var multiplot = new Multiplot(accuracy);
+        multiplot.AddPlot(gain);
+        multiplot.Layout = new ScottPlot.MultiplotLayouts.Columns();
+        AtomicFile.Write(path, tmp => multiplot.SavePng(tmp, 1400, 560));
+    }
+
+    /// <summary>One panel of rounds.png: a line per series over rounds <paramref name="rounds"/> (missing and non-finite values skipped), a dashed reference line labelled at its left end, integer round ticks, the legend in one row below.</summary>
+    static Plot RoundsPanel(string title, string yLabel, int[] rounds, (string Label, MarkerShape Marker, double?[] Y)[] series, double reference, string referenceLabel)
+    {
+        var plt = new Plot();
+        plt.Add.HorizontalLine(reference, 1.5f, Colors.Gray, LinePattern.Dashed);
+        var label = plt.Add.Text(referenceLabel, rounds.Min() - 0.28, reference);
+        label.LabelFontSize = 12;
+        label.LabelFontColor = Colors.Gray;
+        label.Alignment = Alignment.LowerLeft;
+        label.OffsetY = -2;
+        foreach (var (name, marker, y) in series)
+        {
+            var points = rounds.Zip(y).Where(p => p.Second is double v && double.IsFinite(v)).ToArray();
+            if (points.Length == 0) continue;
+            var line = plt.Add.Scatter(points.Select(p => (double)p.First).ToArray(), points.Select(p => p.Second!.Value).ToArray());
+            line.LegendText = name;
+            line.LineWidth = 2;
+            line.MarkerShape = marker;
+            line.MarkerSize = marker switch { MarkerShape.OpenCircle => 16, MarkerShape.FilledDiamond => 12, _ => 9 };
+            line.MarkerLineWidth = 2;
+        }
+        plt.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+            [.. rounds.Select(x => (double)x)], [.. rounds.Select(x => x.ToString(CultureInfo.InvariantCulture))]);
+        plt.Axes.AutoScale();
+        plt.Axes.SetLimitsX(rounds.Min() - 0.3, rounds.Max() + 0.3);
+        plt.Title(title);
+        plt.XLabel("round");
+        plt.YLabel(yLabel);
+        plt.ShowLegend(Edge.Bottom);
+        plt.Legend.Orientation = Orientation.Horizontal;
+        plt.Legend.FontSize = 12;
+        plt.Legend.TightHorizontalWrapping = true;
+        return plt;
     }
 }

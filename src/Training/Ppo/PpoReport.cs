@@ -9,6 +9,9 @@ namespace Rlhf.Training.Ppo;
 /// <summary>Gold score, RM score and KL of best-of-N sampling from the SFT model (N = 1 is the SFT model).</summary>
 public sealed record BestOfNPoint(int N, double Gold, double Score, double Kl);
 
+/// <summary>One point of the PPO policy's path on the held-out prompts: iteration (0 is the SFT model), KL to the SFT model (nats per response), mean gold and RM score.</summary>
+public sealed record PolicyPathPoint(int Iteration, double Kl, double Gold, double Score);
+
 /// <summary>Perplexity of the SFT and PPO models on the same held-out pretraining-style text (what PPO costs there: the alignment tax).</summary>
 public sealed record CorpusPerplexity(double Sft, double Ppo, long Tokens);
 
@@ -40,23 +43,18 @@ public static class PpoReport
             [S("policy loss", "loss/policy"), S("value loss", "loss/value"), S("policy clip fraction", "policy/clipfrac"), S("approx KL", "policy/approxkl")]);
     }
 
-    /// <summary>report.md and report.png (gold score vs KL for SFT, best-of-N and PPO on one pair of axes).</summary>
-    public static void Write(string folder, Comparison c, double ptxCoef)
+    /// <summary>
+    /// report.md and report.png: two panels side by side, held-out gold score (left) and RM score (right) against KL to the
+    /// SFT model, each with PPO's path over its evaluations (<see cref="PolicyPath"/>), its final policy, and SFT best-of-N.
+    /// </summary>
+    public static void Write(string folder, Comparison c, MetricsTable metrics, double ptxCoef)
     {
-        var plt = new Plot();
-        var bon = plt.Add.Scatter(c.BestOfN.Select(b => b.Kl).ToArray(), c.BestOfN.Select(b => b.Gold).ToArray());
-        bon.LegendText = "SFT best-of-N (N = " + string.Join(", ", c.BestOfN.Select(b => b.N)) + ")";
-        bon.MarkerSize = 9;
-        foreach (var b in c.BestOfN) plt.Add.Text($"N={b.N}", b.Kl, b.Gold);
-        var ppo = plt.Add.Scatter(new[] { c.PpoKl }, new[] { c.PpoGoldStats.Mean });
-        ppo.LegendText = "PPO";
-        ppo.MarkerSize = 12;
-        ppo.LineWidth = 0;
-        plt.Title("Gold score vs KL to the SFT model (held-out prompts)");
-        plt.XLabel("KL(π ‖ π_SFT), nats per response");
-        plt.YLabel("mean gold score");
-        plt.ShowLegend(Alignment.LowerRight);
-        AtomicFile.Write(Path.Combine(folder, "report.png"), tmp => plt.SavePng(tmp, 900, 550));
+        var path = PolicyPath(metrics, c);
+        var final = new PolicyPathPoint(path[^1].Iteration, c.PpoKl, c.PpoGoldStats.Mean, c.PpoScores.Average());
+        var multiplot = new Multiplot(TradeOffPanel("Gold score vs KL (held-out prompts)", "mean gold score per response", path, final, c.BestOfN, p => p.Gold, b => b.Gold));
+        multiplot.AddPlot(TradeOffPanel("Reward-model score vs KL (held-out prompts)", "mean RM score per response", path, final, c.BestOfN, p => p.Score, b => b.Score));
+        multiplot.Layout = new ScottPlot.MultiplotLayouts.Columns();
+        AtomicFile.Write(Path.Combine(folder, "report.png"), tmp => multiplot.SavePng(tmp, 1400, 600));
 
         string F(double x) => x.ToString("F3", CultureInfo.InvariantCulture);
         var (sftMean, sftStd) = c.SftGoldStats;
@@ -71,7 +69,7 @@ public static class PpoReport
         if (c.Corpus is { } p)
             md.AppendLine($"Held-out corpus perplexity ({p.Tokens} predicted tokens of the default task's reviews, the alignment tax; " +
                           $"ptx_coef {ptxCoef.ToString(CultureInfo.InvariantCulture)}): SFT {F(p.Sft)}, PPO {F(p.Ppo)} ({(p.Ppo / p.Sft - 1).ToString("+0.0%;-0.0%", CultureInfo.InvariantCulture)}).").AppendLine();
-        md.AppendLine("![gold vs KL](report.png)").AppendLine();
+        md.AppendLine("![gold score (left) and RM score (right) against KL to the SFT model: PPO's path over its evaluations, its final policy, and SFT best-of-N](report.png)").AppendLine();
         md.AppendLine("![reward](reward.png) ![kl](kl.png)").AppendLine();
         md.AppendLine("## Samples (same prompts)").AppendLine();
         md.AppendLine("| prompt | SFT | gold | PPO | gold |").AppendLine("|---|---|---|---|---|");
@@ -81,4 +79,87 @@ public static class PpoReport
     }
 
     static string Cell(string s) => s.Replace("|", "\\|").Replace("\n", " ");
+
+    /// <summary>
+    /// The PPO policy's path on the held-out prompts: the SFT model at KL 0 (iteration 0; the comparison's SFT samples, which
+    /// are best-of-N with N = 1), then each metrics row that has <c>eval/kl</c>, <c>eval/gold</c> and <c>eval/score</c>, in
+    /// iteration order (a resumed run's table holds the rows from before the resume too).
+    /// </summary>
+    public static IReadOnlyList<PolicyPathPoint> PolicyPath(MetricsTable metrics, Comparison c)
+    {
+        var path = new List<PolicyPathPoint> { new(0, 0, c.SftGoldStats.Mean, c.SftScores.Average()) };
+        foreach (var r in metrics.Rows)
+            if (r.TryGetValue("iteration", out double it) && r.TryGetValue("eval/kl", out double kl)
+                && r.TryGetValue("eval/gold", out double gold) && r.TryGetValue("eval/score", out double score))
+                path.Add(new PolicyPathPoint((int)it, kl, gold, score));
+        return path;
+    }
+
+    /// <summary>
+    /// Indices of the path points that get an iteration label: at most <paramref name="count"/>, evenly spread over the
+    /// points after the SFT start, always including the last (which <see cref="TradeOffPanel"/> labels as the final policy).
+    /// </summary>
+    internal static int[] LabelledPoints(int points, int count = 4)
+    {
+        int evals = points - 1;
+        if (evals <= 0) return [];
+        if (evals <= count) return [.. Enumerable.Range(1, evals)];
+        return [.. Enumerable.Range(0, count).Select(k => 1 + (int)Math.Round((double)k * (evals - 1) / (count - 1))).Distinct()];
+    }
+
+    static readonly Color PathColor = Color.FromHex("#1f77b4"), FinalColor = Color.FromHex("#d62728"), BestOfNColor = Color.FromHex("#7f7f7f");
+
+    /// <summary>One panel of report.png: <paramref name="y"/> of the policy's path and of SFT best-of-N against KL to the SFT model.</summary>
+    static Plot TradeOffPanel(string title, string yLabel, IReadOnlyList<PolicyPathPoint> path, PolicyPathPoint final, IReadOnlyList<BestOfNPoint> bestOfN,
+                              Func<PolicyPathPoint, double> y, Func<BestOfNPoint, double> bestOfNY)
+    {
+        var plt = new Plot();
+        double[] kls = [.. path.Select(p => p.Kl), .. bestOfN.Select(b => b.Kl), final.Kl];
+        double kMin = kls.Min(), kSpan = Math.Max(kls.Max() - kMin, 1e-12);
+        // Labels sit above-left of the path (it rises to the right) and below-right of best-of-N, turned inwards at the panel's edges.
+        Alignment Above(double kl) => (kl - kMin) / kSpan < 0.1 ? Alignment.LowerLeft : Alignment.LowerRight;
+        Alignment Below(double kl) => (kl - kMin) / kSpan > 0.9 ? Alignment.UpperRight : Alignment.UpperLeft;
+        if (bestOfN.Count > 0)
+        {
+            var bon = plt.Add.Scatter(bestOfN.Select(b => b.Kl).ToArray(), bestOfN.Select(bestOfNY).ToArray(), BestOfNColor);
+            bon.LegendText = "SFT best-of-N";
+            bon.LineWidth = 2;
+            bon.LinePattern = LinePattern.Dashed;
+            bon.MarkerSize = 8;
+            bon.MarkerShape = MarkerShape.FilledSquare;
+            foreach (var b in bestOfN.Where(b => b.N > 1)) Label(plt, $"N = {b.N}", b.Kl, bestOfNY(b), BestOfNColor, Below(b.Kl));
+        }
+        var line = plt.Add.Scatter(path.Select(p => p.Kl).ToArray(), path.Select(y).ToArray(), PathColor);
+        line.LegendText = "PPO at each evaluation";
+        line.LineWidth = 2;
+        line.MarkerSize = path.Count > 40 ? 4 : 7;
+        Label(plt, "SFT", path[0].Kl, y(path[0]), Colors.Black, Below(path[0].Kl));
+        foreach (int i in LabelledPoints(path.Count).Where(i => i < path.Count - 1))
+            Label(plt, $"it {path[i].Iteration}", path[i].Kl, y(path[i]), PathColor, Above(path[i].Kl));
+        var end = plt.Add.Marker(final.Kl, y(final), MarkerShape.FilledDiamond, 16, FinalColor);
+        end.LegendText = $"PPO final policy (it {final.Iteration})";
+        Label(plt, $"final (it {final.Iteration})", final.Kl, y(final), FinalColor, Above(final.Kl));
+        plt.Title(title);
+        plt.XLabel("KL(π ‖ π_SFT), nats per response");
+        plt.YLabel(yLabel);
+        plt.Axes.Margins(0.12, 0.15);   // room for the labels beside the outermost points
+        plt.ShowLegend(Edge.Bottom);
+        plt.Legend.Orientation = Orientation.Horizontal;
+        plt.Legend.TightHorizontalWrapping = true;
+        return plt;
+    }
+
+    /// <summary>
+    /// A small label beside the point (<paramref name="x"/>, <paramref name="y"/>); <paramref name="corner"/> is the label's
+    /// corner at the point, so <see cref="Alignment.LowerRight"/> puts it above-left and <see cref="Alignment.UpperLeft"/> below-right.
+    /// </summary>
+    static void Label(Plot plt, string text, double x, double y, Color color, Alignment corner)
+    {
+        var t = plt.Add.Text(text, x, y);
+        t.LabelFontSize = 12;
+        t.LabelFontColor = color;
+        t.Alignment = corner;
+        t.OffsetX = corner switch { Alignment.LowerRight or Alignment.UpperRight => -4, Alignment.LowerLeft or Alignment.UpperLeft => 6, _ => 0 };
+        t.OffsetY = corner is Alignment.LowerRight or Alignment.LowerLeft or Alignment.LowerCenter ? -4 : 6;
+    }
 }

@@ -165,7 +165,7 @@ public static class PpoTrainer
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "ppo_config.json"), ConfigLoader.ToJson(cfg));
         PpoReport.Curves(cfg.Out, metrics);
         var comparison = Compare(run, evalPrompts, cfg);
-        PpoReport.Write(cfg.Out, comparison, cfg.PtxCoef);
+        PpoReport.Write(cfg.Out, comparison, metrics, cfg.PtxCoef);
         var summary = PpoSummary.From(metrics, comparison, clock.Elapsed.TotalSeconds) with { RewardNormalization = run.Calibration };
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), System.Text.Json.JsonSerializer.Serialize(summary, ConfigLoader.Json));
         return summary;
