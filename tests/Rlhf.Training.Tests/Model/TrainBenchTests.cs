@@ -72,6 +72,18 @@ public sealed class ShippedConfigTests
         Assert.Equal(Rlhf.Training.Model.Precision.Bf16, cfg.Ppo.Precision);
         Assert.Equal(Rlhf.Export.RolloutPrecision.Int8, cfg.Ppo.RolloutPrecision);
     }
+
+    [Fact]
+    public void TheFirstLookIsTheDefaultPipelineWithSmallerBudgetsOnly()
+    {
+        var cfg = Rlhf.Training.Common.ConfigLoader.Load<Rlhf.Training.Pipeline.PipelineConfig>(RepoFile("models/tiny/first-look.json"), []);
+        cfg.Validate();
+        var d = new Rlhf.Training.Pipeline.PipelineConfig();
+        // the same model, task and algorithm as the main job: only step counts and data sizes are smaller
+        Assert.Equal((d.Sft.ModelConfig, d.Sft.Lr, d.Rm.Lr, d.Ppo.ActorLr, d.Ppo.TargetKl), (cfg.Sft.ModelConfig, cfg.Sft.Lr, cfg.Rm.Lr, cfg.Ppo.ActorLr, cfg.Ppo.TargetKl));
+        Assert.True(cfg.Sft.MaxSteps is > 0 and < 500 && cfg.Rm.TrainPrompts < d.Rm.TrainPrompts && cfg.Ppo.Iterations < d.Ppo.Iterations);
+        Assert.Contains("models/tiny/first-look.json", Rlhf.Training.Tests.Common.DocsPages.Readme(), StringComparison.Ordinal);   // the README gives the command
+    }
 }
 
 /// <summary>The bench commands' <c>--json</c> keys as docs/performance.md documents them.</summary>
