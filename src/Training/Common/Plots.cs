@@ -28,6 +28,23 @@ public static class Plots
         AtomicFile.Write(path, tmp => plt.SavePng(tmp, width, height));
     }
 
+    /// <summary>Panels side by side in one PNG (ScottPlot's <see cref="Multiplot"/> in columns), written atomically.</summary>
+    public static void SideBySide(string path, int width, int height, Plot first, params Plot[] more)
+    {
+        var multiplot = new Multiplot(first);
+        foreach (var p in more) multiplot.AddPlot(p);
+        multiplot.Layout = new ScottPlot.MultiplotLayouts.Columns();
+        AtomicFile.Write(path, tmp => multiplot.SavePng(tmp, width, height));
+    }
+
+    /// <summary>Puts <paramref name="plt"/>'s legend below its data, in rows that wrap tightly, so it covers nothing.</summary>
+    public static void LegendBelow(Plot plt)
+    {
+        plt.ShowLegend(Edge.Bottom);
+        plt.Legend.Orientation = Orientation.Horizontal;
+        plt.Legend.TightHorizontalWrapping = true;
+    }
+
     /// <summary>Overlaid histograms of several samples (e.g. gold scores), with <paramref name="bins"/> bins over their joint range.</summary>
     public static void Histograms(string path, string title, string xLabel,
                                   IEnumerable<(string Label, double[] Values)> samples, int bins = 30, int width = 900, int height = 500)

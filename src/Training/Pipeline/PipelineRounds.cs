@@ -242,10 +242,7 @@ internal static class PipelineRounds
         var gain = RoundsPanel("PPO policy: held-out gold gain over SFT", "gold gain (SFT standard deviations)", r,
             [("PPO policy of the round, held-out prompts", MarkerShape.FilledCircle, [.. rounds.Select(s => (double?)s.GoldGainInSftStd)])],
             reference: 0, referenceLabel: "SFT");
-        var multiplot = new Multiplot(accuracy);
-        multiplot.AddPlot(gain);
-        multiplot.Layout = new ScottPlot.MultiplotLayouts.Columns();
-        AtomicFile.Write(path, tmp => multiplot.SavePng(tmp, 1400, 560));
+        Plots.SideBySide(path, 1400, 560, accuracy, gain);
     }
 
     /// <summary>One panel of rounds.png: a line per series over rounds <paramref name="rounds"/> (missing and non-finite values skipped), a dashed reference line labelled at its left end, integer round ticks, the legend in one row below.</summary>
@@ -276,10 +273,8 @@ internal static class PipelineRounds
         plt.Title(title);
         plt.XLabel("round");
         plt.YLabel(yLabel);
-        plt.ShowLegend(Edge.Bottom);
-        plt.Legend.Orientation = Orientation.Horizontal;
+        Plots.LegendBelow(plt);
         plt.Legend.FontSize = 12;
-        plt.Legend.TightHorizontalWrapping = true;
         return plt;
     }
 }

@@ -51,10 +51,9 @@ public static class PpoReport
     {
         var path = PolicyPath(metrics, c);
         var final = new PolicyPathPoint(path[^1].Iteration, c.PpoKl, c.PpoGoldStats.Mean, c.PpoScores.Average());
-        var multiplot = new Multiplot(TradeOffPanel("Gold score vs KL (held-out prompts)", "mean gold score per response", path, final, c.BestOfN, p => p.Gold, b => b.Gold));
-        multiplot.AddPlot(TradeOffPanel("Reward-model score vs KL (held-out prompts)", "mean RM score per response", path, final, c.BestOfN, p => p.Score, b => b.Score));
-        multiplot.Layout = new ScottPlot.MultiplotLayouts.Columns();
-        AtomicFile.Write(Path.Combine(folder, "report.png"), tmp => multiplot.SavePng(tmp, 1400, 600));
+        Plots.SideBySide(Path.Combine(folder, "report.png"), 1400, 600,
+            TradeOffPanel("Gold score vs KL (held-out prompts)", "mean gold score per response", path, final, c.BestOfN, p => p.Gold, b => b.Gold),
+            TradeOffPanel("Reward-model score vs KL (held-out prompts)", "mean RM score per response", path, final, c.BestOfN, p => p.Score, b => b.Score));
 
         string F(double x) => x.ToString("F3", CultureInfo.InvariantCulture);
         var (sftMean, sftStd) = c.SftGoldStats;
@@ -143,9 +142,7 @@ public static class PpoReport
         plt.XLabel("KL(π ‖ π_SFT), nats per response");
         plt.YLabel(yLabel);
         plt.Axes.Margins(0.12, 0.15);   // room for the labels beside the outermost points
-        plt.ShowLegend(Edge.Bottom);
-        plt.Legend.Orientation = Orientation.Horizontal;
-        plt.Legend.TightHorizontalWrapping = true;
+        Plots.LegendBelow(plt);
         return plt;
     }
 
