@@ -5,7 +5,8 @@ namespace Rlhf.Training.Ppo;
 /// <summary>
 /// One rollout batch as tensors — the single place where rollouts (plain arrays from the inference side) become tensors.
 /// Layout: prompts left-padded to P, responses right-padded to A, so response position t of every row sits at sequence
-/// position P + t and the logits that predict it at P − 1 + t.
+/// position P + t. No forward reads this padded layout: <see cref="Pack"/> packs the real tokens of the rows
+/// (<see cref="Model.PackedBatch"/>) and maps each response token to the packed position that predicts it.
 /// </summary>
 public sealed class Experience : IDisposable
 {
@@ -15,21 +16,15 @@ public sealed class Experience : IDisposable
     public required Tensor InputIds { get; init; }
     /// <summary>[B, P + A] int64, 1 = real token.</summary>
     public required Tensor AttentionMask { get; init; }
-    /// <summary>[B, P + A] int64 positions (cumsum(mask) − 1, clamped at 0).</summary>
-    public required Tensor PositionIds { get; init; }
     /// <summary>[B, A] int64 response tokens (pad where masked).</summary>
     public required Tensor Responses { get; init; }
     /// <summary>[B, A] float32, 1 = response token.</summary>
     public required Tensor ResponseMask { get; init; }
 
-    /// <summary>log π_old(a_t|s_t) recorded with TorchSharp at rollout time [B, A] (set by the trainer).</summary>
+    /// <summary>log π_old(a_t|s_t) recorded with TorchSharp at rollout time [B, A] (set by <see cref="ExperienceMaker"/>).</summary>
     public Tensor? LogpOld { get; set; }
-    /// <summary>log π_ref(a_t|s_t) [B, A].</summary>
-    public Tensor? LogpRef { get; set; }
     /// <summary>V_old(s_t) [B, A].</summary>
     public Tensor? ValuesOld { get; set; }
-    /// <summary>Per-token rewards [B, A].</summary>
-    public Tensor? Rewards { get; set; }
     /// <summary>GAE advantages [B, A].</summary>
     public Tensor? Advantages { get; set; }
     /// <summary>Returns A + V_old [B, A].</summary>
@@ -48,19 +43,17 @@ public sealed class Experience : IDisposable
         int b = prompts.Count, p = prompts.Max(x => x.Length), a = Math.Max(1, responses.Max(x => x.Length)), s = p + a;
         var ids = new long[b * s];
         var mask = new long[b * s];
-        var pos = new long[b * s];
         var resp = new long[b * a];
         var respMask = new float[b * a];
         for (int i = 0; i < b; i++)
         {
-            int pad = p - prompts[i].Length, n = 0;
+            int pad = p - prompts[i].Length;
             for (int t = 0; t < s; t++)
             {
                 int k = i * s + t;
                 int token = t < pad ? -1 : t < p ? prompts[i][t - pad] : t - p < responses[i].Length ? responses[i][t - p] : -1;
                 ids[k] = token < 0 ? padId : token;
                 mask[k] = token < 0 ? 0 : 1;
-                pos[k] = token < 0 ? 0 : n++;
             }
             for (int t = 0; t < a; t++)
             {
@@ -74,7 +67,6 @@ public sealed class Experience : IDisposable
             PromptLength = p,
             InputIds = tensor(ids, [b, s], device: device),
             AttentionMask = tensor(mask, [b, s], device: device),
-            PositionIds = tensor(pos, [b, s], device: device),
             Responses = tensor(resp, [b, a], device: device),
             ResponseMask = tensor(respMask, [b, a], device: device),
         };
@@ -112,13 +104,10 @@ public sealed class Experience : IDisposable
         PromptLength = PromptLength,
         InputIds = InputIds.index_select(0, index),
         AttentionMask = AttentionMask.index_select(0, index),
-        PositionIds = PositionIds.index_select(0, index),
         Responses = Responses.index_select(0, index),
         ResponseMask = ResponseMask.index_select(0, index),
         LogpOld = LogpOld?.index_select(0, index),
-        LogpRef = LogpRef?.index_select(0, index),
         ValuesOld = ValuesOld?.index_select(0, index),
-        Rewards = Rewards?.index_select(0, index),
         Advantages = Advantages?.index_select(0, index),
         Returns = Returns?.index_select(0, index),
         IsWeights = IsWeights?.index_select(0, index),
@@ -127,7 +116,7 @@ public sealed class Experience : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        foreach (var t in new[] { InputIds, AttentionMask, PositionIds, Responses, ResponseMask, LogpOld, LogpRef, ValuesOld, Rewards, Advantages, Returns, IsWeights })
+        foreach (var t in new[] { InputIds, AttentionMask, Responses, ResponseMask, LogpOld, ValuesOld, Advantages, Returns, IsWeights })
             t?.Dispose();
     }
 }

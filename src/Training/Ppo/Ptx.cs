@@ -13,7 +13,7 @@ namespace Rlhf.Training.Ppo;
 /// predicted exactly once, from the tokens before it in its row. Rows are visited in a seeded random order,
 /// <paramref name="batchSize"/> per batch.
 /// </summary>
-internal sealed class PtxBatches
+public sealed class PtxBatches
 {
     readonly int[][] _rows;
     readonly int[] _order;

@@ -4,7 +4,7 @@ namespace Rlhf.Training.Ppo;
 
 /// <summary>
 /// Per-token PPO rewards from one scalar RM score per sequence (InstructGPT 2022, eq. 2; Ziegler et al. 2019 §2.2;
-/// TRL <c>compute_rewards</c>, OpenRLHF <c>compute_reward</c>), and the score adjustments made before shaping.
+/// TRL <c>compute_rewards</c>, OpenRLHF <c>compute_reward</c>); the score itself comes from <see cref="RewardPipeline"/>.
 /// </summary>
 public static class RewardShaping
 {
@@ -46,82 +46,5 @@ public static class RewardShaping
         var lastIdx = (pos * valid.to_type(ScalarType.Int64)).amax(new long[] { 1 }) - 1;   // [B]
         var hit = pos.sub(1).eq(lastIdx.unsqueeze(1));
         return hit.to_type(mask.dtype);
-    }
-
-    /// <summary>
-    /// Missing-EOS penalty (TRL <c>missing_eos_penalty</c> / InstructGPT's truncated samples): a response that did
-    /// not end with EOS has its score replaced by <paramref name="penalty"/> (TRL subtracts instead; pick
-    /// <paramref name="subtract"/> for that). Others keep their score.
-    /// </summary>
-    /// <param name="scores">RM scores [B]</param>
-    /// <param name="endedWithEos">true where the response ended with EOS [B] (bool)</param>
-    public static Tensor ApplyEosPenalty(Tensor scores, Tensor endedWithEos, double penalty, bool subtract = false)
-    {
-        Shapes.Rank(scores, 1, nameof(scores), "[B]");
-        Shapes.Same(endedWithEos, scores, nameof(endedWithEos), nameof(scores));
-        var ended = endedWithEos.to_type(ScalarType.Bool);
-        var penalised = subtract ? scores - penalty : full_like(scores, penalty);
-        return where(ended, scores, penalised);
-    }
-
-    /// <summary>Clips scores to [−c, c] (OpenRLHF <c>reward_clip_range</c>); c ≤ 0 or ∞ leaves them unchanged.</summary>
-    /// <param name="scores">RM scores [B]</param>
-    public static Tensor Clip(Tensor scores, double c)
-    {
-        Shapes.Rank(scores, 1, nameof(scores), "[B]");
-        return c <= 0 || double.IsPositiveInfinity(c) ? scores.alias() : scores.clamp(-c, c);
-    }
-
-    /// <summary>
-    /// Scales scores by running statistics (TRL/OpenRLHF <c>RunningMoments</c>, "reward scaling" of Engstrom et al. 2020):
-    /// first updates <paramref name="moments"/> with this batch, then returns (s − μ)/σ, or s/σ when
-    /// <paramref name="shiftMean"/> is false.
-    /// </summary>
-    /// <param name="scores">RM scores [B]</param>
-    public static Tensor Normalise(Tensor scores, RunningMoments moments, bool shiftMean = true)
-    {
-        Shapes.Rank(scores, 1, nameof(scores), "[B]");
-        moments.Update(scores.to_type(ScalarType.Float64).cpu().data<double>().ToArray());
-        double std = Math.Max(moments.Std, 1e-8);
-        return shiftMean ? (scores - moments.Mean) / std : scores / std;
-    }
-
-    /// <summary>
-    /// Whitens scores over the batch (TRL <c>whiten</c>): (s − μ_b)/√(σ_b² + 1e-8) with μ_b the mean and σ_b² the
-    /// unbiased variance of the batch.
-    /// </summary>
-    /// <param name="scores">RM scores [B], B ≥ 2</param>
-    public static Tensor WhitenBatch(Tensor scores)
-    {
-        Shapes.Rank(scores, 1, nameof(scores), "[B]");
-        if (scores.shape[0] < 2) throw new ArgumentException($"batch whitening needs at least 2 scores, got {Shapes.Of(scores)}", nameof(scores));
-        var mean = scores.mean();
-        var variance = scores.var();   // unbiased
-        return (scores - mean) * (variance + 1e-8).rsqrt();
-    }
-
-    /// <summary>
-    /// The sequence scores PPO turns into rewards, in OpenRLHF's order: r (already on the normalised scale where
-    /// <see cref="ScoreNormalization.Sft"/> applies: gain·r_raw + bias, <see cref="RewardModel.RewardNormalization.Apply"/>) → missing-EOS penalty
-    /// (<see cref="ApplyEosPenalty"/>: replace with p, or subtract |p|) → normalisation (<see cref="Normalise"/> with
-    /// running moments, or <see cref="WhitenBatch"/>) → <see cref="Clip"/> to ±c.
-    /// </summary>
-    /// <param name="rm">reward-model scores [B]</param>
-    /// <param name="endedWithEos">true where the response ended with EOS [B] (bool)</param>
-    /// <param name="moments">running statistics, updated by this batch (required for <see cref="ScoreNormalization.Running"/>)</param>
-    public static Tensor Scores(Tensor rm, Tensor endedWithEos, double? eosPenalty, EosPenaltyMode mode,
-                                ScoreNormalization normalization, RunningMoments? moments, double clip)
-    {
-        var s = eosPenalty is double p
-            ? ApplyEosPenalty(rm, endedWithEos, mode == EosPenaltyMode.Subtract ? Math.Abs(p) : p, subtract: mode == EosPenaltyMode.Subtract)
-            : rm.alias();
-        var n = normalization switch
-        {
-            ScoreNormalization.None or ScoreNormalization.Auto or ScoreNormalization.Sft => s,   // sft: applied to r before
-            ScoreNormalization.Running => Normalise(s, moments ?? throw new ArgumentNullException(nameof(moments), "running normalisation needs its moments")),
-            ScoreNormalization.Batch => WhitenBatch(s),
-            _ => throw new ArgumentOutOfRangeException(nameof(normalization), normalization, null),
-        };
-        return Clip(n, clip);
     }
 }

@@ -48,7 +48,7 @@ public sealed class CriticScaleTests
 
         var cfg = new PpoConfig { SftModel = sft, RmModel = rm };
         using var folded = LlamaForSequenceClassification.FromPretrained(rm, CPU, ScalarType.Float32, scoreBias: true);
-        PpoTrainer.FoldIntoCritic(folded, cfg, calibration: null);
+        RewardPipeline.FoldIntoCritic(folded, cfg, calibration: null);
         using var raw = LlamaForSequenceClassification.FromPretrained(rm, CPU, ScalarType.Float32);
         double foldedMean = MeanLastTokenValue(folded), rawMean = MeanLastTokenValue(raw);
 
@@ -64,9 +64,9 @@ public sealed class CriticScaleTests
     {
         var first = new RewardNormalization(2, -1, 0, 0);
         var second = new RewardNormalization(0.5, 3, 0, 0);
-        var (g, b) = PpoTrainer.Compose(first, second);
+        var (g, b) = RewardPipeline.Compose(first, second);
         foreach (double x in new[] { -1.5, 0, 2.25 })
             Assert.Equal(second.Apply(first.Apply(x)), g * x + b, 12);
-        Assert.Equal((2.0, -1.0), PpoTrainer.Compose(first, null));
+        Assert.Equal((2.0, -1.0), RewardPipeline.Compose(first, null));
     }
 }

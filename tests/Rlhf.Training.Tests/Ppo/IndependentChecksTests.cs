@@ -98,7 +98,6 @@ public sealed class IndependentChecksTests
         // prompts of 3 and 1 tokens (left-padded to P = 3), responses of 2 and 3 tokens (right-padded to A = 3)
         using var exp = Experience.Build([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], padId: 0, CPU);
         Assert.Equal(new long[] { 5, 6, 7, 9, 10, 0, 0, 0, 8, 11, 12, 13 }, exp.InputIds.data<long>().ToArray());
-        Assert.Equal(new long[] { 0, 1, 2, 3, 4, 0, 0, 0, 0, 1, 2, 3 }, exp.PositionIds.data<long>().ToArray());
         // a per-position tensor holding 100·row + position: the slice is positions P − 1 + t = 2, 3, 4
         var perPosition = (arange(2).unsqueeze(1) * 100 + arange(6).unsqueeze(0)).to_type(ScalarType.Float32);
         Assert.Equal([2f, 3f, 4f, 102f, 103f, 104f], Flat(ResponseSlice(exp, perPosition)));
@@ -123,12 +122,12 @@ public sealed class IndependentChecksTests
         {
             var (packed, index) = exp.Pack();   // what PPO runs: rows packed without padding, the LM head on response positions only
             using var _p = packed;
-            values = Flat(PpoTrainer.ResponseValues(critic, exp, packed, index));
-            logp = Flat(LogProbs.OfTokens(PpoTrainer.ResponseLogits(actor, exp, packed, index), exp.Responses));
+            values = Flat(ExperienceMaker.ResponseValues(critic, exp, packed, index));
+            logp = Flat(LogProbs.OfTokens(ExperienceMaker.ResponseLogits(actor, exp, packed, index), exp.Responses));
             // the padded layout gives the same numbers at every response token
             float[] real = Flat(exp.ResponseMask);
-            float[] paddedValues = Flat(ResponseSlice(exp, critic.Values(exp.InputIds, exp.AttentionMask, exp.PositionIds)));
-            float[] paddedLogp = Flat(LogProbs.OfTokens(ResponseSlice(exp, actor.Forward(exp.InputIds, exp.AttentionMask, exp.PositionIds)), exp.Responses));
+            float[] paddedValues = Flat(ResponseSlice(exp, critic.Values(exp.InputIds, exp.AttentionMask, PositionIds.FromAttentionMask(exp.AttentionMask))));
+            float[] paddedLogp = Flat(LogProbs.OfTokens(ResponseSlice(exp, actor.Forward(exp.InputIds, exp.AttentionMask, PositionIds.FromAttentionMask(exp.AttentionMask))), exp.Responses));
             for (int k = 0; k < real.Length; k++)
                 if (real[k] != 0)
                 {

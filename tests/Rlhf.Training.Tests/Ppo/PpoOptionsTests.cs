@@ -35,7 +35,7 @@ public sealed class PpoOptionsTests
     static float[] Shaped(float[] rm, bool[] eos, double? penalty, EosPenaltyMode mode, ScoreNormalization n, double clip, RunningMoments? moments = null)
     {
         using var _ = NewDisposeScope();
-        return Flat(RewardShaping.Scores(tensor(rm), tensor(eos), penalty, mode, n, moments, clip));
+        return Flat(RewardPipeline.Scores(tensor(rm), tensor(eos), penalty, mode, n, moments, clip));
     }
 
     [Fact]

@@ -55,22 +55,22 @@ public sealed class RewardShapingTests
         using var _ = NewDisposeScope();
         var scores = tensor(new float[] { 1f, 2f, 3f });
         var ended = tensor(new[] { true, false, true });
-        Close([1f, -1f, 3f], Flat(RewardShaping.ApplyEosPenalty(scores, ended, -1)), 0);
-        Close([1f, 3f, 3f], Flat(RewardShaping.ApplyEosPenalty(scores, ended, -1, subtract: true)), 0);  // 2 − (−1)
+        Close([1f, -1f, 3f], Flat(RewardPipeline.ApplyEosPenalty(scores, ended, -1)), 0);
+        Close([1f, 3f, 3f], Flat(RewardPipeline.ApplyEosPenalty(scores, ended, -1, subtract: true)), 0);  // 2 − (−1)
     }
 
     [Fact]
     public void ClipAndNormaliseWithRunningMoments()
     {
         using var _ = NewDisposeScope();
-        Close([-2f, 0.5f, 2f], Flat(RewardShaping.Clip(tensor(new float[] { -7f, 0.5f, 3f }), 2)), 0);
-        Close([-7f, 3f], Flat(RewardShaping.Clip(tensor(new float[] { -7f, 3f }), 0)), 0);
+        Close([-2f, 0.5f, 2f], Flat(RewardPipeline.Clip(tensor(new float[] { -7f, 0.5f, 3f }), 2)), 0);
+        Close([-7f, 3f], Flat(RewardPipeline.Clip(tensor(new float[] { -7f, 3f }), 0)), 0);
 
         var moments = new RunningMoments();
         // batch {1, 3}: mean 2, unbiased var 2 → (x − 2)/√2
-        Close([-0.707107f, 0.707107f], Flat(RewardShaping.Normalise(tensor(new float[] { 1f, 3f }), moments)), 1e-5);
+        Close([-0.707107f, 0.707107f], Flat(RewardPipeline.Normalise(tensor(new float[] { 1f, 3f }), moments)), 1e-5);
         // after {5}: values {1, 3, 5}: mean 3, var 4 → 5/2 without shift
-        Close([2.5f], Flat(RewardShaping.Normalise(tensor(new float[] { 5f }), moments, shiftMean: false)), 1e-6);
+        Close([2.5f], Flat(RewardPipeline.Normalise(tensor(new float[] { 5f }), moments, shiftMean: false)), 1e-6);
     }
 
     [Fact]

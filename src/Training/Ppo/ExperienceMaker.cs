@@ -1,0 +1,111 @@
+using Rlhf.Training.Model;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.Ppo;
+
+/// <summary>Figures of one batch of experience (the iteration's <c>objective/*</c>, <c>val/*</c>, <c>rollout/*</c> metrics).</summary>
+/// <param name="Kl">mean over rows of Σ_t kl_t to π_ref (the KL estimator's), nats per response</param>
+/// <param name="Entropy">mean over rows of −Σ_t log π_old(a_t|s_t)</param>
+/// <param name="Scores">mean sequence score PPO used</param>
+/// <param name="RmScores">mean RM score (calibrated)</param>
+/// <param name="RlhfReward">Scores − β·Kl</param>
+/// <param name="EosFraction">share of responses that ended with EOS</param>
+/// <param name="ResponseLength">mean response tokens</param>
+/// <param name="ValueMean">masked mean of V_old</param>
+/// <param name="ReturnMean">masked mean of the returns</param>
+/// <param name="ExplainedVariance">1 − Var(returns − V_old)/Var(returns)</param>
+/// <param name="RolloutLogprobMismatch">mean |log π_engine − log π_TorchSharp| over response tokens (NaN when the engine records none)</param>
+/// <param name="IsWeightMean">mean truncated importance weight (<see cref="Tis"/>)</param>
+/// <param name="IsWeightClipFrac">share of tokens whose weight was truncated (0 without a cap)</param>
+public sealed record ExperienceStats(double Kl, double Entropy, double Scores, double RmScores, double RlhfReward, double EosFraction,
+    double ResponseLength, double ValueMean, double ReturnMean, double ExplainedVariance, double RolloutLogprobMismatch,
+    double IsWeightMean, double IsWeightClipFrac);
+
+/// <summary>
+/// The experience phase, without gradients: the scored rollouts become tensors (<see cref="Experience.Build"/>), then
+/// log π_old (TorchSharp, logits / T), log π_ref and V_old over the response tokens, per-token rewards
+/// r_t = −β·kl_t (+ score at the last token, <see cref="RewardShaping.PerToken"/>), GAE advantages (<see cref="Gae"/>;
+/// whitened when asked) and returns = A + V_old from the unwhitened advantages, and the truncated importance weights
+/// between engine and trainer (<see cref="Tis"/>, applied only when <c>tis_cap</c> &gt; 0).
+/// </summary>
+public sealed class ExperienceMaker(PpoModels models, PpoConfig cfg)
+{
+    /// <summary>The experience of <paramref name="scored"/> under KL coefficient <paramref name="beta"/>, and its figures.</summary>
+    public (Experience Experience, ExperienceStats Stats) Make(ScoredRollouts scored, double beta)
+    {
+        var rolled = scored.Rollouts;
+        var exp = Experience.Build(rolled.PromptIds, [.. rolled.Results.Select(x => x.ResponseIds)], models.PadId, models.Device);
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var (logp, logpRef, values) = ForwardAll(models, exp, cfg.Temperature, cfg.MiniBatch);
+        exp.LogpOld = logp.MoveToOuterDisposeScope();
+        exp.ValuesOld = values.MoveToOuterDisposeScope();
+        var scores = tensor(scored.Scores, device: models.Device);
+        var (rewards, klPerToken) = RewardShaping.PerToken(scores, logp, logpRef, exp.ResponseMask, beta, cfg.KlEstimator);
+        var (adv, ret) = Gae.Compute(rewards, values, exp.ResponseMask, cfg.Gamma, cfg.Lambda);
+        exp.Returns = ret.MoveToOuterDisposeScope();
+        exp.Advantages = (cfg.WhitenAdvantages ? Masked.Whiten(adv, exp.ResponseMask) : adv.alias()).MoveToOuterDisposeScope();
+
+        double kl = klPerToken.sum(1).mean().item<float>();
+        var (logpRollout, recorded) = Tis.RolloutLogProbs([.. rolled.Results.Select(x => x.LogProbs)], logp);
+        double mismatch = recorded ? Masked.Mean((logpRollout - logp).abs(), exp.ResponseMask).item<float>() : double.NaN;
+        var (w, wMean, wClip) = Tis.Weights(logp, logpRollout, exp.ResponseMask, cfg.TisCap > 0 ? cfg.TisCap : double.PositiveInfinity);
+        if (cfg.TisCap > 0) exp.IsWeights = w.MoveToOuterDisposeScope();
+        var stats = new ExperienceStats(
+            Kl: kl,
+            Entropy: (-logp * exp.ResponseMask).sum(1).mean().item<float>(),
+            Scores: scored.Scores.Average(),
+            RmScores: scored.RmScores.Average(),
+            RlhfReward: scored.Scores.Average() - beta * kl,
+            EosFraction: scored.EndedWithEos.Count(x => x) / (double)scored.EndedWithEos.Length,
+            ResponseLength: rolled.Results.Average(x => x.ResponseIds.Length),
+            ValueMean: Masked.Mean(values, exp.ResponseMask).item<float>(),
+            ReturnMean: Masked.Mean(ret, exp.ResponseMask).item<float>(),
+            ExplainedVariance: ExplainedVariance.Compute(values, ret, exp.ResponseMask),
+            RolloutLogprobMismatch: mismatch,
+            IsWeightMean: wMean,
+            IsWeightClipFrac: wClip);   // 0 without a cap: no ratio exceeds +∞
+        return (exp, stats);
+    }
+
+    /// <summary>
+    /// Logits [B, A, V] of the positions that predict the response tokens: the trunk runs over the rows packed without
+    /// padding (<see cref="Experience.Pack"/>), the LM head only over the response-predicting positions (with a 49k
+    /// vocabulary the head is a fifth of a 135M model's matmuls, and the prompt positions' logits are never read).
+    /// </summary>
+    public static Tensor ResponseLogits(LlamaForCausalLM model, Experience mb, PackedBatch packed, Tensor index) =>
+        model.Logits(mb.PackedResponses(model.HiddenStates(packed), index));
+
+    /// <summary>V(s_t) [B, A] of the states before each response token, from the packed rows.</summary>
+    public static Tensor ResponseValues(LlamaForSequenceClassification critic, Experience mb, PackedBatch packed, Tensor index) =>
+        mb.PackedResponses(critic.Values(packed), index);
+
+    /// <summary>log π, log π_ref and V [B, A] over the response positions of <paramref name="exp"/> (0 at padding), in chunks of rows.</summary>
+    public static (Tensor Logp, Tensor LogpRef, Tensor Values) ForwardAll(PpoModels models, Experience exp, double temperature, int chunk)
+    {
+        var logps = new List<Tensor>();
+        var refs = new List<Tensor>();
+        var vals = new List<Tensor>();
+        for (long i = 0; i < exp.Rows; i += chunk)
+        {
+            using var scope = NewDisposeScope();
+            using var idx = arange(i, Math.Min(exp.Rows, i + chunk), dtype: ScalarType.Int64, device: models.Device);
+            using var mb = exp.Select(idx);
+            var (packed, index) = mb.Pack();
+            using var _ = packed;
+            var lp = LogProbs.OfTokens(Temperature.Scale(ResponseLogits(models.Actor, mb, packed, index), temperature), mb.Responses);
+            var lr = LogProbs.OfTokens(Temperature.Scale(ResponseLogits(models.Reference, mb, packed, index), temperature), mb.Responses);
+            var v = ResponseValues(models.Critic, mb, packed, index);
+            logps.Add(lp.MoveToOuterDisposeScope());
+            refs.Add(lr.MoveToOuterDisposeScope());
+            vals.Add(v.MoveToOuterDisposeScope());
+        }
+        Tensor Cat(List<Tensor> parts)
+        {
+            var c = cat(parts, 0);
+            foreach (var p in parts) p.Dispose();
+            return c;
+        }
+        return (Cat(logps) * exp.ResponseMask, Cat(refs) * exp.ResponseMask, Cat(vals) * exp.ResponseMask);
+    }
+}
