@@ -80,6 +80,9 @@ public static class ConfigLoader
     /// <summary>The config as indented snake_case JSON (written next to every stage output).</summary>
     public static string ToJson<T>(T config) => JsonSerializer.Serialize(config, Json);
 
+    /// <summary>An enum value as config files spell it (snake_case: <c>dr_grpo</c>).</summary>
+    public static string EnumName<T>(T value) where T : struct, Enum => JsonSerializer.Serialize(value, Json).Trim('"');
+
     static void CheckKey(string key, JsonObject known, string source, string section)
     {
         if (!known.ContainsKey(key))

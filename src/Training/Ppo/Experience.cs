@@ -23,11 +23,15 @@ public sealed class Experience : IDisposable
 
     /// <summary>log π_old(a_t|s_t) recorded with TorchSharp at rollout time [B, A] (set by <see cref="ExperienceMaker"/>).</summary>
     public Tensor? LogpOld { get; set; }
-    /// <summary>V_old(s_t) [B, A].</summary>
+    /// <summary>log π_ref(a_t|s_t) [B, A], kept only where the KL enters the loss (<see cref="AdvantageEstimators.KlInLoss"/>).</summary>
+    public Tensor? LogpRef { get; set; }
+    /// <summary>The KL coefficient β the experience was made with.</summary>
+    public double KlCoef { get; set; }
+    /// <summary>V_old(s_t) [B, A]; null without a critic.</summary>
     public Tensor? ValuesOld { get; set; }
-    /// <summary>GAE advantages [B, A].</summary>
+    /// <summary>Advantages [B, A] (GAE's, or a critic-free estimator's, <see cref="AdvantageEstimators"/>).</summary>
     public Tensor? Advantages { get; set; }
-    /// <summary>Returns A + V_old [B, A].</summary>
+    /// <summary>Value targets A + V_old [B, A]; null without a critic.</summary>
     public Tensor? Returns { get; set; }
     /// <summary>Truncated importance weights min(π_old/π_rollout, C) [B, A] (<see cref="Tis.Weights"/>); null = not applied.</summary>
     public Tensor? IsWeights { get; set; }
@@ -107,6 +111,8 @@ public sealed class Experience : IDisposable
         Responses = Responses.index_select(0, index),
         ResponseMask = ResponseMask.index_select(0, index),
         LogpOld = LogpOld?.index_select(0, index),
+        LogpRef = LogpRef?.index_select(0, index),
+        KlCoef = KlCoef,
         ValuesOld = ValuesOld?.index_select(0, index),
         Advantages = Advantages?.index_select(0, index),
         Returns = Returns?.index_select(0, index),
@@ -116,7 +122,7 @@ public sealed class Experience : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        foreach (var t in new[] { InputIds, AttentionMask, Responses, ResponseMask, LogpOld, ValuesOld, Advantages, Returns, IsWeights })
+        foreach (var t in new[] { InputIds, AttentionMask, Responses, ResponseMask, LogpOld, LogpRef, ValuesOld, Advantages, Returns, IsWeights })
             t?.Dispose();
     }
 }

@@ -71,6 +71,14 @@ public sealed record PpoConfig
     public int PtxBatchSize { get; init; } = 8;
     /// <summary>Tokens per ptx row (packed documents; every token after a row's first is predicted).</summary>
     public int PtxSeqLen { get; init; } = 64;
+    /// <summary>
+    /// gae (PPO with a critic, the default), rloo, grpo, dr_grpo or reinforce_pp (<see cref="Ppo.AdvantageEstimator"/>); the
+    /// critic-free ones build, train, checkpoint and export no critic. rloo, grpo and dr_grpo compare the
+    /// <see cref="NSamplesPerPrompt"/> samples of each prompt; grpo and dr_grpo put the KL (k3, coefficient β) in the loss instead of the rewards.
+    /// </summary>
+    public AdvantageEstimator AdvantageEstimator { get; init; } = AdvantageEstimator.Gae;
+    /// <summary>Samples per prompt (k): each iteration takes rollout_batch / k prompts and samples each k times (rloo, grpo and dr_grpo need k ≥ 2).</summary>
+    public int NSamplesPerPrompt { get; init; } = 1;
     /// <summary>GAE discount γ.</summary>
     public double Gamma { get; init; } = 1.0;
     /// <summary>GAE λ (0 = one-step TD, 1 = Monte Carlo).</summary>
@@ -87,7 +95,7 @@ public sealed record PpoConfig
     public double KlHorizon { get; init; } = 1000;
     /// <summary>Stop an iteration's epochs early when the minibatch approx KL exceeds this (0 = never).</summary>
     public double EarlyStopKl { get; init; }
-    /// <summary>Whiten advantages over valid tokens.</summary>
+    /// <summary>Whiten advantages over valid tokens (gae; reinforce_pp always normalises over the batch, the group estimators never).</summary>
     public bool WhitenAdvantages { get; init; } = true;
     /// <summary>Penalty for responses that end without EOS (null = keep the RM score); see <see cref="MissingEosPenaltyMode"/>.</summary>
     public double? MissingEosPenalty { get; init; } = -2.0;
@@ -176,6 +184,9 @@ public sealed record PpoConfig
         if (string.IsNullOrWhiteSpace(Out)) e.Add("out must be a folder");
         if (Iterations < 1 || RolloutBatch < 1 || PpoEpochs < 1 || MiniBatch < 1 || GradAccum < 1) e.Add("iterations, rollout_batch, ppo_epochs, mini_batch and grad_accum must be ≥ 1");
         if (RolloutBatch % MiniBatch != 0) e.Add($"rollout_batch ({RolloutBatch}) must be a multiple of mini_batch ({MiniBatch})");
+        if (NSamplesPerPrompt < 1 || RolloutBatch % NSamplesPerPrompt != 0) e.Add($"n_samples_per_prompt ({NSamplesPerPrompt}) must be ≥ 1 and divide rollout_batch ({RolloutBatch})");
+        if (AdvantageEstimator is AdvantageEstimator.Rloo or AdvantageEstimator.Grpo or AdvantageEstimator.DrGrpo && NSamplesPerPrompt < 2)
+            e.Add($"advantage_estimator {ConfigLoader.EnumName(AdvantageEstimator)} compares the samples of a prompt: set n_samples_per_prompt ≥ 2");
         if (ActorLr <= 0 || CriticLr <= 0) e.Add("actor_lr and critic_lr must be > 0");
         if (ClipEps <= 0 || ValueClipEps <= 0) e.Add("clip_eps and value_clip_eps must be > 0");
         if (Gamma is < 0 or > 1 || Lambda is < 0 or > 1) e.Add("gamma and lambda must be in [0, 1]");

@@ -33,7 +33,7 @@ public sealed class PpoEvaluation(PpoModels models, RewardPipeline rewards, IRea
             var (lp, lr, v) = ExperienceMaker.ForwardAll(models, exp, cfg.Temperature, cfg.MiniBatch);
             using var k = ((lp - lr) * exp.ResponseMask).sum(1);
             kl = k.mean().item<float>();
-            lp.Dispose(); lr.Dispose(); v.Dispose();
+            lp.Dispose(); lr.Dispose(); v?.Dispose();
         }
         double[] gold = Gold(scored);
         double[] score = [.. scored.RmScores.Select(x => (double)x)];

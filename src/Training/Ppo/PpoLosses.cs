@@ -23,8 +23,11 @@ public static class PpoLosses
     /// <param name="isWeights">optional per-token importance weights w_t ≥ 0 [B, A] (<see cref="Tis.Weights"/>): each token's
     /// term becomes w_t·max(−A·ratio, −A·clip(ratio)); clipFrac and approxKl are unweighted</param>
     /// <returns>scalar loss, and clipFrac, approxKl as scalar tensors without grad</returns>
+    /// <param name="aggregation">how token terms become the loss (<see cref="Aggregate"/>); token mean by default</param>
+    /// <param name="maxTokens">L_max for <see cref="LossAggregation.SequenceMeanTokenSumNorm"/></param>
     public static (Tensor Loss, Tensor ClipFrac, Tensor ApproxKl) Policy(
-        Tensor logp, Tensor logpOld, Tensor advantages, Tensor mask, double clipEps, Tensor? isWeights = null)
+        Tensor logp, Tensor logpOld, Tensor advantages, Tensor mask, double clipEps, Tensor? isWeights = null,
+        LossAggregation aggregation = LossAggregation.TokenMean, int maxTokens = 0)
     {
         Shapes.BA(logp, nameof(logp), (logpOld, nameof(logpOld)), (advantages, nameof(advantages)), (mask, nameof(mask)));
         if (isWeights is not null) Shapes.BA(logp, nameof(logp), (isWeights, nameof(isWeights)));
@@ -38,7 +41,7 @@ public static class PpoLosses
         var pgLosses2 = -adv * ratio.clamp(1 - clipEps, 1 + clipEps);
         var perToken = maximum(pgLosses, pgLosses2);
         if (isWeights is not null) perToken = perToken * Masked.Fill(isWeights.detach(), mask);
-        var loss = Masked.Mean(perToken, mask);
+        var loss = Aggregate(perToken, mask, aggregation, maxTokens);
         using var _ = no_grad();
         var clipFrac = Masked.Mean(pgLosses2.gt(pgLosses).to_type(logp.dtype), mask);
         var approxKl = Masked.Mean(0.5 * logRatio.square(), mask);
@@ -101,4 +104,45 @@ public static class PpoLosses
         Shapes.BA(logpPretrain, nameof(logpPretrain), (maskPretrain, nameof(maskPretrain)));
         return -gammaPtx * Masked.Mean(logpPretrain, maskPretrain);
     }
+
+    /// <summary>
+    /// The KL penalty inside the loss (GRPO, Shao et al. 2024 eq. 3): β·agg(k3_t) with k3 = π_ref/π − log(π_ref/π) − 1
+    /// per token (<see cref="Kl.Estimate"/>), unbiased for KL(π ‖ π_ref) and ≥ 0; its gradient flows through log π.
+    /// </summary>
+    /// <param name="logp">log π(a_t|s_t), with grad [B, A]</param>
+    /// <param name="logpRef">log π_ref(a_t|s_t) [B, A]</param>
+    /// <param name="mask">1 = response token, 0 = padding [B, A]</param>
+    public static Tensor KlPenalty(Tensor logp, Tensor logpRef, Tensor mask, double beta, LossAggregation aggregation, int maxTokens)
+    {
+        Shapes.BA(logp, nameof(logp), (logpRef, nameof(logpRef)), (mask, nameof(mask)));
+        var k3 = Masked.Fill(Kl.Estimate(logp, Masked.Fill(logpRef.detach(), mask), KlEstimator.K3), mask);
+        return beta * Aggregate(k3, mask, aggregation, maxTokens);
+    }
+
+    /// <summary>
+    /// Token terms x [B, A] → one loss: <see cref="LossAggregation.TokenMean"/> Σ x·m / Σ m (TRL, OpenRLHF PPO);
+    /// <see cref="LossAggregation.SequenceMeanTokenMean"/> mean_b(Σ_t x·m / Σ_t m) (GRPO's 1/|o_i|);
+    /// <see cref="LossAggregation.SequenceMeanTokenSumNorm"/> mean_b(Σ_t x·m) / L_max (Dr. GRPO: one constant for every
+    /// length, so long wrong answers are not favoured).
+    /// </summary>
+    public static Tensor Aggregate(Tensor x, Tensor mask, LossAggregation aggregation, int maxTokens) => aggregation switch
+    {
+        LossAggregation.TokenMean => Masked.Mean(x, mask),
+        LossAggregation.SequenceMeanTokenMean => (Masked.Fill(x, mask).sum(1) / mask.sum(1).clamp_min(1)).mean(),
+        LossAggregation.SequenceMeanTokenSumNorm => maxTokens >= 1
+            ? Masked.Fill(x, mask).sum(1).mean() / maxTokens
+            : throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens, "L_max must be ≥ 1"),
+        _ => throw new ArgumentOutOfRangeException(nameof(aggregation)),
+    };
+}
+
+/// <summary>How per-token loss terms are reduced to one number (<see cref="PpoLosses.Aggregate"/>).</summary>
+public enum LossAggregation
+{
+    /// <summary>Mean over every response token of the minibatch.</summary>
+    TokenMean,
+    /// <summary>Mean over sequences of each sequence's token mean (GRPO).</summary>
+    SequenceMeanTokenMean,
+    /// <summary>Mean over sequences of each sequence's token sum, divided by the longest possible response (Dr. GRPO).</summary>
+    SequenceMeanTokenSumNorm,
 }

@@ -22,8 +22,8 @@ public sealed class PpoModels : IDisposable
     public required LlamaForCausalLM Actor { get; init; }
     /// <summary>π_ref, the SFT model, frozen.</summary>
     public required LlamaForCausalLM Reference { get; init; }
-    /// <summary>V_φ, trained.</summary>
-    public required LlamaForSequenceClassification Critic { get; init; }
+    /// <summary>V_φ, trained; null with a critic-free advantage estimator.</summary>
+    public required LlamaForSequenceClassification? Critic { get; init; }
     /// <summary>The rollout engine (ONNX Runtime, GenAI, TorchSharp or remote replicas).</summary>
     public required IRolloutService Rollouts { get; init; }
     /// <summary>The reward service (an ONNX reward model in process, or a remote one).</summary>
@@ -33,8 +33,8 @@ public sealed class PpoModels : IDisposable
 
     /// <summary>
     /// Opens the run's models and services: the actor from <see cref="PpoConfig.PolicyModel"/> (or the SFT model, or
-    /// the checkpoint <paramref name="resumeFrom"/>), the critic from the checkpoint, our RM (its normalisation folded
-    /// in later) or the SFT model with a fresh value head; dropout off for the whole stage (the ratio must compare the
+    /// the checkpoint <paramref name="resumeFrom"/>), the critic (when the advantage estimator needs one) from the checkpoint,
+    /// our RM (its normalisation folded in later) or the SFT model with a fresh value head; dropout off for the whole stage (the ratio must compare the
     /// same function at rollout and update time).
     /// </summary>
     public static PpoModels Open(PpoConfig cfg, Device device, string? resumeFrom)
@@ -44,12 +44,13 @@ public sealed class PpoModels : IDisposable
         var actor = LlamaForCausalLM.FromPretrained(resumeFrom is null ? cfg.PolicyModel ?? cfg.SftModel : Path.Combine(resumeFrom, "actor"), device, ScalarType.Float32);
         var reference = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
         foreach (var p in reference.parameters()) p.requires_grad = false;
-        var critic = resumeFrom is not null
+        var critic = !cfg.AdvantageEstimator.NeedsCritic() ? null
+            : resumeFrom is not null
             ? LlamaForSequenceClassification.FromPretrained(Path.Combine(resumeFrom, "critic"), device, ScalarType.Float32)   // with its score.bias if it has one
             : rmFolder is not null
                 ? LlamaForSequenceClassification.FromPretrained(rmFolder, device, ScalarType.Float32, scoreBias: cfg.FoldRmNormalization)
                 : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
-        if (resumeFrom is null && rmFolder is null)
+        if (critic is not null && resumeFrom is null && rmFolder is null)
             StageLog.Info($"Critic: no rm_model, so it starts from the SFT model {cfg.SftModel} with a fresh value head (N(0, 1/sqrt(H+1)), no bias).");
         var timeout = TimeSpan.FromSeconds(cfg.ServiceTimeoutSeconds);
         var rewards = cfg.RewardUrl is { } url ? InferenceServices.OpenRlhfRewards(url, cfg.ServiceTokenFile, timeout)
@@ -58,10 +59,14 @@ public sealed class PpoModels : IDisposable
         var rollouts = cfg.RolloutEndpoints.Count > 0
             ? InferenceServices.Replicas(cfg.RolloutEndpoints, cfg.ServiceTokenFile, cfg.RolloutShardSize, timeout)
             : InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads, cfg.RolloutPrecision), cfg.RolloutShardSize);
-        actor.Precision = reference.Precision = critic.Precision = cfg.Precision;
+        actor.Precision = reference.Precision = cfg.Precision;
         actor.eval();
         reference.eval();
-        critic.eval();
+        if (critic is not null)
+        {
+            critic.Precision = cfg.Precision;
+            critic.eval();
+        }
         return new PpoModels
         {
             Device = device, Tokenizer = tokenizer, PadId = tokenizer.PadId ?? tokenizer.EosId ?? 0, Actor = actor, Reference = reference, Critic = critic,
@@ -88,6 +93,6 @@ public sealed class PpoModels : IDisposable
         Rewards.Dispose();
         Actor.Dispose();
         Reference.Dispose();
-        Critic.Dispose();
+        Critic?.Dispose();
     }
 }

@@ -57,7 +57,7 @@ public static class PpoTrainer
         if (resumeFrom is null)
         {
             if (RewardPipeline.NeedsSftCalibration(cfg, models.Rewards)) rewards.Calibrate(rollouts.Cycle(cfg.NormalizationSamples, 0x5F7A11));
-            if (cfg.FoldRmNormalization) RewardPipeline.FoldIntoCritic(models.Critic, cfg, rewards.Calibration);
+            if (cfg.FoldRmNormalization && models.Critic is not null) RewardPipeline.FoldIntoCritic(models.Critic, cfg, rewards.Calibration);
         }
         var iteration = new PpoIteration(rollouts, rewards, new ExperienceMaker(models, cfg), learner, weights, kl, s => PpoEvaluation.Gold(s).Average());
         var evaluation = new PpoEvaluation(models, rewards, evalPrompts, cfg);
@@ -89,10 +89,10 @@ public static class PpoTrainer
             }
         });
 
-        // Outputs: the aligned policy as an HF folder (+ ONNX), the critic, metrics, curves, the report.
+        // Outputs: the aligned policy as an HF folder (+ ONNX), the critic (gae), metrics, curves, the report.
         models.Actor.SavePretrained(cfg.Out, ScalarType.Float32);
         TokenizerFiles.Copy(cfg.SftModel, cfg.Out);
-        models.Critic.SavePretrained(Path.Combine(cfg.Out, "critic"), ScalarType.Float32);
+        models.Critic?.SavePretrained(Path.Combine(cfg.Out, "critic"), ScalarType.Float32);
         OnnxExport.ExportStage.AfterStage(models.Actor, cfg.Out, "ppo");
         metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "ppo_config.json"), ConfigLoader.ToJson(cfg));
@@ -104,13 +104,13 @@ public static class PpoTrainer
         return summary;
     }
 
-    /// <summary>The checkpoint: actor (with the tokenizer), critic, both optimizers, the metrics so far and <paramref name="state"/>.</summary>
+    /// <summary>The checkpoint: actor (with the tokenizer), critic (when there is one), the optimizers, the metrics so far and <paramref name="state"/>.</summary>
     static string SaveCheckpoint(PpoConfig cfg, PpoModels models, PpoLearner learner, MetricsTable metrics, PpoState state) =>
         TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
         {
             models.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
             TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
-            models.Critic.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
+            models.Critic?.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
         }, learner.Optimizers, metrics, state);
 
     /// <summary>Whether the held-out RM scores in <paramref name="metrics"/> (and <paramref name="latest"/>, not yet added) have plateaued (<see cref="EarlyStopping"/>).</summary>

@@ -13,7 +13,8 @@ public sealed record RolloutBatch(string[] Prompts, int[][] PromptIds, RolloutRe
 
 /// <summary>
 /// The rollout phase of an iteration: which training prompts iteration <c>it</c> takes (consecutive slices of a seeded
-/// permutation per pass) and one sampled response per prompt from the engine holding the weights of that iteration.
+/// permutation per pass) and <see cref="PpoConfig.NSamplesPerPrompt"/> sampled responses per prompt (k consecutive rows,
+/// each with its own seed) from the engine holding the weights of that iteration.
 /// </summary>
 public sealed class RolloutPhase
 {
@@ -34,7 +35,8 @@ public sealed class RolloutPhase
     /// <summary>Iteration <paramref name="it"/>'s rollouts, sampled from weights version <paramref name="it"/> (iterations done).</summary>
     public RolloutBatch Generate(int it)
     {
-        int[] rows = BatchRows(_prompts.Count, it, _cfg);
+        int k = _cfg.NSamplesPerPrompt;
+        int[] rows = [.. BatchRows(_prompts.Count, it, _cfg.RolloutBatch / k, _cfg.Seed).SelectMany(r => Enumerable.Repeat(r, k))];
         return Sample(_engine, (ulong)it, [.. rows.Select(i => _prompts[i])], [.. rows.Select(i => _promptIds[i])], SamplingSeed(_cfg.Seed, it), _cfg);
     }
 
@@ -45,13 +47,13 @@ public sealed class RolloutPhase
         return Sample(_engine, _engine.WeightsVersion, [.. rows.Select(i => _prompts[i])], [.. rows.Select(i => _promptIds[i])], seed, _cfg);
     }
 
-    /// <summary>Rows of iteration <paramref name="it"/>: consecutive slices of a seeded permutation per pass over the prompts.</summary>
-    public static int[] BatchRows(int promptCount, int it, PpoConfig cfg)
+    /// <summary>The <paramref name="perIteration"/> prompts of iteration <paramref name="it"/>: consecutive slices of a seeded permutation per pass over the prompts.</summary>
+    public static int[] BatchRows(int promptCount, int it, int perIteration, long seed)
     {
-        int perPass = Math.Max(1, promptCount / cfg.RolloutBatch);
+        int perPass = Math.Max(1, promptCount / perIteration);
         int pass = it / perPass, within = it % perPass;
-        int[] order = SftTrainer.Permutation(promptCount, cfg.Seed * 31 + pass);
-        return [.. Enumerable.Range(within * cfg.RolloutBatch, cfg.RolloutBatch).Select(i => order[i % promptCount])];
+        int[] order = SftTrainer.Permutation(promptCount, seed * 31 + pass);
+        return [.. Enumerable.Range(within * perIteration, perIteration).Select(i => order[i % promptCount])];
     }
 
     static ulong SamplingSeed(long seed, int it) => Rng.Mix((ulong)seed ^ Rng.Mix((ulong)it + 0x5EED));
