@@ -33,7 +33,7 @@ public sealed class PpoWiringTests
         {
             Models.Actor.Dispose();
             Models.Reference.Dispose();
-            Models.Critic.Dispose();
+            Models.Critic?.Dispose();
         }
     }
 
@@ -142,6 +142,57 @@ public sealed class PpoWiringTests
         for (int i = 0; i < 2; i++) AssertClose(adv[i], Row(p.Advantages!, i, adv[i].Length), 1e-4, "unwhitened advantages");
     }
 
+    [Theory]
+    [InlineData(AdvantageEstimator.Grpo)]
+    [InlineData(AdvantageEstimator.Rloo)]
+    [InlineData(AdvantageEstimator.ReinforcePp)]
+    public void CriticFreeExperienceHasTheEstimatorsAdvantagesAndNoValues(AdvantageEstimator estimator)
+    {
+        using var f = Models();
+        using var _ = NewDisposeScope();
+        var models = new PpoModels
+        {
+            Device = CPU, Tokenizer = null!, PadId = 0, Actor = f.Models.Actor, Reference = f.Models.Reference, Critic = null, Rollouts = null!, Rewards = null!,
+        };
+        var cfg = Config() with { AdvantageEstimator = estimator, NSamplesPerPrompt = 2 };   // the two rows form one group
+        const double beta = 0.05;
+        using var __ = no_grad();
+        var (lp, _, _) = ByHand(f.Models.Actor, null, cfg.Temperature);
+        var (lr, _, _) = ByHand(f.Models.Reference, null, cfg.Temperature);
+        var (exp, stats) = new ExperienceMaker(models, cfg).Make(Scored(lp), beta);
+        using var e = exp;
+        Assert.Null(e.ValuesOld);
+        Assert.Null(e.Returns);
+        Assert.Null(stats.ExplainedVariance);
+        Assert.Equal(estimator == AdvantageEstimator.Grpo, e.LogpRef is not null);   // grpo keeps log π_ref for the KL in its loss
+        double[][] expected;
+        if (estimator == AdvantageEstimator.Grpo)
+        {
+            double mean = (Scores[0] + Scores[1]) / 2.0, std = Math.Sqrt(Math.Pow(Scores[0] - mean, 2) + Math.Pow(Scores[1] - mean, 2));   // unbiased, k = 2
+            expected = [.. Enumerable.Range(0, 2).Select(i => Enumerable.Repeat((Scores[i] - mean) / (std + 1e-4), Responses[i].Length).ToArray())];
+        }
+        else
+        {
+            // returns-to-go of r_t = −β(log π − log π_ref) + score' at the last token; rloo's score' = s_i − s_other
+            expected = new double[2][];
+            for (int i = 0; i < 2; i++)
+            {
+                double[] logp = D(lp[i]), logpRef = D(lr[i]);
+                int n = logp.Length;
+                double score = estimator == AdvantageEstimator.Rloo ? Scores[i] - Scores[1 - i] : Scores[i];
+                double[] r = [.. logp.Select((x, t) => -beta * (x - logpRef[t]) + (t == n - 1 ? score : 0))];
+                expected[i] = [.. Enumerable.Range(0, n).Select(t => r.Skip(t).Sum())];
+            }
+            if (estimator == AdvantageEstimator.ReinforcePp)
+            {
+                double[] all = [.. expected.SelectMany(x => x)];
+                double mean = all.Average(), var = all.Sum(x => (x - mean) * (x - mean)) / (all.Length - 1);
+                expected = [.. expected.Select(row => row.Select(x => (x - mean) / Math.Sqrt(var + 1e-8)).ToArray())];
+            }
+        }
+        for (int i = 0; i < 2; i++) AssertClose(expected[i], Row(e.Advantages!, i, expected[i].Length), 1e-4, $"{estimator} advantages");
+    }
+
     [Fact]
     public void MinibatchLossAndGradientEqualTheHandAssembledObjective()
     {
@@ -156,7 +207,7 @@ public sealed class PpoWiringTests
         e.LogpOld = e.LogpOld! + tensor(new float[] { 0.4f, -0.05f, -0.3f, 0.1f, 0, 0 }, [2, 3]) * e.ResponseMask;
         e.ValuesOld = e.ValuesOld! + tensor(new float[] { 0.5f, 0, -0.3f, 0.1f, -0.6f, 0 }, [2, 3]) * e.ResponseMask;
         using var learner = new PpoLearner(f.Models, cfg, ptx: null);
-        var parameters = f.Models.Actor.parameters().Concat(f.Models.Critic.parameters()).ToArray();
+        var parameters = f.Models.Actor.parameters().Concat(f.Models.Critic!.parameters()).ToArray();
 
         var loss = learner.Loss(e, ptxBatch: null);
         loss.Total.backward();
@@ -186,10 +237,10 @@ public sealed class PpoWiringTests
         var handEnt = entSum / 5;
         var handTotal = handPg - cfg.EntropyCoef * handEnt + cfg.VfCoef * handVf;
         Assert.Equal(handPg.item<float>(), loss.Policy.item<float>(), 4);
-        Assert.Equal(handVf.item<float>(), loss.Value.item<float>(), 4);
+        Assert.Equal(handVf.item<float>(), loss.Value!.item<float>(), 4);
         Assert.Equal(handEnt.item<float>(), loss.Entropy!.item<float>(), 4);
         Assert.Equal(handTotal.item<float>(), loss.Total.item<float>(), 4);
-        Assert.True(loss.ClipFrac.item<float>() > 0 && loss.ValueClipFrac.item<float>() > 0, "both clips must bite for the comparison to cover them");
+        Assert.True(loss.ClipFrac.item<float>() > 0 && loss.ValueClipFrac!.item<float>() > 0, "both clips must bite for the comparison to cover them");
         handTotal.sum().backward();
         for (int k = 0; k < parameters.Length; k++)
         {
@@ -226,8 +277,8 @@ public sealed class PpoWiringTests
             l.Total.backward(retain_graph: true);
             return [.. m.parameters().Select(q => q.grad!.clone())];
         }
-        var criticWith = Grads(with, f.Models.Critic);
-        var criticWithout = Grads(without, f.Models.Critic);
+        var criticWith = Grads(with, f.Models.Critic!);
+        var criticWithout = Grads(without, f.Models.Critic!);
         Assert.All(criticWith.Zip(criticWithout), g => Assert.True(g.First.allclose(g.Second, rtol: 1e-5, atol: 1e-7)));
         var actorWith = Grads(with, f.Models.Actor);
         var actorWithout = Grads(without, f.Models.Actor);
@@ -263,7 +314,7 @@ public sealed class PpoWiringTests
         using var f = Models();
         using var _ = NewDisposeScope();
         var cfg = Config() with { Precision = Precision.Bf16 };
-        f.Models.Actor.Precision = f.Models.Reference.Precision = f.Models.Critic.Precision = Precision.Bf16;
+        f.Models.Actor.Precision = f.Models.Reference.Precision = f.Models.Critic!.Precision = Precision.Bf16;
         // the reference starts as the actor (the SFT model): copy the actor's weights into it
         using (no_grad())
             foreach (var (dst, src) in f.Models.Reference.parameters().Zip(f.Models.Actor.parameters())) dst.copy_(src);
