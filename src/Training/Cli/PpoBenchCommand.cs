@@ -13,7 +13,7 @@ namespace Rlhf.Training.Cli;
 
 /// <summary>
 /// <c>rlhf bench ppo</c>: seconds per phase of one PPO iteration (generate, score, experience, train, sync) for each
-/// trainer precision × rollout precision, per model config. The models are random (the point is cost): a fresh policy
+/// advantage estimator × trainer precision × rollout precision, per model config. The models are random (the point is cost): a fresh policy
 /// with a tokenizer trained on the default task, and a reward model from it with a fresh head, exported to ONNX.
 /// The second of two iterations is timed (the first pays for warm-up).
 /// </summary>
@@ -30,9 +30,11 @@ internal static class PpoBenchCommand
         var epochs = new Option<int>("--ppo-epochs") { Description = "Passes over the rollouts per iteration.", DefaultValueFactory = _ => 1 };
         var newTokens = new Option<int>("--max-new-tokens") { Description = "Response length cap.", DefaultValueFactory = _ => 32 };
         var threads = new Option<int>("--threads") { Description = "Threads (0 = all cores).", DefaultValueFactory = _ => 0 };
-        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (keys iteration_seconds.<fp32|bf16>.<fp32|int8>.<config>, phase_seconds.<phase>.<precision>.<rollout precision>.<config>)." };
+        var estimators = new Option<string>("--estimators") { Description = "Comma-separated advantage estimators to time (gae, rloo, grpo, dr_grpo, reinforce_pp); the critic-free ones sample --n-samples-per-prompt responses per prompt.", DefaultValueFactory = _ => "gae" };
+        var samples = new Option<int>("--n-samples-per-prompt") { Description = "Samples per prompt for the critic-free estimators (gae samples one).", DefaultValueFactory = _ => 4 };
+        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (keys iteration_seconds.<fp32|bf16>.<fp32|int8>.<config>, phase_seconds.<phase>.<precision>.<rollout precision>.<config>; a critic-free estimator's keys end in .<estimator>)." };
         var cmd = new Command("ppo", "Seconds per phase of a PPO iteration for fp32/bf16 training × fp32/int8 rollouts, per model config (random weights).")
-            { configs, batch, miniBatch, epochs, newTokens, threads, json };
+            { configs, batch, miniBatch, epochs, newTokens, threads, estimators, samples, json };
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var names = r.GetValue(configs)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -41,7 +43,9 @@ internal static class PpoBenchCommand
                 RolloutBatch = r.GetValue(batch), MiniBatch = Math.Min(r.GetValue(miniBatch), r.GetValue(batch)), PpoEpochs = r.GetValue(epochs),
                 MaxNewTokens = r.GetValue(newTokens), Threads = r.GetValue(threads),
             };
-            var figures = Run(names, settings, Console.Out);
+            var list = r.GetValue(estimators)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(e => ConfigLoader.FromJson<PpoConfig>(new System.Text.Json.Nodes.JsonObject { ["advantage_estimator"] = e }, "--estimators").AdvantageEstimator).ToList();
+            var figures = Run(names, settings, Console.Out, list, r.GetValue(samples));
             if (r.GetValue(json) is string file)
                 BenchFigures.Write(file, figures);
             return 0;
@@ -49,12 +53,17 @@ internal static class PpoBenchCommand
         return cmd;
     }
 
-    /// <summary>Runs every config × precision × rollout precision; <paramref name="settings"/> gives the batch shape and threads.</summary>
-    public static SortedDictionary<string, double> Run(IReadOnlyList<string> configNames, PpoConfig settings, TextWriter w)
+    /// <summary>
+    /// Runs every config × estimator × precision × rollout precision; <paramref name="settings"/> gives the batch shape and
+    /// threads, <paramref name="samplesPerPrompt"/> the k of the critic-free estimators (same responses per iteration).
+    /// </summary>
+    public static SortedDictionary<string, double> Run(IReadOnlyList<string> configNames, PpoConfig settings, TextWriter w,
+        IReadOnlyList<AdvantageEstimator>? estimators = null, int samplesPerPrompt = 4)
     {
+        estimators ??= [AdvantageEstimator.Gae];
         var figures = new SortedDictionary<string, double>(StringComparer.Ordinal);
         w.WriteLine($"one PPO iteration: {settings.RolloutBatch} rollouts of up to {settings.MaxNewTokens} tokens, {settings.PpoEpochs} epoch(s) of minibatches of {settings.MiniBatch}; seconds per phase");
-        w.WriteLine($"{"config",-8} {"train",5} {"rollout",7} | {string.Join(" ", Phases.Select(p => $"{p,10}"))} | {"iteration",9} {"speed-up",8}");
+        w.WriteLine($"{"config",-8} {"estimator",12} {"train",5} {"rollout",7} | {string.Join(" ", Phases.Select(p => $"{p,10}"))} | {"iteration",9} {"speed-up",8}");
         foreach (string name in configNames)
         {
             string root = Directory.CreateTempSubdirectory("rlhf-bench-ppo-").FullName;
@@ -62,23 +71,26 @@ internal static class PpoBenchCommand
             {
                 var (sft, rm) = RandomModels(name, root, settings.Threads);
                 double baseline = 0;
+                foreach (var estimator in estimators)
                 foreach (var precision in new[] { Precision.Fp32, Precision.Bf16 })
                     foreach (var rollout in new[] { RolloutPrecision.Fp32, RolloutPrecision.Int8 })
                     {
                         var cfg = settings with
                         {
+                            AdvantageEstimator = estimator, NSamplesPerPrompt = estimator.NeedsCritic() ? 1 : samplesPerPrompt,
                             Out = Path.Combine(root, $"ppo-{precision}-{rollout}"), SftModel = sft, RmModel = null, RewardModel = rm,
                             RewardNormalization = ScoreNormalization.None, Iterations = 2, EvalPrompts = 4, EvalEvery = 100, CheckpointEvery = 0,
                             DefaultPrompts = Math.Max(64, 2 * settings.RolloutBatch), BestOfN = [1], Precision = precision, RolloutPrecision = rollout,
                         };
                         PpoTrainer.Train(cfg, new RunControl { Progress = false });
                         var last = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv")).Rows[^1];
-                        string p = precision.ToString().ToLowerInvariant(), rp = ExportNames.Name(rollout);
+                        string p = precision.ToString().ToLowerInvariant(), rp = ExportNames.Name(rollout), est = ConfigLoader.EnumName(estimator);
+                        string suffix = estimator == AdvantageEstimator.Gae ? "" : "." + est;
                         double total = Phases.Sum(ph => last["time/" + ph]);
-                        foreach (var ph in Phases) figures[$"phase_seconds.{ph}.{p}.{rp}.{name}"] = last["time/" + ph];
-                        figures[$"iteration_seconds.{p}.{rp}.{name}"] = total;
+                        foreach (var ph in Phases) figures[$"phase_seconds.{ph}.{p}.{rp}.{name}{suffix}"] = last["time/" + ph];
+                        figures[$"iteration_seconds.{p}.{rp}.{name}{suffix}"] = total;
                         if (baseline == 0) baseline = total;
-                        w.WriteLine($"{name,-8} {p,5} {rp,7} | {string.Join(" ", Phases.Select(ph => $"{last["time/" + ph],10:F2}"))} | {total,9:F2} {baseline / total,7:F2}x");
+                        w.WriteLine($"{name,-8} {est,12} {p,5} {rp,7} | {string.Join(" ", Phases.Select(ph => $"{last["time/" + ph],10:F2}"))} | {total,9:F2} {baseline / total,7:F2}x");
                         Directory.Delete(cfg.Out, true);
                     }
             }

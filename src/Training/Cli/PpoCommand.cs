@@ -22,12 +22,14 @@ internal static class PpoCommand
         var rolloutEndpoints = new Option<string?>("--rollout-endpoints") { Description = "Comma-separated rollout replicas (rlhf serve rollout), e.g. http://127.0.0.1:7001,http://127.0.0.1:7002, or dns:///name:port (re-resolved every iteration, one replica per address); they generate instead of the in-process engine." };
         var rewardUrl = new Option<string?>("--reward-url") { Description = "An external OpenRLHF-style reward server, the full URL (e.g. http://127.0.0.1:5000/get_reward): POST {query, prompts} -> {rewards}; deadlines and bounded retries (service_timeout_seconds)." };
         var rewardEndpoint = new Option<string?>("--reward-endpoint") { Description = "A reward replica (rlhf serve reward), e.g. http://127.0.0.1:7101; it scores instead of the in-process scorer." };
+        var estimator = new Option<string?>("--advantage-estimator") { Description = "gae (PPO with a critic, default), rloo, grpo, dr_grpo or reinforce_pp (critic-free: no critic is trained or written)." };
+        var samples = new Option<int?>("--n-samples-per-prompt") { Description = "Samples per prompt k; each iteration takes rollout_batch / k prompts (rloo, grpo and dr_grpo need k ≥ 2)." };
         var cmd = new Command("ppo",
             "PPO as in InstructGPT: rollouts on ONNX Runtime, rewards −β·KL per token plus the RM score at the last token, GAE, " +
-            "clipped policy and value losses, optional PPO-ptx, in-memory weight sync after every update. Writes the aligned policy " +
-            "(HF folder + onnx/), critic/, metrics.csv, reward.png, kl.png, losses.png, report.md, report.png and summary.json.");
+            "clipped policy and value losses (or a critic-free estimator: rloo, grpo, dr_grpo, reinforce_pp), optional PPO-ptx, " +
+            "in-memory weight sync after every update. Writes the aligned policy (HF folder + onnx/), critic/ (gae), metrics.csv, reward.png, kl.png, losses.png, report.md, report.png and summary.json.");
         common.AddTo(cmd);
-        foreach (Option o in new Option[] { sft, rm, reward, template, prompts, iterations, engine, rolloutEndpoints, rewardEndpoint, rewardUrl }) cmd.Options.Add(o);
+        foreach (Option o in new Option[] { sft, rm, reward, template, prompts, iterations, engine, rolloutEndpoints, rewardEndpoint, rewardUrl, estimator, samples }) cmd.Options.Add(o);
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var overrides = common.Overrides(r);
@@ -38,6 +40,8 @@ internal static class PpoCommand
             if (r.GetValue(prompts) is string p) overrides.Add($"prompts_file={StageOptions.Quote(p)}");
             if (r.GetValue(iterations) is int n) overrides.Add($"iterations={n}");
             if (r.GetValue(engine) is string e) overrides.Add($"engine={StageOptions.Quote(e)}");
+            if (r.GetValue(estimator) is string est) overrides.Add($"advantage_estimator={StageOptions.Quote(est)}");
+            if (r.GetValue(samples) is int k) overrides.Add($"n_samples_per_prompt={k}");
             if (r.GetValue(rolloutEndpoints) is string re)
                 overrides.Add("rollout_endpoints=" + System.Text.Json.JsonSerializer.Serialize(re.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)));
             if (r.GetValue(rewardEndpoint) is string we) overrides.Add($"reward_endpoint={StageOptions.Quote(we)}");
