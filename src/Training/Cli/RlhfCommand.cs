@@ -26,6 +26,7 @@ internal static class RlhfCommand
             SftCommand.Create(),
             RmCommand.Create(),
             PpoCommand.Create(),
+            DpoCommand.Create(),
             PipelineCommand.Create(),
             GenerateCommand.Create(),
             DataCommand.Create(),

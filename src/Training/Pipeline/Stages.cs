@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Rlhf.Training.Common;
+using Rlhf.Training.Dpo;
 using Rlhf.Training.Ppo;
 using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
@@ -15,7 +16,7 @@ namespace Rlhf.Training.Pipeline;
 /// </summary>
 public interface IStage
 {
-    /// <summary>"sft", "rm", "ppo" or "pipeline".</summary>
+    /// <summary>"sft", "rm", "ppo", "dpo" or "pipeline".</summary>
     string Name { get; }
     /// <summary>The output folder.</summary>
     string Out { get; }
@@ -29,7 +30,7 @@ public interface IStage
 public static class Stages
 {
     /// <summary>Stage names, in pipeline order.</summary>
-    public static readonly IReadOnlyList<string> Names = ["sft", "rm", "ppo", "pipeline"];
+    public static readonly IReadOnlyList<string> Names = ["sft", "rm", "ppo", "dpo", "pipeline"];
 
     /// <summary>
     /// The stage <paramref name="name"/> with <paramref name="config"/> over its defaults, validated. Unknown keys and
@@ -40,6 +41,7 @@ public static class Stages
         "sft" => Of(Validated(ConfigLoader.FromJson<SftConfig>(config, "config"), c => c.Validate())),
         "rm" => Of(Validated(ConfigLoader.FromJson<RmConfig>(config, "config"), c => c.Validate())),
         "ppo" => Of(Validated(ConfigLoader.FromJson<PpoConfig>(config, "config"), c => c.Validate())),
+        "dpo" => Of(Validated(ConfigLoader.FromJson<DpoConfig>(config, "config"), c => c.Validate())),
         "pipeline" => Of(Validated(ConfigLoader.FromJson<PipelineConfig>(config, "config"), c =>
         {
             c.Validate();
@@ -59,6 +61,9 @@ public static class Stages
     /// <summary>The PPO stage.</summary>
     public static IStage Of(PpoConfig config) =>
         new ConfigStage<PpoConfig>("ppo", config, c => c.Out, (c, o) => c with { Out = o }, (c, r) => Node(PpoTrainer.Train(c, r)));
+    /// <summary>The DPO stage.</summary>
+    public static IStage Of(DpoConfig config) =>
+        new ConfigStage<DpoConfig>("dpo", config, c => c.Out, (c, o) => c with { Out = o }, (c, r) => Node(DpoTrainer.Run(c, r)));
     /// <summary>The pipeline (SFT → RM → PPO).</summary>
     public static IStage Of(PipelineConfig config) =>
         new ConfigStage<PipelineConfig>("pipeline", config, c => c.Out, (c, o) => c with { Out = o }, (c, r) => PipelineRunner.Run(c, r));

@@ -346,7 +346,7 @@ public static class RmTrainer
         return order.Skip(within * cfg.PromptsPerBatch).Take(cfg.PromptsPerBatch).Select(i => train[i]).ToArray();
     }
 
-    static RmData LabelFresh(RmConfig cfg, TextTokenizer tokenizer, Device device)
+    internal static RmData LabelFresh(RmConfig cfg, TextTokenizer tokenizer, Device device)
     {
         if (cfg.RankingsFile is not null || cfg.PairsFile is not null) return RmData.Load(cfg, (_, _, _) => []);
         using var policy = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
@@ -358,7 +358,7 @@ public static class RmTrainer
     }
 
     /// <summary>On resume, the labelled data written by the first run (the same comparisons, no re-sampling).</summary>
-    static RmData Reload(RmConfig cfg)
+    internal static RmData Reload(RmConfig cfg)
     {
         if (cfg.RankingsFile is not null || cfg.PairsFile is not null) return RmData.Load(cfg, (_, _, _) => []);
         var train = DataFiles.ReadRanked(Path.Combine(cfg.Out, "rankings.jsonl")).Records.Select(RmGroup.FromRanked).ToList();
