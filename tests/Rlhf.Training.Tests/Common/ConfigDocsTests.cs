@@ -68,6 +68,9 @@ public sealed class ConfigDocsTests
     public void PpoKeys() => ListsExactlyTheRecordsKeys("PPO", new PpoConfig());
 
     [Fact]
+    public void DpoKeys() => ListsExactlyTheRecordsKeys("DPO", new Rlhf.Training.Dpo.DpoConfig());
+
+    [Fact]
     public void PipelineKeys() => ListsExactlyTheRecordsKeys("Pipeline", new PipelineConfig());
 
     /// <summary>Each listed key, set to its listed default by an override, loads (an unknown key would throw).</summary>
@@ -84,6 +87,7 @@ public sealed class ConfigDocsTests
         EveryListedKeyLoads("SFT", new SftConfig());
         EveryListedKeyLoads("RM", new RmConfig());
         EveryListedKeyLoads("PPO", new PpoConfig());
+        EveryListedKeyLoads("DPO", new Rlhf.Training.Dpo.DpoConfig());
         EveryListedKeyLoads("Pipeline", new PipelineConfig());
     }
 }
