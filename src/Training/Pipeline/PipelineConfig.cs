@@ -1,3 +1,4 @@
+using Rlhf.Training.Dpo;
 using Rlhf.Training.Ppo;
 using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
@@ -21,6 +22,12 @@ public sealed record PipelineConfig
     public int Rounds { get; init; } = 1;
     /// <summary>Prompts labelled in each round after the first (K policy samples each, ranked by the annotators).</summary>
     public int RoundPrompts { get; init; } = 2000;
+    /// <summary>
+    /// What follows SFT: ppo (RM, then PPO with a critic), rloo, grpo, dr_grpo or reinforce_pp (RM, then the PPO stage
+    /// with that critic-free estimator: <see cref="PpoConfig.AdvantageEstimator"/>, at least 4 samples per prompt for the
+    /// group estimators unless ppo.n_samples_per_prompt says otherwise), or dpo (no RM: DPO on the labelled comparisons).
+    /// </summary>
+    public PipelineAlgorithm Algorithm { get; init; } = PipelineAlgorithm.Ppo;
     /// <summary>Seed for every stage.</summary>
     public long Seed { get; init; } = 1;
     /// <summary>cpu or cuda, for every stage.</summary>
@@ -33,6 +40,23 @@ public sealed record PipelineConfig
     public RmConfig Rm { get; init; } = new();
     /// <summary>PPO settings (its out, sft_model, rm_model, seed, device and threads come from the pipeline).</summary>
     public PpoConfig Ppo { get; init; } = new();
+    /// <summary>DPO settings, used with algorithm dpo (its out, sft_model, seed, device and threads come from the pipeline).</summary>
+    public DpoConfig Dpo { get; init; } = new();
+
+    /// <summary>The PPO stage's settings for <see cref="Algorithm"/>: its advantage estimator, and k = 4 for the group estimators when k is 1.</summary>
+    public PpoConfig PpoForAlgorithm()
+    {
+        var estimator = Algorithm switch
+        {
+            PipelineAlgorithm.Rloo => AdvantageEstimator.Rloo,
+            PipelineAlgorithm.Grpo => AdvantageEstimator.Grpo,
+            PipelineAlgorithm.DrGrpo => AdvantageEstimator.DrGrpo,
+            PipelineAlgorithm.ReinforcePp => AdvantageEstimator.ReinforcePp,
+            _ => Ppo.AdvantageEstimator,
+        };
+        bool groups = estimator is AdvantageEstimator.Rloo or AdvantageEstimator.Grpo or AdvantageEstimator.DrGrpo;
+        return Ppo with { AdvantageEstimator = estimator, NSamplesPerPrompt = groups && Ppo.NSamplesPerPrompt == 1 ? 4 : Ppo.NSamplesPerPrompt };
+    }
 
     /// <summary>
     /// Refuses stage keys that the pipeline sets itself (each stage's out, seed, device, threads, and the model folders
@@ -45,11 +69,13 @@ public sealed record PipelineConfig
         SftConfig sft = new();
         RmConfig rm = new();
         PpoConfig ppo = new();
+        DpoConfig dpo = new();
         foreach (var (name, o, seed, device, threads) in new[]
                  {
                      ("sft", Sft.Out != sft.Out, Sft.Seed != sft.Seed, Sft.Device != sft.Device, Sft.Threads != sft.Threads),
                      ("rm", Rm.Out != rm.Out, Rm.Seed != rm.Seed, Rm.Device != rm.Device, Rm.Threads != rm.Threads),
                      ("ppo", Ppo.Out != ppo.Out, Ppo.Seed != ppo.Seed, Ppo.Device != ppo.Device, Ppo.Threads != ppo.Threads),
+                     ("dpo", Dpo.Out != dpo.Out, Dpo.Seed != dpo.Seed, Dpo.Device != dpo.Device, Dpo.Threads != dpo.Threads),
                  })
         {
             Owned($"{name}.out", o, $"the stage writes to {name}/ inside the pipeline's out");
@@ -60,6 +86,9 @@ public sealed record PipelineConfig
         Owned("rm.sft_model", Rm.SftModel != rm.SftModel, "use sft_from (--sft-from)");
         Owned("ppo.sft_model", Ppo.SftModel != ppo.SftModel, "use sft_from (--sft-from)");
         Owned("ppo.rm_model", Ppo.RmModel != ppo.RmModel, "use rm_from (--rm-from)");
+        Owned("dpo.sft_model", Dpo.SftModel != dpo.SftModel, "use sft_from (--sft-from)");
+        if (Algorithm == PipelineAlgorithm.Dpo && (Rounds > 1 || RmFrom is not null))
+            e.Add("algorithm dpo trains no reward model and runs once: drop rounds and rm_from");
         Owned("rm.init_model", Rm.InitModel != rm.InitModel, "each round after the first continues from the previous round's RM");
         Owned("ppo.policy_model", Ppo.PolicyModel != ppo.PolicyModel, "each round after the first starts from the previous round's policy");
         if (Rounds < 1) e.Add("rounds must be ≥ 1");
@@ -69,4 +98,21 @@ public sealed record PipelineConfig
             e.Add("rounds > 1 label policy samples with the default task's annotators: drop rm.rankings_file and rm.pairs_file");
         if (e.Count > 0) throw new InvalidDataException("Invalid pipeline config: " + string.Join("; ", e) + ".");
     }
+}
+
+/// <summary>What the pipeline runs after SFT (<see cref="PipelineConfig.Algorithm"/>).</summary>
+public enum PipelineAlgorithm
+{
+    /// <summary>RM, then PPO with a critic (GAE).</summary>
+    Ppo,
+    /// <summary>RM, then RLOO.</summary>
+    Rloo,
+    /// <summary>RM, then GRPO.</summary>
+    Grpo,
+    /// <summary>RM, then Dr. GRPO.</summary>
+    DrGrpo,
+    /// <summary>RM, then REINFORCE++.</summary>
+    ReinforcePp,
+    /// <summary>DPO on the labelled comparisons, no RM.</summary>
+    Dpo,
 }

@@ -121,7 +121,7 @@ internal static class PipelineRounds
         Console.Error.WriteLine($"Round {r}: RM accuracy on the latest policy's held-out samples {accBefore:P1} before retraining, {accAfter:P1} after.");
 
         string ppoFolder = Path.Combine(dir, "ppo");
-        var ppo = cfg.Ppo with
+        var ppo = cfg.PpoForAlgorithm() with
         {
             Out = ppoFolder, SftModel = sftFolder, RmModel = rmFolder, PolicyModel = prevPolicy, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads,
         };

@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Rlhf.Export;
 using Rlhf.Training.Common;
+using Rlhf.Training.Dpo;
 using Rlhf.Training.Ppo;
 using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
@@ -10,7 +11,7 @@ using Rlhf.Training.Sft;
 namespace Rlhf.Training.Pipeline;
 
 /// <summary>
-/// Chains the stages SFT → RM → PPO, then (<see cref="PipelineConfig.Rounds"/> &gt; 1) further RM → PPO rounds
+/// Chains the stages SFT → RM → PPO (or SFT → DPO with <see cref="PipelineAlgorithm.Dpo"/>), then (<see cref="PipelineConfig.Rounds"/> &gt; 1) further RM → PPO rounds
 /// (<see cref="PipelineRounds"/>). A stage whose folder already holds its summary.json is reused, one
 /// with a checkpoint but no summary is resumed, anything else starts fresh; <c>--overwrite</c> reruns everything.
 /// </summary>
@@ -23,7 +24,7 @@ public static class PipelineRunner
         using var log = StageLog.Use(control.Logger);
         // a failed pipeline keeps its stage folders (finished or resumable) and drops a folder with nothing else in it
         return OutputFolder.CleanOnFailure(cfg.Out, () => RunStages(cfg, control),
-            keep: f => new[] { "sft", "rm", "ppo" }.Any(s => Directory.Exists(Path.Combine(f, s))) || Directory.EnumerateDirectories(f, "round*").Any());
+            keep: f => new[] { "sft", "rm", "ppo", "dpo" }.Any(s => Directory.Exists(Path.Combine(f, s))) || Directory.EnumerateDirectories(f, "round*").Any());
     }
 
     static JsonObject RunStages(PipelineConfig cfg, RunControl control)
@@ -42,6 +43,14 @@ public static class PipelineRunner
         }
         else summary["sft"] = ReadSummary(sftFolder);
 
+        if (cfg.Algorithm == PipelineAlgorithm.Dpo)
+        {
+            string dpoFolder = Path.Combine(cfg.Out, "dpo");
+            var dpo = cfg.Dpo with { Out = dpoFolder, SftModel = sftFolder, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads };
+            summary["dpo"] = Stage("DPO", dpoFolder, control, c => JsonSerializer.SerializeToNode(DpoTrainer.Run(dpo, c), ConfigLoader.Json)!);
+            return Finish(cfg, summary, clock);
+        }
+
         string rmFolder = cfg.RmFrom ?? Path.Combine(cfg.Out, "rm");
         if (cfg.RmFrom is null)
         {
@@ -51,12 +60,17 @@ public static class PipelineRunner
         else summary["rm"] = ReadSummary(rmFolder);
 
         string ppoFolder = Path.Combine(cfg.Out, "ppo");
-        var ppo = cfg.Ppo with { Out = ppoFolder, SftModel = sftFolder, RmModel = rmFolder, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads };
+        var ppo = cfg.PpoForAlgorithm() with { Out = ppoFolder, SftModel = sftFolder, RmModel = rmFolder, Seed = cfg.Seed, Device = cfg.Device, Threads = cfg.Threads };
         summary["ppo"] = Stage("PPO", ppoFolder, control, c => JsonSerializer.SerializeToNode(PpoTrainer.Train(ppo, c), ConfigLoader.Json)!);
         if (cfg.Rounds > 1)
             summary["rounds"] = JsonSerializer.SerializeToNode(
                 PipelineRounds.Run(cfg, control, sftFolder, rmFolder, ppoFolder, summary["rm"]!, summary["ppo"]!), ConfigLoader.Json);
 
+        return Finish(cfg, summary, clock);
+    }
+
+    static JsonObject Finish(PipelineConfig cfg, JsonObject summary, Stopwatch clock)
+    {
         summary["seconds"] = clock.Elapsed.TotalSeconds;
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), summary.ToJsonString(ConfigLoader.Json));
         return summary;

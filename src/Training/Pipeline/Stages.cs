@@ -47,7 +47,8 @@ public static class Stages
             c.Validate();
             c.Sft.Validate();
             c.Rm.Validate();
-            c.Ppo.Validate();
+            c.PpoForAlgorithm().Validate();
+            c.Dpo.Validate();
         })),
         _ => throw new ArgumentException($"Unknown stage '{name}'; use one of {string.Join(", ", Names)}."),
     };

@@ -127,6 +127,33 @@ public sealed class PipelineTests
     }
 
     [Fact]
+    public void AlgorithmChoosesWhatFollowsSft()
+    {
+        var shared = SftTrainerTests.Shared.Config;
+        string dir = Directory.CreateTempSubdirectory().FullName;
+        string cfgFile = Path.Combine(dir, "pipeline.json");
+        File.WriteAllText(cfgFile, ConfigLoader.ToJson(Tiny("ignored") with
+        {
+            Dpo = new Rlhf.Training.Dpo.DpoConfig { TrainPrompts = 8, EvalPrompts = 4, K = 2, MaxNewTokens = 6, MaxSeqLen = 40, PromptsPerBatch = 4, PolicyEvalPrompts = 4 },
+        }));
+
+        // dpo: no reward model, no PPO; the DPO stage starts from the SFT model and its summary is the pipeline's dpo section
+        string a = Path.Combine(dir, "a");
+        Assert.Equal(0, RlhfCommand.Run(["pipeline", "--config", cfgFile, "--out", a, "--sft-from", shared.Out, "--algorithm", "dpo"]));
+        Assert.Equal(["dpo"], Directory.GetDirectories(a).Select(Path.GetFileName));
+        Assert.Equal(shared.Out, Json(Path.Combine(a, "dpo", "dpo_config.json"))["sft_model"]!.GetValue<string>());
+        Assert.Equal("dpo", Json(Path.Combine(a, "summary.json"))["dpo"]!["stage"]!.GetValue<string>());
+
+        // grpo: the PPO stage with that estimator, four samples per prompt, and no critic
+        string b = Path.Combine(dir, "b");
+        Assert.Equal(0, RlhfCommand.Run(["pipeline", "--config", cfgFile, "--out", b, "--sft-from", shared.Out, "--algorithm", "grpo"]));
+        var ppoConfig = Json(Path.Combine(b, "ppo", "ppo_config.json"));
+        Assert.Equal(("grpo", 4), (ppoConfig["advantage_estimator"]!.GetValue<string>(), ppoConfig["n_samples_per_prompt"]!.GetValue<int>()));
+        Assert.False(Directory.Exists(Path.Combine(b, "ppo", "critic")));
+        Assert.NotEqual(0, RlhfCommand.Run(["pipeline", "--config", cfgFile, "--out", Path.Combine(dir, "c"), "--algorithm", "dpo", "--rounds", "2"]));
+    }
+
+    [Fact]
     public void SftFromAndRmFromUseExistingFolders()
     {
         var shared = SftTrainerTests.Shared.Config;
