@@ -28,6 +28,7 @@ internal static class RlhfCommand
             PpoCommand.Create(),
             DpoCommand.Create(),
             PipelineCommand.Create(),
+            CompareCommand.Create(),
             GenerateCommand.Create(),
             DataCommand.Create(),
             ScoreCommand.Create(),
