@@ -20,6 +20,8 @@ public static class HttpErrors
         try { await body(); }
         catch (BadRequest e) { await Write(ctx, 400, e.Message, param: e.Param); }
         catch (JsonException e) { await Write(ctx, 400, "Malformed JSON body: " + e.Message); }
+        // System.Text.Json checks UTF-8 inside strings only when it reads them: invalid bytes there are the client's
+        catch (InvalidOperationException e) when (e.TargetSite?.Module.Assembly == typeof(JsonElement).Assembly) { await Write(ctx, 400, "Malformed JSON body: " + e.Message); }
         catch (ArgumentException e) { await Write(ctx, 400, e.Message); }
         catch (Services.WeightsVersionMismatchException e) { await Write(ctx, 409, e.Message, "conflict_error"); }
         catch (TimeoutException e) { await Write(ctx, 504, e.Message, "timeout_error"); }

@@ -276,8 +276,8 @@ static class RewardEndpoints
 
     /// <summary>
     /// Each query is prompt + response as one text; with <c>prompts</c> the query is split after its prompt (which must
-    /// be its prefix; the space that joins them is dropped), without them the whole query is scored as the prompt with
-    /// an empty response.
+    /// be its prefix; the space that joins them is dropped), without them each query is scored as one text (an empty
+    /// prompt and the query as the response, as <c>rlhf score</c> scores a text with an empty prompt).
     /// </summary>
     static async Task GetReward(HttpContext ctx, RewardReplica replica)
     {
@@ -298,7 +298,7 @@ static class RewardEndpoints
         var requests = new RewardRequest[queries.Length];
         for (int i = 0; i < queries.Length; i++)
         {
-            if (prompts is null) { requests[i] = new RewardRequest(queries[i], ""); continue; }
+            if (prompts is null) { requests[i] = new RewardRequest("", queries[i]); continue; }   // one text, as `rlhf score` with an empty prompt
             if (!queries[i].StartsWith(prompts[i], StringComparison.Ordinal))
                 throw new BadRequest($"query[{i}] does not start with prompts[{i}]; each query must be its prompt followed by the response.", "prompts");
             requests[i] = new RewardRequest(prompts[i], queries[i][prompts[i].Length..].TrimStart());

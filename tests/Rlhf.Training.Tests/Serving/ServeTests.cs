@@ -327,6 +327,10 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
         using var scorer = RewardScorer.Load(fx.Models.Reward, new RewardScorerOptions { Threads = 1 });
         Assert.Equal(scorer.Score([.. prompts.Select((p, i) => new RewardRequest(p, responses[i]))]), rewards);
         Assert.Equal(rewards, body["scores"]!.AsArray().Select(x => (float)x!));
+        // without prompts each query is one text, scored as `rlhf score` scores a text with an empty prompt
+        (status, body) = await Post(http, "/get_reward", JsonSerializer.Serialize(new { query = queries }));
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(scorer.Score([.. queries.Select(q => new RewardRequest("", q))]), body!["rewards"]!.AsArray().Select(x => (float)x!));
 
         foreach (string bad in new[]
         {
