@@ -8,11 +8,11 @@ namespace Rlhf.Inference.Serving;
 /// </summary>
 public static class ServeCommand
 {
-    /// <summary>The <c>serve</c> command with its two sub-commands (for <c>rlhf serve</c>).</summary>
-    public static Command Create()
+    /// <summary>The <c>serve</c> command with its two sub-commands (for <c>rlhf serve</c>, which exports an HF <c>--model</c> folder with <paramref name="exportHf"/>).</summary>
+    public static Command Create(Func<string, string>? exportHf = null)
     {
         var serve = new Command("serve", "Run an inference replica: a rollout replica (gRPC + OpenAI-compatible HTTP) or a reward replica (gRPC + OpenRLHF's /get_reward).");
-        serve.Subcommands.Add(Rollout());
+        serve.Subcommands.Add(Rollout(exportHf));
         serve.Subcommands.Add(Reward());
         return serve;
     }
@@ -35,9 +35,14 @@ public static class ServeCommand
     static Option<int> ThreadsOption() => new("--threads") { Description = "ONNX Runtime intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
     static Option<string?> TokenOption() => new("--token-file") { Description = "File holding a bearer token; then every call but health checks must send 'Authorization: Bearer <token>'." };
 
-    static Command Rollout()
+    static Command Rollout(Func<string, string>? exportHf = null)
     {
-        var model = new Option<string>("--model") { Description = "ONNX policy folder (genai_config.json, model.onnx, tokenizer files), as rlhf export --kind policy writes.", Required = true };
+        var model = new Option<string>("--model")
+        {
+            Description = "The policy: an ONNX folder (genai_config.json, model.onnx, tokenizer files, as rlhf export writes), a stage folder (its onnx/), or an HF model folder" +
+                          (exportHf is null ? " once exported (rlhf export)." : " (exported to a temporary folder first)."),
+            Required = true,
+        };
         var port = PortOption();
         var host = HostOption();
         var threads = ThreadsOption();
@@ -52,7 +57,7 @@ public static class ServeCommand
             var options = new RolloutServeOptions
             {
                 Model = r.GetValue(model)!, Port = r.GetValue(port), Host = r.GetValue(host)!, Threads = r.GetValue(threads), TokenFile = r.GetValue(token),
-                Engine = r.GetValue(engine) == "genai" ? ServeEngine.Genai : ServeEngine.Ort, MaxBatch = r.GetValue(maxBatch),
+                Engine = r.GetValue(engine) == "genai" ? ServeEngine.Genai : ServeEngine.Ort, MaxBatch = r.GetValue(maxBatch), ExportHfFolder = exportHf,
             };
             return ServeHost.Run(ServeHost.BuildRollout(options), $"rollout replica of {options.Model}", options.Host, options.Port);
         }));

@@ -32,7 +32,8 @@ public static class ServeHost
     {
         options.Validate();
         string? token = ServeChecks.ReadToken(options.TokenFile);
-        string folder = Path.GetFullPath(options.Model);
+        string requested = Path.GetFullPath(options.Model);
+        string folder = Path.GetFullPath(options.PolicyFolder());
         TextTokenizer? tokenizer;
         try { tokenizer = TextTokenizer.Load(folder); }
         catch (FileNotFoundException) { tokenizer = null; }   // ids in, ids out
@@ -53,7 +54,7 @@ public static class ServeHost
                 Console.Error.WriteLine("rlhf-serve: warning: " + chatProblem);
             }
         }
-        var replica = new RolloutReplica(engine, tokenizer, ModelName(folder), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem);
+        var replica = new RolloutReplica(engine, tokenizer, ModelName(requested), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem);
         var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica));
         app.MapGrpcService<RolloutGrpcService>();
         OpenAiEndpoints.Map(app);

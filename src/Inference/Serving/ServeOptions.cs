@@ -12,8 +12,14 @@ public enum ServeEngine
 /// <summary>Settings of <c>serve rollout</c>.</summary>
 public sealed record RolloutServeOptions
 {
-    /// <summary>ONNX policy folder (genai_config.json + model.onnx + tokenizer files).</summary>
+    /// <summary>
+    /// The policy: an ONNX folder (genai_config.json + model.onnx + tokenizer files), a stage folder holding one in
+    /// <c>onnx/</c> (what <c>rlhf sft</c>, <c>ppo</c> and <c>dpo</c> write), or an HF model folder (exported by
+    /// <see cref="ExportHfFolder"/>; see <see cref="PolicyFolder"/>).
+    /// </summary>
     public required string Model { get; init; }
+    /// <summary>Exports an HF model folder to a temporary ONNX folder and returns it (<c>rlhf serve</c> has one; <c>rlhf-serve</c>, without TorchSharp, does not).</summary>
+    public Func<string, string>? ExportHfFolder { get; init; }
     /// <summary>TCP port (gRPC and HTTP on the same port).</summary>
     public required int Port { get; init; }
     /// <summary>Address to listen on: 127.0.0.1 (this machine only), or 0.0.0.0 / :: (every interface, e.g. in a pod).</summary>
@@ -31,8 +37,25 @@ public sealed record RolloutServeOptions
     public RolloutServeOptions Validate()
     {
         ServeChecks.Common(Host, Port, Threads, TokenFile, MaxBatch);
-        if (!Directory.Exists(Model)) throw new ArgumentException($"--model '{Model}' is not a folder; give an ONNX policy folder (rlhf export --kind policy).");
+        if (!Directory.Exists(Model)) throw new ArgumentException($"--model '{Model}' is not a folder; give an ONNX policy folder, a stage folder (its onnx/) or an HF model folder.");
         return this;
+    }
+
+    /// <summary>
+    /// The ONNX folder that serves <see cref="Model"/>: an ONNX folder as it is; a stage folder's <c>onnx/</c>; an HF model
+    /// folder (config.json + safetensors) through <see cref="ExportHfFolder"/>, or, without one, an error that says how to export it.
+    /// </summary>
+    public string PolicyFolder()
+    {
+        static bool IsOnnx(string f) => File.Exists(Path.Combine(f, "model.onnx")) || File.Exists(Path.Combine(f, "genai_config.json"));
+        if (IsOnnx(Model)) return Model;
+        string stage = Path.Combine(Model, "onnx");
+        if (IsOnnx(stage)) return stage;
+        if (File.Exists(Path.Combine(Model, "config.json")) && Directory.EnumerateFiles(Model, "*.safetensors").Any())
+            return ExportHfFolder?.Invoke(Model) ?? throw new ArgumentException(
+                $"--model '{Model}' is an HF model folder without an ONNX export: export it (rlhf export --model {Model} --out {Path.Combine(Model, "onnx")}) " +
+                "or serve it with `rlhf serve rollout`, which exports it first.");
+        throw new ArgumentException($"--model '{Model}' holds no model.onnx, genai_config.json, onnx/ folder or HF model (config.json + safetensors).");
     }
 }
 

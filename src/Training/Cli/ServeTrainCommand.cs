@@ -1,5 +1,9 @@
 using System.CommandLine;
+using Rlhf.Export;
+using Rlhf.Training.Model;
+using Rlhf.Training.OnnxExport;
 using Rlhf.Training.Service;
+using static TorchSharp.torch;
 
 namespace Rlhf.Training.Cli;
 
@@ -9,10 +13,27 @@ internal static class ServeTrainCommand
     /// <summary>The <c>serve</c> command with <c>rollout</c>, <c>reward</c> and <c>train</c>.</summary>
     public static Command Serve()
     {
-        var serve = Rlhf.Inference.Serving.ServeCommand.Create();
+        var serve = Rlhf.Inference.Serving.ServeCommand.Create(ExportForServing);
         serve.Description = "Run a service: an inference replica (rollout: gRPC + OpenAI-compatible HTTP; reward: gRPC + OpenRLHF's /get_reward) or the training server (train: runs submitted over HTTP/gRPC).";
         serve.Subcommands.Add(Create());
         return serve;
+    }
+
+    /// <summary>
+    /// An HF model folder exported (the default rollout graph, no parity check) to a temporary folder that is deleted
+    /// when the process exits, for <c>rlhf serve rollout --model</c>.
+    /// </summary>
+    static string ExportForServing(string folder)
+    {
+        string temp = Path.Combine(Path.GetTempPath(), $"rlhf-serve-{Guid.NewGuid():N}");
+        Console.Error.WriteLine($"rlhf serve: {folder} is an HF model folder; exporting it to {temp} (deleted at exit).");
+        using (var lm = LlamaForCausalLM.FromPretrained(folder, CPU, ScalarType.Float32))
+            ExportStage.ExportPolicy(lm, temp, ExportStage.DefaultGraph(lm.Config), new ExportOptions { TokenizerFolder = folder, Stage = "serve" }, parity: false);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            try { Directory.Delete(temp, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        };
+        return temp;
     }
 
     internal static Command Create()
