@@ -71,6 +71,9 @@ public sealed class ReplicaProcess : IDisposable
         }
     }
 
+    /// <summary>Waits up to <paramref name="timeout"/> for the process to exit; its exit code, or null when it still runs.</summary>
+    public int? WaitForExit(TimeSpan timeout) => _process.WaitForExit(timeout) ? _process.ExitCode : null;
+
     /// <summary>Kills the process (SIGKILL, this process only) and waits for it.</summary>
     public void Kill()
     {

@@ -35,7 +35,13 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
         if (requests.Count > maxBatch)
             throw new ArgumentException($"The request asks for {requests.Count} sequences; this replica takes at most {maxBatch} per request (--max-batch). Split it.");
         Interlocked.Increment(ref _queued);
-        try { return await engine.GenerateAsync(requests, call, cancellationToken); }
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        try
+        {
+            var results = await engine.GenerateAsync(requests, call, cancellationToken);
+            ServeMetrics.Generated(results, clock.Elapsed);
+            return results;
+        }
         finally { Interlocked.Decrement(ref _queued); }
     }
 
@@ -58,7 +64,12 @@ public sealed class RewardReplica(IRewardService scorer, string modelName, int m
         if (requests.Count > maxBatch)
             throw new ArgumentException($"The request holds {requests.Count} texts; this replica takes at most {maxBatch} per request (--max-batch). Split it.");
         await _gate.WaitAsync(cancellationToken);
-        try { return await Task.Run(() => scorer.Score(requests), cancellationToken); }
+        try
+        {
+            var scores = await Task.Run(() => scorer.Score(requests), cancellationToken);
+            ServeMetrics.ScoredTexts(scores.Length);
+            return scores;
+        }
         finally { _gate.Release(); }
     }
 

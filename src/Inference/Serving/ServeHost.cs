@@ -13,6 +13,8 @@ using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Trace;
 using Rlhf.Inference.Reward;
 using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Services;
@@ -22,8 +24,10 @@ namespace Rlhf.Inference.Serving;
 
 /// <summary>
 /// The Kestrel host of a rollout or reward replica: one port (on 127.0.0.1 unless told otherwise) serving gRPC (HTTP/2 with prior knowledge)
-/// and HTTP/1.1 JSON side by side, <c>grpc.health.v1</c>, and a bearer token on everything but health when a token file
-/// is given.
+/// and HTTP/1.1 JSON side by side, <c>grpc.health.v1</c>, <c>GET /health</c> (liveness), <c>GET /ready</c> (readiness:
+/// the model loaded and the server not draining), <c>GET /metrics</c> (Prometheus text of <see cref="ServeMetrics"/>),
+/// traces over OTLP when <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> is set, and a bearer token on everything but health, readiness
+/// and metrics when a token file is given. SIGTERM drains: /ready turns 503, new connections stop, calls in flight finish.
 /// </summary>
 public static class ServeHost
 {
@@ -55,7 +59,9 @@ public static class ServeHost
             }
         }
         var replica = new RolloutReplica(engine, tokenizer, ModelName(requested), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem);
-        var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica));
+        ServeMetrics.Observe(replica);
+        var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica),
+            () => new Dictionary<string, object> { ["model"] = replica.ModelName, ["weights_version"] = replica.Engine.WeightsVersion, ["queued"] = replica.Queued });
         app.MapGrpcService<RolloutGrpcService>();
         OpenAiEndpoints.Map(app);
         app.Lifetime.ApplicationStopped.Register(replica.Dispose);
@@ -69,7 +75,8 @@ public static class ServeHost
         string? token = ServeChecks.ReadToken(options.TokenFile);
         var scorer = RewardScorer.Load(options.RewardModel, new RewardScorerOptions { Threads = options.Threads });
         var replica = new RewardReplica(scorer, ModelName(Path.GetFullPath(options.RewardModel)), options.MaxBatch);
-        var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica));
+        var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica),
+            () => new Dictionary<string, object> { ["model"] = replica.ModelName });
         app.MapGrpcService<RewardGrpcService>();
         RewardEndpoints.Map(app);
         app.Lifetime.ApplicationStopped.Register(replica.Dispose);
@@ -91,7 +98,8 @@ public static class ServeHost
     /// The shared host (also of <c>rlhf serve train</c>): Kestrel on <paramref name="host"/> with gRPC and HTTP/1.1 on one
     /// port, <c>grpc.health.v1</c>, and the bearer token on everything but health when <paramref name="token"/> is given.
     /// </summary>
-    public static WebApplication Build(string host, int port, string? token, Action<IServiceCollection> register)
+    /// <param name="readiness">what <c>GET /ready</c> reports beside <c>ready</c> (model, weights version, ...)</param>
+    public static WebApplication Build(string host, int port, string? token, Action<IServiceCollection> register, Func<IReadOnlyDictionary<string, object>>? readiness = null)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();
@@ -111,11 +119,25 @@ public static class ServeHost
             o.MaxReceiveMessageSize = 8 << 20;   // weight chunks are <= 1 MiB; shards of prompts are small
             o.EnableDetailedErrors = true;
         });
+        var telemetry = builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(ServeMetrics.MeterName).AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0));
+        if (!string.IsNullOrEmpty(Environment.GetEnvironmentVariable("OTEL_EXPORTER_OTLP_ENDPOINT")))
+            telemetry.WithTracing(t => t.AddSource(ReplicaPool.Trace.Name).AddOtlpExporter());
         builder.Services.AddGrpcHealthChecks().AddCheck("engine", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy());
         register(builder.Services);
         var app = builder.Build();
+        app.Use(CountRequests);
         if (token is not null) app.Use(Authenticate(token));
         app.MapGrpcHealthChecksService();
+        app.MapGet("/health", () => Results.Json(new { status = "alive" }));
+        app.MapGet("/ready", () =>
+        {
+            bool draining = app.Lifetime.ApplicationStopping.IsCancellationRequested;
+            var body = new Dictionary<string, object> { ["ready"] = !draining };
+            foreach (var (k, v) in readiness?.Invoke() ?? new Dictionary<string, object>()) body[k] = v;
+            if (draining) body["reason"] = "draining";
+            return Results.Json(body, statusCode: draining ? 503 : 200);
+        });
+        app.MapPrometheusScrapingEndpoint("/metrics");
         return app;
     }
 
@@ -156,12 +178,23 @@ public static class ServeHost
     }
 
     /// <summary>Requires <c>Authorization: Bearer &lt;token&gt;</c> on every request but health checks.</summary>
+    /// <summary>Counts every finished request by route (its endpoint's pattern, or "unmatched") and status code.</summary>
+    static async Task CountRequests(HttpContext ctx, RequestDelegate next)
+    {
+        try { await next(ctx); }
+        finally
+        {
+            string route = (ctx.GetEndpoint() as Microsoft.AspNetCore.Routing.RouteEndpoint)?.RoutePattern.RawText ?? ctx.GetEndpoint()?.DisplayName ?? "unmatched";
+            ServeMetrics.Request(route, ctx.Response.StatusCode);
+        }
+    }
+
     static Func<HttpContext, RequestDelegate, Task> Authenticate(string token)
     {
         byte[] expected = Encoding.UTF8.GetBytes("Bearer " + token);
         return async (ctx, next) =>
         {
-            if (ctx.Request.Path.StartsWithSegments("/grpc.health.v1.Health") ||
+            if (ctx.Request.Path.StartsWithSegments("/grpc.health.v1.Health") || ctx.Request.Path == "/health" || ctx.Request.Path == "/ready" || ctx.Request.Path == "/metrics" ||
                 CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(ctx.Request.Headers.Authorization.ToString()), expected))
             {
                 await next(ctx);

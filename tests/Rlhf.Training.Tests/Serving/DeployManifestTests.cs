@@ -45,7 +45,9 @@ public sealed class DeployManifestTests
         int port = int.Parse(Value(args, "--port"), System.Globalization.CultureInfo.InvariantCulture);
         Assert.All(Numbers(yaml, "containerPort").Concat(Numbers(yaml, "port")).Concat(Numbers(yaml, "targetPort")), p => Assert.Equal(port, p));
         Assert.True(Numbers(yaml, "port").Length >= 2, "the readiness probe and the Service name the port");
-        Assert.Contains("readinessProbe:\n            grpc:", yaml, StringComparison.Ordinal);
+        Assert.Contains("readinessProbe:\n            httpGet:\n              path: /ready", yaml, StringComparison.Ordinal);
+        Assert.Contains("livenessProbe:\n            httpGet:\n              path: /health", yaml, StringComparison.Ordinal);
+        Assert.Contains($"prometheus.io/port: \"{port}\"", yaml, StringComparison.Ordinal);
         Assert.Matches($@"kind: Service\nmetadata:\n  name: {service}\n", yaml);
         Assert.Equal("/var/run/rlhf/token", Value(args, "--token-file"));
         Assert.Contains("mountPath: /var/run/rlhf", yaml, StringComparison.Ordinal);

@@ -92,7 +92,13 @@ internal static partial class ServerProcess
         }
     }
 
-    const int SIGSTOP = 19;   // Linux
+    /// <summary>Asks the process to stop (SIGTERM), as Kubernetes and systemd do.</summary>
+    public static void Terminate(this ReplicaProcess replica)
+    {
+        if (kill(replica.Id, SIGTERM) != 0) throw new InvalidOperationException($"kill(SIGTERM) of {replica.Id} failed: errno {Marshal.GetLastPInvokeError()}.");
+    }
+
+    const int SIGSTOP = 19, SIGTERM = 15;   // Linux
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int kill(int pid, int sig);

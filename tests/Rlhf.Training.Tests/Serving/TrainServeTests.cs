@@ -368,7 +368,7 @@ public sealed class TrainServeTests
         Assert.Contains("Known keys: adam_eps, attention_dropout, batch_size", unknown);
         Assert.Contains("batch_size must be ≥ 1", await BadRequest(Run("sft", new JsonObject { ["batch_size"] = 0 })));
         Assert.Contains("Known keys of 'rm'", await BadRequest(Run("pipeline", new JsonObject { ["rm"] = new JsonObject { ["kk"] = 2 } })));
-        Assert.Contains("stage must be one of sft, rm, ppo, pipeline", await BadRequest(Run("dpo", [])));
+        Assert.Contains("stage must be one of sft, rm, ppo, dpo, pipeline", await BadRequest(Run("kto", [])));
         Assert.Contains("Malformed JSON", await BadRequest(new StringContent("{\"stage\": \"sft\", \"config\": {", Encoding.UTF8, "application/json")));
         Assert.Contains("at most 4096", await BadRequest(Run("sft", new JsonObject { ["train_file"] = new string('a', 5000) })));
         await BadRequest(new StringContent(new string(' ', (1 << 20) + 10) + "{}", Encoding.UTF8, "application/json"), HttpStatusCode.RequestEntityTooLarge);
