@@ -25,7 +25,7 @@ public abstract class LocalRolloutEngine : Services.IRolloutService
     public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, Services.RolloutCall? call = null, CancellationToken cancellationToken = default)
     {
         call ??= new Services.RolloutCall();
-        return Services.ServiceCalls.WithDeadline("Generate", call.Timeout, cancellationToken, ct => Generate(requests, call.RequiredVersion, ct));
+        return Services.ServiceCalls.WithDeadline("Generate", call.Timeout, cancellationToken, ct => Generate(requests, call.RequiredVersion, ct, call.OnToken));
     }
 
     /// <inheritdoc/>
@@ -38,9 +38,11 @@ public abstract class LocalRolloutEngine : Services.IRolloutService
 
     /// <summary>
     /// Generates a response for each request (in order), all with the weights version loaded when the call starts
-    /// (<paramref name="requiredVersion"/>: that version or <see cref="Services.WeightsVersionMismatchException"/>).
+    /// (<paramref name="requiredVersion"/>: that version or <see cref="Services.WeightsVersionMismatchException"/>);
+    /// <paramref name="onToken"/> as <see cref="Services.RolloutCall.OnToken"/>.
     /// </summary>
-    public abstract IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default);
+    public abstract IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default,
+        Action<int, int>? onToken = null);
 
     /// <summary>
     /// Replaces the policy weights with <paramref name="weights"/> (initializer name -> memory, read in place);

@@ -122,7 +122,8 @@ public sealed class RolloutEngine : LocalRolloutEngine
     /// all with the weights version loaded when the call starts (<paramref name="requiredVersion"/>: that version or
     /// <see cref="Services.WeightsVersionMismatchException"/>). <paramref name="cancellationToken"/> is checked at every step.
     /// </summary>
-    public override IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default)
+    public override IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default,
+        Action<int, int>? onToken = null)
     {
         var (prompts, sampling) = RolloutRows.Prepare(requests, Tokenizer, Signature.VocabSize, _context,
             "A text prompt needs a tokenizer: put the tokenizer files in the ONNX folder or pass one to RolloutEngine.Load.");
@@ -134,7 +135,9 @@ public sealed class RolloutEngine : LocalRolloutEngine
             for (int start = 0; start < requests.Count; start += _options.MaxBatchSize)
             {
                 int n = Math.Min(_options.MaxBatchSize, requests.Count - start);
-                RunBatch(prompts.AsSpan(start, n).ToArray(), sampling.AsSpan(start, n).ToArray(), results.AsSpan(start, n), cancellationToken);
+                int offset = start;
+                RunBatch(prompts.AsSpan(start, n).ToArray(), sampling.AsSpan(start, n).ToArray(), results.AsSpan(start, n), cancellationToken,
+                    onToken is null ? null : (r, t) => onToken(offset + r, t));
             }
         }
         return results;
@@ -235,8 +238,8 @@ public sealed class RolloutEngine : LocalRolloutEngine
         return names;
     }
 
-    /// <summary>One batch: prefill, then decode steps until every row has ended.</summary>
-    void RunBatch(int[][] prompts, SamplingOptions[] sampling, Span<RolloutResult> results, CancellationToken cancellationToken)
+    /// <summary>One batch: prefill, then decode steps until every row has ended; <paramref name="onToken"/>(row, token) as each is sampled.</summary>
+    void RunBatch(int[][] prompts, SamplingOptions[] sampling, Span<RolloutResult> results, CancellationToken cancellationToken, Action<int, int>? onToken)
     {
         var sig = Signature;
         int n = prompts.Length, V = sig.VocabSize;
@@ -370,6 +373,7 @@ public sealed class RolloutEngine : LocalRolloutEngine
                     history[r][prevLen] = token;
                     logps[r][generated[r]] = lp;
                     generated[r]++;
+                    onToken?.Invoke(r, token);
                     if (Array.IndexOf(_eos, token) >= 0) reason[r] = RolloutFinishReason.Eos;
                     else if (stops[r] is { } m && RolloutRows.CheckStop(Tokenizer!, m, history[r].AsSpan(prompts[r].Length, generated[r]), ref textLen[r], ref stopAt[r]))
                         reason[r] = RolloutFinishReason.StopString;

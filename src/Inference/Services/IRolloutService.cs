@@ -41,6 +41,13 @@ public sealed record RolloutCall
 
     /// <summary>Deadline of the call, from its start.</summary>
     public TimeSpan Timeout { get; init; } = DefaultTimeout;
+
+    /// <summary>
+    /// Called with (request index in the call, token id) as each token is sampled, on the engine's thread, in order per
+    /// request (streaming). Our ONNX Runtime engine reports every token; engines that cannot (GenAI, remote replicas)
+    /// report none, and the result carries the whole response at the end.
+    /// </summary>
+    public Action<int, int>? OnToken { get; init; }
 }
 
 /// <summary>A generate call required a weights version other than the one loaded (gRPC: FAILED_PRECONDITION).</summary>

@@ -37,7 +37,13 @@ static class OpenAiEndpoints
         int? logprobs = Json.Int(body, "logprobs");
         if (logprobs is < 0) throw new BadRequest($"'logprobs' must be >= 0; got {logprobs}.", "logprobs");
         var prompts = Prompts(body, replica);
-        var (results, n) = await Generate(ctx, replica, body, prompts, Json.Int(body, "max_tokens") ?? 16, "max_tokens");
+        var (requests, n) = Requests(replica, body, prompts, Json.Int(body, "max_tokens") ?? 16, "max_tokens");
+        if (Streamed(body) is { } usage)
+        {
+            await StreamedAnswers.Write(ctx, replica, requests, n, chat: false, usage);
+            return;
+        }
+        var results = await replica.GenerateAsync(requests, new RolloutCall(), ctx.RequestAborted);
 
         var choices = new JsonArray();
         for (int k = 0; k < results.Count; k++)
@@ -73,7 +79,13 @@ static class OpenAiEndpoints
         int[] ids = tokenizer.Encode(text);
         if (ids.Length == 0) throw new BadRequest("The chat template rendered an empty prompt.", "messages");
         int maxTokens = Json.Int(body, "max_completion_tokens") ?? Json.Int(body, "max_tokens") ?? 16;
-        var (results, n) = await Generate(ctx, replica, body, [RolloutRequest.FromIds(ids)], maxTokens, "max_completion_tokens");
+        var (requests, n) = Requests(replica, body, [RolloutRequest.FromIds(ids)], maxTokens, "max_completion_tokens");
+        if (Streamed(body) is { } usage)
+        {
+            await StreamedAnswers.Write(ctx, replica, requests, n, chat: true, usage);
+            return;
+        }
+        var results = await replica.GenerateAsync(requests, new RolloutCall(), ctx.RequestAborted);
 
         var choices = new JsonArray();
         for (int k = 0; k < results.Count; k++)
@@ -90,23 +102,31 @@ static class OpenAiEndpoints
         await Answer(ctx, replica, "chatcmpl-", "chat.completion", results, n, choices);
     }
 
-    /// <summary>The request body, checked for what every endpoint needs: a JSON object naming this server's model, not streaming.</summary>
+    /// <summary>The request body, checked for what every endpoint needs: a JSON object naming this server's model.</summary>
     static JsonElement Body(JsonDocument doc, RolloutReplica replica)
     {
         var body = doc.RootElement;
         if (body.ValueKind != JsonValueKind.Object) throw new BadRequest("The body must be a JSON object.");
         string model = Json.String(body, "model") ?? throw new BadRequest("'model' is required (GET /v1/models lists it).", "model");
         if (model != replica.ModelName) throw new BadRequest($"Unknown model '{model}'; this server serves '{replica.ModelName}'.", "model");
-        if (body.TryGetProperty("stream", out var stream) && stream.ValueKind == JsonValueKind.True)
-            throw new BadRequest("'stream' is not supported; send stream: false.", "stream");
         return body;
     }
 
+    /// <summary>Null when the answer is one JSON object; else whether the stream ends with a usage chunk (<c>stream_options.include_usage</c>).</summary>
+    static bool? Streamed(JsonElement body)
+    {
+        if (!body.TryGetProperty("stream", out var stream) || stream.ValueKind is JsonValueKind.False or JsonValueKind.Null) return null;
+        if (stream.ValueKind != JsonValueKind.True) throw new BadRequest("'stream' must be true or false.", "stream");
+        if (!body.TryGetProperty("stream_options", out var o) || o.ValueKind == JsonValueKind.Null) return false;
+        if (o.ValueKind != JsonValueKind.Object) throw new BadRequest("'stream_options' must be an object.", "stream_options");
+        return o.TryGetProperty("include_usage", out var u) && u.ValueKind == JsonValueKind.True;
+    }
+
     /// <summary>
-    /// Samples <c>n</c> sequences per prompt with the body's sampling settings; sequence <c>i·n + j</c> gets seed
+    /// The requests for <c>n</c> sequences per prompt with the body's sampling settings; sequence <c>i·n + j</c> gets seed
     /// <c>seed + i·n + j</c> (a random base seed when none is given).
     /// </summary>
-    static async Task<(IReadOnlyList<RolloutResult> Results, int N)> Generate(HttpContext ctx, RolloutReplica replica, JsonElement body,
+    static (IReadOnlyList<RolloutRequest> Requests, int N) Requests(RolloutReplica replica, JsonElement body,
         IReadOnlyList<RolloutRequest> prompts, int maxTokens, string maxTokensName)
     {
         if (maxTokens < 1) throw new BadRequest($"'{maxTokensName}' must be >= 1; got {maxTokens}.", maxTokensName);
@@ -129,7 +149,7 @@ static class OpenAiEndpoints
         for (int i = 0; i < prompts.Count; i++)
             for (int j = 0; j < n; j++)
                 requests.Add(prompts[i] with { Sampling = sampling with { Seed = baseSeed + (ulong)(i * n + j) } });
-        return (await replica.GenerateAsync(requests, new RolloutCall(), ctx.RequestAborted), n);
+        return (requests, n);
     }
 
     static string Finish(RolloutResult r) => r.FinishReason == RolloutFinishReason.Length ? "length" : "stop";
