@@ -95,7 +95,7 @@ public sealed record PpoConfig
     public double KlHorizon { get; init; } = 1000;
     /// <summary>Stop an iteration's epochs early when the minibatch approx KL exceeds this (0 = never).</summary>
     public double EarlyStopKl { get; init; }
-    /// <summary>Whiten advantages over valid tokens (gae; reinforce_pp always normalises over the batch, the group estimators never).</summary>
+    /// <summary>Whiten advantages over valid tokens (gae and rloo; reinforce_pp always normalises over the batch, grpo and dr_grpo never).</summary>
     public bool WhitenAdvantages { get; init; } = true;
     /// <summary>Penalty for responses that end without EOS (null = keep the RM score); see <see cref="MissingEosPenaltyMode"/>.</summary>
     public double? MissingEosPenalty { get; init; } = -2.0;

@@ -183,7 +183,7 @@ public sealed class PpoWiringTests
                 double[] r = [.. logp.Select((x, t) => -beta * (x - logpRef[t]) + (t == n - 1 ? score : 0))];
                 expected[i] = [.. Enumerable.Range(0, n).Select(t => r.Skip(t).Sum())];
             }
-            if (estimator == AdvantageEstimator.ReinforcePp)
+            if (estimator is AdvantageEstimator.ReinforcePp or AdvantageEstimator.Rloo)   // rloo: whiten_advantages (true here)
             {
                 double[] all = [.. expected.SelectMany(x => x)];
                 double mean = all.Average(), var = all.Sum(x => (x - mean) * (x - mean)) / (all.Length - 1);
