@@ -148,7 +148,7 @@ public sealed class PipelineTests
         string b = Path.Combine(dir, "b");
         Assert.Equal(0, RlhfCommand.Run(["pipeline", "--config", cfgFile, "--out", b, "--sft-from", shared.Out, "--algorithm", "grpo"]));
         var ppoConfig = Json(Path.Combine(b, "ppo", "ppo_config.json"));
-        Assert.Equal(("grpo", 4), (ppoConfig["advantage_estimator"]!.GetValue<string>(), ppoConfig["n_samples_per_prompt"]!.GetValue<int>()));
+        Assert.Equal(("grpo", 4, 0.25), (ppoConfig["advantage_estimator"]!.GetValue<string>(), ppoConfig["n_samples_per_prompt"]!.GetValue<int>(), ppoConfig["init_kl_coef"]!.GetValue<double>()));
         Assert.False(Directory.Exists(Path.Combine(b, "ppo", "critic")));
         Assert.NotEqual(0, RlhfCommand.Run(["pipeline", "--config", cfgFile, "--out", Path.Combine(dir, "c"), "--algorithm", "dpo", "--rounds", "2"]));
     }
