@@ -24,26 +24,32 @@ public static class TrainEndpoints
     /// <summary>Maps the endpoints onto <paramref name="app"/>.</summary>
     public static void Map(IEndpointRouteBuilder app, TrainRuns runs)
     {
-        app.MapPost("/v1/runs", ctx => Guard(ctx, async () =>
+        app.MapPost("/v1/runs", (Func<HttpContext, Task>)(ctx => Guard(ctx, async () =>
         {
             var body = await ReadBody(ctx);
             var run = runs.Submit(body["stage"] is JsonValue s && s.TryGetValue<string>(out var name) ? name : null, body["config"]);
             ctx.Response.StatusCode = StatusCodes.Status201Created;
             await WriteJson(ctx, new JsonObject { ["id"] = run.Id, ["status"] = "queued" });
-        }));
-        app.MapGet("/v1/runs", ctx => Guard(ctx, () =>
-            WriteJson(ctx, new JsonObject { ["runs"] = new JsonArray([.. runs.List().Select(r => (JsonNode)View(runs, r, summary: false))]) })));
-        app.MapGet("/v1/runs/{id}", (HttpContext ctx, string id) => Guard(ctx, () => WriteJson(ctx, View(runs, Find(runs, id), summary: true))));
+        }))).WithSummary("Submit a run").WithDescription("Body {\"stage\": \"sft|rm|ppo|dpo|pipeline\", \"config\": {...}} (the JSON a --config file holds); 201 {\"id\", \"status\": \"queued\"}.")
+            .Accepts<JsonObject>("application/json").Produces<JsonObject>(StatusCodes.Status201Created).Produces<JsonObject>(StatusCodes.Status400BadRequest);
+        app.MapGet("/v1/runs", (Func<HttpContext, Task>)(ctx => Guard(ctx, () =>
+            WriteJson(ctx, new JsonObject { ["runs"] = new JsonArray([.. runs.List().Select(r => (JsonNode)View(runs, r, summary: false))]) }))))
+            .WithSummary("List the runs").Produces<JsonObject>();
+        app.MapGet("/v1/runs/{id}", (HttpContext ctx, string id) => Guard(ctx, () => WriteJson(ctx, View(runs, Find(runs, id), summary: true))))
+            .WithSummary("A run's status (with its summary.json once finished)").Produces<JsonObject>().Produces<JsonObject>(StatusCodes.Status404NotFound);
         app.MapPost("/v1/runs/{id}/cancel", (HttpContext ctx, string id) => Guard(ctx, () =>
-            WriteJson(ctx, View(runs, runs.Cancel(id) ?? throw NotFound(id), summary: false))));
+            WriteJson(ctx, View(runs, runs.Cancel(id) ?? throw NotFound(id), summary: false))))
+            .WithSummary("Stop a run at its next step boundary (its checkpoint is kept)").Produces<JsonObject>();
         app.MapPost("/v1/runs/{id}/resume", (HttpContext ctx, string id) => Guard(ctx, () =>
-            WriteJson(ctx, View(runs, runs.Resume(id) ?? throw NotFound(id), summary: false))));
+            WriteJson(ctx, View(runs, runs.Resume(id) ?? throw NotFound(id), summary: false))))
+            .WithSummary("Resume a cancelled or failed run from its checkpoint").Produces<JsonObject>();
         app.MapGet("/v1/runs/{id}/metrics", (HttpContext ctx, string id) => Guard(ctx, async () =>
         {
             Find(runs, id);
             if (ctx.Request.Query["follow"] is [var f] && f is "true" or "1") await Follow(ctx, runs, id);
             else await WriteJson(ctx, new JsonObject { ["rows"] = new JsonArray([.. runs.Metrics(id)]) });
-        }));
+        })).WithSummary("The run's metrics rows; ?follow=true streams them as server-sent events (id: row number; Last-Event-ID resumes)")
+            .Produces<JsonObject>().Produces(StatusCodes.Status200OK, contentType: "text/event-stream");
         app.MapGet("/v1/runs/{id}/artifacts", (HttpContext ctx, string id) => Guard(ctx, () =>
         {
             Find(runs, id);
@@ -54,7 +60,7 @@ public static class TrainEndpoints
                     .Select(f => (JsonNode)new JsonObject { ["path"] = Path.GetRelativePath(root, f.FullName).Replace('\\', '/'), ["bytes"] = f.Length })
                 : [];
             return WriteJson(ctx, new JsonObject { ["files"] = new JsonArray([.. files]) });
-        }));
+        })).WithSummary("The run's output files (path, bytes)").Produces<JsonObject>();
         app.MapGet("/v1/runs/{id}/artifacts/{**path}", (HttpContext ctx, string id, string path) => Guard(ctx, async () =>
         {
             Find(runs, id);
@@ -64,7 +70,7 @@ public static class TrainEndpoints
                 : file.EndsWith(".png", StringComparison.Ordinal) ? "image/png" : "application/octet-stream";
             ctx.Response.ContentLength = new FileInfo(file).Length;
             await ctx.Response.SendFileAsync(file, ctx.RequestAborted);
-        }));
+        })).WithSummary("Download one output file (paths stay inside the run's folder)").Produces(StatusCodes.Status200OK, contentType: "application/octet-stream");
     }
 
     /// <summary>
@@ -83,20 +89,28 @@ public static class TrainEndpoints
         return file;
     }
 
+    /// <summary>
+    /// The metrics rows as server-sent events: <c>id: n</c> (the row's 1-based number), <c>event: metrics</c>, the row;
+    /// then <c>event: end</c> with the final status. A client that reconnects with <c>Last-Event-ID: n</c> (what
+    /// browsers' EventSource sends) gets the rows after row n instead of every row again.
+    /// </summary>
     static async Task Follow(HttpContext ctx, TrainRuns runs, string id)
     {
+        int sent = 0;
+        if (ctx.Request.Headers["Last-Event-ID"] is [var last] &&
+            !(int.TryParse(last, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out sent) && sent >= 0))
+            throw new HttpError(400, $"Last-Event-ID must be a row number (a non-negative integer); got '{Clip(last ?? "")}'.");
         ctx.Response.ContentType = "text/event-stream";
         ctx.Response.Headers.CacheControl = "no-cache";
         ctx.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
-        int sent = 0;
         while (!ctx.RequestAborted.IsCancellationRequested)
         {
             var change = runs.NextChange();
             var run = runs.Get(id)!;
             foreach (var row in runs.Metrics(id, sent))
             {
-                await ctx.Response.WriteAsync($"event: metrics\ndata: {row.ToJsonString()}\n\n", ctx.RequestAborted);
                 sent++;
+                await ctx.Response.WriteAsync($"id: {sent}\nevent: metrics\ndata: {row.ToJsonString()}\n\n", ctx.RequestAborted);
             }
             if (run.IsFinal)
             {

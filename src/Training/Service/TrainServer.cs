@@ -18,9 +18,19 @@ public static class TrainServer
         options.Validate();
         string? token = ServeChecks.ReadToken(options.TokenFile);
         var runs = new TrainRuns(new RunStore(options.RunsDir), options.DataRoot, StageLog.Stderr);
-        var app = ServeHost.Build(options.Host, options.Port, token, services => services.AddSingleton(runs));
+        var app = ServeHost.Build(options.Host, options.Port, token, services =>
+        {
+            services.AddSingleton(runs);
+            services.AddOpenApi(o => o.AddDocumentTransformer((doc, _, _) =>
+            {
+                doc.Info.Title = "rlhf serve train";
+                doc.Info.Description = "Training runs (sft, rm, ppo, dpo, pipeline) submitted, watched, cancelled, resumed and downloaded; docs/training-service.md.";
+                return Task.CompletedTask;
+            }));
+        });
         app.MapGrpcService<RunsGrpcService>();
         TrainEndpoints.Map(app, runs);
+        app.MapOpenApi("/openapi/{documentName}.json");
         app.Lifetime.ApplicationStarted.Register(runs.Start);
         app.Lifetime.ApplicationStopping.Register(runs.Dispose);
         return app;

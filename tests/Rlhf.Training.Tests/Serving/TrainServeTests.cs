@@ -184,6 +184,37 @@ public sealed class TrainServeTests
     static (int Code, string Err) Cli(params string[] args) => ServerProcess.RunCli(RunDeadline, null, args);
 
     [Fact]
+    public async Task MetricStreamsResumeAfterTheLastEventIdAndTheApiIsDescribed()
+    {
+        string dir = Directory.CreateTempSubdirectory().FullName;
+        using var server = Start(Path.Combine(dir, "runs"));
+        var http = server.Http;
+        string id = await Submit(http, "sft", TinySft(SftTrainerTests.TinyArchitecture()));
+        Assert.Equal("succeeded", (await Follow(http, id)).End);
+
+        // a reconnect with Last-Event-ID: 2 gets rows 3 and 4 (ids 3, 4) and the end, not every row again
+        using var cts = new CancellationTokenSource(RunDeadline);
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"/v1/runs/{id}/metrics?follow=true");
+        request.Headers.Add("Last-Event-ID", "2");
+        using var r = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
+        string text = await r.Content.ReadAsStringAsync(cts.Token);
+        var ids = text.Split('\n').Where(l => l.StartsWith("id: ", StringComparison.Ordinal)).Select(l => int.Parse(l[4..], System.Globalization.CultureInfo.InvariantCulture));
+        Assert.Equal([3, 4], ids);
+        Assert.Equal([3, 4], text.Split('\n').Where(l => l.StartsWith("data: {\"stage\"", StringComparison.Ordinal)).Select(l => (int)JsonNode.Parse(l[6..])!["step"]!));
+        Assert.Contains("event: end", text);
+        using var bad = new HttpRequestMessage(HttpMethod.Get, $"/v1/runs/{id}/metrics?follow=true");
+        bad.Headers.Add("Last-Event-ID", "x");
+        Assert.Equal(HttpStatusCode.BadRequest, (await http.SendAsync(bad)).StatusCode);
+
+        // the OpenAPI document names every HTTP route
+        var doc = JsonNode.Parse(await http.GetStringAsync("/openapi/v1.json"))!;
+        var paths = doc["paths"]!.AsObject().Select(p => p.Key).ToHashSet();
+        foreach (string path in new[] { "/v1/runs", "/v1/runs/{id}", "/v1/runs/{id}/cancel", "/v1/runs/{id}/resume", "/v1/runs/{id}/metrics", "/v1/runs/{id}/artifacts", "/v1/runs/{id}/artifacts/{path}" })
+            Assert.Contains(path, paths);
+        Assert.Equal("Submit a run", (string)doc["paths"]!["/v1/runs"]!["post"]!["summary"]!);
+    }
+
+    [Fact]
     public async Task SftThenPipelineOverHttpEqualTheCli()
     {
         string dir = Directory.CreateTempSubdirectory().FullName;
