@@ -35,6 +35,14 @@ public static class ServeCommand
     static Option<int> ThreadsOption() => new("--threads") { Description = "ONNX Runtime intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
     static Option<string?> TokenOption() => new("--token-file") { Description = "File holding a bearer token; then every call but health checks must send 'Authorization: Bearer <token>'." };
 
+    /// <summary><c>--log-format text|json</c>, shared with <c>serve train</c>.</summary>
+    public static Option<string> LogFormatOption()
+    {
+        var o = new Option<string>("--log-format") { Description = "text (default) or json: JSON lines, one per event, with a request log (method, route, status, ms).", DefaultValueFactory = _ => "text" };
+        o.AcceptOnlyFromAmong("text", "json");
+        return o;
+    }
+
     static Command Rollout(Func<string, string>? exportHf = null)
     {
         var model = new Option<string>("--model")
@@ -50,16 +58,18 @@ public static class ServeCommand
         engine.AcceptOnlyFromAmong("ort", "genai");
         var token = TokenOption();
         var maxBatch = new Option<int>("--max-batch") { Description = "Most sequences per request (prompts x n).", DefaultValueFactory = _ => 256 };
-        var cmd = new Command("rollout", "Serve a policy: gRPC Generate/PushWeights/GetStatus + grpc.health.v1, and GET /v1/models, POST /v1/completions.")
-            { model, port, host, threads, engine, token, maxBatch };
+        var logFormat = LogFormatOption();
+        var cmd = new Command("rollout", "Serve a policy: gRPC Generate/PushWeights/GetStatus + grpc.health.v1, and GET /v1/models, POST /v1/completions and /v1/chat/completions (streaming or not), GET /health, /ready, /metrics.")
+            { model, port, host, threads, engine, token, maxBatch, logFormat };
         cmd.SetAction(r => Guard(() =>
         {
             var options = new RolloutServeOptions
             {
                 Model = r.GetValue(model)!, Port = r.GetValue(port), Host = r.GetValue(host)!, Threads = r.GetValue(threads), TokenFile = r.GetValue(token),
                 Engine = r.GetValue(engine) == "genai" ? ServeEngine.Genai : ServeEngine.Ort, MaxBatch = r.GetValue(maxBatch), ExportHfFolder = exportHf,
+                JsonLogs = r.GetValue(logFormat) == "json",
             };
-            return ServeHost.Run(ServeHost.BuildRollout(options), $"rollout replica of {options.Model}", options.Host, options.Port);
+            return ServeHost.Run(ServeHost.BuildRollout(options), $"rollout replica of {options.Model}", options.Host, options.Port, options.JsonLogs);
         }));
         return cmd;
     }
@@ -72,15 +82,17 @@ public static class ServeCommand
         var threads = ThreadsOption();
         var token = TokenOption();
         var maxBatch = new Option<int>("--max-batch") { Description = "Most texts per request.", DefaultValueFactory = _ => 1024 };
-        var cmd = new Command("reward", "Serve a reward model: gRPC Score + grpc.health.v1, and POST /get_reward ({\"query\": [...], \"prompts\": [...]} -> {\"rewards\": [...]}).")
-            { model, port, host, threads, token, maxBatch };
+        var logFormat = LogFormatOption();
+        var cmd = new Command("reward", "Serve a reward model: gRPC Score + grpc.health.v1, and POST /get_reward ({\"query\": [...], \"prompts\": [...]} -> {\"rewards\": [...]}), GET /health, /ready, /metrics.")
+            { model, port, host, threads, token, maxBatch, logFormat };
         cmd.SetAction(r => Guard(() =>
         {
             var options = new RewardServeOptions
             {
                 RewardModel = r.GetValue(model)!, Port = r.GetValue(port), Host = r.GetValue(host)!, Threads = r.GetValue(threads), TokenFile = r.GetValue(token), MaxBatch = r.GetValue(maxBatch),
+                JsonLogs = r.GetValue(logFormat) == "json",
             };
-            return ServeHost.Run(ServeHost.BuildReward(options), $"reward replica of {options.RewardModel}", options.Host, options.Port);
+            return ServeHost.Run(ServeHost.BuildReward(options), $"reward replica of {options.RewardModel}", options.Host, options.Port, options.JsonLogs);
         }));
         return cmd;
     }

@@ -61,7 +61,8 @@ public static class ServeHost
         var replica = new RolloutReplica(engine, tokenizer, ModelName(requested), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem);
         ServeMetrics.Observe(replica);
         var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica),
-            () => new Dictionary<string, object> { ["model"] = replica.ModelName, ["weights_version"] = replica.Engine.WeightsVersion, ["queued"] = replica.Queued });
+            () => new Dictionary<string, object> { ["model"] = replica.ModelName, ["weights_version"] = replica.Engine.WeightsVersion, ["queued"] = replica.Queued },
+            options.JsonLogs);
         app.MapGrpcService<RolloutGrpcService>();
         OpenAiEndpoints.Map(app);
         app.Lifetime.ApplicationStopped.Register(replica.Dispose);
@@ -76,7 +77,7 @@ public static class ServeHost
         var scorer = RewardScorer.Load(options.RewardModel, new RewardScorerOptions { Threads = options.Threads });
         var replica = new RewardReplica(scorer, ModelName(Path.GetFullPath(options.RewardModel)), options.MaxBatch);
         var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica),
-            () => new Dictionary<string, object> { ["model"] = replica.ModelName });
+            () => new Dictionary<string, object> { ["model"] = replica.ModelName }, options.JsonLogs);
         app.MapGrpcService<RewardGrpcService>();
         RewardEndpoints.Map(app);
         app.Lifetime.ApplicationStopped.Register(replica.Dispose);
@@ -84,13 +85,18 @@ public static class ServeHost
     }
 
     /// <summary>Runs <paramref name="app"/> until SIGINT/SIGTERM, printing one line when it listens.</summary>
-    public static int Run(WebApplication app, string what, string host, int port)
+    public static int Run(WebApplication app, string what, string host, int port, bool jsonLogs = false)
     {
         string address = new UriBuilder("http", host, port).Uri.GetLeftPart(UriPartial.Authority);
-        app.Lifetime.ApplicationStarted.Register(() => Console.WriteLine($"rlhf-serve: {what} listening on {address}"));
+        app.Lifetime.ApplicationStarted.Register(() => StartupLine($"rlhf-serve: {what} listening on {address}", jsonLogs));
         app.Run();
         return 0;
     }
+
+    /// <summary>The one line a server prints when it listens: plain, or a JSON object like the JSON log lines.</summary>
+    public static void StartupLine(string message, bool json) => Console.WriteLine(json
+        ? System.Text.Json.JsonSerializer.Serialize(new { Timestamp = DateTimeOffset.UtcNow.ToString("O"), LogLevel = "Information", Category = "Rlhf.Serve", Message = message })
+        : message);
 
     static string ModelName(string path) => Path.GetFileName(Path.TrimEndingDirectorySeparator(path));
 
@@ -99,11 +105,16 @@ public static class ServeHost
     /// port, <c>grpc.health.v1</c>, and the bearer token on everything but health when <paramref name="token"/> is given.
     /// </summary>
     /// <param name="readiness">what <c>GET /ready</c> reports beside <c>ready</c> (model, weights version, ...)</param>
-    public static WebApplication Build(string host, int port, string? token, Action<IServiceCollection> register, Func<IReadOnlyDictionary<string, object>>? readiness = null)
+    /// <param name="jsonLogs">log JSON lines (a request log at Information included) instead of plain warnings</param>
+    public static WebApplication Build(string host, int port, string? token, Action<IServiceCollection> register,
+        Func<IReadOnlyDictionary<string, object>>? readiness = null, bool jsonLogs = false)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();
-        builder.Logging.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning);
+        if (jsonLogs)
+            builder.Logging.AddJsonConsole(o => o.TimestampFormat = "O").SetMinimumLevel(LogLevel.Warning).AddFilter(RequestLogCategory, LogLevel.Information);
+        else
+            builder.Logging.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning);
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.AllowAlternateSchemes = true;   // HTTP/2 requests say :scheme http on the sniffed cleartext connection
@@ -178,14 +189,22 @@ public static class ServeHost
     }
 
     /// <summary>Requires <c>Authorization: Bearer &lt;token&gt;</c> on every request but health checks.</summary>
-    /// <summary>Counts every finished request by route (its endpoint's pattern, or "unmatched") and status code.</summary>
+    const string RequestLogCategory = "Rlhf.Serve.Requests";
+
+    /// <summary>
+    /// Counts every finished request by route (its endpoint's pattern, or "unmatched") and status code, and logs it
+    /// (method, route, status, milliseconds) at Information, which only the JSON log format shows.
+    /// </summary>
     static async Task CountRequests(HttpContext ctx, RequestDelegate next)
     {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         try { await next(ctx); }
         finally
         {
             string route = (ctx.GetEndpoint() as Microsoft.AspNetCore.Routing.RouteEndpoint)?.RoutePattern.RawText ?? ctx.GetEndpoint()?.DisplayName ?? "unmatched";
             ServeMetrics.Request(route, ctx.Response.StatusCode);
+            ctx.RequestServices.GetService<ILoggerFactory>()?.CreateLogger(RequestLogCategory).LogInformation(
+                "{Method} {Route} {Status} {Milliseconds}", ctx.Request.Method, route, ctx.Response.StatusCode, Math.Round(clock.Elapsed.TotalMilliseconds, 1));
         }
     }
 

@@ -32,6 +32,8 @@ public sealed record RolloutServeOptions
     public string? TokenFile { get; init; }
     /// <summary>Most sequences per request (prompts × n); larger requests get a 400 / INVALID_ARGUMENT.</summary>
     public int MaxBatch { get; init; } = 256;
+    /// <summary>Logs as JSON lines (one object per event, a request log included) instead of plain text (<c>--log-format json</c>).</summary>
+    public bool JsonLogs { get; init; }
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the option to change.</summary>
     public RolloutServeOptions Validate()
@@ -74,6 +76,8 @@ public sealed record RewardServeOptions
     public string? TokenFile { get; init; }
     /// <summary>Most texts per request.</summary>
     public int MaxBatch { get; init; } = 1024;
+    /// <summary>Logs as JSON lines (see <see cref="RolloutServeOptions.JsonLogs"/>).</summary>
+    public bool JsonLogs { get; init; }
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the option to change.</summary>
     public RewardServeOptions Validate()

@@ -44,14 +44,15 @@ internal static class ServeTrainCommand
         var token = new Option<string?>("--token-file") { Description = "File holding the bearer token; every call but the gRPC health check must send 'Authorization: Bearer <token>'." };
         var dataRoot = new Option<string?>("--data-root") { Description = "Confine every path a submitted config names (train_file, init_from, sft_model, ...) to this folder; relative paths are taken from it." };
         var insecure = new Option<bool>("--insecure-no-auth") { Description = "Serve without a token (only on a loopback --host)." };
+        var logFormat = Rlhf.Inference.Serving.ServeCommand.LogFormatOption();
         var cmd = new Command("train",
             "Serve training runs: POST /v1/runs {\"stage\": \"sft|rm|ppo|dpo|pipeline\", \"config\": {...}}, GET /v1/runs[/{id}], GET /v1/runs/{id}/metrics[?follow=true], " +
             "POST /v1/runs/{id}/cancel, POST /v1/runs/{id}/resume, GET /v1/runs/{id}/artifacts[/{path}]; gRPC rlhf.training.v1.Runs/WatchMetrics. One run at a time; a run interrupted by a restart resumes from its checkpoint.")
-            { port, host, runsDir, token, dataRoot, insecure };
+            { port, host, runsDir, token, dataRoot, insecure, logFormat };
         cmd.SetAction(r => RlhfCommand.Guard(() => TrainServer.Run(new TrainServeOptions
         {
             Port = r.GetValue(port), Host = r.GetValue(host)!, RunsDir = r.GetValue(runsDir)!, TokenFile = r.GetValue(token),
-            DataRoot = r.GetValue(dataRoot), InsecureNoAuth = r.GetValue(insecure),
+            DataRoot = r.GetValue(dataRoot), InsecureNoAuth = r.GetValue(insecure), JsonLogs = r.GetValue(logFormat) == "json",
         })));
         return cmd;
     }

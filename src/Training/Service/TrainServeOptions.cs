@@ -18,6 +18,8 @@ public sealed record TrainServeOptions
     public string? DataRoot { get; init; }
     /// <summary>Serve without a token (loopback only).</summary>
     public bool InsecureNoAuth { get; init; }
+    /// <summary>Logs as JSON lines, a request log included (<c>--log-format json</c>).</summary>
+    public bool JsonLogs { get; init; }
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the option to change.</summary>
     public TrainServeOptions Validate()

@@ -27,7 +27,7 @@ public static class TrainServer
                 doc.Info.Description = "Training runs (sft, rm, ppo, dpo, pipeline) submitted, watched, cancelled, resumed and downloaded; docs/training-service.md.";
                 return Task.CompletedTask;
             }));
-        });
+        }, jsonLogs: options.JsonLogs);
         app.MapGrpcService<RunsGrpcService>();
         TrainEndpoints.Map(app, runs);
         app.MapOpenApi("/openapi/{documentName}.json");
@@ -40,8 +40,8 @@ public static class TrainServer
     public static int Run(TrainServeOptions options)
     {
         var app = Build(options);
-        app.Lifetime.ApplicationStarted.Register(() =>
-            Console.WriteLine($"rlhf serve train: runs in {Path.GetFullPath(options.RunsDir)}, listening on http://{options.Host}:{options.Port}"));
+        app.Lifetime.ApplicationStarted.Register(() => ServeHost.StartupLine(
+            $"rlhf serve train: runs in {Path.GetFullPath(options.RunsDir)}, listening on http://{options.Host}:{options.Port}", options.JsonLogs));
         app.Run();
         return 0;
     }

@@ -66,18 +66,43 @@ public sealed class ServeOpsTests
         using var models = new ServeModels();
         using var server = ServerProcess.Start("rollout", "--model", models.Policy, "--threads", "1");
         using var http = Http(server.Address, token: false);
-        var inFlight = Complete(http, "tiny-policy", 256, 60);
-        // wait (bounded) until the call is in the engine, as /ready reports it
-        var end = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while ((int)JsonNode.Parse(await http.GetStringAsync("/ready"))!["queued"]! == 0)
-        {
-            Assert.True(DateTime.UtcNow < end, "the call never reached the engine");
-            await Task.Delay(5);
-        }
+        // a streamed answer of 256 choices × 58 tokens (megabytes of events): after its first event the call is provably
+        // in flight, since the server cannot have written the rest into the socket's buffers before the client reads it
+        var body = new JsonObject { ["model"] = "tiny-policy", ["prompt"] = "the product", ["max_tokens"] = 58, ["n"] = 256, ["seed"] = 3, ["stream"] = true };
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json") };
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        Assert.StartsWith("data: ", await reader.ReadLineAsync());
         server.Terminate();
-        using var response = await inFlight;
-        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        Assert.Equal(256, JsonNode.Parse(await response.Content.ReadAsStringAsync())!["choices"]!.AsArray().Count);
+        var finished = new HashSet<int>();
+        string? last = null;
+        while (await reader.ReadLineAsync() is { } line)
+        {
+            if (!line.StartsWith("data: ", StringComparison.Ordinal)) continue;
+            last = line;
+            if (line == "data: [DONE]") break;
+            var choice = JsonNode.Parse(line[6..])!["choices"]![0]!;
+            if (choice["finish_reason"] is JsonValue) finished.Add((int)choice["index"]!);
+        }
+        Assert.Equal("data: [DONE]", last);
+        Assert.Equal(256, finished.Count);   // every choice ended normally after the SIGTERM
         Assert.Equal(0, server.WaitForExit(TimeSpan.FromSeconds(30)));
+    }
+
+    [Fact]
+    public async Task JsonLogsAreOneObjectPerLineWithARequestLog()
+    {
+        using var models = new ServeModels();
+        using var server = ServerProcess.Start("reward", "--reward-model", models.Reward, "--threads", "1", "--log-format", "json");
+        using var http = Http(server.Address, token: false);
+        using (var r = await http.PostAsync("/get_reward", new StringContent("{\"query\": [\"the product was great\"]}", Encoding.UTF8, "application/json")))
+            Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+        server.Terminate();
+        Assert.Equal(0, server.WaitForExit(TimeSpan.FromSeconds(30)));
+        string[] lines = [.. server.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
+        Assert.NotEmpty(lines);
+        var logs = lines.Select(l => JsonNode.Parse(l)!).ToList();   // every line is a JSON object
+        Assert.Contains(logs, l => ((string?)l["Message"])?.Contains("listening on", StringComparison.Ordinal) == true);
+        Assert.Contains(logs, l => (string?)l["Category"] == "Rlhf.Serve.Requests" && (string?)l["State"]?["Route"] == "/get_reward" && (int?)l["State"]?["Status"] == 200);
     }
 }
