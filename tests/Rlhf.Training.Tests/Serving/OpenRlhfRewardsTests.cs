@@ -56,6 +56,68 @@ public sealed class OpenRlhfRewardsTests
         Assert.Throws<ArgumentException>(() => new OpenRlhfRewards("ftp://127.0.0.1/x", null, TimeSpan.FromSeconds(1)));
     }
 
+    /// <summary>A loopback HTTP server that answers each request with the next (status, headers, body) of <paramref name="script"/>.</summary>
+    sealed class ScriptedServer : IDisposable
+    {
+        readonly HttpListener _listener = new();
+        readonly Task _loop;
+        public int Requests;
+        public string Url { get; }
+
+        public ScriptedServer(params (int Status, string? RetryAfter, string Body)[] script)
+        {
+            using var probe = new TcpListener(IPAddress.Loopback, 0);
+            probe.Start();
+            int port = ((IPEndPoint)probe.LocalEndpoint).Port;
+            probe.Stop();
+            Url = $"http://127.0.0.1:{port}/get_reward";
+            _listener.Prefixes.Add($"http://127.0.0.1:{port}/");
+            _listener.Start();
+            _loop = Task.Run(async () =>
+            {
+                foreach (var (status, retryAfter, body) in script)
+                {
+                    var ctx = await _listener.GetContextAsync();
+                    Interlocked.Increment(ref Requests);
+                    ctx.Response.StatusCode = status;
+                    if (retryAfter is not null) ctx.Response.Headers["Retry-After"] = retryAfter;
+                    byte[] bytes = System.Text.Encoding.UTF8.GetBytes(body);
+                    await ctx.Response.OutputStream.WriteAsync(bytes);
+                    ctx.Response.Close();
+                }
+            });
+        }
+
+        public void Dispose()
+        {
+            _listener.Close();
+            try { _loop.Wait(TimeSpan.FromSeconds(5)); } catch (AggregateException) { }
+        }
+    }
+
+    [Fact]
+    public void TransientAnswersAreRetriedWithBackoffAndRetryAfterOthersAreNot()
+    {
+        // 503, then 429 asking for 1 s, then the answer: three attempts, the second wait at least the Retry-After
+        using (var flaky = new ScriptedServer((503, null, "busy"), (429, "1", "slow down"), (200, null, "{\"rewards\": [0.5, 1.5, -2]}")))
+        {
+            using var client = new OpenRlhfRewards(flaky.Url, null, TimeSpan.FromSeconds(10), attempts: 3);
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            Assert.Equal([0.5f, 1.5f, -2f], client.Score(Pairs));
+            Assert.Equal(3, flaky.Requests);
+            Assert.True(clock.Elapsed >= TimeSpan.FromSeconds(1), $"answered after {clock.Elapsed.TotalSeconds:F2} s: Retry-After was not honoured");
+        }
+        // a 400 is the client's fault: one attempt, and the message names the URL and the status
+        using (var strict = new ScriptedServer((400, null, "bad query"), (200, null, "{\"rewards\": [0, 0, 0]}")))
+        {
+            using var client = new OpenRlhfRewards(strict.Url, null, TimeSpan.FromSeconds(10), attempts: 3);
+            var e = Assert.Throws<InvalidOperationException>(() => client.Score(Pairs));
+            Assert.Contains("HTTP 400", e.Message);
+            Assert.Contains(strict.Url, e.Message);
+            Assert.Equal(1, strict.Requests);
+        }
+    }
+
     [Fact]
     public void PpoWithARewardUrlEqualsPpoWithTheInProcessScorer()
     {
