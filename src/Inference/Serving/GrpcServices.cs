@@ -101,6 +101,7 @@ public static class ProtocolMapping
     public static RpcException ToRpc(Exception e) => e switch
     {
         RpcException r => r,
+        QueueFullException q => new RpcException(new Status(StatusCode.ResourceExhausted, q.Message)),
         WeightsVersionMismatchException m => new RpcException(new Status(StatusCode.FailedPrecondition, m.Message),
             new Metadata { { LoadedVersionTrailer, m.Loaded.ToString(System.Globalization.CultureInfo.InvariantCulture) } }),
         ArgumentException or FormatException => new RpcException(new Status(StatusCode.InvalidArgument, e.Message)),

@@ -24,6 +24,11 @@ public static class HttpErrors
         catch (InvalidOperationException e) when (e.TargetSite?.Module.Assembly == typeof(JsonElement).Assembly) { await Write(ctx, 400, "Malformed JSON body: " + e.Message); }
         catch (ArgumentException e) { await Write(ctx, 400, e.Message); }
         catch (Services.WeightsVersionMismatchException e) { await Write(ctx, 409, e.Message, "conflict_error"); }
+        catch (QueueFullException e)
+        {
+            ctx.Response.Headers.RetryAfter = "1";
+            await Write(ctx, 429, e.Message, "rate_limit_error");
+        }
         catch (TimeoutException e) { await Write(ctx, 504, e.Message, "timeout_error"); }
         catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested) { }
         catch (Exception e) { await Write(ctx, 500, "internal error: " + e.Message, "server_error"); }

@@ -5,11 +5,22 @@ using Rlhf.Inference.Tokenization;
 
 namespace Rlhf.Inference.Serving;
 
-/// <summary>What a rollout replica serves: one engine, its tokenizer and chat template, its name, and the count of calls in flight.</summary>
+/// <summary>
+/// What a rollout replica serves: one engine, its tokenizer and chat template, its name, and a batcher. Calls that
+/// arrive while the engine runs wait in a bounded queue; when the engine is free, every waiting call (same required
+/// weights version, at most <c>maxBatch</c> sequences together) goes to it as one batch, and each call gets its own
+/// rows back. Each request keeps its own seed, so its tokens are those it would get alone. A full queue refuses a
+/// call with <see cref="QueueFullException"/> (HTTP 429 with Retry-After, gRPC RESOURCE_EXHAUSTED).
+/// </summary>
 public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokenizer, string modelName, string engineName, int maxBatch,
-    ChatTemplate? chat = null, string? chatProblem = null) : IDisposable
+    ChatTemplate? chat = null, string? chatProblem = null, int maxQueued = 1024) : IDisposable
 {
-    int _queued;
+    sealed record Pending(IReadOnlyList<RolloutRequest> Requests, RolloutCall Call, CancellationToken Cancel, TaskCompletionSource<IReadOnlyList<RolloutResult>> Done);
+
+    readonly Lock _lock = new();
+    readonly List<Pending> _waiting = [];
+    int _queuedSequences, _calls;
+    bool _running;
 
     /// <summary>The engine.</summary>
     public IRolloutService Engine => engine;
@@ -23,31 +34,131 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
     public string ModelName => modelName;
     /// <summary><c>ort</c> or <c>genai</c>.</summary>
     public string EngineName => engineName;
-    /// <summary>Most sequences per request.</summary>
+    /// <summary>Most sequences per request (and per engine batch).</summary>
     public int MaxBatch => maxBatch;
+    /// <summary>Most sequences waiting for the engine; more get <see cref="QueueFullException"/>.</summary>
+    public int MaxQueued => maxQueued;
     /// <summary>Generate calls waiting or running.</summary>
-    public int Queued => Volatile.Read(ref _queued);
+    public int Queued => Volatile.Read(ref _calls);
+    /// <summary>Sequences waiting for the engine (not those it runs).</summary>
+    public int QueuedSequences { get { lock (_lock) return _queuedSequences; } }
 
-    /// <summary>Generates, counting the call as queued while it waits and runs.</summary>
+    /// <summary>Generates, batched with whatever other calls wait when the engine frees up.</summary>
     public async Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall call, CancellationToken cancellationToken)
     {
         if (requests.Count == 0) throw new ArgumentException("The request holds no prompts.");
         if (requests.Count > maxBatch)
             throw new ArgumentException($"The request asks for {requests.Count} sequences; this replica takes at most {maxBatch} per request (--max-batch). Split it.");
-        Interlocked.Increment(ref _queued);
+        var pending = new Pending(requests, call, cancellationToken, new TaskCompletionSource<IReadOnlyList<RolloutResult>>(TaskCreationOptions.RunContinuationsAsynchronously));
+        bool start;
+        lock (_lock)
+        {
+            if (_queuedSequences + requests.Count > maxQueued)
+                throw new QueueFullException($"The replica's queue is full ({_queuedSequences} sequences wait; at most {maxQueued}); retry shortly.");
+            _waiting.Add(pending);
+            _queuedSequences += requests.Count;
+            start = !_running;
+            _running = true;
+        }
+        Interlocked.Increment(ref _calls);
+        try
+        {
+            if (start) _ = Task.Run(Pump);
+            using var withdraw = cancellationToken.Register(() => Withdraw(pending));
+            return await pending.Done.Task;
+        }
+        finally { Interlocked.Decrement(ref _calls); }
+    }
+
+    /// <summary>A call cancelled while it waits leaves the queue (one the engine runs stops with its batch, see <see cref="RunBatch"/>).</summary>
+    void Withdraw(Pending p)
+    {
+        lock (_lock)
+        {
+            if (!_waiting.Remove(p)) return;
+            _queuedSequences -= p.Requests.Count;
+        }
+        p.Done.TrySetCanceled(p.Cancel);
+    }
+
+    /// <summary>Runs batches of waiting calls until none waits.</summary>
+    async Task Pump()
+    {
+        while (true)
+        {
+            List<Pending> batch = [];
+            lock (_lock)
+            {
+                if (_waiting.Count == 0) { _running = false; return; }
+                ulong? version = _waiting[0].Call.RequiredVersion;
+                int sequences = 0;
+                foreach (var p in _waiting.ToList())
+                {
+                    if (p.Call.RequiredVersion != version || sequences + p.Requests.Count > maxBatch) continue;
+                    batch.Add(p);
+                    sequences += p.Requests.Count;
+                    _waiting.Remove(p);
+                }
+                _queuedSequences -= sequences;
+            }
+            await RunBatch(batch);
+        }
+    }
+
+    /// <summary>
+    /// One engine call for <paramref name="batch"/>: the calls' requests in order, tokens routed back to each call's
+    /// <see cref="RolloutCall.OnToken"/>, the shortest deadline. The engine call stops when every member is cancelled. A
+    /// merged call that the engine refuses (one member's bad request) is retried member by member, so only that member fails.
+    /// </summary>
+    async Task RunBatch(List<Pending> batch)
+    {
+        var offsets = new int[batch.Count];
+        for (int i = 1; i < batch.Count; i++) offsets[i] = offsets[i - 1] + batch[i - 1].Requests.Count;
+        int Member(int row) { int m = Array.BinarySearch(offsets, row); return m >= 0 ? m : ~m - 1; }
+        using var allCancelled = new CancellationTokenSource();
+        int live = batch.Count;
+        var registrations = batch.Select(p => p.Cancel.Register(() => { if (Interlocked.Decrement(ref live) == 0) allCancelled.Cancel(); })).ToList();
+        var call = new RolloutCall
+        {
+            RequiredVersion = batch[0].Call.RequiredVersion,
+            Timeout = batch.Min(p => p.Call.Timeout),
+            OnToken = batch.Any(p => p.Call.OnToken is not null)
+                ? (row, token) => { int m = Member(row); batch[m].Call.OnToken?.Invoke(row - offsets[m], token); }
+                : null,
+        };
         var clock = System.Diagnostics.Stopwatch.StartNew();
         try
         {
-            var results = await engine.GenerateAsync(requests, call, cancellationToken);
+            var results = await engine.GenerateAsync([.. batch.SelectMany(p => p.Requests)], call, allCancelled.Token);
             ServeMetrics.Generated(results, clock.Elapsed);
-            return results;
+            for (int m = 0; m < batch.Count; m++)
+                if (batch[m].Cancel.IsCancellationRequested) batch[m].Done.TrySetCanceled(batch[m].Cancel);
+                else batch[m].Done.TrySetResult([.. results.Skip(offsets[m]).Take(batch[m].Requests.Count)]);
         }
-        finally { Interlocked.Decrement(ref _queued); }
+        catch (ArgumentException) when (batch.Count > 1)
+        {
+            foreach (var p in batch) await RunBatch([p]);
+        }
+        catch (OperationCanceledException) when (allCancelled.IsCancellationRequested)
+        {
+            foreach (var p in batch) p.Done.TrySetCanceled(p.Cancel);
+        }
+        catch (Exception e)
+        {
+            foreach (var p in batch) p.Done.TrySetException(e);
+        }
+        finally
+        {
+            foreach (var r in registrations) r.Dispose();
+        }
     }
 
     /// <summary>Frees the engine.</summary>
     public void Dispose() => engine.Dispose();
 }
+
+/// <summary>The replica's queue is full: retry shortly (HTTP 429 with Retry-After, gRPC RESOURCE_EXHAUSTED).</summary>
+public sealed class QueueFullException(string message) : Exception(message);
 
 /// <summary>What a reward replica serves.</summary>
 public sealed class RewardReplica(IRewardService scorer, string modelName, int maxBatch) : IDisposable

@@ -58,10 +58,10 @@ public static class ServeHost
                 Console.Error.WriteLine("rlhf-serve: warning: " + chatProblem);
             }
         }
-        var replica = new RolloutReplica(engine, tokenizer, ModelName(requested), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem);
+        var replica = new RolloutReplica(engine, tokenizer, ModelName(requested), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem, options.MaxQueue);
         ServeMetrics.Observe(replica);
         var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica),
-            () => new Dictionary<string, object> { ["model"] = replica.ModelName, ["weights_version"] = replica.Engine.WeightsVersion, ["queued"] = replica.Queued },
+            () => new Dictionary<string, object> { ["model"] = replica.ModelName, ["weights_version"] = replica.Engine.WeightsVersion, ["queued"] = replica.Queued, ["queued_sequences"] = replica.QueuedSequences },
             options.JsonLogs);
         app.MapGrpcService<RolloutGrpcService>();
         OpenAiEndpoints.Map(app);

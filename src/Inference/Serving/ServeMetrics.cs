@@ -18,7 +18,7 @@ public static class ServeMetrics
     static readonly Counter<long> TokensOut = Meter.CreateCounter<long>("rlhf.tokens.out", "{token}", "generated tokens");
     static readonly Counter<long> Scored = Meter.CreateCounter<long>("rlhf.scored", "{text}", "texts a reward replica scored");
     static readonly Counter<long> Pushes = Meter.CreateCounter<long>("rlhf.weight_pushes", description: "weight versions pushed into a rollout replica");
-    static readonly Histogram<int> BatchSize = Meter.CreateHistogram<int>("rlhf.batch_size", "{sequence}", "sequences per generate call");
+    static readonly Histogram<int> BatchSize = Meter.CreateHistogram<int>("rlhf.batch_size", "{sequence}", "sequences per engine batch (calls that waited together)");
     static readonly Histogram<double> TimeToFirstToken = Meter.CreateHistogram<double>("rlhf.time_to_first_token", "s", "from the call's arrival to its first token (waiting and prefill)");
     static readonly Histogram<double> TimePerOutputToken = Meter.CreateHistogram<double>("rlhf.time_per_output_token", "s", "decode time per generated token");
 
@@ -26,6 +26,7 @@ public static class ServeMetrics
     public static void Observe(RolloutReplica replica)
     {
         Meter.CreateObservableGauge("rlhf.queue_depth", () => replica.Queued, "{call}", "generate calls waiting or running");
+        Meter.CreateObservableGauge("rlhf.queued_sequences", () => replica.QueuedSequences, "{sequence}", "sequences waiting for the engine");
         Meter.CreateObservableGauge("rlhf.weights_version", () => (long)replica.Engine.WeightsVersion, description: "the weights version the replica serves");
     }
 

@@ -30,8 +30,10 @@ public sealed record RolloutServeOptions
     public ServeEngine Engine { get; init; } = ServeEngine.Ort;
     /// <summary>File holding the bearer token callers must send; null = no authentication.</summary>
     public string? TokenFile { get; init; }
-    /// <summary>Most sequences per request (prompts × n); larger requests get a 400 / INVALID_ARGUMENT.</summary>
+    /// <summary>Most sequences per request (prompts × n) and per engine batch; larger requests get a 400 / INVALID_ARGUMENT.</summary>
     public int MaxBatch { get; init; } = 256;
+    /// <summary>Most sequences waiting for the engine; beyond it a call gets 429 (Retry-After: 1) / RESOURCE_EXHAUSTED.</summary>
+    public int MaxQueue { get; init; } = 1024;
     /// <summary>Logs as JSON lines (one object per event, a request log included) instead of plain text (<c>--log-format json</c>).</summary>
     public bool JsonLogs { get; init; }
 
@@ -39,6 +41,7 @@ public sealed record RolloutServeOptions
     public RolloutServeOptions Validate()
     {
         ServeChecks.Common(Host, Port, Threads, TokenFile, MaxBatch);
+        if (MaxQueue < 1) throw new ArgumentException($"--max-queue must be >= 1; got {MaxQueue}.");
         if (!Directory.Exists(Model)) throw new ArgumentException($"--model '{Model}' is not a folder; give an ONNX policy folder, a stage folder (its onnx/) or an HF model folder.");
         return this;
     }
