@@ -86,9 +86,20 @@ static class StreamedAnswers
         JsonNode Delta(string text) => chat ? new JsonObject { ["content"] = text } : JsonValue.Create(text);
 
         ulong loaded = replica.Engine.WeightsVersion;
-        if (replica.Tokenizer is { } tokenizer)
-            await foreach (var (k, token) in tokens.Reader.ReadAllAsync(ctx.RequestAborted))
+        await foreach (var (k, token) in tokens.Reader.ReadAllAsync(ctx.RequestAborted))
+        {
+            if (replica.Tokenizer is { } tokenizer)
+            {
                 if (texts[k].Add(token, tokenizer) is { Length: > 0 } delta) await Send(Chunk(k, Delta(delta), null, loaded));
+            }
+            else
+            {
+                // ids in, ids out: a folder without a tokenizer streams each token's id (the text stays empty)
+                var chunk = Chunk(k, Delta(""), null, loaded);
+                chunk["choices"]![0]!["token_ids"] = new JsonArray(token);
+                await Send(chunk);
+            }
+        }
 
         IReadOnlyList<RolloutResult> results;
         try { results = await generation; }

@@ -22,7 +22,8 @@ namespace Rlhf.Training.Cli;
 /// <summary>
 /// <c>rlhf bench serve</c>: what the services cost against the in-process path, with real <c>rlhf serve</c> replicas on
 /// 127.0.0.1: a weight push to 1 and 3 replicas (seconds, MB/s) vs the in-process sync, rollout tokens/s through one
-/// replica vs the in-process engine at one batch, and PPO seconds per iteration in process vs over replicas.
+/// replica vs the in-process engine at one batch, 1, 4 and 16 streaming clients at once vs one after another (tokens/s,
+/// time to first token; the replica batches the calls that wait), and PPO seconds per iteration in process vs over replicas.
 /// </summary>
 internal static class ServeBenchCommand
 {
@@ -55,7 +56,7 @@ internal static class ServeBenchCommand
         var threads = new Option<int>("--threads") { Description = "Threads of the trainer and of each replica (0 = all cores).", DefaultValueFactory = _ => 0 };
         var repeats = new Option<int>("--repeats") { Description = "Timed runs per figure; the fastest counts (the machine may be shared).", DefaultValueFactory = _ => 2 };
         var iterations = new Option<int>("--ppo-iterations") { Description = "PPO iterations per run, in process and over replicas (0 = skip).", DefaultValueFactory = _ => 3 };
-        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (push_seconds, push_mb_per_s, tokens_per_s, remote_over_inprocess_tokens_per_s, iteration_seconds_inprocess, iteration_seconds_remote, iteration_phase_seconds)." };
+        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (push_seconds, push_mb_per_s, tokens_per_s, remote_over_inprocess_tokens_per_s, concurrent_over_sequential_tokens_per_s, concurrent_tokens_per_s, ttft_p50_seconds, ttft_p95_seconds (per model and client count), iteration_seconds_inprocess, iteration_seconds_remote, iteration_phase_seconds)." };
         var cmd = new Command("serve", "Services vs in process, with rlhf serve replicas on 127.0.0.1: weight push to 1 and 3 replicas vs the in-process sync, tokens/s through one replica vs the in-process engine, PPO seconds per iteration.")
             { config, large, batch, newTokens, threads, repeats, iterations, json };
         cmd.SetAction(r => RlhfCommand.Guard(() =>
@@ -89,6 +90,14 @@ internal static class ServeBenchCommand
         console.MarkupLine($"[bold]rlhf bench serve[/]: {threads} thread(s) for the trainer and for each replica, batch {o.Batch}, {o.NewTokens} new tokens per row (T=1), best of {o.Repeats}.");
         var push = new Table().Title("weight push (float32 snapshot + transfer + swap)").AddColumns("model", "MB", "in process s", "1 replica s", "MB/s", "3 replicas s", "MB/s");
         var tokens = new Table().Title($"rollout tokens/s at batch {o.Batch}").AddColumns("model", "in process", "1 replica", "remote / in process", "same tokens");
+        var concurrency = new Table().Title($"streaming clients at once vs one after another ({o.NewTokens} tokens each)")
+            .AddColumns("model", "clients", "at once tokens/s", "one by one tokens/s", "ratio", "TTFT p50 ms", "TTFT p95 ms");
+        void Set(string family, string model, string clients, double value)
+        {
+            if (figures[family] is not JsonObject f) figures[family] = f = new JsonObject();
+            if (f[model] is not JsonObject m) f[model] = m = new JsonObject();
+            m[clients] = value;
+        }
         var models = new List<(string Name, ModelConfig Cfg)> { ("tiny", ModelConfig.Load(o.ConfigPath)) };
         if (o.Large) models.Add(("100M", RolloutBenchCommand.Large));
         foreach (var (name, cfg) in models)
@@ -101,9 +110,19 @@ internal static class ServeBenchCommand
             figures["push_mb_per_s"]![name] = new JsonObject { ["replicas_1"] = mb / p.One, ["replicas_3"] = mb / p.Three };
             figures["tokens_per_s"]![name] = new JsonObject { ["inprocess"] = t.InProcess, ["remote"] = t.Remote, ["same_tokens"] = t.Same };
             figures["remote_over_inprocess_tokens_per_s"]![name] = t.Remote / t.InProcess;
+            foreach (var c in t.Concurrency)
+            {
+                string key = c.Clients.ToString(CultureInfo.InvariantCulture);
+                concurrency.AddRow(name, key, F(c.ConcurrentTokensPerSecond, 0), F(c.SequentialTokensPerSecond, 0), F(c.Ratio, 2) + "x", F(c.TtftP50 * 1000, 0), F(c.TtftP95 * 1000, 0));
+                Set("concurrent_over_sequential_tokens_per_s", name, key, c.Ratio);
+                Set("concurrent_tokens_per_s", name, key, c.ConcurrentTokensPerSecond);
+                Set("ttft_p50_seconds", name, key, c.TtftP50);
+                Set("ttft_p95_seconds", name, key, c.TtftP95);
+            }
         }
         console.Write(push);
         console.Write(tokens);
+        console.Write(concurrency);
         if (o.PpoIterations > 0)
         {
             var (local, remote) = Ppo(o, threads);
@@ -126,7 +145,66 @@ internal static class ServeBenchCommand
     static string F(double x, int digits) => x.ToString("F" + digits.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
 
     sealed record PushFigures(long Bytes, double InProcess, double One, double Three);
-    sealed record TokenFigures(double InProcess, double Remote, bool Same);
+    sealed record TokenFigures(double InProcess, double Remote, bool Same, IReadOnlyList<ConcurrencyFigures> Concurrency);
+
+    /// <summary>
+    /// <paramref name="Clients"/> streaming clients at once (one request of one sequence each) against the same requests
+    /// one after another: total generated tokens/s of each, and the time to first token (first server-sent event) of the
+    /// concurrent ones.
+    /// </summary>
+    sealed record ConcurrencyFigures(int Clients, double ConcurrentTokensPerSecond, double SequentialTokensPerSecond, double TtftP50, double TtftP95)
+    {
+        public double Ratio => ConcurrentTokensPerSecond / SequentialTokensPerSecond;
+    }
+
+    static readonly int[] ClientCounts = [1, 4, 16];
+
+    /// <summary>One streamed completion of <paramref name="ids"/>: seconds to its first event and tokens generated (events with a token).</summary>
+    static async Task<(double Ttft, int Tokens)> Stream(HttpClient http, string model, IReadOnlyList<int> ids, int newTokens, ulong seed)
+    {
+        var body = new JsonObject { ["model"] = model, ["prompt"] = new JsonArray([.. ids.Select(i => (JsonNode)i)]), ["max_tokens"] = newTokens, ["seed"] = seed, ["stream"] = true };
+        var sw = Stopwatch.StartNew();
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(body.ToJsonString(), System.Text.Encoding.UTF8, "application/json") };
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        response.EnsureSuccessStatusCode();
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        double ttft = double.NaN;
+        int tokens = 0;
+        while (await reader.ReadLineAsync() is { } line)
+        {
+            if (!line.StartsWith("data: ", StringComparison.Ordinal) || line == "data: [DONE]") continue;
+            if (double.IsNaN(ttft)) ttft = sw.Elapsed.TotalSeconds;
+            if (line.Contains("\"token_ids\"", StringComparison.Ordinal)) tokens++;
+        }
+        return (ttft, tokens);
+    }
+
+    /// <summary>The concurrency axis against the replica at <paramref name="address"/> (best of <paramref name="repeats"/> per figure).</summary>
+    static List<ConcurrencyFigures> Concurrency(string address, string model, IReadOnlyList<RolloutRequest> requests, int newTokens, int repeats)
+    {
+        using var http = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromMinutes(10) };
+        var figures = new List<ConcurrencyFigures>();
+        Stream(http, model, requests[0].PromptIds!, 2, 0).GetAwaiter().GetResult();   // warm-up
+        foreach (int clients in ClientCounts)
+        {
+            double concurrent = 0, sequential = 0;
+            double[] ttfts = [];
+            for (int k = 0; k < repeats; k++)
+            {
+                var sw = Stopwatch.StartNew();
+                var all = Task.WhenAll(Enumerable.Range(0, clients).Select(i => Stream(http, model, requests[i % requests.Count].PromptIds!, newTokens, (ulong)i))).GetAwaiter().GetResult();
+                double tps = all.Sum(a => a.Tokens) / sw.Elapsed.TotalSeconds;
+                if (tps > concurrent) { concurrent = tps; ttfts = [.. all.Select(a => a.Ttft).Order()]; }
+                sw.Restart();
+                int tokens = 0;
+                for (int i = 0; i < clients; i++) tokens += Stream(http, model, requests[i % requests.Count].PromptIds!, newTokens, (ulong)i).GetAwaiter().GetResult().Tokens;
+                sequential = Math.Max(sequential, tokens / sw.Elapsed.TotalSeconds);
+            }
+            double Percentile(double q) => ttfts[Math.Min(ttfts.Length - 1, (int)Math.Ceiling(q * ttfts.Length) - 1)];
+            figures.Add(new ConcurrencyFigures(clients, concurrent, sequential, Percentile(0.5), Percentile(0.95)));
+        }
+        return figures;
+    }
 
     /// <summary>Weight pushes and tokens/s of one random model: in process, then through replicas serving its export.</summary>
     static (PushFigures, TokenFigures) Measure(string name, ModelConfig cfg, Options o, int threads)
@@ -162,7 +240,8 @@ internal static class ServeBenchCommand
                 double pushThree = Best(o.Repeats, () => InferenceServices.Sync(three, model, ++version));
                 var (remoteTps, remoteTokens) = TokensPerSecond(one, requests, version, o.Repeats);
                 bool same = localTokens.Zip(remoteTokens).All(x => x.First.AsSpan().SequenceEqual(x.Second));
-                return (new PushFigures(bytes, inProcess, pushOne, pushThree), new TokenFigures(localTps, remoteTps, same));
+                var concurrency = Concurrency(replicas[0].Address, name, requests, o.NewTokens, o.Repeats);
+                return (new PushFigures(bytes, inProcess, pushOne, pushThree), new TokenFigures(localTps, remoteTps, same, concurrency));
             }
             finally
             {

@@ -40,7 +40,16 @@ public sealed class ServeBenchTests
             Assert.Equal(["experience", "generate", "score", "sync", "train"], phases.Select(kv => kv.Key));
             Assert.Equal(D(figures[total]), phases.Sum(kv => D(kv.Value)), 9);
         }
+        // the concurrency axis: 1, 4 and 16 clients, each ratio the quotient of its two rates, TTFT p50 <= p95
+        foreach (string clients in new[] { "1", "4", "16" })
+        {
+            double ratio = D(figures["concurrent_over_sequential_tokens_per_s"]!["tiny"]![clients]);
+            double concurrent = D(figures["concurrent_tokens_per_s"]!["tiny"]![clients]);
+            Assert.InRange(concurrent, 1e-3, 1e9);
+            Assert.InRange(ratio, 1e-3, 1e3);
+            Assert.True(D(figures["ttft_p50_seconds"]!["tiny"]![clients]) <= D(figures["ttft_p95_seconds"]!["tiny"]![clients]));
+        }
         string printed = text.ToString();
-        foreach (string title in new[] { "weight push", "rollout tokens/s at batch 4", "PPO seconds per iteration" }) Assert.Contains(title, printed);
+        foreach (string title in new[] { "weight push", "rollout tokens/s at batch 4", "streaming clients at once", "PPO seconds per iteration" }) Assert.Contains(title, printed);
     }
 }
