@@ -36,7 +36,7 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
     public string EngineName => engineName;
     /// <summary>Most sequences per request (and per engine batch).</summary>
     public int MaxBatch => maxBatch;
-    /// <summary>Most sequences waiting for the engine; more get <see cref="QueueFullException"/>.</summary>
+    /// <summary>Most sequences waiting for the engine; a call that would pass it gets <see cref="QueueFullException"/> (one call always gets into an empty queue).</summary>
     public int MaxQueued => maxQueued;
     /// <summary>Generate calls waiting or running.</summary>
     public int Queued => Volatile.Read(ref _calls);
@@ -53,7 +53,7 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
         bool start;
         lock (_lock)
         {
-            if (_queuedSequences + requests.Count > maxQueued)
+            if (_queuedSequences > 0 && _queuedSequences + requests.Count > maxQueued)   // a call always gets into an empty queue
                 throw new QueueFullException($"The replica's queue is full ({_queuedSequences} sequences wait; at most {maxQueued}); retry shortly.");
             _waiting.Add(pending);
             _queuedSequences += requests.Count;

@@ -131,4 +131,39 @@ public sealed class BatchingTests
         Assert.Equal(solo, together);
         Assert.True(batches < 16, $"16 concurrent calls ran in {batches} engine batches: nothing was batched");
     }
+
+    [Fact]
+    public async Task ARealServerWithAFullQueueAnswers429WithRetryAfter()
+    {
+        using var models = new ServeModels();
+        using var server = ServerProcess.Start("rollout", "--model", models.Policy, "--threads", "1", "--max-queue", "1");
+        using var http = new HttpClient { BaseAddress = new Uri(server.Address), Timeout = TimeSpan.FromSeconds(60) };
+        StringContent Body(int n, bool stream) => new(new JsonObject
+        {
+            ["model"] = "tiny-policy", ["prompt"] = "the product", ["max_tokens"] = 58, ["n"] = n, ["seed"] = 1, ["stream"] = stream,
+        }.ToJsonString(), Encoding.UTF8, "application/json");
+        // A (256 sequences, streamed: its first event says it is in the engine) holds the engine; of B and C (one sequence
+        // each) one fills the queue and the other must be refused. A tiny model can finish A before they come, so the
+        // scene is played at most five times; a server that never refuses fails every time.
+        for (int attempt = 0; attempt < 5; attempt++)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = Body(256, stream: true) };
+            using var running = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+            using var reader = new StreamReader(await running.Content.ReadAsStreamAsync());
+            Assert.StartsWith("data: ", await reader.ReadLineAsync());
+            // B and C at once: one of them waits (and is served once the engine frees up), the other finds the queue full
+            var answers = await Task.WhenAll(http.PostAsync("/v1/completions", Body(1, stream: false)), http.PostAsync("/v1/completions", Body(1, stream: false)));
+            await reader.ReadToEndAsync();
+            using var first = answers[0];
+            using var second = answers[1];
+            var statuses = answers.Select(a => a.StatusCode).Order().ToArray();
+            if (statuses.All(x => x == System.Net.HttpStatusCode.OK)) continue;   // A ended before B and C came
+            Assert.Equal([System.Net.HttpStatusCode.OK, System.Net.HttpStatusCode.TooManyRequests], statuses);
+            var refused = answers.Single(a => a.StatusCode == System.Net.HttpStatusCode.TooManyRequests);
+            Assert.Equal(TimeSpan.FromSeconds(1), refused.Headers.RetryAfter?.Delta);
+            Assert.Contains("queue is full", (string)JsonNode.Parse(await refused.Content.ReadAsStringAsync())!["error"]!["message"]!);
+            return;
+        }
+        Assert.Fail("five times over, a call behind a waiting call was accepted by a server whose queue holds one sequence");
+    }
 }
