@@ -258,6 +258,7 @@ public sealed class RolloutEngine : LocalRolloutEngine
         var reason = new RolloutFinishReason?[n];
         var stopAt = new int[n];
         var textLen = new int[n];
+        var tops = new TokenLogProb[n][][];   // [row][step][k], only for rows that ask
         for (int r = 0; r < n; r++)
         {
             history[r] = new int[prompts[r].Length + sampling[r].MaxNewTokens];
@@ -369,6 +370,8 @@ public sealed class RolloutEngine : LocalRolloutEngine
                     int at = step == 0 ? lastPos[r] : 0;
                     var row = all.Slice((i * S + at) * V, V);
                     int prevLen = prompts[r].Length + generated[r];
+                    if (sampling[r].TopLogProbs > 0)
+                        (tops[r] ??= new TokenLogProb[sampling[r].MaxNewTokens][])[generated[r]] = _sampler.TopLogProbs(row, history[r].AsSpan(0, prevLen), sampling[r], sampling[r].TopLogProbs);
                     int token = _sampler.Sample(row, history[r].AsSpan(0, prevLen), sampling[r], rngs[r], out float lp);
                     history[r][prevLen] = token;
                     logps[r][generated[r]] = lp;
@@ -406,7 +409,7 @@ public sealed class RolloutEngine : LocalRolloutEngine
             int[] resp = history[r].AsSpan(prompts[r].Length, generated[r]).ToArray();
             string? text = RolloutRows.Text(Tokenizer, resp, reason[r], stopAt[r]);
             results[r] = new RolloutResult(prompts[r], resp, text, logps[r].AsSpan(0, generated[r]).ToArray(),
-                reason[r] ?? RolloutFinishReason.Length, timings, Version);
+                reason[r] ?? RolloutFinishReason.Length, timings, Version, tops[r]?[..generated[r]]);
         }
     }
 

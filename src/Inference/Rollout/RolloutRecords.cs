@@ -42,6 +42,8 @@ public sealed record RolloutTimings(double PrefillMs, double DecodeMs, int Batch
 /// One generated response. <see cref="LogProbs"/> // [A]: log softmax(logits / T)[token] of each response token under
 /// the full distribution at the sampling temperature (before top-k/top-p; T = 1 for greedy), as
 /// <see cref="TokenSampler"/> defines it. <see cref="WeightsVersion"/> is the version of the weights that generated it.
+/// <see cref="TopLogProbs"/> // [A][k]: with <see cref="SamplingOptions.TopLogProbs"/> = k, the k most likely tokens of
+/// that distribution at each step (null when not asked for, or from an engine that does not record them).
 /// </summary>
 public sealed record RolloutResult(
     int[] PromptIds,
@@ -50,4 +52,8 @@ public sealed record RolloutResult(
     float[] LogProbs,
     RolloutFinishReason FinishReason,
     RolloutTimings Timings,
-    ulong WeightsVersion = 0);
+    ulong WeightsVersion = 0,
+    TokenLogProb[][]? TopLogProbs = null);
+
+/// <summary>A token and its log-probability.</summary>
+public readonly record struct TokenLogProb(int Token, float LogProb);

@@ -27,6 +27,9 @@ public sealed record SamplingOptions
     /// <summary>Seed of this request's own <see cref="Rng"/>: the same seed gives the same tokens whatever the batch.</summary>
     public ulong Seed { get; init; }
 
+    /// <summary>Record the K most likely tokens (and their logprobs, as <see cref="RolloutResult.LogProbs"/>'s) at every step; 0 = off, at most 20.</summary>
+    public int TopLogProbs { get; init; }
+
     /// <summary>Generation stops when the decoded response contains one of these (the response is cut before it).</summary>
     public IReadOnlyList<string> StopStrings { get; init; } = [];
 
@@ -46,6 +49,8 @@ public sealed record SamplingOptions
             throw new ArgumentException($"RepetitionPenalty must be a finite number > 0 (1 = off); got {RepetitionPenalty}.");
         if (MaxNewTokens < 1)
             throw new ArgumentException($"MaxNewTokens must be >= 1; got {MaxNewTokens}.");
+        if (TopLogProbs is < 0 or > 20)
+            throw new ArgumentException($"TopLogProbs must be in [0, 20] (0 = off); got {TopLogProbs}.");
         if (StopStrings is null)
             throw new ArgumentException("StopStrings must not be null; use an empty list for no stop strings.");
         for (int i = 0; i < StopStrings.Count; i++)

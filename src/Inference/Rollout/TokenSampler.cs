@@ -101,6 +101,34 @@ public sealed class TokenSampler
         return z[token] - m - MathF.Log(TensorPrimitives.Sum(p));
     }
 
+    /// <summary>
+    /// The <paramref name="k"/> most likely tokens of the same distribution <see cref="LogProb"/> reports,
+    /// <c>log softmax(penalise(logits) / T)</c> over the full vocabulary (T = 1 for greedy), most likely first (ties: lower id).
+    /// </summary>
+    public TokenLogProb[] TopLogProbs(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens, SamplingOptions o, int k)
+    {
+        int V = _z.Length;
+        if (logits.Length != V)
+            throw new ArgumentException($"logits has length {logits.Length}; this sampler was built for vocab size {V}.", nameof(logits));
+        LogProb(logits, previousTokens, o, 0);   // leaves z = penalise(logits) / T and p = exp(z − max) in the buffers
+        ReadOnlySpan<float> z = _z;
+        float m = TensorPrimitives.Max(z);
+        float logS = MathF.Log(TensorPrimitives.Sum((ReadOnlySpan<float>)_p));
+        k = Math.Min(k, V);
+        var best = new List<int>(k + 1);
+        for (int i = 0; i < V; i++)
+        {
+            if (best.Count == k && z[i] <= z[best[^1]]) continue;
+            int at = best.Count;
+            while (at > 0 && z[best[at - 1]] < z[i]) at--;
+            best.Insert(at, i);
+            if (best.Count > k) best.RemoveAt(k);
+        }
+        var result = new TokenLogProb[best.Count];
+        for (int j = 0; j < best.Count; j++) result[j] = new TokenLogProb(best[j], z[best[j]] - m - logS);
+        return result;
+    }
+
     /// <summary>The step with the uniform draw <paramref name="u"/> in [0, 1) given (tests compare against a reference).</summary>
     internal int SampleWithUniform(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens, SamplingOptions o,
         double u, out float logProb, out float truncatedLogProb)

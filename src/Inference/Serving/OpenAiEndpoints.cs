@@ -37,7 +37,7 @@ static class OpenAiEndpoints
         int? logprobs = Json.Int(body, "logprobs");
         if (logprobs is < 0) throw new BadRequest($"'logprobs' must be >= 0; got {logprobs}.", "logprobs");
         var prompts = Prompts(body, replica);
-        var (requests, n) = Requests(replica, body, prompts, Json.Int(body, "max_tokens") ?? 16, "max_tokens");
+        var (requests, n) = Requests(replica, body, prompts, Json.Int(body, "max_tokens") ?? 16, "max_tokens", logprobs ?? 0);
         if (Streamed(body) is { } usage)
         {
             await StreamedAnswers.Write(ctx, replica, requests, n, chat: false, usage);
@@ -73,13 +73,15 @@ static class OpenAiEndpoints
         var template = replica.Chat ?? throw new BadRequest(replica.ChatProblem ??
             "This model folder has no chat template (tokenizer_config.json 'chat_template' or chat_template.jinja); use POST /v1/completions.", "messages");
         bool logprobs = body.TryGetProperty("logprobs", out var lp) && lp.ValueKind == JsonValueKind.True;
+        int topLogprobs = Json.Int(body, "top_logprobs") ?? 0;
+        if (topLogprobs != 0 && !logprobs) throw new BadRequest("'top_logprobs' needs 'logprobs': true.", "top_logprobs");
         string text;
         try { text = template.Render(Messages(body), addGenerationPrompt: true, Special(tokenizer, tokenizer.BosId), Special(tokenizer, tokenizer.EosId)); }
         catch (ChatTemplateException e) { throw new BadRequest(e.Message, "messages"); }
         int[] ids = tokenizer.Encode(text);
         if (ids.Length == 0) throw new BadRequest("The chat template rendered an empty prompt.", "messages");
         int maxTokens = Json.Int(body, "max_completion_tokens") ?? Json.Int(body, "max_tokens") ?? 16;
-        var (requests, n) = Requests(replica, body, [RolloutRequest.FromIds(ids)], maxTokens, "max_completion_tokens");
+        var (requests, n) = Requests(replica, body, [RolloutRequest.FromIds(ids)], maxTokens, "max_completion_tokens", topLogprobs);
         if (Streamed(body) is { } usage)
         {
             await StreamedAnswers.Write(ctx, replica, requests, n, chat: true, usage);
@@ -127,7 +129,7 @@ static class OpenAiEndpoints
     /// <c>seed + i·n + j</c> (a random base seed when none is given).
     /// </summary>
     static (IReadOnlyList<RolloutRequest> Requests, int N) Requests(RolloutReplica replica, JsonElement body,
-        IReadOnlyList<RolloutRequest> prompts, int maxTokens, string maxTokensName)
+        IReadOnlyList<RolloutRequest> prompts, int maxTokens, string maxTokensName, int topLogProbs)
     {
         if (maxTokens < 1) throw new BadRequest($"'{maxTokensName}' must be >= 1; got {maxTokens}.", maxTokensName);
         int n = Json.Int(body, "n") ?? 1;
@@ -141,7 +143,7 @@ static class OpenAiEndpoints
         var sampling = new SamplingOptions
         {
             Temperature = Json.Float(body, "temperature") ?? 1f, TopP = Json.Float(body, "top_p") ?? 1f, TopK = topK, MaxNewTokens = maxTokens,
-            StopStrings = Json.Strings(body, "stop"),
+            StopStrings = Json.Strings(body, "stop"), TopLogProbs = topLogProbs,
         };
         try { sampling.Validate(); }
         catch (ArgumentException e) { throw new BadRequest(e.Message); }
@@ -202,22 +204,38 @@ static class OpenAiEndpoints
     static string? Special(Tokenization.TextTokenizer tokenizer, int? id) => id is int i ? tokenizer.TokenText(i) : null;
 
     /// <summary>Chat logprobs: per token its text, logprob and UTF-8 bytes; top_logprobs holds the chosen token only (the engine records no others).</summary>
+    /// <summary>
+    /// Chat logprobs: each token with its logprob and bytes, and <c>top_logprobs</c>: the request's <c>top_logprobs</c>
+    /// most likely tokens at that step (<see cref="RolloutResult.TopLogProbs"/>), or the chosen token alone when none were asked for.
+    /// </summary>
     static JsonObject ChatLogProbs(RolloutResult r, RolloutReplica replica)
     {
+        JsonObject Entry(int id, float lp)
+        {
+            string piece = Piece(id, replica);
+            return new JsonObject
+            {
+                ["token"] = piece, ["logprob"] = lp, ["bytes"] = new JsonArray([.. System.Text.Encoding.UTF8.GetBytes(piece).Select(b => (JsonNode)JsonValue.Create((int)b))]),
+            };
+        }
         var content = new JsonArray();
         for (int t = 0; t < r.ResponseIds.Length; t++)
         {
-            string piece = Piece(r.ResponseIds[t], replica);
-            var bytes = new JsonArray([.. System.Text.Encoding.UTF8.GetBytes(piece).Select(b => (JsonNode)JsonValue.Create((int)b))]);
-            var top = new JsonObject { ["token"] = piece, ["logprob"] = r.LogProbs[t], ["bytes"] = bytes.DeepClone() };
-            content.Add(new JsonObject { ["token"] = piece, ["logprob"] = r.LogProbs[t], ["bytes"] = bytes, ["top_logprobs"] = new JsonArray(top) });
+            var entry = Entry(r.ResponseIds[t], r.LogProbs[t]);
+            entry["top_logprobs"] = r.TopLogProbs is { } tops
+                ? new JsonArray([.. tops[t].Select(x => (JsonNode)Entry(x.Token, x.LogProb))])
+                : new JsonArray(Entry(r.ResponseIds[t], r.LogProbs[t]));
+            content.Add(entry);
         }
         return new JsonObject { ["content"] = content };
     }
 
     static string Piece(int id, RolloutReplica replica) => replica.Tokenizer?.Decode([id], skipSpecial: false) ?? $"<{id}>";
 
-    /// <summary>OpenAI's legacy logprobs object; top_logprobs holds the chosen token only (the engine records no others).</summary>
+    /// <summary>
+    /// OpenAI's legacy logprobs object; <c>top_logprobs</c> maps the <c>logprobs</c> most likely tokens of each step to
+    /// their logprobs (with <c>logprobs: 0</c>, or from an engine that records no alternatives, the chosen token alone).
+    /// </summary>
     static JsonObject LogProbs(RolloutResult r, RolloutReplica replica)
     {
         var tokens = new JsonArray();
@@ -230,7 +248,11 @@ static class OpenAiEndpoints
             string piece = Piece(r.ResponseIds[t], replica);
             tokens.Add(piece);
             lps.Add(r.LogProbs[t]);
-            tops.Add(new JsonObject { [piece] = r.LogProbs[t] });
+            var top = new JsonObject();
+            if (r.TopLogProbs is { } alternatives)
+                foreach (var x in alternatives[t]) top.TryAdd(Piece(x.Token, replica), x.LogProb);   // two ids that decode alike share a key: the likelier stays
+            else top[piece] = r.LogProbs[t];
+            tops.Add(top);
             offsets.Add(offset);
             offset += piece.Length;
         }

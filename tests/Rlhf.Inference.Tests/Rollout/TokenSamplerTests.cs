@@ -13,6 +13,25 @@ public sealed class TokenSamplerTests
         new SamplingOptions { Temperature = t, TopK = k, TopP = p, RepetitionPenalty = rep }.Validate();
 
     [Fact]
+    public void TopLogProbs_are_the_k_largest_of_the_penalised_tempered_log_softmax()
+    {
+        var s = new TokenSampler(6);
+        float[] logits = [1.0f, 3.0f, -0.5f, 2.5f, 3.0f, 0.2f];
+        var o = new SamplingOptions { Temperature = 0.7f, RepetitionPenalty = 1.3f };
+        int[] previous = [4];   // token 4's positive logit is divided by the penalty
+        // by hand, in double: z = penalise(logits) / T, log softmax, the 3 largest (ties: lower id first)
+        double[] z = [.. logits.Select((x, i) => (i == 4 ? x / 1.3 : x) / 0.7)];
+        double m = z.Max(), logS = Math.Log(z.Sum(x => Math.Exp(x - m)));
+        var expected = z.Select((x, i) => (Id: i, Lp: x - m - logS)).OrderByDescending(x => x.Lp).ThenBy(x => x.Id).Take(3).ToArray();
+        var top = s.TopLogProbs(logits, previous, o, 3);
+        Assert.Equal(expected.Select(e => e.Id), top.Select(t => t.Token));
+        for (int i = 0; i < 3; i++) Assert.Equal(expected[i].Lp, top[i].LogProb, 5);
+        // the chosen token's logprob is the same number the sampler reports for it
+        Assert.Equal(s.LogProb(logits, previous, o, top[0].Token), top[0].LogProb, 6);
+        Assert.Equal(6, s.TopLogProbs(logits, previous, o, 10).Length);
+    }
+
+    [Fact]
     public void Greedy_picks_argmax_with_log_softmax_at_T1()
     {
         var s = new TokenSampler(5);

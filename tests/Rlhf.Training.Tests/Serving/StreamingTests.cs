@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.AI;
 using OpenAI.Chat;
+using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Serving;
 using Rlhf.Inference.Tokenization;
 
@@ -149,6 +150,55 @@ public sealed class StreamingTests
         body["max_tokens"] = 4;
         using var next = await http.PostAsync("/v1/completions", new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json"));
         Assert.Equal(HttpStatusCode.OK, next.StatusCode);
+    }
+
+    [Fact]
+    public async Task TopLogprobsAreTheMostLikelyTokensOfEachStep()
+    {
+        using var server = new Server();
+        using var http = Http(server.Process.Address);
+        var body = new JsonObject { ["model"] = "chat-policy", ["prompt"] = "the product", ["max_tokens"] = 5, ["seed"] = 2, ["temperature"] = 0.7, ["logprobs"] = 3 };
+        using var r = await http.PostAsync("/v1/completions", new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json"));
+        var choice = JsonNode.Parse(await r.Content.ReadAsStringAsync())!["choices"]![0]!;
+        var tops = choice["logprobs"]!["top_logprobs"]!.AsArray();
+        float[] chosen = [.. choice["logprobs"]!["token_logprobs"]!.AsArray().Select(x => (float)x!)];
+        Assert.Equal(chosen.Length, tops.Count);
+        // independently: the engine's full-sequence logits at each step, / T, log softmax, the 3 largest
+        using var engine = RolloutEngine.Load(server.Models.Policy, new RolloutEngineOptions { Threads = 1 });
+        var tokenizer = TextTokenizer.Load(server.Models.Policy);
+        int[] prompt = PromptFormat.PromptIds(tokenizer, "the product");
+        var again = engine.Generate(RolloutRequest.FromIds(prompt, new SamplingOptions { Temperature = 0.7f, MaxNewTokens = 5, Seed = 2 }));
+        int vocab = engine.Signature.VocabSize;
+        for (int t = 0; t < tops.Count; t++)
+        {
+            float[] logits = engine.Logits([.. prompt, .. again.ResponseIds[..t]]);
+            double[] z = [.. logits.AsSpan((prompt.Length + t - 1) * vocab, vocab).ToArray().Select(x => x / 0.7)];
+            double m = z.Max(), logS = Math.Log(z.Sum(x => Math.Exp(x - m)));
+            double[] expected = [.. z.Select(x => x - m - logS).OrderDescending().Take(3)];
+            double[] served = [.. tops[t]!.AsObject().Select(kv => (double)(float)kv.Value!).OrderDescending()];
+            Assert.True(served.Length is >= 1 and <= 3);   // pieces that decode alike share a key
+            Assert.True(Math.Abs(expected[0] - served[0]) < 1e-4, $"step {t}: most likely {served[0]}, by hand {expected[0]}");
+            Assert.True(served[0] >= chosen[t] - 1e-6f, $"step {t}: the chosen token cannot be likelier than the most likely");
+        }
+
+        // chat: top_logprobs alternatives per token, logprob-sorted, the chosen token's logprob beside them
+        var chat = new JsonObject
+        {
+            ["model"] = "chat-policy", ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "the product" }),
+            ["max_tokens"] = 4, ["seed"] = 3, ["logprobs"] = true, ["top_logprobs"] = 2,
+        };
+        using var c = await http.PostAsync("/v1/chat/completions", new StringContent(chat.ToJsonString(), Encoding.UTF8, "application/json"));
+        var content = JsonNode.Parse(await c.Content.ReadAsStringAsync())!["choices"]![0]!["logprobs"]!["content"]!.AsArray();
+        Assert.NotEmpty(content);
+        foreach (var token in content)
+        {
+            float[] alternatives = [.. token!["top_logprobs"]!.AsArray().Select(a => (float)a!["logprob"]!)];
+            Assert.Equal(2, alternatives.Length);
+            Assert.True(alternatives[0] >= alternatives[1] && alternatives[0] >= (float)token["logprob"]! - 1e-6f);
+        }
+        chat.Remove("logprobs");
+        using var bad = await http.PostAsync("/v1/chat/completions", new StringContent(chat.ToJsonString(), Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
     }
 
     [Fact]
