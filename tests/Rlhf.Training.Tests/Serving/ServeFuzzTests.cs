@@ -39,7 +39,7 @@ public sealed class ServeFuzzTests
     /// <summary>Malformed bodies for a route whose good body is <paramref name="good"/> (its fields get wrong values one at a time).</summary>
     static IEnumerable<byte[]> MalformedBodies(Random rng, JsonObject good, int count)
     {
-        string[] fields = [.. good.Select(p => p.Key), "n", "seed", "stop", "logprobs", "top_k", "top_p", "stream", "messages", "prompt", "query", "prompts"];
+        string[] fields = [.. good.Select(p => p.Key), "n", "seed", "stop", "logprobs", "top_logprobs", "top_k", "top_p", "stream", "stream_options", "messages", "prompt", "query", "prompts"];
         for (int i = 0; i < count; i++)
         {
             switch (i % 8)
