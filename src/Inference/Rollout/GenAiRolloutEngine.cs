@@ -165,7 +165,7 @@ public sealed class GenAiRolloutEngine : LocalRolloutEngine
     /// (<paramref name="requiredVersion"/>: that version or <see cref="Services.WeightsVersionMismatchException"/>).
     /// </summary>
     public override IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default,
-        Action<int, int>? onToken = null)
+        Action<SampledToken>? onToken = null)
     {
         var (prompts, sampling) = RolloutRows.Prepare(requests, Tokenizer, _vocab, _context,
             "A text prompt needs a tokenizer: put the tokenizer files in the GenAI folder or pass one to GenAiRolloutEngine.Load.");
@@ -194,7 +194,7 @@ public sealed class GenAiRolloutEngine : LocalRolloutEngine
                     cancellationToken.ThrowIfCancellationRequested();
                     int[] chunk = rows[start..Math.Min(rows.Length, start + _options.MaxBatchSize)];
                     var chunkResults = RunChunk([.. chunk.Select(i => prompts[i])], [.. chunk.Select(i => sampling[i])],
-                        onToken is null ? null : (r, t) => onToken(chunk[r], t));
+                        onToken is null ? null : e => onToken(e with { Request = chunk[e.Request] }));
                     for (int j = 0; j < chunk.Length; j++) results[chunk[j]] = chunkResults[j];
                 }
             }
@@ -202,7 +202,7 @@ public sealed class GenAiRolloutEngine : LocalRolloutEngine
         return results;
     }
 
-    RolloutResult[] RunChunk(int[][] prompts, SamplingOptions[] sampling, Action<int, int>? onToken)
+    RolloutResult[] RunChunk(int[][] prompts, SamplingOptions[] sampling, Action<SampledToken>? onToken)
     {
         if (WeightsAreInputs && _weights is null)
             throw new InvalidOperationException("This GenAI folder's graph takes its weights as inputs (rlhf export --weights inputs): " +
@@ -272,7 +272,7 @@ public sealed class GenAiRolloutEngine : LocalRolloutEngine
                 logps[r][generated[r]] = _sampler.LogProb(row, history[r].AsSpan(0, prevLen), sampling[r], token);
                 history[r][prevLen] = token;
                 generated[r]++;
-                onToken?.Invoke(r, token);
+                onToken?.Invoke(new SampledToken(r, token, logps[r][generated[r] - 1], null));
                 if (Array.IndexOf(_eos, token) >= 0) reason[r] = RolloutFinishReason.Eos;
                 else if (stops[r] is { } m && RolloutRows.CheckStop(Tokenizer!, m, history[r].AsSpan(prompts[r].Length, generated[r]), ref textLen[r], ref stopAt[r]))
                     reason[r] = RolloutFinishReason.StopString;

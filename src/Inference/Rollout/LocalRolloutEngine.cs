@@ -42,7 +42,7 @@ public abstract class LocalRolloutEngine : Services.IRolloutService
     /// <paramref name="onToken"/> as <see cref="Services.RolloutCall.OnToken"/>.
     /// </summary>
     public abstract IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default,
-        Action<int, int>? onToken = null);
+        Action<SampledToken>? onToken = null);
 
     /// <summary>
     /// Replaces the policy weights with <paramref name="weights"/> (initializer name -> memory, read in place);

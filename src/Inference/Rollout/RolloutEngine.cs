@@ -123,7 +123,7 @@ public sealed class RolloutEngine : LocalRolloutEngine
     /// <see cref="Services.WeightsVersionMismatchException"/>). <paramref name="cancellationToken"/> is checked at every step.
     /// </summary>
     public override IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default,
-        Action<int, int>? onToken = null)
+        Action<SampledToken>? onToken = null)
     {
         var (prompts, sampling) = RolloutRows.Prepare(requests, Tokenizer, Signature.VocabSize, _context,
             "A text prompt needs a tokenizer: put the tokenizer files in the ONNX folder or pass one to RolloutEngine.Load.");
@@ -137,7 +137,7 @@ public sealed class RolloutEngine : LocalRolloutEngine
                 int n = Math.Min(_options.MaxBatchSize, requests.Count - start);
                 int offset = start;
                 RunBatch(prompts.AsSpan(start, n).ToArray(), sampling.AsSpan(start, n).ToArray(), results.AsSpan(start, n), cancellationToken,
-                    onToken is null ? null : (r, t) => onToken(offset + r, t));
+                    onToken is null ? null : e => onToken(e with { Request = offset + e.Request }));
             }
         }
         return results;
@@ -238,8 +238,8 @@ public sealed class RolloutEngine : LocalRolloutEngine
         return names;
     }
 
-    /// <summary>One batch: prefill, then decode steps until every row has ended; <paramref name="onToken"/>(row, token) as each is sampled.</summary>
-    void RunBatch(int[][] prompts, SamplingOptions[] sampling, Span<RolloutResult> results, CancellationToken cancellationToken, Action<int, int>? onToken)
+    /// <summary>One batch: prefill, then decode steps until every row has ended; <paramref name="onToken"/> (row-indexed) as each token is sampled.</summary>
+    void RunBatch(int[][] prompts, SamplingOptions[] sampling, Span<RolloutResult> results, CancellationToken cancellationToken, Action<SampledToken>? onToken)
     {
         var sig = Signature;
         int n = prompts.Length, V = sig.VocabSize;
@@ -376,7 +376,7 @@ public sealed class RolloutEngine : LocalRolloutEngine
                     history[r][prevLen] = token;
                     logps[r][generated[r]] = lp;
                     generated[r]++;
-                    onToken?.Invoke(r, token);
+                    onToken?.Invoke(new SampledToken(r, token, lp, tops[r]?[generated[r] - 1]));
                     if (Array.IndexOf(_eos, token) >= 0) reason[r] = RolloutFinishReason.Eos;
                     else if (stops[r] is { } m && RolloutRows.CheckStop(Tokenizer!, m, history[r].AsSpan(prompts[r].Length, generated[r]), ref textLen[r], ref stopAt[r]))
                         reason[r] = RolloutFinishReason.StopString;

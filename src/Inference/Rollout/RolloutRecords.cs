@@ -57,3 +57,9 @@ public sealed record RolloutResult(
 
 /// <summary>A token and its log-probability.</summary>
 public readonly record struct TokenLogProb(int Token, float LogProb);
+
+/// <summary>
+/// One token as an engine samples it (<see cref="Services.RolloutCall.OnToken"/>): the request's index in the call,
+/// the token, its logprob (as <see cref="RolloutResult.LogProbs"/>) and, when asked for, the step's most likely tokens.
+/// </summary>
+public readonly record struct SampledToken(int Request, int Token, float LogProb, TokenLogProb[]? Top);

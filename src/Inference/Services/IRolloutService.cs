@@ -43,11 +43,11 @@ public sealed record RolloutCall
     public TimeSpan Timeout { get; init; } = DefaultTimeout;
 
     /// <summary>
-    /// Called with (request index in the call, token id) as each token is sampled, on the engine's thread, in order per
-    /// request (streaming). Our ONNX Runtime engine reports every token; engines that cannot (GenAI, remote replicas)
-    /// report none, and the result carries the whole response at the end.
+    /// Called as each token is sampled (its request's index in the call, the token, its logprob and alternatives), on the
+    /// engine's thread, in order per request (streaming). The in-process engines (ours and GenAI's) report every token;
+    /// remote replicas report none, and the result carries the whole response at the end.
     /// </summary>
-    public Action<int, int>? OnToken { get; init; }
+    public Action<Rollout.SampledToken>? OnToken { get; init; }
 }
 
 /// <summary>A generate call required a weights version other than the one loaded (gRPC: FAILED_PRECONDITION).</summary>

@@ -40,7 +40,7 @@ static class OpenAiEndpoints
         var (requests, n) = Requests(replica, body, prompts, Json.Int(body, "max_tokens") ?? 16, "max_tokens", logprobs ?? 0);
         if (Streamed(body) is { } usage)
         {
-            await StreamedAnswers.Write(ctx, replica, requests, n, chat: false, usage);
+            await StreamedAnswers.Write(ctx, replica, requests, n, chat: false, usage, logprobs is not null);
             return;
         }
         var results = await replica.GenerateAsync(requests, new RolloutCall(), ctx.RequestAborted);
@@ -84,7 +84,7 @@ static class OpenAiEndpoints
         var (requests, n) = Requests(replica, body, [RolloutRequest.FromIds(ids)], maxTokens, "max_completion_tokens", topLogprobs);
         if (Streamed(body) is { } usage)
         {
-            await StreamedAnswers.Write(ctx, replica, requests, n, chat: true, usage);
+            await StreamedAnswers.Write(ctx, replica, requests, n, chat: true, usage, logprobs);
             return;
         }
         var results = await replica.GenerateAsync(requests, new RolloutCall(), ctx.RequestAborted);
@@ -204,11 +204,19 @@ static class OpenAiEndpoints
     static string? Special(Tokenization.TextTokenizer tokenizer, int? id) => id is int i ? tokenizer.TokenText(i) : null;
 
     /// <summary>Chat logprobs: per token its text, logprob and UTF-8 bytes; top_logprobs holds the chosen token only (the engine records no others).</summary>
+    /// <summary>The steps of a finished result, as an engine reports them while it samples.</summary>
+    static IReadOnlyList<SampledToken> Steps(RolloutResult r) =>
+        [.. r.ResponseIds.Select((t, i) => new SampledToken(0, t, r.LogProbs[i], r.TopLogProbs?[i]))];
+
+    static JsonObject ChatLogProbs(RolloutResult r, RolloutReplica replica) => ChatLogProbs(Steps(r), replica);
+
+    static JsonObject LogProbs(RolloutResult r, RolloutReplica replica) => LegacyLogProbs(Steps(r), replica, 0);
+
     /// <summary>
     /// Chat logprobs: each token with its logprob and bytes, and <c>top_logprobs</c>: the request's <c>top_logprobs</c>
     /// most likely tokens at that step (<see cref="RolloutResult.TopLogProbs"/>), or the chosen token alone when none were asked for.
     /// </summary>
-    static JsonObject ChatLogProbs(RolloutResult r, RolloutReplica replica)
+    internal static JsonObject ChatLogProbs(IReadOnlyList<SampledToken> steps, RolloutReplica replica)
     {
         JsonObject Entry(int id, float lp)
         {
@@ -219,39 +227,39 @@ static class OpenAiEndpoints
             };
         }
         var content = new JsonArray();
-        for (int t = 0; t < r.ResponseIds.Length; t++)
+        foreach (var step in steps)
         {
-            var entry = Entry(r.ResponseIds[t], r.LogProbs[t]);
-            entry["top_logprobs"] = r.TopLogProbs is { } tops
-                ? new JsonArray([.. tops[t].Select(x => (JsonNode)Entry(x.Token, x.LogProb))])
-                : new JsonArray(Entry(r.ResponseIds[t], r.LogProbs[t]));
+            var entry = Entry(step.Token, step.LogProb);
+            entry["top_logprobs"] = step.Top is { } tops
+                ? new JsonArray([.. tops.Select(x => (JsonNode)Entry(x.Token, x.LogProb))])
+                : new JsonArray(Entry(step.Token, step.LogProb));
             content.Add(entry);
         }
         return new JsonObject { ["content"] = content };
     }
 
-    static string Piece(int id, RolloutReplica replica) => replica.Tokenizer?.Decode([id], skipSpecial: false) ?? $"<{id}>";
+    internal static string Piece(int id, RolloutReplica replica) => replica.Tokenizer?.Decode([id], skipSpecial: false) ?? $"<{id}>";
 
     /// <summary>
-    /// OpenAI's legacy logprobs object; <c>top_logprobs</c> maps the <c>logprobs</c> most likely tokens of each step to
-    /// their logprobs (with <c>logprobs: 0</c>, or from an engine that records no alternatives, the chosen token alone).
+    /// OpenAI's legacy logprobs object for <paramref name="steps"/> (text offsets from <paramref name="offset"/>);
+    /// <c>top_logprobs</c> maps the <c>logprobs</c> most likely tokens of each step to their logprobs (with
+    /// <c>logprobs: 0</c>, or from an engine that records no alternatives, the chosen token alone).
     /// </summary>
-    static JsonObject LogProbs(RolloutResult r, RolloutReplica replica)
+    internal static JsonObject LegacyLogProbs(IReadOnlyList<SampledToken> steps, RolloutReplica replica, int offset)
     {
         var tokens = new JsonArray();
         var lps = new JsonArray();
         var tops = new JsonArray();
         var offsets = new JsonArray();
-        int offset = 0;
-        for (int t = 0; t < r.ResponseIds.Length; t++)
+        foreach (var step in steps)
         {
-            string piece = Piece(r.ResponseIds[t], replica);
+            string piece = Piece(step.Token, replica);
             tokens.Add(piece);
-            lps.Add(r.LogProbs[t]);
+            lps.Add(step.LogProb);
             var top = new JsonObject();
-            if (r.TopLogProbs is { } alternatives)
-                foreach (var x in alternatives[t]) top.TryAdd(Piece(x.Token, replica), x.LogProb);   // two ids that decode alike share a key: the likelier stays
-            else top[piece] = r.LogProbs[t];
+            if (step.Top is { } alternatives)
+                foreach (var x in alternatives) top.TryAdd(Piece(x.Token, replica), x.LogProb);   // two ids that decode alike share a key: the likelier stays
+            else top[piece] = step.LogProb;
             tops.Add(top);
             offsets.Add(offset);
             offset += piece.Length;

@@ -123,7 +123,7 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
             RequiredVersion = batch[0].Call.RequiredVersion,
             Timeout = batch.Min(p => p.Call.Timeout),
             OnToken = batch.Any(p => p.Call.OnToken is not null)
-                ? (row, token) => { int m = Member(row); batch[m].Call.OnToken?.Invoke(row - offsets[m], token); }
+                ? e => { int m = Member(e.Request); batch[m].Call.OnToken?.Invoke(e with { Request = e.Request - offsets[m] }); }
                 : null,
         };
         var clock = System.Diagnostics.Stopwatch.StartNew();

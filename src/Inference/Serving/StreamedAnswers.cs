@@ -44,12 +44,18 @@ static class StreamedAnswers
             final is not null && final.StartsWith(_sent, StringComparison.Ordinal) ? final[_sent.Length..] : "";
     }
 
-    /// <summary>Generates <paramref name="requests"/> (choice k = request k) and streams the answer.</summary>
-    public static async Task Write(HttpContext ctx, RolloutReplica replica, IReadOnlyList<RolloutRequest> requests, int n, bool chat, bool includeUsage)
+    /// <summary>
+    /// Generates <paramref name="requests"/> (choice k = request k) and streams the answer; with <paramref name="logprobs"/>
+    /// each chunk carries the logprobs of the tokens whose text it releases (the rest come with the choice's last chunk).
+    /// </summary>
+    public static async Task Write(HttpContext ctx, RolloutReplica replica, IReadOnlyList<RolloutRequest> requests, int n, bool chat, bool includeUsage, bool logprobs = false)
     {
-        var tokens = Channel.CreateUnbounded<(int Choice, int Token)>(new UnboundedChannelOptions { SingleReader = true });
+        var tokens = Channel.CreateUnbounded<SampledToken>(new UnboundedChannelOptions { SingleReader = true });
         var texts = requests.Select(r => new ChoiceText(Math.Max(0, (r.Sampling?.StopStrings ?? []).Select(s => s.Length).DefaultIfEmpty(0).Max() - 1))).ToArray();
-        var call = new RolloutCall { OnToken = (choice, token) => tokens.Writer.TryWrite((choice, token)) };
+        var pending = requests.Select(_ => new List<SampledToken>()).ToArray();   // tokens whose logprobs no chunk carried yet
+        var offsets = new int[requests.Count];                                    // text offset of the next legacy logprob entry
+        var reported = new bool[requests.Count];                                  // the engine reported tokens of this choice
+        var call = new RolloutCall { OnToken = e => tokens.Writer.TryWrite(e) };
         var generation = replica.GenerateAsync(requests, call, ctx.RequestAborted);
         _ = generation.ContinueWith(_ => tokens.Writer.TryComplete(), TaskScheduler.Default);
 
@@ -75,28 +81,40 @@ static class StreamedAnswers
             await ctx.Response.WriteAsync("data: " + data.ToJsonString() + "\n\n", ctx.RequestAborted);
             await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
         }
-        JsonObject Chunk(int k, JsonNode? delta, string? finish, ulong version = 0) => new()
+        JsonObject Chunk(int k, JsonNode? delta, string? finish, ulong version = 0, JsonNode? lp = null) => new()
         {
             ["id"] = id, ["object"] = chat ? "chat.completion.chunk" : "text_completion", ["created"] = created, ["model"] = replica.ModelName,
             ["system_fingerprint"] = $"weights-v{version}",
             ["choices"] = new JsonArray(chat
-                ? new JsonObject { ["index"] = k, ["delta"] = delta, ["logprobs"] = null, ["finish_reason"] = finish }
-                : new JsonObject { ["index"] = k, ["text"] = (string?)delta ?? "", ["logprobs"] = null, ["finish_reason"] = finish }),
+                ? new JsonObject { ["index"] = k, ["delta"] = delta, ["logprobs"] = lp, ["finish_reason"] = finish }
+                : new JsonObject { ["index"] = k, ["text"] = (string?)delta ?? "", ["logprobs"] = lp, ["finish_reason"] = finish }),
         };
+        // the logprobs of choice k's pending tokens (null without logprobs or when none wait), then none wait
+        JsonNode? TakeLogProbs(int k)
+        {
+            if (!logprobs || pending[k].Count == 0) return null;
+            JsonNode lp = chat ? OpenAiEndpoints.ChatLogProbs(pending[k], replica) : OpenAiEndpoints.LegacyLogProbs(pending[k], replica, offsets[k]);
+            offsets[k] += pending[k].Sum(t => OpenAiEndpoints.Piece(t.Token, replica).Length);
+            pending[k].Clear();
+            return lp;
+        }
         JsonNode Delta(string text) => chat ? new JsonObject { ["content"] = text } : JsonValue.Create(text);
 
         ulong loaded = replica.Engine.WeightsVersion;
-        await foreach (var (k, token) in tokens.Reader.ReadAllAsync(ctx.RequestAborted))
+        await foreach (var e in tokens.Reader.ReadAllAsync(ctx.RequestAborted))
         {
+            int k = e.Request;
+            reported[k] = true;
+            pending[k].Add(e);
             if (replica.Tokenizer is { } tokenizer)
             {
-                if (texts[k].Add(token, tokenizer) is { Length: > 0 } delta) await Send(Chunk(k, Delta(delta), null, loaded));
+                if (texts[k].Add(e.Token, tokenizer) is { Length: > 0 } delta) await Send(Chunk(k, Delta(delta), null, loaded, TakeLogProbs(k)));
             }
             else
             {
                 // ids in, ids out: a folder without a tokenizer streams each token's id (the text stays empty)
-                var chunk = Chunk(k, Delta(""), null, loaded);
-                chunk["choices"]![0]!["token_ids"] = new JsonArray(token);
+                var chunk = Chunk(k, Delta(""), null, loaded, TakeLogProbs(k));
+                chunk["choices"]![0]!["token_ids"] = new JsonArray(e.Token);
                 await Send(chunk);
             }
         }
@@ -113,8 +131,10 @@ static class StreamedAnswers
             var r = results[k];
             string rest = texts[k].Finish(r.Text);
             string finish = r.FinishReason == RolloutFinishReason.Length ? "length" : "stop";
-            if (rest.Length > 0) await Send(Chunk(k, Delta(rest), null, r.WeightsVersion));
-            await Send(Chunk(k, chat ? new JsonObject() : JsonValue.Create(""), finish, r.WeightsVersion));
+            if (logprobs && !reported[k])
+                pending[k].AddRange(r.ResponseIds.Select((t, i) => new SampledToken(k, t, r.LogProbs[i], r.TopLogProbs?[i])));   // an engine that reported no tokens
+            if (rest.Length > 0) await Send(Chunk(k, Delta(rest), null, r.WeightsVersion, TakeLogProbs(k)));
+            await Send(Chunk(k, chat ? new JsonObject() : JsonValue.Create(""), finish, r.WeightsVersion, TakeLogProbs(k)));
         }
         if (includeUsage)
         {

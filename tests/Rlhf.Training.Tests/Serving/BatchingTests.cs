@@ -26,7 +26,7 @@ public sealed class BatchingTests
         {
             lock (Calls) Calls.Add([.. requests.Select(r => r.PromptIds![0])]);
             await Gate.Task.WaitAsync(cancellationToken);
-            for (int i = 0; i < requests.Count; i++) call?.OnToken?.Invoke(i, 100 + requests[i].PromptIds![0]);
+            for (int i = 0; i < requests.Count; i++) call?.OnToken?.Invoke(new SampledToken(i, 100 + requests[i].PromptIds![0], -1f, null));
             return [.. requests.Select(r => new RolloutResult([.. r.PromptIds!], [100 + r.PromptIds![0]], null, [0f], RolloutFinishReason.Eos, new RolloutTimings(0, 0, requests.Count, 1)))];
         }
         public Task<TimeSpan> PushWeightsAsync(PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default) => Task.FromResult(TimeSpan.Zero);
@@ -44,7 +44,7 @@ public sealed class BatchingTests
         await WaitFor(() => engine.Calls.Count == 1);
         // while the engine runs, two calls wait (3 sequences: the queue is full)
         var tokens = new List<(int, int)>();
-        var second = replica.GenerateAsync(Prompts(3), new RolloutCall { OnToken = (i, t) => { lock (tokens) tokens.Add((i, t)); } }, default);
+        var second = replica.GenerateAsync(Prompts(3), new RolloutCall { OnToken = e => { lock (tokens) tokens.Add((e.Request, e.Token)); } }, default);
         var third = replica.GenerateAsync(Prompts(4, 5), new RolloutCall(), default);
         await WaitFor(() => replica.QueuedSequences == 3);
         var full = await Assert.ThrowsAsync<QueueFullException>(() => replica.GenerateAsync(Prompts(6), new RolloutCall(), default));

@@ -202,6 +202,38 @@ public sealed class StreamingTests
     }
 
     [Fact]
+    public async Task StreamedLogprobsEqualTheUnstreamedOnes()
+    {
+        using var server = new Server();
+        using var http = Http(server.Process.Address);
+        // completions: the legacy object, chunk by chunk, concatenates to the whole answer's
+        var body = new JsonObject { ["model"] = "chat-policy", ["prompt"] = "the product", ["max_tokens"] = 10, ["seed"] = 8, ["logprobs"] = 2 };
+        using var plain = await http.PostAsync("/v1/completions", new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json"));
+        var expected = JsonNode.Parse(await plain.Content.ReadAsStringAsync())!["choices"]![0]!["logprobs"]!;
+        body["stream"] = true;
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json") };
+        using var streamed = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        var parts = (await Events(streamed)).Where(e => e is not null).Select(e => e!["choices"]![0]!["logprobs"]).OfType<JsonObject>().ToList();
+        Assert.NotEmpty(parts);
+        foreach (string key in new[] { "tokens", "token_logprobs", "top_logprobs", "text_offset" })
+            Assert.Equal(expected[key]!.ToJsonString(), new JsonArray([.. parts.SelectMany(p => p[key]!.AsArray()).Select(x => x?.DeepClone())]).ToJsonString());
+
+        // chat: logprobs.content, chunk by chunk, concatenates to the whole answer's
+        var chat = new JsonObject
+        {
+            ["model"] = "chat-policy", ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "the product" }),
+            ["max_tokens"] = 8, ["seed"] = 4, ["logprobs"] = true, ["top_logprobs"] = 2,
+        };
+        using var whole = await http.PostAsync("/v1/chat/completions", new StringContent(chat.ToJsonString(), Encoding.UTF8, "application/json"));
+        var content = JsonNode.Parse(await whole.Content.ReadAsStringAsync())!["choices"]![0]!["logprobs"]!["content"]!;
+        chat["stream"] = true;
+        using var chatRequest = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions") { Content = new StringContent(chat.ToJsonString(), Encoding.UTF8, "application/json") };
+        using var chatStreamed = await http.SendAsync(chatRequest, HttpCompletionOption.ResponseHeadersRead);
+        var chatParts = (await Events(chatStreamed)).Where(e => e is not null).Select(e => e!["choices"]![0]!["logprobs"]).OfType<JsonObject>();
+        Assert.Equal(content.ToJsonString(), new JsonArray([.. chatParts.SelectMany(p => p["content"]!.AsArray()).Select(x => x?.DeepClone())]).ToJsonString());
+    }
+
+    [Fact]
     public void ChoiceTextHoldsBackPartialCharactersAndPossibleStopStrings()
     {
         var tokenizer = TextTokenizer.Load(Path.Combine(Rlhf.Training.Tests.Ppo.PpoTrainerTests.Models.Value.Sft));
