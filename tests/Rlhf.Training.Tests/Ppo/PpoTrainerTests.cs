@@ -71,6 +71,21 @@ public sealed class PpoTrainerTests
     }
 
     [Fact]
+    public void RunningRewardMomentsSurviveAResume()
+    {
+        // reward_normalization running: the moments of iterations 1–2 must come back from the checkpoint, or iteration 3
+        // normalises its scores differently and the weights part
+        var a = Tiny() with { BestOfN = [1], RewardNormalization = ScoreNormalization.Running };
+        PpoTrainer.Train(a, new RunControl { Progress = false });
+        var b = a with { Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "ppo") };
+        StopAfter.Step(2, c => PpoTrainer.Train(b, c));
+        PpoTrainer.Train(b, new RunControl { Progress = false, Resume = true });
+        Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")));
+        var m = MetricsTable.ReadCsv(Path.Combine(b.Out, "metrics.csv"));
+        Assert.Equal(MetricsTable.ReadCsv(Path.Combine(a.Out, "metrics.csv")).Rows[^1]["objective/scores"], m.Rows[^1]["objective/scores"]);
+    }
+
+    [Fact]
     public void GenAiRolloutsFollowEveryUpdate()
     {
         var cfg = Tiny() with { Engine = RolloutBackend.Genai, BestOfN = [1] };

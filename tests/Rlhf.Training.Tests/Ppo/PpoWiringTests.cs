@@ -309,6 +309,25 @@ public sealed class PpoWiringTests
     }
 
     [Fact]
+    public void EarlyStopOnKlEndsTheEpochsAfterTheMinibatchThatPassedIt()
+    {
+        using var f = Models();
+        var cfg = Config() with { PpoEpochs = 3, MiniBatch = 1, EarlyStopKl = 0.01 };   // 6 minibatches planned
+        Tensor[] lpOld;
+        using (no_grad()) lpOld = ByHand(f.Models.Actor, null, cfg.Temperature).Logp;
+        var (exp, _) = new ExperienceMaker(f.Models, cfg).Make(Scored(lpOld), 0.05);
+        using var e = exp;
+        // π_old 0.5 nats away from π on every token: approx KL = ½·0.25 > 0.01 from the first minibatch on
+        using (no_grad()) e.LogpOld = e.LogpOld! + 0.5f * e.ResponseMask;
+        using var learner = new PpoLearner(f.Models, cfg, ptx: null);
+        var stats = learner.Update(e, 0, (_, _) => { });
+        Assert.Equal(1, stats.Updates);
+        Assert.True(stats.ApproxKl > cfg.EarlyStopKl);
+        using var again = new PpoLearner(f.Models, cfg with { EarlyStopKl = 0 }, ptx: null);
+        Assert.Equal(6, again.Update(e, 0, (_, _) => { }).Updates);   // off: every minibatch steps
+    }
+
+    [Fact]
     public void InBf16TheFirstMinibatchRatioIsOneAndTheKlToTheReferenceIsZero()
     {
         using var f = Models();
