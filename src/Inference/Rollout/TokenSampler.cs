@@ -84,10 +84,20 @@ public sealed class TokenSampler
     /// </summary>
     public float LogProb(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens, SamplingOptions o, int token)
     {
+        var (m, logS) = LogSoftmaxInto(logits, previousTokens, o);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)token, (uint)_z.Length, nameof(token));
+        return _z[token] - m - logS;
+    }
+
+    /// <summary>
+    /// Leaves z = penalise(logits) / T (T = 1 for greedy) in the z buffer and returns its max and log Σ exp(z − max), so
+    /// that log softmax(z)[i] = z[i] − max − logS.
+    /// </summary>
+    (float Max, float LogS) LogSoftmaxInto(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens, SamplingOptions o)
+    {
         int V = _z.Length;
         if (logits.Length != V)
             throw new ArgumentException($"logits has length {logits.Length}; this sampler was built for vocab size {V}.", nameof(logits));
-        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)token, (uint)V, nameof(token));
         Span<float> z = _z;
         logits.CopyTo(z);
         if (o.RepetitionPenalty != 1f) ApplyRepetitionPenalty(z, previousTokens, o.RepetitionPenalty);
@@ -98,7 +108,7 @@ public sealed class TokenSampler
         Span<float> p = _p;
         TensorPrimitives.Subtract(z, m, p);
         TensorPrimitives.Exp(p, p);
-        return z[token] - m - MathF.Log(TensorPrimitives.Sum(p));
+        return (m, MathF.Log(TensorPrimitives.Sum(p)));
     }
 
     /// <summary>
@@ -108,12 +118,8 @@ public sealed class TokenSampler
     public TokenLogProb[] TopLogProbs(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens, SamplingOptions o, int k)
     {
         int V = _z.Length;
-        if (logits.Length != V)
-            throw new ArgumentException($"logits has length {logits.Length}; this sampler was built for vocab size {V}.", nameof(logits));
-        LogProb(logits, previousTokens, o, 0);   // leaves z = penalise(logits) / T and p = exp(z − max) in the buffers
+        var (m, logS) = LogSoftmaxInto(logits, previousTokens, o);
         ReadOnlySpan<float> z = _z;
-        float m = TensorPrimitives.Max(z);
-        float logS = MathF.Log(TensorPrimitives.Sum((ReadOnlySpan<float>)_p));
         k = Math.Min(k, V);
         var best = new List<int>(k + 1);
         for (int i = 0; i < V; i++)

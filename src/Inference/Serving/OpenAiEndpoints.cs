@@ -210,7 +210,11 @@ static class OpenAiEndpoints
 
     static JsonObject ChatLogProbs(RolloutResult r, RolloutReplica replica) => ChatLogProbs(Steps(r), replica);
 
-    static JsonObject LogProbs(RolloutResult r, RolloutReplica replica) => LegacyLogProbs(Steps(r), replica, 0);
+    static JsonObject LogProbs(RolloutResult r, RolloutReplica replica)
+    {
+        int offset = 0;
+        return LegacyLogProbs(Steps(r), replica, ref offset);
+    }
 
     /// <summary>
     /// Chat logprobs: each token with its logprob and bytes, and <c>top_logprobs</c>: the request's <c>top_logprobs</c>
@@ -241,11 +245,12 @@ static class OpenAiEndpoints
     internal static string Piece(int id, RolloutReplica replica) => replica.Tokenizer?.Decode([id], skipSpecial: false) ?? $"<{id}>";
 
     /// <summary>
-    /// OpenAI's legacy logprobs object for <paramref name="steps"/> (text offsets from <paramref name="offset"/>);
+    /// OpenAI's legacy logprobs object for <paramref name="steps"/> (text offsets from <paramref name="offset"/>, which
+    /// moves past their text);
     /// <c>top_logprobs</c> maps the <c>logprobs</c> most likely tokens of each step to their logprobs (with
     /// <c>logprobs: 0</c>, or from an engine that records no alternatives, the chosen token alone).
     /// </summary>
-    internal static JsonObject LegacyLogProbs(IReadOnlyList<SampledToken> steps, RolloutReplica replica, int offset)
+    internal static JsonObject LegacyLogProbs(IReadOnlyList<SampledToken> steps, RolloutReplica replica, ref int offset)
     {
         var tokens = new JsonArray();
         var lps = new JsonArray();

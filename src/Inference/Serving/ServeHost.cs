@@ -136,7 +136,8 @@ public static class ServeHost
         builder.Services.AddGrpcHealthChecks().AddCheck("engine", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy());
         register(builder.Services);
         var app = builder.Build();
-        app.Use(CountRequests);
+        var requestLog = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger(RequestLogCategory);
+        app.Use((ctx, next) => CountRequests(ctx, next, requestLog));
         if (token is not null) app.Use(Authenticate(token));
         app.MapGrpcHealthChecksService();
         app.MapGet("/health", () => Results.Json(new { status = "alive" }));
@@ -195,7 +196,7 @@ public static class ServeHost
     /// Counts every finished request by route (its endpoint's pattern, or "unmatched") and status code, and logs it
     /// (method, route, status, milliseconds) at Information, which only the JSON log format shows.
     /// </summary>
-    static async Task CountRequests(HttpContext ctx, RequestDelegate next)
+    static async Task CountRequests(HttpContext ctx, RequestDelegate next, ILogger requestLog)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         try { await next(ctx); }
@@ -203,8 +204,7 @@ public static class ServeHost
         {
             string route = (ctx.GetEndpoint() as Microsoft.AspNetCore.Routing.RouteEndpoint)?.RoutePattern.RawText ?? ctx.GetEndpoint()?.DisplayName ?? "unmatched";
             ServeMetrics.Request(route, ctx.Response.StatusCode);
-            ctx.RequestServices.GetService<ILoggerFactory>()?.CreateLogger(RequestLogCategory).LogInformation(
-                "{Method} {Route} {Status} {Milliseconds}", ctx.Request.Method, route, ctx.Response.StatusCode, Math.Round(clock.Elapsed.TotalMilliseconds, 1));
+            requestLog.LogInformation("{Method} {Route} {Status} {Milliseconds}", ctx.Request.Method, route, ctx.Response.StatusCode, Math.Round(clock.Elapsed.TotalMilliseconds, 1));
         }
     }
 

@@ -93,8 +93,7 @@ static class StreamedAnswers
         JsonNode? TakeLogProbs(int k)
         {
             if (!logprobs || pending[k].Count == 0) return null;
-            JsonNode lp = chat ? OpenAiEndpoints.ChatLogProbs(pending[k], replica) : OpenAiEndpoints.LegacyLogProbs(pending[k], replica, offsets[k]);
-            offsets[k] += pending[k].Sum(t => OpenAiEndpoints.Piece(t.Token, replica).Length);
+            JsonNode lp = chat ? OpenAiEndpoints.ChatLogProbs(pending[k], replica) : OpenAiEndpoints.LegacyLogProbs(pending[k], replica, ref offsets[k]);
             pending[k].Clear();
             return lp;
         }

@@ -116,14 +116,14 @@ public static class DpoTrainer
                 double lr = LrSchedule.At(step, totalSteps, cfg.Lr, LrDecay.Cosine, cfg.WarmupSteps, 0.0);
                 TrainerParts.SetLr(optimizer, lr);
                 TrainerParts.ClearGrads(optimizer);
-                int[] batch = BatchRows(train.Length, step, stepsPerEpoch, cfg);
+                int[] batch = RmTrainer.BatchIndices(train.Length, step, stepsPerEpoch, cfg.PromptsPerBatch, cfg.Seed);
                 var row = new Dictionary<string, double> { ["step"] = step + 1, ["epoch"] = (step + 1) / (double)stepsPerEpoch, ["lr"] = lr };
                 using (var scope = NewDisposeScope())
                 {
                     var groups = batch.Select(i => train[i]).ToArray();
                     var logp = SequenceLogProbs(policy, groups, padId, device);
                     var rewards = DpoLoss.ImplicitRewards(logp, tensor(batch.SelectMany(i => refTrain[i]).ToArray(), device: device), cfg.Beta);
-                    var (chosen, rejected, weight) = Pairs(rewards, groups, device);
+                    var (chosen, rejected, weight) = RmTrainer.PairTensors(rewards, [.. groups.Select(g => g.Group)], device);
                     var loss = DpoLoss.Compute(chosen, rejected, weight, groups.Length, cfg.Beta, cfg.Loss);
                     loss.backward();
                     using var noGrad = no_grad();
@@ -230,43 +230,12 @@ public static class DpoTrainer
         return all;
     }
 
-    /// <summary>(r_w, r_l, 1/pairs of the prompt) of every comparison of <paramref name="groups"/>, from per-response rewards [Σ K] in group order.</summary>
-    internal static (Tensor Chosen, Tensor Rejected, Tensor Weight) Pairs(Tensor rewards, IReadOnlyList<DpoGroup> groups, Device device)
-    {
-        var w = new List<long>();
-        var l = new List<long>();
-        var weight = new List<float>();
-        int offset = 0;
-        foreach (var g in groups)
-        {
-            foreach (var (win, lose) in g.Group.Pairs)
-            {
-                w.Add(offset + win);
-                l.Add(offset + lose);
-                weight.Add(1f / g.Group.Pairs.Count);
-            }
-            offset += g.Responses.Length;
-        }
-        return (rewards.index_select(0, tensor(w.ToArray(), device: device)), rewards.index_select(0, tensor(l.ToArray(), device: device)),
-                tensor(weight.ToArray(), device: device));
-    }
-
-    /// <summary>Share of held-out pairs with different reference values that the implicit rewards order the same way.</summary>
+    /// <summary>Share of held-out pairs with different reference values that the implicit rewards order the same way (<see cref="RmTrainer.Accuracy(double[][], IReadOnlyList{RmGroup})"/>).</summary>
     static double HeldOutAccuracy(LlamaForCausalLM policy, DpoGroup[] eval, float[][] refEval, int padId, Device device, double beta)
     {
         float[][] logp = SequenceLogProbsAll(policy, eval, padId, device);
-        int right = 0, counted = 0;
-        for (int g = 0; g < eval.Length; g++)
-        {
-            var gold = eval[g].Group.Gold;
-            foreach (var (w, l) in eval[g].Group.Pairs)
-            {
-                if (gold[w] == gold[l]) continue;
-                counted++;
-                if (Math.Sign(beta * (logp[g][w] - refEval[g][w]) - beta * (logp[g][l] - refEval[g][l])) == Math.Sign(gold[w] - gold[l])) right++;
-            }
-        }
-        return counted == 0 ? double.NaN : right / (double)counted;
+        double[][] rewards = [.. logp.Select((g, i) => g.Select((x, j) => beta * (x - refEval[i][j])).ToArray())];
+        return RmTrainer.Accuracy(rewards, [.. eval.Select(g => g.Group)]);
     }
 
     /// <summary>
@@ -297,14 +266,6 @@ public static class DpoTrainer
         }
         var (sftMean, sftStd) = TrainerParts.MeanStd(Gold(sft));
         return new PolicyComparison(sftMean, sftStd, Gold(dpo).Average(), kl);
-    }
-
-    /// <summary>Groups of step <paramref name="step"/>: consecutive slices of a seeded permutation per epoch.</summary>
-    static int[] BatchRows(int count, int step, int stepsPerEpoch, DpoConfig cfg)
-    {
-        int epoch = step / stepsPerEpoch, within = step % stepsPerEpoch;
-        int[] order = SftTrainer.Permutation(count, cfg.Seed * 7919 + epoch);
-        return [.. order.Skip(within * cfg.PromptsPerBatch).Take(cfg.PromptsPerBatch)];
     }
 
     sealed record DpoState(int Step, string ConfigJson) : ICheckpointState;

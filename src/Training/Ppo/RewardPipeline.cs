@@ -43,15 +43,21 @@ public sealed class RewardPipeline(IRewardService scorer, TextTokenizer tokenize
     /// </summary>
     public ScoredRollouts Score(RolloutBatch rollouts, bool training)
     {
-        string[] texts = [.. rollouts.Results.Select(x => PromptFormat.ResponseText(tokenizer, x.ResponseIds))];
+        var (texts, rm) = Raw(rollouts);
         bool[] eos = [.. rollouts.Results.Select(x => x.FinishReason == RolloutFinishReason.Eos)];
-        float[] rm = scorer.Score([.. rollouts.Prompts.Select((p, i) => new RewardRequest(p, texts[i]))]);
         if (Calibration is { } c) rm = [.. rm.Select(x => (float)c.Apply(x))];
         using var scope = NewDisposeScope();
         var shaped = Scores(tensor(rm), tensor(eos), cfg.MissingEosPenalty, cfg.MissingEosPenaltyMode,
             training ? cfg.RewardNormalization : ScoreNormalization.None, training ? Moments : null, cfg.RewardClip);
         float[] scores = shaped.to_type(ScalarType.Float32).data<float>().ToArray();
         return new ScoredRollouts(rollouts, texts, eos, rm, scores);
+    }
+
+    /// <summary>The decoded response texts [B] and the scorer's raw scores of (prompt, text) [B].</summary>
+    (string[] Texts, float[] Raw) Raw(RolloutBatch rollouts)
+    {
+        string[] texts = [.. rollouts.Results.Select(x => PromptFormat.ResponseText(tokenizer, x.ResponseIds))];
+        return (texts, scorer.Score([.. rollouts.Prompts.Select((p, i) => new RewardRequest(p, texts[i]))]));
     }
 
     /// <summary>
@@ -73,8 +79,7 @@ public sealed class RewardPipeline(IRewardService scorer, TextTokenizer tokenize
     /// </summary>
     public RewardNormalization Calibrate(RolloutBatch sftSamples)
     {
-        string[] texts = [.. sftSamples.Results.Select(x => PromptFormat.ResponseText(tokenizer, x.ResponseIds))];
-        float[] raw = scorer.Score([.. sftSamples.Prompts.Select((p, i) => new RewardRequest(p, texts[i]))]);
+        var (_, raw) = Raw(sftSamples);
         var norm = RewardNormalization.From([.. raw.Select(x => (double)x)], unitStd: true);
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, RewardNormalization.FileName), System.Text.Json.JsonSerializer.Serialize(norm, ConfigLoader.Json));
         StageLog.Info($"Reward normalisation on {raw.Length} SFT samples: raw mean {norm.RawMean:F4}, std {norm.RawStd:F4} -> r' = {norm.Gain:F4}·r + {norm.Bias:F4} " +

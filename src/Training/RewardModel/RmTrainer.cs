@@ -276,12 +276,12 @@ public static class RmTrainer
                                                                        int padId, Device device, double margin, int chunk = ScoreChunk)
     {
         var scores = ScoreGroups(model, groups, padId, device, chunk);
-        var (chosen, rejected, weight) = PairTensors(scores, groups, device);
+        var (chosen, rejected, weight) = PairTensors(scores, [.. groups.Select(g => g.Group)], device);
         return (PairwiseLoss.Compute(chosen, rejected, weight, groups.Count, margin), chosen, rejected);
     }
 
-    /// <summary>(r_w, r_l, 1/pairs-of-prompt) per comparison, gathered from the flat scores.</summary>
-    internal static (Tensor Chosen, Tensor Rejected, Tensor Weight) PairTensors(Tensor scores, IReadOnlyList<TokenizedGroup> groups, Device device)
+    /// <summary>(r_w, r_l, 1/pairs-of-prompt) per comparison, gathered from the flat scores [Σ K] (group order, K = each group's responses); the RM's and DPO's.</summary>
+    internal static (Tensor Chosen, Tensor Rejected, Tensor Weight) PairTensors(Tensor scores, IReadOnlyList<RmGroup> groups, Device device)
     {
         var w = new List<long>();
         var l = new List<long>();
@@ -289,13 +289,13 @@ public static class RmTrainer
         int offset = 0;
         foreach (var g in groups)
         {
-            foreach (var (win, lose) in g.Group.Pairs)
+            foreach (var (win, lose) in g.Pairs)
             {
                 w.Add(offset + win);
                 l.Add(offset + lose);
-                weight.Add(1f / g.Group.Pairs.Count);
+                weight.Add(1f / g.Pairs.Count);
             }
-            offset += g.Sequences.Length;
+            offset += g.Responses.Count;
         }
         using var wi = tensor(w.ToArray(), device: device);
         using var li = tensor(l.ToArray(), device: device);
@@ -324,7 +324,10 @@ public static class RmTrainer
     }
 
     /// <summary>Held-out pairwise accuracy over every group's comparisons, against the group's reference utilities.</summary>
-    internal static double Accuracy(double[][] scores, IReadOnlyList<TokenizedGroup> groups)
+    internal static double Accuracy(double[][] scores, IReadOnlyList<TokenizedGroup> groups) => Accuracy(scores, [.. groups.Select(g => g.Group)]);
+
+    /// <summary>Pairwise accuracy of per-response scores (one array per group) against each group's reference utilities, ties in the reference skipped; the RM's and DPO's.</summary>
+    internal static double Accuracy(double[][] scores, IReadOnlyList<RmGroup> groups)
     {
         var s = new List<double>();
         var gold = new List<double>();
@@ -333,17 +336,21 @@ public static class RmTrainer
         {
             int o = s.Count;
             s.AddRange(scores[g]);
-            gold.AddRange(groups[g].Group.Gold);
-            pairs.AddRange(groups[g].Group.Pairs.Select(p => (o + p.W, o + p.L)));
+            gold.AddRange(groups[g].Gold);
+            pairs.AddRange(groups[g].Pairs.Select(p => (o + p.W, o + p.L)));
         }
         return PairwiseLoss.PairwiseAccuracy(s, gold, pairs);
     }
 
-    static TokenizedGroup[] BatchGroups(TokenizedGroup[] train, int step, int stepsPerEpoch, RmConfig cfg)
+    static TokenizedGroup[] BatchGroups(TokenizedGroup[] train, int step, int stepsPerEpoch, RmConfig cfg) =>
+        [.. BatchIndices(train.Length, step, stepsPerEpoch, cfg.PromptsPerBatch, cfg.Seed).Select(i => train[i])];
+
+    /// <summary>The groups of step <paramref name="step"/>: consecutive slices of a seeded permutation per epoch (the RM's and DPO's order).</summary>
+    internal static int[] BatchIndices(int count, int step, int stepsPerEpoch, int perBatch, long seed)
     {
         int epoch = step / stepsPerEpoch, within = step % stepsPerEpoch;
-        int[] order = SftTrainer.Permutation(train.Length, cfg.Seed * 7919 + epoch);
-        return order.Skip(within * cfg.PromptsPerBatch).Take(cfg.PromptsPerBatch).Select(i => train[i]).ToArray();
+        int[] order = SftTrainer.Permutation(count, seed * 7919 + epoch);
+        return [.. order.Skip(within * perBatch).Take(perBatch)];
     }
 
     internal static RmData LabelFresh(RmConfig cfg, TextTokenizer tokenizer, Device device)

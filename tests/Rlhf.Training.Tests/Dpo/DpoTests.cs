@@ -41,7 +41,7 @@ public sealed class DpoTests
         var a = new DpoTrainer.DpoGroup(RmGroup.FromRanked(new Rlhf.Training.Data.RankedExample("a", ["x", "y", "z"], [0, 1, 2])), [1], [[3], [4], [5]]);
         var b = new DpoTrainer.DpoGroup(RmGroup.FromPair(new Rlhf.Training.Data.PreferencePair("b", "u", "v")), [1], [[6], [7]]);
         var rewards = tensor(new float[] { 3, 2, 1, 0.5f, 1.5f });
-        var (chosen, rejected, weight) = DpoTrainer.Pairs(rewards, [a, b], CPU);
+        var (chosen, rejected, weight) = RmTrainer.PairTensors(rewards, [a.Group, b.Group], CPU);
         Assert.Equal([3f, 3f, 2f, 0.5f], chosen.data<float>().ToArray());
         Assert.Equal([2f, 1f, 1f, 1.5f], rejected.data<float>().ToArray());
         Assert.Equal([1 / 3f, 1 / 3f, 1 / 3f, 1f], weight.data<float>().ToArray());
