@@ -125,13 +125,8 @@ public sealed class ServeFuzzTests
     {
         using var models = new ServeModels();
         // the policy folder with a chat template, so that chat requests reach the parsing of their messages
-        string chat = Path.Combine(models.Dir, "chat-policy");
-        Directory.CreateDirectory(chat);
-        foreach (var f in Directory.GetFiles(models.Policy)) File.Copy(f, Path.Combine(chat, Path.GetFileName(f)));
-        string configFile = Path.Combine(chat, "tokenizer_config.json");
-        var config = File.Exists(configFile) ? JsonNode.Parse(File.ReadAllText(configFile))!.AsObject() : [];
-        config["chat_template"] = "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}";
-        File.WriteAllText(configFile, config.ToJsonString());
+        string chat = models.ChatFolder("chat-policy",
+            "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}");
 
         using var rollout = ServerProcess.Start("rollout", "--model", chat, "--threads", "1", "--token-file", models.TokenFile);
         using var reward = ServerProcess.Start("reward", "--reward-model", models.Reward, "--threads", "1", "--token-file", models.TokenFile);

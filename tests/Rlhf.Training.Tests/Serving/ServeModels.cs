@@ -51,6 +51,19 @@ internal sealed class ServeModels : IDisposable
     public const string Token = "test-token-0123456789";
     public string TokenFile { get; }
 
+    /// <summary>A copy of the served policy folder named <paramref name="name"/>, its tokenizer_config.json given <paramref name="template"/>.</summary>
+    public string ChatFolder(string name, string template)
+    {
+        string folder = Path.Combine(Dir, name);
+        Directory.CreateDirectory(folder);
+        foreach (var f in Directory.GetFiles(Policy)) File.Copy(f, Path.Combine(folder, Path.GetFileName(f)), overwrite: true);
+        string configFile = Path.Combine(folder, "tokenizer_config.json");
+        var config = File.Exists(configFile) ? System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(configFile))!.AsObject() : [];
+        config["chat_template"] = template;
+        File.WriteAllText(configFile, config.ToJsonString());
+        return folder;
+    }
+
     public void Dispose()
     {
         Other.Dispose();

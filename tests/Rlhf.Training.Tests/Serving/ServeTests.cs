@@ -99,26 +99,13 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
         Assert.Equal(seeded.Select(r => r.Text), choices.Select(c => (string?)c!["text"]));
     }
 
-    /// <summary>A copy of the served folder under another name, its tokenizer_config.json given <paramref name="template"/>.</summary>
-    string ChatFolder(string name, string template)
-    {
-        string folder = Path.Combine(fx.Models.Dir, name);
-        Directory.CreateDirectory(folder);
-        foreach (var f in Directory.GetFiles(fx.Models.Policy)) File.Copy(f, Path.Combine(folder, Path.GetFileName(f)), overwrite: true);
-        string configFile = Path.Combine(folder, "tokenizer_config.json");
-        var config = File.Exists(configFile) ? JsonNode.Parse(File.ReadAllText(configFile))!.AsObject() : [];
-        config["chat_template"] = template;
-        File.WriteAllText(configFile, config.ToJsonString());
-        return folder;
-    }
-
     [Fact]
     public async Task ChatCompletionsRenderTheFoldersTemplateForTheOpenAiClient()
     {
         // ChatML's shape with short markers (the tiny model's context is short and its tokenizer spells markers out byte by byte).
         const string template = "{{ bos_token }}{% for message in messages %}{{ '<' + message['role'][0] + '>' + message['content'] | trim + '\n' }}{% endfor %}" +
                                 "{% if add_generation_prompt %}{{ '<a>' }}{% endif %}";
-        string folder = ChatFolder("tiny-chat", template);
+        string folder = fx.Models.ChatFolder("tiny-chat", template);
         using var server = ServerProcess.Start("rollout", "--model", folder, "--threads", "1", "--token-file", fx.Models.TokenFile);
         var tokenizer = Rlhf.Inference.Tokenization.TextTokenizer.Load(folder);
         // What the template gives for this conversation, written out by hand.
@@ -158,7 +145,7 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
         Assert.Equal((HttpStatusCode.BadRequest, "messages"), (status, (string?)body!["error"]!["param"]));
 
         // A template outside the supported subset: the replica still serves completions; chat gets a 400 naming the construct.
-        using var unsupported = ServerProcess.Start("rollout", "--model", ChatFolder("tiny-chat-json", "{{ messages | tojson }}"), "--threads", "1", "--token-file", fx.Models.TokenFile);
+        using var unsupported = ServerProcess.Start("rollout", "--model", fx.Models.ChatFolder("tiny-chat-json", "{{ messages | tojson }}"), "--threads", "1", "--token-file", fx.Models.TokenFile);
         using var unsupportedHttp = Http(unsupported.Address);
         (status, body) = await Post(unsupportedHttp, "/v1/chat/completions", Completion(new { model = "tiny-chat-json", messages = new[] { new { role = "user", content = "hi" } } }));
         Assert.Equal(HttpStatusCode.BadRequest, status);

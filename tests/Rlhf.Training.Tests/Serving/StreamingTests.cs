@@ -26,13 +26,7 @@ public sealed class StreamingTests
         public ReplicaProcess Process { get; }
         public Server()
         {
-            string chat = Path.Combine(Models.Dir, "chat-policy");
-            Directory.CreateDirectory(chat);
-            foreach (var f in Directory.GetFiles(Models.Policy)) File.Copy(f, Path.Combine(chat, Path.GetFileName(f)));
-            string configFile = Path.Combine(chat, "tokenizer_config.json");
-            var config = File.Exists(configFile) ? JsonNode.Parse(File.ReadAllText(configFile))!.AsObject() : [];
-            config["chat_template"] = Template;
-            File.WriteAllText(configFile, config.ToJsonString());
+            string chat = Models.ChatFolder("chat-policy", Template);
             Process = ServerProcess.Start("rollout", "--model", chat, "--threads", "1", "--token-file", Models.TokenFile);
         }
         public void Dispose()
