@@ -40,6 +40,8 @@ public static class MethodComparison
                 new Dictionary<string, double>(), []);
         }
         if (stage != "ppo") throw new InvalidDataException($"{file}: stage '{stage}', expected ppo or dpo.");
+        if (s["sft_gold_mean"] is null)
+            throw new InvalidDataException($"{file}: no gold figures (the run's prompts are not the default task's); compare runs on the default task.");
         var metrics = MetricsTable.ReadCsv(System.IO.Path.Combine(folder, "metrics.csv"));
         double sft = (double)s["sft_gold_mean"]!;
         var path = new List<(double, double)> { (0, sft) };
@@ -59,7 +61,7 @@ public static class MethodComparison
         var bestOf = runs.OrderByDescending(r => r.BestOfN.Count).First().BestOfN;
         if (bestOf.Count > 1)
         {
-            var bon = plt.Add.Scatter(bestOf.Select(b => b.Kl).ToArray(), bestOf.Select(b => b.Gold).ToArray(), Color.FromHex("#7f7f7f"));
+            var bon = plt.Add.Scatter(bestOf.Select(b => b.Kl).ToArray(), bestOf.Select(b => b.Gold ?? double.NaN).ToArray(), Color.FromHex("#7f7f7f"));
             bon.LegendText = "SFT best-of-N (" + string.Join(", ", bestOf.Select(b => b.N)) + ")";
             bon.LinePattern = LinePattern.Dashed;
             bon.MarkerShape = MarkerShape.FilledSquare;

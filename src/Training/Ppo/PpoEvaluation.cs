@@ -5,21 +5,46 @@ using static TorchSharp.torch;
 
 namespace Rlhf.Training.Ppo;
 
-/// <summary>Held-out evaluation of the current actor: gold score, RM score and KL to the SFT model of sampled responses.</summary>
-public sealed record EvalResult(double Gold, double Score, double Kl, string[] Prompts, string[] Responses, double[] GoldPer, double[] ScorePer);
+/// <summary>Held-out evaluation of the current actor: gold score (null where the task has none), RM score and KL to the SFT
+/// model of sampled responses, and their lengths in tokens.</summary>
+public sealed record EvalResult(double? Gold, double Score, double Kl, string[] Prompts, string[] Responses, double[]? GoldPer, double[] ScorePer, int[] Lengths);
+
+/// <summary>A task's own score of one response (the default task's gold), independent of the reward model.</summary>
+public delegate double TaskGold(string prompt, string response, bool endedWithEos);
 
 /// <summary>
-/// The held-out evaluation of a PPO run on the default task: the actor's samples scored by the reward pipeline (never
-/// normalised) and by the task's gold scorer, their KL to π_ref, and at the end the comparison with the SFT model and
-/// best-of-N (<see cref="Compare"/>).
+/// The held-out evaluation of a PPO run: the actor's samples scored by the reward pipeline (never normalised) and, where
+/// the task has one, by its gold scorer, their KL to π_ref, and at the end the comparison with the SFT model and
+/// best-of-N (<see cref="Compare"/>). On a user's prompts there is no gold: the comparison is by RM score, RM win rate
+/// against the SFT model, KL and response length.
 /// </summary>
-public sealed class PpoEvaluation(PpoModels models, RewardPipeline rewards, IReadOnlyList<string> prompts, PpoConfig cfg)
+public sealed class PpoEvaluation(PpoModels models, RewardPipeline rewards, IReadOnlyList<string> prompts, PpoConfig cfg, TaskGold? gold)
 {
     readonly int[][] _ids = [.. prompts.Select(p => PromptFormat.PromptIds(models.Tokenizer, p))];
 
-    /// <summary>The default task's gold score of each scored response (<see cref="GoldScorer"/>).</summary>
-    public static double[] Gold(ScoredRollouts s) =>
-        [.. s.Prompts.Select((p, i) => GoldScorer.Score(p, s.Texts[i], s.EndedWithEos[i]).Total)];
+    /// <summary>
+    /// The task's gold scorer for a run of <paramref name="cfg"/>: the default task's (<see cref="GoldScorer"/>) when its
+    /// prompts are the embedded task's (no <c>prompts_file</c> or <c>eval_prompts_file</c>), null on a user's prompts,
+    /// where the default task's gold would mean nothing.
+    /// </summary>
+    public static TaskGold? For(PpoConfig cfg) =>
+        cfg.PromptsFile is null && cfg.EvalPromptsFile is null ? (p, r, eos) => GoldScorer.Score(p, r, eos).Total : null;
+
+    /// <summary>The gold score of each scored response.</summary>
+    public static double[] Gold(ScoredRollouts s, TaskGold gold) =>
+        [.. s.Prompts.Select((p, i) => gold(p, s.Texts[i], s.EndedWithEos[i]))];
+
+    /// <summary>
+    /// Win rate of <paramref name="a"/> over <paramref name="b"/> on paired scores (same prompts, same order):
+    /// (1/n) Σ_i ( 1[a_i &gt; b_i] + ½·1[a_i = b_i] ), the RM win rate of AlpacaFarm-style evaluations with ties split.
+    /// </summary>
+    public static double WinRate(IReadOnlyList<double> a, IReadOnlyList<double> b)
+    {
+        if (a.Count != b.Count || a.Count == 0) throw new ArgumentException($"win rate needs paired non-empty scores, got {a.Count} and {b.Count}");
+        double wins = 0;
+        for (int i = 0; i < a.Count; i++) wins += a[i] > b[i] ? 1 : a[i] == b[i] ? 0.5 : 0;
+        return wins / a.Count;
+    }
 
     /// <summary>The actor's held-out samples (weights the engine holds now, fixed seed): mean gold, RM score and KL to π_ref.</summary>
     public EvalResult Evaluate()
@@ -35,9 +60,10 @@ public sealed class PpoEvaluation(PpoModels models, RewardPipeline rewards, IRea
             kl = k.mean().item<float>();
             lp.Dispose(); lr.Dispose(); v?.Dispose();
         }
-        double[] gold = Gold(scored);
+        double[]? g = gold is null ? null : Gold(scored, gold);
         double[] score = [.. scored.RmScores.Select(x => (double)x)];
-        return new EvalResult(gold.Average(), score.Average(), kl, [.. prompts], scored.Texts, gold, score);
+        return new EvalResult(g?.Average(), score.Average(), kl, [.. prompts], scored.Texts, g, score,
+            [.. rolled.Results.Select(r => r.ResponseIds.Length)]);
     }
 
     /// <summary>
@@ -58,7 +84,7 @@ public sealed class PpoEvaluation(PpoModels models, RewardPipeline rewards, IRea
             rolled = RolloutPhase.Sample(reference, 0, [.. rows.Select(r => r.Prompt)], [.. rows.Select(r => r.Ids)], 0xB0F, cfg);
         }
         var scored = rewards.Score(rolled, training: false);
-        double[] gold = Gold(scored);
+        double[]? g = gold is null ? null : Gold(scored, gold);
         var bestOf = new List<BestOfNPoint>();
         foreach (int n in cfg.BestOfN.Distinct().Order())
         {
@@ -66,15 +92,19 @@ public sealed class PpoEvaluation(PpoModels models, RewardPipeline rewards, IRea
             int[] picked = BestOfN.Pick(scored.Scores, prompts.Count, n);
             for (int i = 0; i < prompts.Count; i++)
             {
-                goldSum += gold[picked[i]];
+                goldSum += g?[picked[i]] ?? 0;
                 score += scored.RmScores[picked[i]];
             }
-            bestOf.Add(new BestOfNPoint(n, goldSum / prompts.Count, score / prompts.Count, BestOfN.Kl(n)));
+            bestOf.Add(new BestOfNPoint(n, g is null ? null : goldSum / prompts.Count, score / prompts.Count, BestOfN.Kl(n)));
         }
         var heldOut = PtxBatches.HeldOutRows(cfg, models.Tokenizer, models.Actor.Config.MaxPositionEmbeddings);
         var corpus = heldOut is null ? null : new CorpusPerplexity(PtxBatches.Perplexity(models.Reference, heldOut, models.Device),
             PtxBatches.Perplexity(models.Actor, heldOut, models.Device), heldOut.Length * (long)(cfg.PtxSeqLen - 1));
-        return new Comparison([.. prompts], [.. scored.Texts.Take(prompts.Count)], [.. gold.Take(prompts.Count)],
-            [.. scored.RmScores.Take(prompts.Count).Select(x => (double)x)], ppo.Responses, ppo.GoldPer, ppo.ScorePer, ppo.Kl, bestOf, corpus);
+        return new Comparison([.. prompts], [.. scored.Texts.Take(prompts.Count)], g is null ? null : [.. g.Take(prompts.Count)],
+            [.. scored.RmScores.Take(prompts.Count).Select(x => (double)x)], ppo.Responses, ppo.GoldPer, ppo.ScorePer, ppo.Kl, bestOf, corpus)
+        {
+            SftLengths = [.. rolled.Results.Take(prompts.Count).Select(r => r.ResponseIds.Length)],
+            PpoLengths = ppo.Lengths,
+        };
     }
 }

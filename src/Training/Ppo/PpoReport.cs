@@ -6,26 +6,38 @@ using ScottPlot;
 
 namespace Rlhf.Training.Ppo;
 
-/// <summary>Gold score, RM score and KL of best-of-N sampling from the SFT model (N = 1 is the SFT model).</summary>
-public sealed record BestOfNPoint(int N, double Gold, double Score, double Kl);
+/// <summary>Gold score (null where the task has none), RM score and KL of best-of-N sampling from the SFT model (N = 1 is the SFT model).</summary>
+public sealed record BestOfNPoint(int N, double? Gold, double Score, double Kl);
 
-/// <summary>One point of the PPO policy's path on the held-out prompts: iteration (0 is the SFT model), KL to the SFT model (nats per response), mean gold and RM score.</summary>
-public sealed record PolicyPathPoint(int Iteration, double Kl, double Gold, double Score);
+/// <summary>One point of the PPO policy's path on the held-out prompts: iteration (0 is the SFT model), KL to the SFT model (nats per response), mean gold (null where the task has none) and RM score.</summary>
+public sealed record PolicyPathPoint(int Iteration, double Kl, double? Gold, double Score);
 
 /// <summary>Perplexity of the SFT and PPO models on the same held-out pretraining-style text (what PPO costs there: the alignment tax).</summary>
 public sealed record CorpusPerplexity(double Sft, double Ppo, long Tokens);
 
-/// <summary>SFT vs best-of-N vs PPO on the same held-out prompts (and, where measured, on held-out corpus text).</summary>
+/// <summary>SFT vs best-of-N vs PPO on the same held-out prompts (and, where measured, on held-out corpus text). The gold
+/// arrays are null where the task has no gold scorer (a user's prompts).</summary>
 public sealed record Comparison(
-    string[] Prompts, string[] SftResponses, double[] SftGold, double[] SftScores,
-    string[] PpoResponses, double[] PpoGold, double[] PpoScores, double PpoKl, IReadOnlyList<BestOfNPoint> BestOfN,
+    string[] Prompts, string[] SftResponses, double[]? SftGold, double[] SftScores,
+    string[] PpoResponses, double[]? PpoGold, double[] PpoScores, double PpoKl, IReadOnlyList<BestOfNPoint> BestOfN,
     CorpusPerplexity? Corpus = null)
 {
-    /// <summary>Mean and standard deviation of the SFT model's gold scores.</summary>
-    public (double Mean, double Std) SftGoldStats => TrainerParts.MeanStd(SftGold);
+    /// <summary>Response length in tokens of each SFT sample [prompts].</summary>
+    public int[] SftLengths { get; init; } = [];
+    /// <summary>Response length in tokens of each PPO sample [prompts].</summary>
+    public int[] PpoLengths { get; init; } = [];
 
-    /// <summary>Mean and standard deviation of PPO's gold scores.</summary>
-    public (double Mean, double Std) PpoGoldStats => TrainerParts.MeanStd(PpoGold);
+    /// <summary>Mean and standard deviation of the SFT model's gold scores (null without gold).</summary>
+    public (double Mean, double Std)? SftGoldStats => SftGold is null ? null : TrainerParts.MeanStd(SftGold);
+
+    /// <summary>Mean and standard deviation of PPO's gold scores (null without gold).</summary>
+    public (double Mean, double Std)? PpoGoldStats => PpoGold is null ? null : TrainerParts.MeanStd(PpoGold);
+
+    /// <summary>(PPO gold − SFT gold) / SFT gold std, null without gold.</summary>
+    public double? GoldGainInSftStd => SftGoldStats is { } s && PpoGoldStats is { } p ? (p.Mean - s.Mean) / Math.Max(s.Std, 1e-9) : null;
+
+    /// <summary>Share of held-out prompts where the reward model scores PPO's sample above SFT's (ties count half, <see cref="PpoEvaluation.WinRate"/>).</summary>
+    public double RmWinRate => PpoEvaluation.WinRate(PpoScores, SftScores);
 }
 
 /// <summary>The PPO stage's pictures and its Markdown report.</summary>
@@ -50,47 +62,63 @@ public static class PpoReport
     public static void Write(string folder, Comparison c, MetricsTable metrics, double ptxCoef)
     {
         var path = PolicyPath(metrics, c);
-        var final = new PolicyPathPoint(path[^1].Iteration, c.PpoKl, c.PpoGoldStats.Mean, c.PpoScores.Average());
-        Plots.SideBySide(Path.Combine(folder, "report.png"), 1400, 600,
-            TradeOffPanel("Gold score vs KL (held-out prompts)", "mean gold score per response", path, final, c.BestOfN, p => p.Gold, b => b.Gold),
-            TradeOffPanel("Reward-model score vs KL (held-out prompts)", "mean RM score per response", path, final, c.BestOfN, p => p.Score, b => b.Score));
+        var final = new PolicyPathPoint(path[^1].Iteration, c.PpoKl, c.PpoGoldStats?.Mean, c.PpoScores.Average());
+        var scorePanel = TradeOffPanel("Reward-model score vs KL (held-out prompts)", "mean RM score per response", path, final, c.BestOfN, p => p.Score, b => b.Score);
+        if (c.GoldGainInSftStd is not null)
+            Plots.SideBySide(Path.Combine(folder, "report.png"), 1400, 600,
+                TradeOffPanel("Gold score vs KL (held-out prompts)", "mean gold score per response", path, final, c.BestOfN, p => p.Gold!.Value, b => b.Gold!.Value),
+                scorePanel);
+        else Plots.SideBySide(Path.Combine(folder, "report.png"), 700, 600, scorePanel);
 
         string F(double x) => x.ToString("F3", CultureInfo.InvariantCulture);
-        var (sftMean, sftStd) = c.SftGoldStats;
-        var (ppoMean, _) = c.PpoGoldStats;
+        bool gold = c.GoldGainInSftStd is not null;
+        string G(double? x) => gold ? $" {F(x!.Value)} |" : "";
         var md = new StringBuilder();
         md.AppendLine("# PPO report").AppendLine();
-        md.AppendLine($"Held-out prompts: {c.Prompts.Length}. Gold score gain of PPO over SFT: {F(ppoMean - sftMean)} " +
-                      $"({F((ppoMean - sftMean) / Math.Max(sftStd, 1e-9))} SFT standard deviations).").AppendLine();
-        md.AppendLine("| policy | gold score | RM score | KL to SFT (nats) |").AppendLine("|---|---|---|---|");
-        foreach (var b in c.BestOfN) md.AppendLine($"| {(b.N == 1 ? "SFT" : $"SFT best-of-{b.N}")} | {F(b.Gold)} | {F(b.Score)} | {F(b.Kl)} |");
-        md.AppendLine($"| PPO | {F(ppoMean)} | {F(c.PpoScores.Average())} | {F(c.PpoKl)} |").AppendLine();
+        md.Append($"Held-out prompts: {c.Prompts.Length}. ");
+        if (c.SftGoldStats is { } sft && c.PpoGoldStats is { } ppo)
+            md.Append($"Gold score gain of PPO over SFT: {F(ppo.Mean - sft.Mean)} ({F(c.GoldGainInSftStd!.Value)} SFT standard deviations). ");
+        else md.Append("These prompts are not the default task's, so the policies are compared by the reward model alone. ");
+        md.AppendLine($"RM win rate of PPO against SFT: {F(c.RmWinRate)}. Mean response length: SFT {F(Mean(c.SftLengths))}, PPO {F(Mean(c.PpoLengths))} tokens.").AppendLine();
+        md.AppendLine($"| policy |{(gold ? " gold score |" : "")} RM score | KL to SFT (nats) |").AppendLine($"|---|{(gold ? "---|" : "")}---|---|");
+        foreach (var b in c.BestOfN) md.AppendLine($"| {(b.N == 1 ? "SFT" : $"SFT best-of-{b.N}")} |{G(b.Gold)} {F(b.Score)} | {F(b.Kl)} |");
+        md.AppendLine($"| PPO |{G(c.PpoGoldStats?.Mean)} {F(c.PpoScores.Average())} | {F(c.PpoKl)} |").AppendLine();
         if (c.Corpus is { } p)
             md.AppendLine($"Held-out corpus perplexity ({p.Tokens} predicted tokens of the default task's reviews, the alignment tax; " +
                           $"ptx_coef {ptxCoef.ToString(CultureInfo.InvariantCulture)}): SFT {F(p.Sft)}, PPO {F(p.Ppo)} ({(p.Ppo / p.Sft - 1).ToString("+0.0%;-0.0%", CultureInfo.InvariantCulture)}).").AppendLine();
-        md.AppendLine("![gold score (left) and RM score (right) against KL to the SFT model: PPO's path over its evaluations, its final policy, and SFT best-of-N](report.png)").AppendLine();
+        md.AppendLine(gold
+            ? "![gold score (left) and RM score (right) against KL to the SFT model: PPO's path over its evaluations, its final policy, and SFT best-of-N](report.png)"
+            : "![RM score against KL to the SFT model: PPO's path over its evaluations, its final policy, and SFT best-of-N](report.png)").AppendLine();
         md.AppendLine("![reward](reward.png) ![kl](kl.png)").AppendLine();
         md.AppendLine("## Samples (same prompts)").AppendLine();
-        md.AppendLine("| prompt | SFT | gold | PPO | gold |").AppendLine("|---|---|---|---|---|");
+        string what = gold ? "gold" : "RM score";
+        md.AppendLine($"| prompt | SFT | {what} | PPO | {what} |").AppendLine("|---|---|---|---|---|");
+        double[] sftCol = c.SftGold ?? c.SftScores, ppoCol = c.PpoGold ?? c.PpoScores;
         for (int i = 0; i < Math.Min(12, c.Prompts.Length); i++)
-            md.AppendLine($"| {Cell(c.Prompts[i])} | {Cell(c.SftResponses[i])} | {F(c.SftGold[i])} | {Cell(c.PpoResponses[i])} | {F(c.PpoGold[i])} |");
+            md.AppendLine($"| {Cell(c.Prompts[i])} | {Cell(c.SftResponses[i])} | {F(sftCol[i])} | {Cell(c.PpoResponses[i])} | {F(ppoCol[i])} |");
         AtomicFile.WriteAllText(Path.Combine(folder, "report.md"), md.ToString());
     }
 
     static string Cell(string s) => s.Replace("|", "\\|").Replace("\n", " ");
 
+    static double Mean(int[] xs) => xs.Length == 0 ? double.NaN : xs.Average();
+
     /// <summary>
     /// The PPO policy's path on the held-out prompts: the SFT model at KL 0 (iteration 0; the comparison's SFT samples, which
-    /// are best-of-N with N = 1), then each metrics row that has <c>eval/kl</c>, <c>eval/gold</c> and <c>eval/score</c>, in
-    /// iteration order (a resumed run's table holds the rows from before the resume too).
+    /// are best-of-N with N = 1), then each metrics row that has <c>eval/kl</c>, <c>eval/score</c> and, where the task has a
+    /// gold scorer, <c>eval/gold</c>, in iteration order (a resumed run's table holds the rows from before the resume too).
     /// </summary>
     public static IReadOnlyList<PolicyPathPoint> PolicyPath(MetricsTable metrics, Comparison c)
     {
-        var path = new List<PolicyPathPoint> { new(0, 0, c.SftGoldStats.Mean, c.SftScores.Average()) };
+        bool withGold = c.SftGoldStats is not null;
+        var path = new List<PolicyPathPoint> { new(0, 0, c.SftGoldStats?.Mean, c.SftScores.Average()) };
         foreach (var r in metrics.Rows)
-            if (r.TryGetValue("iteration", out double it) && r.TryGetValue("eval/kl", out double kl)
-                && r.TryGetValue("eval/gold", out double gold) && r.TryGetValue("eval/score", out double score))
-                path.Add(new PolicyPathPoint((int)it, kl, gold, score));
+            if (r.TryGetValue("iteration", out double it) && r.TryGetValue("eval/kl", out double kl) && r.TryGetValue("eval/score", out double score))
+            {
+                bool hasGold = r.TryGetValue("eval/gold", out double gold);
+                if (withGold && !hasGold) continue;
+                path.Add(new PolicyPathPoint((int)it, kl, withGold ? gold : null, score));
+            }
         return path;
     }
 

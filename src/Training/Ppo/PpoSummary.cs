@@ -9,20 +9,26 @@ public sealed record PpoSummary
     public string Stage { get; init; } = "ppo";
     /// <summary>Iterations run.</summary>
     public int Iterations { get; init; }
-    /// <summary>Held-out gold score of the SFT model's samples: mean and std.</summary>
-    public double SftGoldMean { get; init; }
-    /// <summary>Standard deviation of the SFT model's held-out gold scores.</summary>
-    public double SftGoldStd { get; init; }
+    /// <summary>Held-out gold score of the SFT model's samples: mean (null on a user's prompts, where there is no gold).</summary>
+    public double? SftGoldMean { get; init; }
+    /// <summary>Standard deviation of the SFT model's held-out gold scores (null without gold).</summary>
+    public double? SftGoldStd { get; init; }
     /// <summary>Held-out mean RM score of SFT samples.</summary>
     public double SftScore { get; init; }
-    /// <summary>Held-out gold score of PPO's samples.</summary>
-    public double PpoGoldMean { get; init; }
+    /// <summary>Held-out gold score of PPO's samples (null without gold).</summary>
+    public double? PpoGoldMean { get; init; }
     /// <summary>Held-out mean RM score of PPO's samples.</summary>
     public double PpoScore { get; init; }
     /// <summary>Held-out KL of PPO to the SFT model, nats per response.</summary>
     public double PpoKl { get; init; }
-    /// <summary>(PPO gold − SFT gold) / SFT gold std.</summary>
-    public double GoldGainInSftStd { get; init; }
+    /// <summary>(PPO gold − SFT gold) / SFT gold std (null without gold).</summary>
+    public double? GoldGainInSftStd { get; init; }
+    /// <summary>Share of held-out prompts where the RM scores PPO's sample above the SFT model's (ties count half).</summary>
+    public double RmWinRateVsSft { get; init; }
+    /// <summary>Mean response length of the SFT model's held-out samples, in tokens.</summary>
+    public double SftResponseTokens { get; init; }
+    /// <summary>Mean response length of PPO's held-out samples, in tokens.</summary>
+    public double PpoResponseTokens { get; init; }
     /// <summary>Perplexity of the SFT model on the default task's held-out corpus (null with a ptx_file).</summary>
     public double? CorpusPerplexitySft { get; init; }
     /// <summary>Perplexity of the PPO model on the same text: its rise over <see cref="CorpusPerplexitySft"/> is the alignment tax.</summary>
@@ -46,17 +52,19 @@ public sealed record PpoSummary
     public static PpoSummary From(MetricsTable m, Comparison c, double seconds)
     {
         double Mean(string col) => m.Rows.Where(r => r.ContainsKey(col)).Select(r => r[col]).DefaultIfEmpty(double.NaN).Average();
-        var (sftMean, sftStd) = c.SftGoldStats;
         return new PpoSummary
         {
             Iterations = m.Rows.Count,
-            SftGoldMean = sftMean,
-            SftGoldStd = sftStd,
+            SftGoldMean = c.SftGoldStats?.Mean,
+            SftGoldStd = c.SftGoldStats?.Std,
             SftScore = c.SftScores.Average(),
-            PpoGoldMean = c.PpoGoldStats.Mean,
+            PpoGoldMean = c.PpoGoldStats?.Mean,
             PpoScore = c.PpoScores.Average(),
             PpoKl = c.PpoKl,
-            GoldGainInSftStd = (c.PpoGoldStats.Mean - sftMean) / Math.Max(sftStd, 1e-9),
+            GoldGainInSftStd = c.GoldGainInSftStd,
+            RmWinRateVsSft = c.RmWinRate,
+            SftResponseTokens = c.SftLengths.DefaultIfEmpty().Average(),
+            PpoResponseTokens = c.PpoLengths.DefaultIfEmpty().Average(),
             CorpusPerplexitySft = c.Corpus?.Sft,
             CorpusPerplexityPpo = c.Corpus?.Ppo,
             BestOfN = c.BestOfN,

@@ -30,8 +30,7 @@ public static class PpoTrainer
         var clock = Stopwatch.StartNew();
         var device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
         DeviceSelector.SetThreads(cfg.Threads);
-        var prompts = TrainingPrompts(cfg);   // bad prompt files fail before the output folder is touched
-        var evalPrompts = EvalPrompts(cfg);
+        var (prompts, evalPrompts) = Prompts(cfg);   // bad prompt files fail before the output folder is touched
         PpoModels.CheckFolders(cfg);
         string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
         using var models = PpoModels.Open(cfg, device, resumeFrom);
@@ -59,8 +58,10 @@ public static class PpoTrainer
             if (RewardPipeline.NeedsSftCalibration(cfg, models.Rewards)) rewards.Calibrate(rollouts.Cycle(cfg.NormalizationSamples, 0x5F7A11));
             if (cfg.FoldRmNormalization && models.Critic is not null) RewardPipeline.FoldIntoCritic(models.Critic, cfg, rewards.Calibration);
         }
-        var iteration = new PpoIteration(rollouts, rewards, new ExperienceMaker(models, cfg), learner, weights, kl, s => PpoEvaluation.Gold(s).Average());
-        var evaluation = new PpoEvaluation(models, rewards, evalPrompts, cfg);
+        var gold = PpoEvaluation.For(cfg);   // the default task's gold; none on a user's prompts
+        var iteration = new PpoIteration(rollouts, rewards, new ExperienceMaker(models, cfg), learner, weights, kl,
+            gold is null ? null : s => PpoEvaluation.Gold(s, gold).Average());
+        var evaluation = new PpoEvaluation(models, rewards, evalPrompts, cfg, gold);
         var steps = new StageSteps("ppo", cfg.Out, cfg.Iterations, start, cfg.CheckpointEvery, resumeFrom, control);
         StageLog.Info($"PPO: {prompts.Count} prompts, {cfg.Iterations} iterations of {cfg.RolloutBatch} rollouts, engine {cfg.Engine}, reward {cfg.RewardModel ?? cfg.RmFolder()}.");
 
@@ -75,11 +76,12 @@ public static class PpoTrainer
                 if ((it + 1) % cfg.EvalEvery == 0 || last)
                 {
                     var e = evaluation.Evaluate();
-                    row["eval/gold"] = e.Gold;
+                    if (e.Gold is double g) row["eval/gold"] = g;
                     row["eval/score"] = e.Score;
                     row["eval/kl"] = e.Kl;
-                    StageLog.Info($"iter {it + 1}/{cfg.Iterations}  score {stats.Experience.Scores:F3}  gold {stats.TaskScore:F3}  kl {stats.Experience.Kl:F2}  " +
-                        $"β {kl.Beta:F4}  held-out score {e.Score:F3} gold {e.Gold:F3} kl {e.Kl:F2}");
+                    row["eval/response_length"] = e.Lengths.Average();
+                    StageLog.Info($"iter {it + 1}/{cfg.Iterations}  score {stats.Experience.Scores:F3}{(stats.TaskScore is double t ? $"  gold {t:F3}" : "")}  kl {stats.Experience.Kl:F2}  " +
+                        $"β {kl.Beta:F4}  held-out score {e.Score:F3}{(e.Gold is double eg ? $" gold {eg:F3}" : "")} kl {e.Kl:F2}");
                     plateaued = !last && Plateaued(metrics, cfg, e.Score);
                     if (plateaued)
                         StageLog.Info($"Held-out RM score has not gained more than {cfg.EarlyStopMinDelta} over {cfg.EarlyStopPatience} evaluations: stopping after iteration {it + 1} (early_stop_patience).");
@@ -120,13 +122,31 @@ public static class PpoTrainer
         return EarlyStopping.Plateaued(scores, cfg.EarlyStopPatience, cfg.EarlyStopMinDelta);
     }
 
-    static IReadOnlyList<string> TrainingPrompts(PpoConfig cfg) => cfg.PromptsFile is null
-        ? [.. DataSets.Prompts((ulong)cfg.Seed, DataSets.PpoPromptsName, cfg.DefaultPrompts).Select(p => p.Prompt)]
-        : NonEmpty(DataFiles.ReadPrompts(cfg.PromptsFile).Records.Select(p => p.Prompt).ToList(), cfg.PromptsFile);
+    /// <summary>
+    /// The training and held-out prompts: the embedded task's splits; or the user's <c>prompts_file</c> with
+    /// <c>eval_prompts_file</c> (its first <c>eval_prompts</c>); or, with a <c>prompts_file</c> alone, its last
+    /// min(eval_prompts, n/10) prompts held out (<see cref="HeldOutSplit"/>) so the evaluation is on prompts PPO never trained on.
+    /// </summary>
+    static (IReadOnlyList<string> Train, IReadOnlyList<string> Eval) Prompts(PpoConfig cfg)
+    {
+        IReadOnlyList<string> Read(string file) => NonEmpty(DataFiles.ReadPrompts(file).Records.Select(p => p.Prompt).ToList(), file);
+        IReadOnlyList<string> Embedded(string split, int n) => [.. DataSets.Prompts((ulong)cfg.Seed, split, n).Select(p => p.Prompt)];
+        if (cfg.PromptsFile is null)
+            return (Embedded(DataSets.PpoPromptsName, cfg.DefaultPrompts),
+                    cfg.EvalPromptsFile is null ? Embedded(DataSets.PpoEvalPromptsName, cfg.EvalPrompts) : [.. Read(cfg.EvalPromptsFile).Take(cfg.EvalPrompts)]);
+        var train = Read(cfg.PromptsFile);
+        if (cfg.EvalPromptsFile is not null) return (train, [.. Read(cfg.EvalPromptsFile).Take(cfg.EvalPrompts)]);
+        return HeldOutSplit(train, cfg.EvalPrompts, cfg.PromptsFile);
+    }
 
-    static IReadOnlyList<string> EvalPrompts(PpoConfig cfg) => cfg.EvalPromptsFile is null
-        ? [.. DataSets.Prompts((ulong)cfg.Seed, DataSets.PpoEvalPromptsName, cfg.EvalPrompts).Select(p => p.Prompt)]
-        : NonEmpty(DataFiles.ReadPrompts(cfg.EvalPromptsFile).Records.Select(p => p.Prompt).Take(cfg.EvalPrompts).ToList(), cfg.EvalPromptsFile);
+    /// <summary>Splits one prompt list into training prompts and the last k = min(<paramref name="evalPrompts"/>, ⌊n/10⌋) held out (k ≥ 1, n ≥ 2).</summary>
+    internal static (IReadOnlyList<string> Train, IReadOnlyList<string> Eval) HeldOutSplit(IReadOnlyList<string> prompts, int evalPrompts, string file)
+    {
+        if (prompts.Count < 2)
+            throw new InvalidDataException($"{file}: {prompts.Count} prompt(s); give at least 2 (some are held out for evaluation) or an eval_prompts_file.");
+        int k = Math.Max(1, Math.Min(evalPrompts, prompts.Count / 10));
+        return ([.. prompts.Take(prompts.Count - k)], [.. prompts.Skip(prompts.Count - k)]);
+    }
 
     static List<string> NonEmpty(List<string> list, string file) =>
         list.Count > 0 ? list : throw new InvalidDataException($"{file}: no prompts.");

@@ -76,4 +76,56 @@ public sealed class PpoReportTests
         Assert.Contains("| PPO | 5.000 | 2.500 | 4.500 |", md);
         Assert.Equal(["report.md", "report.png"], Directory.GetFiles(dir).Select(Path.GetFileName).Order());   // no temp file left
     }
+
+    /// <summary>The hand-built comparison on a user's prompts: no gold anywhere; RM scores SFT −1, 0 / PPO 2, 0 (win rate (1 + ½)/2).</summary>
+    static Comparison WithoutGold() => new(
+        ["p1", "p2"], ["a", "b"], null, [-1, 0], ["c", "d"], null, [2, 0], 4.5,
+        [new BestOfNPoint(1, null, -0.5, 0), new BestOfNPoint(4, null, 0.4, Math.Log(4) - 0.75)])
+    { SftLengths = [10, 20], PpoLengths = [30, 50] };
+
+    [Fact]
+    public void WinRateCountsWinsAndHalfTies()
+    {
+        Assert.Equal(0.75, WithoutGold().RmWinRate, 12);
+        Assert.Equal((1 + 0 + 0.5 + 1) / 4.0, PpoEvaluation.WinRate([3, 1, 2, 0.5], [2, 4, 2, -1]), 12);
+        Assert.Throws<ArgumentException>(() => PpoEvaluation.WinRate([1], [1, 2]));
+    }
+
+    [Fact]
+    public void WithoutGoldTheReportHasOnePanelAndNoGoldFigure()
+    {
+        string dir = Directory.CreateTempSubdirectory().FullName;
+        var m = new MetricsTable();
+        m.Add(new Dictionary<string, double> { ["iteration"] = 1, ["eval/kl"] = 2, ["eval/score"] = 1 });
+        m.Add(new Dictionary<string, double> { ["iteration"] = 2, ["eval/kl"] = 4.5, ["eval/score"] = 1 });
+        var c = WithoutGold();
+        Assert.Null(c.GoldGainInSftStd);
+        Assert.Equal([new PolicyPathPoint(0, 0, null, -0.5), new PolicyPathPoint(1, 2, null, 1), new PolicyPathPoint(2, 4.5, null, 1)],
+            PpoReport.PolicyPath(m, c));
+        PpoReport.Write(dir, c, m, ptxCoef: 0);
+        byte[] png = File.ReadAllBytes(Path.Combine(dir, "report.png"));
+        Assert.Equal(700, BinaryPrimitives.ReadInt32BigEndian(png.AsSpan(16)));   // one panel: RM score against KL
+        string md = File.ReadAllText(Path.Combine(dir, "report.md"));
+        Assert.DoesNotContain("gold score", md);
+        Assert.Contains("RM win rate of PPO against SFT: 0.750", md);
+        Assert.Contains("SFT 15.000, PPO 40.000 tokens", md);
+        Assert.Contains("| PPO | 1.000 | 4.500 |", md);
+        var summary = PpoSummary.From(m, c, 1);
+        Assert.Null(summary.SftGoldMean);
+        Assert.Null(summary.GoldGainInSftStd);
+        Assert.Equal(0.75, summary.RmWinRateVsSft, 12);
+        Assert.Equal(40, summary.PpoResponseTokens, 12);
+    }
+
+    [Fact]
+    public void APromptsFileAloneHoldsOutItsLastTenthForEvaluation()
+    {
+        var prompts = Enumerable.Range(0, 45).Select(i => $"p{i}").ToArray();
+        var (train, eval) = PpoTrainer.HeldOutSplit(prompts, evalPrompts: 8, "prompts.jsonl");
+        Assert.Equal(prompts[..41], train);                 // k = min(8, ⌊45/10⌋) = 4
+        Assert.Equal(prompts[41..], eval);
+        Assert.Equal(["a"], PpoTrainer.HeldOutSplit(["a", "b"], 8, "f").Train);   // k ≥ 1
+        var e = Assert.Throws<InvalidDataException>(() => PpoTrainer.HeldOutSplit(["a"], 8, "prompts.jsonl"));
+        Assert.StartsWith("prompts.jsonl: 1 prompt(s)", e.Message);
+    }
 }

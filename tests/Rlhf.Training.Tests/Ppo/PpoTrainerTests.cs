@@ -59,6 +59,29 @@ public sealed class PpoTrainerTests
     }
 
     [Fact]
+    public void OnAUsersPromptsNoGoldFigureAppearsAnywhere()
+    {
+        var cfg = Tiny() with { Iterations = 2, CheckpointEvery = 0 };
+        string prompts = Path.Combine(Path.GetDirectoryName(cfg.Out)!, "prompts.jsonl");
+        File.WriteAllLines(prompts, Enumerable.Range(0, 40).Select(i => $"{{\"prompt\": \"question {i}: what do you think of\"}}"));
+        cfg = cfg with { PromptsFile = prompts };
+        var s = PpoTrainer.Train(cfg, new RunControl { Progress = false });
+        Assert.Null(s.SftGoldMean);
+        Assert.Null(s.PpoGoldMean);
+        Assert.Null(s.GoldGainInSftStd);
+        Assert.All(s.BestOfN, b => Assert.Null(b.Gold));
+        Assert.InRange(s.RmWinRateVsSft, 0, 1);
+        Assert.True(s.PpoResponseTokens > 0);
+        var m = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv"));
+        Assert.DoesNotContain(m.Columns, c => c.Contains("gold"));
+        Assert.Contains("eval/score", m.Columns);
+        Assert.DoesNotContain("gold", File.ReadAllText(Path.Combine(cfg.Out, "report.md")));
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(cfg.Out, "summary.json")))!;
+        Assert.Null(json["gold_gain_in_sft_std"]);
+        Assert.Contains("question 39:", File.ReadAllText(Path.Combine(cfg.Out, "report.md")));   // the held-out prompts are the file's last four
+    }
+
+    [Fact]
     public void ResumeAfterAKillMatchesAnUninterruptedRun()
     {
         var a = Tiny() with { BestOfN = [1] };
