@@ -80,7 +80,7 @@ public sealed class RewardPipeline(IRewardService scorer, TextTokenizer tokenize
     public RewardNormalization Calibrate(RolloutBatch sftSamples)
     {
         var (_, raw) = Raw(sftSamples);
-        var norm = RewardNormalization.From([.. raw.Select(x => (double)x)], unitStd: true);
+        var norm = RewardNormalization.From([.. raw.Select(x => (double)x)], unitStd: true, $"{raw.Length} SFT samples on PPO training prompts");
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, RewardNormalization.FileName), System.Text.Json.JsonSerializer.Serialize(norm, ConfigLoader.Json));
         StageLog.Info($"Reward normalisation on {raw.Length} SFT samples: raw mean {norm.RawMean:F4}, std {norm.RawStd:F4} -> r' = {norm.Gain:F4}·r + {norm.Bias:F4} " +
             $"({RewardNormalization.FileName}; reward_normalization none turns it off).");

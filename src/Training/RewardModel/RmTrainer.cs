@@ -14,24 +14,6 @@ using static TorchSharp.torch;
 
 namespace Rlhf.Training.RewardModel;
 
-/// <summary>Reward normalisation r' = gain·r + bias, chosen so SFT samples score mean 0 (and std 1 when asked).</summary>
-public sealed record RewardNormalization(double Gain, double Bias, double RawMean, double RawStd)
-{
-    /// <summary>File name next to the RM weights.</summary>
-    public const string FileName = "reward_normalization.json";
-
-    /// <summary>gain = 1/σ (or 1), bias = −μ·gain.</summary>
-    public static RewardNormalization From(IReadOnlyCollection<double> raw, bool unitStd)
-    {
-        var (mean, std) = TrainerParts.MeanStd(raw);
-        double gain = unitStd && std > 1e-12 ? 1.0 / std : 1.0;
-        return new RewardNormalization(gain, -mean * gain, mean, std);
-    }
-
-    /// <summary>The normalised reward.</summary>
-    public double Apply(double raw) => Gain * raw + Bias;
-}
-
 /// <summary>Headline figures of an RM run (<c>summary.json</c>; keys in docs/outputs.md).</summary>
 public sealed record RmSummary
 {
@@ -49,7 +31,7 @@ public sealed record RmSummary
     public double? GoldSpearman { get; init; }
     /// <summary>Final mean training loss over the last 10% of steps.</summary>
     public double FinalTrainLoss { get; init; }
-    /// <summary>Normalisation constants applied to raw rewards.</summary>
+    /// <summary>Normalisation constants applied to raw rewards, with the responses they were measured on.</summary>
     public required RewardNormalization Normalization { get; init; }
     /// <summary>Seconds spent sampling and labelling responses.</summary>
     public double LabelSeconds { get; init; }
@@ -162,12 +144,15 @@ public static class RmTrainer
         steps.Run("RM", TrainSteps);
         double trainSeconds = trainClock.Elapsed.TotalSeconds;
 
-        // Normalise on held-out SFT samples (or all training responses without them), then report. Scored in float32:
-        // the exported reward graph that PPO reads computes in float32 whatever precision trained the weights.
+        // Normalise on SFT samples, then report. Scored in float32: the exported reward graph that PPO reads computes in
+        // float32 whatever precision trained the weights. The default task's held-out groups are SFT samples already; a
+        // data file's responses were written by someone else, so the SFT model answers its prompts once each first.
         model.Precision = Precision.Fp32;
         double[][] evalScores = ScoreAll(model, eval, padId, device);
-        var raw = eval.Length > 0 ? evalScores : ScoreAll(model, train, padId, device);
-        var norm = RewardNormalization.From(raw.SelectMany(r => r).ToList(), cfg.NormalizeStd);
+        var norm = data.IsDefaultTask
+            ? RewardNormalization.From(evalScores.SelectMany(r => r).ToList(), cfg.NormalizeStd,
+                $"{evalScores.Sum(r => r.Length)} SFT samples on {eval.Length} held-out prompts (default task)")
+            : NormalizeOnSftSamples(cfg, model, tokenizer, data, padId, device);
         double accuracy = eval.Length > 0 ? Accuracy(evalScores, eval) : double.NaN;
         double? spearman = data.IsDefaultTask && eval.Length > 0
             ? PairwiseLoss.Spearman(evalScores.SelectMany(r => r).ToList(), eval.SelectMany(g => g.Group.Gold).ToList())
@@ -351,6 +336,27 @@ public static class RmTrainer
         int epoch = step / stepsPerEpoch, within = step % stepsPerEpoch;
         int[] order = SftTrainer.Permutation(count, seed * 7919 + epoch);
         return [.. order.Skip(within * perBatch).Take(perBatch)];
+    }
+
+    /// <summary>
+    /// The normalisation of a reward model trained on a data file: one response sampled from the SFT model (temperature
+    /// <c>sample_temperature</c>) for each of up to <c>eval_prompts</c> distinct prompts — the held-out file's when given,
+    /// else the training file's — scored by the trained RM. PPO's rollouts come from that model, so this is the
+    /// distribution the normalised scores should have mean 0 (and std 1) on.
+    /// </summary>
+    static RewardNormalization NormalizeOnSftSamples(RmConfig cfg, LlamaForSequenceClassification model, TextTokenizer tokenizer, RmData data, int padId, Device device)
+    {
+        bool heldOut = data.Eval.Count > 0;
+        var prompts = (heldOut ? data.Eval : data.Train).Select(g => g.Prompt).Distinct().Take(Math.Max(1, cfg.EvalPrompts)).ToList();
+        IReadOnlyList<(string Text, bool EndedWithEos)[]> samples;
+        using (var policy = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32))
+        using (var rollouts = InferenceServices.Rollouts(cfg.Engine, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads))
+            samples = InferenceServices.Sample(rollouts, tokenizer, prompts, 1,
+                new SamplingOptions { Temperature = (float)cfg.SampleTemperature, MaxNewTokens = cfg.MaxNewTokens, Seed = (ulong)cfg.Seed + 2 });
+        var groups = prompts.Select((p, i) => Tokenize(tokenizer, new RmGroup(p, [samples[i][0].Text], [], [0]), cfg.MaxSeqLen)).ToArray();
+        var raw = ScoreAll(model, groups, padId, device).SelectMany(r => r).ToList();
+        return RewardNormalization.From(raw, cfg.NormalizeStd,
+            $"{raw.Count} SFT samples on {(heldOut ? "held-out" : "training")} prompts of {(heldOut ? cfg.EvalFile : cfg.RankingsFile ?? cfg.PairsFile)}");
     }
 
     internal static RmData LabelFresh(RmConfig cfg, TextTokenizer tokenizer, Device device)

@@ -112,5 +112,11 @@ public sealed class RmTrainerTests
         Assert.Equal(2, s.Steps);
         Assert.Equal(8, s.TrainPairs);
         Assert.Null(s.GoldSpearman);
+        // normalised on what PPO will sample (the SFT model answering the file's prompts, at most eval_prompts = 4 of them), not on the file's own responses
+        Assert.Equal($"4 SFT samples on training prompts of {pairs}", s.Normalization.Source);
+        Assert.True(s.Normalization.RawStd > 0);
+        var written = System.Text.Json.JsonSerializer.Deserialize<RewardNormalization>(
+            File.ReadAllText(Path.Combine(cfg.Out, RewardNormalization.FileName)), Rlhf.Training.Common.ConfigLoader.Json)!;
+        Assert.Equal(s.Normalization, written);
     }
 }
