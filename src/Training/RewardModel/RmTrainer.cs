@@ -149,9 +149,10 @@ public static class RmTrainer
         // data file's responses were written by someone else, so the SFT model answers its prompts once each first.
         model.Precision = Precision.Fp32;
         double[][] evalScores = ScoreAll(model, eval, padId, device);
+        double[][] sftScores = eval.Length > 0 ? evalScores : ScoreAll(model, train, padId, device);
         var norm = data.IsDefaultTask
-            ? RewardNormalization.From(evalScores.SelectMany(r => r).ToList(), cfg.NormalizeStd,
-                $"{evalScores.Sum(r => r.Length)} SFT samples on {eval.Length} held-out prompts (default task)")
+            ? RewardNormalization.From(sftScores.SelectMany(r => r).ToList(), cfg.NormalizeStd,
+                $"{sftScores.Sum(r => r.Length)} SFT samples on {sftScores.Length} {(eval.Length > 0 ? "held-out" : "training")} prompts (default task)")
             : NormalizeOnSftSamples(cfg, model, tokenizer, data, padId, device);
         double accuracy = eval.Length > 0 ? Accuracy(evalScores, eval) : double.NaN;
         double? spearman = data.IsDefaultTask && eval.Length > 0
