@@ -43,7 +43,7 @@ public static class ModelFolderWriter
     public static readonly string[] TokenizerFileNames =
     [
         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-        "tokenizer.model", "vocab.txt", "added_tokens.json", "generation_config.json",
+        "tokenizer.model", "vocab.txt", "added_tokens.json", "generation_config.json", "chat_template.jinja", "chat_template.json",
     ];
 
     /// <summary>Copies the tokenizer files present in <paramref name="from"/> into <paramref name="to"/>; returns their names.</summary>
