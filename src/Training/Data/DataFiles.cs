@@ -433,7 +433,7 @@ public static class DataFiles
                 var options = CsvWriterOptions.Default with { NewLine = "\n" };
                 using var csv = CsvWriter.Create(stream, options, leaveOpen: true);
                 csv.WriteHeader(schema.Columns);
-                foreach (T r in records) csv.WriteRecord(schema.Format(r));
+                foreach (T r in records) csv.WriteRecord(schema.Format(Flat(r)));
                 csv.Flush();
             }
             else
@@ -442,13 +442,18 @@ public static class DataFiles
                 foreach (T r in records)
                 {
                     json.Reset();
-                    schema.WriteJson(json, r);
+                    schema.WriteJson(json, Flat(r));
                     json.Flush();
                     stream.WriteByte((byte)'\n');
                 }
             }
         });
     }
+
+    /// <summary>The record, when it is flat text: the writers write the flat formats only.</summary>
+    static T Flat<T>(T record) => record is IConversationalRecord { IsConversational: true }
+        ? throw new ArgumentException("conversational records (messages) are read, not written; write flat records", nameof(record))
+        : record;
 
     // ---- schemas ----------------------------------------------------------------------------------------------
 

@@ -123,26 +123,6 @@ public sealed record PromptExample(string Prompt) : IConversationalRecord
     public override int GetHashCode() => HashCode.Combine(Prompt, Messages?.Count);
 }
 
-/// <summary>Plain-text views and checks of conversations (lists of <see cref="ChatMessage"/>).</summary>
-public static class ChatText
-{
-    /// <summary>The messages' contents joined by a blank line: the plain-text view a conversational record's string
-    /// properties hold (for logs and listings; training renders the messages with a chat template instead).</summary>
-    public static string Plain(IEnumerable<ChatMessage> messages) => string.Join("\n\n", messages.Select(m => m.Content));
-
-    /// <summary>Index of the last assistant message, or −1.</summary>
-    public static int LastAssistant(IReadOnlyList<ChatMessage> messages)
-    {
-        for (int i = messages.Count - 1; i >= 0; i--)
-            if (messages[i].Role == "assistant") return i;
-        return -1;
-    }
-
-    /// <summary>Both null, or the same messages in the same order.</summary>
-    public static bool SameMessages(IReadOnlyList<ChatMessage>? a, IReadOnlyList<ChatMessage>? b) =>
-        a is null ? b is null : b is not null && a.SequenceEqual(b);
-}
-
 /// <summary>A pretraining document (PPO-ptx): plain text, trained on in full.</summary>
 public sealed record TextExample(string Text);
 

@@ -122,11 +122,14 @@ public static class PpoTrainer
 
     static IReadOnlyList<string> TrainingPrompts(PpoConfig cfg) => cfg.PromptsFile is null
         ? [.. DataSets.Prompts((ulong)cfg.Seed, DataSets.PpoPromptsName, cfg.DefaultPrompts).Select(p => p.Prompt)]
-        : NonEmpty(DataFiles.ReadPrompts(cfg.PromptsFile).Records.Select(p => p.Prompt).ToList(), cfg.PromptsFile);
+        : NonEmpty(ReadPrompts(cfg.PromptsFile, cfg).Select(p => p.Prompt).ToList(), cfg.PromptsFile);
 
     static IReadOnlyList<string> EvalPrompts(PpoConfig cfg) => cfg.EvalPromptsFile is null
         ? [.. DataSets.Prompts((ulong)cfg.Seed, DataSets.PpoEvalPromptsName, cfg.EvalPrompts).Select(p => p.Prompt)]
-        : NonEmpty(DataFiles.ReadPrompts(cfg.EvalPromptsFile).Records.Select(p => p.Prompt).Take(cfg.EvalPrompts).ToList(), cfg.EvalPromptsFile);
+        : NonEmpty(ReadPrompts(cfg.EvalPromptsFile, cfg).Select(p => p.Prompt).Take(cfg.EvalPrompts).ToList(), cfg.EvalPromptsFile);
+
+    static IReadOnlyList<PromptExample> ReadPrompts(string file, PpoConfig cfg) =>
+        ChatText.RequireFlat(DataFiles.ReadPrompts(file, columns: cfg.DatasetColumns), file).Records;
 
     static List<string> NonEmpty(List<string> list, string file) =>
         list.Count > 0 ? list : throw new InvalidDataException($"{file}: no prompts.");
