@@ -223,10 +223,12 @@ public static class DataFiles
     static IEnumerable<(long Line, JsonObject? Row, string? Problem)> ParquetRows(string path)
     {
         var table = ReadParquetTable(path);
+        string[] columns = [.. table.Schema.Fields.Select(f => f.Name)];
         for (int row = 0; row < table.Data.Count; row++)
         {
             var obj = new JsonObject();
-            foreach (var (key, value) in table.Data[row]) obj[key] = ParquetJson(value);
+            foreach (string column in columns)                   // a null cell is absent from the row: present it as null
+                obj[column] = table.Data[row].TryGetValue(column, out object? value) ? ParquetJson(value) : null;
             yield return (row + 1, obj, null);
         }
     }

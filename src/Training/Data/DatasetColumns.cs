@@ -4,7 +4,7 @@ namespace Rlhf.Training.Data;
 /// Which of a data file's columns (CSV header names, JSON fields, Parquet columns) hold each of our fields, for files
 /// named otherwise: <c>"dataset_columns": {"prompt": "question", "response": "answer"}</c>. Each property is the file's
 /// name for the field it is named after; the defaults are the names themselves (TRL's names, plus <c>response</c>).
-/// OpenRLHF's <c>input_key</c> is <see cref="Prompt"/>, <c>output_key</c> <see cref="Response"/> (or
+/// OpenRLHF's <c>input_key</c>/<c>prompt_key</c> is <see cref="Prompt"/>, <c>output_key</c> <see cref="Response"/> (or
 /// <see cref="Completion"/>), <c>chosen_key</c>/<c>rejected_key</c> <see cref="Chosen"/>/<see cref="Rejected"/>.
 /// </summary>
 public sealed record DatasetColumns
