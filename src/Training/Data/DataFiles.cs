@@ -42,6 +42,9 @@ public sealed record DataRead<T>(IReadOnlyList<T> Records, int Skipped);
 /// prompt,responses,ranking         {"prompt": "...", "responses": ["a", "b"], "ranking": [1, 0]}
 /// prompt                           {"prompt": "..."}
 /// </code>
+/// SFT, preference and prompt files in JSONL or Parquet may also hold TRL's dataset formats (conversational rows keep
+/// their messages; <see cref="RowShape"/>), detected from the first row, and any file's columns may be named otherwise
+/// (<see cref="DatasetColumns"/>).
 /// A malformed row throws <see cref="DataFileException"/> with file and line, or with <c>skipMalformed</c> is skipped
 /// and counted. Writes go to a temporary file in the same folder that is then renamed over the target.</summary>
 public static class DataFiles
