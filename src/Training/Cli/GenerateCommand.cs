@@ -43,7 +43,7 @@ internal static class GenerateCommand
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var texts = new List<string>(r.GetValue(prompt) ?? []);
-            if (r.GetValue(prompts) is string file) texts.AddRange(DataFiles.ReadPrompts(file).Records.Select(p => p.Prompt));
+            if (r.GetValue(prompts) is string file) texts.AddRange(ChatText.RequireFlat(DataFiles.ReadPrompts(file), file).Records.Select(p => p.Prompt));
             if (texts.Count == 0) throw new ArgumentException("Give at least one --prompt or a --prompts file.");
             var settings = new GenerateSettings(r.GetValue(maxNew), r.GetValue(temperature), r.GetValue(topK), r.GetValue(topP), r.GetValue(seed), r.GetValue(threads));
             var outputs = Run(r.GetValue(model)!, r.GetValue(engine)!, texts, settings, r.GetValue(device)!);

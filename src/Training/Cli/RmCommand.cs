@@ -58,7 +58,7 @@ internal static class RmCommand
             string folder = r.GetValue(model)!, file = r.GetValue(input)!;
             var groups = r.GetValue(ranked)
                 ? DataFiles.ReadRanked(file).Records.Select(RmGroup.FromRanked).ToList()
-                : DataFiles.ReadPreferences(file).Records.Select(RmGroup.FromPair).ToList();
+                : ChatText.RequireFlat(DataFiles.ReadPreferences(file), file).Records.Select(RmGroup.FromPair).ToList();
             var tokenizer = TextTokenizer.Load(folder);
             using var rm = LlamaForSequenceClassification.FromPretrained(folder, dev, ScalarType.Float32);
             var tokenized = groups.Select(g => RmTrainer.Tokenize(tokenizer, g, rm.Config.MaxPositionEmbeddings)).ToList();

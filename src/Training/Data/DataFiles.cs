@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using CsvHelper;
 using Parquet.Serialization;
 
@@ -41,6 +42,9 @@ public sealed record DataRead<T>(IReadOnlyList<T> Records, int Skipped);
 /// prompt,responses,ranking         {"prompt": "...", "responses": ["a", "b"], "ranking": [1, 0]}
 /// prompt                           {"prompt": "..."}
 /// </code>
+/// SFT, preference and prompt files in JSONL or Parquet may also hold TRL's dataset formats (conversational rows keep
+/// their messages; <see cref="RowShape"/>), detected from the first row, and any file's columns may be named otherwise
+/// (<see cref="DatasetColumns"/>).
 /// A malformed row throws <see cref="DataFileException"/> with file and line, or with <c>skipMalformed</c> is skipped
 /// and counted. Writes go to a temporary file in the same folder that is then renamed over the target.</summary>
 public static class DataFiles
@@ -58,16 +62,21 @@ public static class DataFiles
         };
     }
 
-    public static DataRead<SftExample> ReadSft(string path, bool skipMalformed = false) =>
-        Read(path, Schemas.Sft, skipMalformed);
+    /// <summary>SFT demonstrations: flat <c>prompt,response</c> (CSV, JSONL, Parquet) or, in JSONL/Parquet, TRL's
+    /// prompt/completion (strings, or lists of messages) and <c>messages</c> rows (<see cref="RowShape"/>).
+    /// <paramref name="columns"/> names the file's columns for our fields.</summary>
+    public static DataRead<SftExample> ReadSft(string path, bool skipMalformed = false, DatasetColumns? columns = null) =>
+        ReadShaped(path, RecordKind.Sft, Schemas.Sft, RowShapes.Sft, skipMalformed, columns);
 
     /// <summary>prompt,response rows to score: like <see cref="ReadSft"/>, but an empty response is a valid answer and an
     /// empty prompt a standalone text (what a classifier-style reward model scores).</summary>
     public static DataRead<SftExample> ReadResponses(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Response, skipMalformed);
 
-    public static DataRead<PreferencePair> ReadPreferences(string path, bool skipMalformed = false) =>
-        Read(path, Schemas.Preference, skipMalformed);
+    /// <summary>Preference pairs: flat <c>prompt,chosen,rejected</c> (CSV, JSONL, Parquet) or, in JSONL/Parquet, TRL's
+    /// conversational pairs with an explicit or implicit prompt (<see cref="RowShape"/>).</summary>
+    public static DataRead<PreferencePair> ReadPreferences(string path, bool skipMalformed = false, DatasetColumns? columns = null) =>
+        ReadShaped(path, RecordKind.Preference, Schemas.Preference, RowShapes.Preference, skipMalformed, columns);
 
     /// <summary>prompt,chosen,rejected rows to score: like <see cref="ReadPreferences"/>, but the prompt may be empty.</summary>
     public static DataRead<PreferencePair> ReadPreferencesToScore(string path, bool skipMalformed = false) =>
@@ -76,8 +85,9 @@ public static class DataFiles
     public static DataRead<RankedExample> ReadRanked(string path, bool skipMalformed = false) =>
         Read(path, Schemas.Ranked, skipMalformed);
 
-    public static DataRead<PromptExample> ReadPrompts(string path, bool skipMalformed = false) =>
-        Read(path, Schemas.Prompt, skipMalformed);
+    /// <summary>Prompts: a <c>prompt</c> string (CSV, JSONL, Parquet) or, in JSONL/Parquet, a list of messages.</summary>
+    public static DataRead<PromptExample> ReadPrompts(string path, bool skipMalformed = false, DatasetColumns? columns = null) =>
+        ReadShaped(path, RecordKind.Prompt, Schemas.Prompt, (_, row) => RowShapes.Prompt(row), skipMalformed, columns);
 
     /// <summary>
     /// Pretraining documents: a plain-text file (<c>.txt</c>; each non-empty line a document) or CSV/JSONL/Parquet with a
@@ -121,14 +131,127 @@ public static class DataFiles
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found", path);
         return FormatOf(path) switch
         {
-            DataFormat.Csv => ReadCsv(path, schema, skipMalformed),
+            DataFormat.Csv => ReadCsv(path, schema, skipMalformed, DatasetColumns.Default),
             DataFormat.Jsonl => ReadJsonl(path, schema, skipMalformed),
             DataFormat.Parquet => ReadParquet(path, schema, skipMalformed),
             _ => throw new ArgumentOutOfRangeException(nameof(path)),
         };
     }
 
-    static DataRead<T> ReadCsv<T>(string path, Schema<T> schema, bool skipMalformed)
+    /// <summary>
+    /// Rows whose shape the first row decides (<see cref="RowShapes.Detect"/>): CSV holds the flat shape only; JSONL and
+    /// Parquet rows (as JSON objects under our field names) may also be conversational. Flat rows parse as the
+    /// <paramref name="flat"/> schema's cells, conversational ones with <paramref name="conversational"/>. A row of another
+    /// shape than the first is malformed; a Parquet file whose columns fit no shape fails as a whole.
+    /// </summary>
+    static DataRead<T> ReadShaped<T>(
+        string path, RecordKind kind, Schema<T> flat, Func<RowShape, JsonObject, (T? Record, string? Problem)> conversational,
+        bool skipMalformed, DatasetColumns? columns)
+    {
+        columns ??= DatasetColumns.Default;
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found", path);
+        DataFormat format = FormatOf(path);
+        if (format == DataFormat.Csv) return ReadCsv(path, flat, skipMalformed, columns);
+        var rows = format == DataFormat.Jsonl ? JsonlRows(path, flat.Example) : ParquetRows(path);
+        var records = new List<T>();
+        int skipped = 0;
+        RowShape? shape = null;
+        foreach (var (line, raw, readProblem) in rows)
+        {
+            string? problem = readProblem;
+            T? record = default;
+            if (problem is null)
+            {
+                JsonObject row = Mapped(raw!, columns);
+                if (shape is null)
+                {
+                    (shape, problem) = RowShapes.Detect(kind, row);
+                    if (problem is not null && format == DataFormat.Parquet)
+                        throw new InvalidDataException($"{path}: no column '{flat.Columns.Select(columns.ColumnOf).FirstOrDefault(c => !raw!.ContainsKey(c))}' "
+                            + $"for the flat shape {flat.Example}, and the columns fit no other shape: {problem}.");
+                }
+                else problem = RowShapes.ShapeMismatch(kind, shape.Value, row);
+                if (problem is null) (record, problem) = ParseRow(shape!.Value, row, flat, conversational);
+            }
+            if (problem is null) records.Add(record!);
+            else if (skipMalformed) skipped++;
+            else throw new DataFileException(path, line, problem);
+        }
+        return new DataRead<T>(records, skipped);
+    }
+
+    static (T? Record, string? Problem) ParseRow<T>(
+        RowShape shape, JsonObject row, Schema<T> flat, Func<RowShape, JsonObject, (T? Record, string? Problem)> conversational)
+    {
+        if (!RowShapes.IsFlat(shape)) return conversational(shape, row);
+        var (cells, problem) = RowShapes.Cells(shape, row);
+        return problem is null ? flat.Parse(cells!) : (default, problem);
+    }
+
+    /// <summary>The row under our field names: the file's column for each field (<see cref="DatasetColumns"/>) renamed to
+    /// the field; a column carrying one of our names that is mapped away is dropped; other columns keep their names.</summary>
+    static JsonObject Mapped(JsonObject raw, DatasetColumns columns)
+    {
+        if (columns == DatasetColumns.Default) return raw;
+        var row = new JsonObject();
+        foreach (var (key, value) in raw.ToArray())
+        {
+            if (columns.FieldOf(key) is not { } field) continue;
+            raw.Remove(key);
+            row[field] = value;
+        }
+        return row;
+    }
+
+    /// <summary>Each non-blank line of a JSON Lines file as an object, or why it is not one.</summary>
+    static IEnumerable<(long Line, JsonObject? Row, string? Problem)> JsonlRows(string path, string example)
+    {
+        long line = 0;
+        foreach (string text in File.ReadLines(path, Encoding.UTF8))
+        {
+            line++;
+            if (string.IsNullOrWhiteSpace(text)) continue;
+            JsonNode? node = null;
+            string? problem = null;
+            try { node = JsonNode.Parse(text); }
+            catch (JsonException e) { problem = $"not valid JSON ({e.Message}); each line must be one object like {example}"; }
+            if (problem is null && node is not JsonObject)
+                problem = $"expected a JSON object like {example} but found a {(node is null ? "null" : node.GetValueKind().ToString())}";
+            yield return (line, problem is null ? (JsonObject)node! : null, problem);
+        }
+    }
+
+    /// <summary>Each row of a Parquet file as a JSON object (strings as strings, lists as arrays, structs as objects:
+    /// a Hugging Face <c>list&lt;struct&lt;content, role&gt;&gt;</c> column becomes a list of messages); 1-based row numbers.</summary>
+    static IEnumerable<(long Line, JsonObject? Row, string? Problem)> ParquetRows(string path)
+    {
+        var table = ReadParquetTable(path);
+        string[] columns = [.. table.Schema.Fields.Select(f => f.Name)];
+        for (int row = 0; row < table.Data.Count; row++)
+        {
+            var obj = new JsonObject();
+            foreach (string column in columns)                   // a null cell is absent from the row: present it as null
+                obj[column] = table.Data[row].TryGetValue(column, out object? value) ? ParquetJson(value) : null;
+            yield return (row + 1, obj, null);
+        }
+    }
+
+    /// <summary>A Parquet.Net untyped value as JSON.</summary>
+    static JsonNode? ParquetJson(object? v) => v switch
+    {
+        null => null,
+        string s => JsonValue.Create(s),
+        ReadOnlyMemory<char> m => JsonValue.Create(m.ToString()),
+        bool b => JsonValue.Create(b),
+        System.Collections.IDictionary d => new JsonObject(d.Keys.Cast<object>().Select(k =>
+            KeyValuePair.Create(k.ToString()!, ParquetJson(d[k])))),
+        System.Collections.IEnumerable items => new JsonArray([.. items.Cast<object?>().Select(ParquetJson)]),
+        IConvertible c when c is sbyte or byte or short or ushort or int or uint or long or ulong => JsonValue.Create(Convert.ToInt64(c)),
+        IConvertible c when c is float or double or decimal => JsonValue.Create(Convert.ToDouble(c)),
+        _ => JsonValue.Create(v.ToString()),
+    };
+
+    static DataRead<T> ReadCsv<T>(string path, Schema<T> schema, bool skipMalformed, DatasetColumns columns)
     {
         var malformed = new Queue<CsvMalformedRecord>();
         var options = CsvReaderOptions.Default with
@@ -166,10 +289,12 @@ public static class DataFiles
         var index = new int[schema.Columns.Length];
         for (int c = 0; c < schema.Columns.Length; c++)
         {
-            index[c] = Array.IndexOf(header, schema.Columns[c]);
+            string column = columns.ColumnOf(schema.Columns[c]);
+            index[c] = Array.IndexOf(header, column);
             if (index[c] < 0)
-                throw new DataFileException(path, 1, $"the header has no column '{schema.Columns[c]}' "
-                    + $"(found '{string.Join(',', header)}'); the header must be '{string.Join(',', schema.Columns)}'");
+                throw new DataFileException(path, 1, $"the header has no column '{column}' "
+                    + $"(found '{string.Join(',', header)}'); the header must be '{string.Join(',', schema.Columns.Select(columns.ColumnOf))}'"
+                    + " (CSV holds flat rows; conversations go in JSONL or Parquet)");
         }
 
         var values = new string[schema.Columns.Length];
@@ -247,15 +372,7 @@ public static class DataFiles
     /// </summary>
     static DataRead<T> ReadParquet<T>(string path, Schema<T> schema, bool skipMalformed)
     {
-        DeserializationResult<Dictionary<string, object>> table;
-        using (var stream = File.OpenRead(path))
-        {
-            try { table = ParquetSerializer.DeserializeUntypedAsync(stream).GetAwaiter().GetResult(); }
-            catch (Exception e) when (e is IOException or InvalidDataException or NotSupportedException or ApplicationException or ArgumentException or InvalidOperationException)
-            {
-                throw new InvalidDataException($"{path}: not a readable Parquet file ({e.Message}).", e);
-            }
-        }
+        var table = ReadParquetTable(path);
         string[] found = [.. table.Schema.Fields.Select(f => f.Name)];
         foreach (string column in schema.Columns)
             if (!found.Contains(column))
@@ -279,6 +396,16 @@ public static class DataFiles
             else throw new DataFileException(path, row + 1, problem);
         }
         return new DataRead<T>(records, skipped);
+    }
+
+    static DeserializationResult<Dictionary<string, object>> ReadParquetTable(string path)
+    {
+        using var stream = File.OpenRead(path);
+        try { return ParquetSerializer.DeserializeUntypedAsync(stream).GetAwaiter().GetResult(); }
+        catch (Exception e) when (e is IOException or InvalidDataException or NotSupportedException or ApplicationException or ArgumentException or InvalidOperationException)
+        {
+            throw new InvalidDataException($"{path}: not a readable Parquet file ({e.Message}).", e);
+        }
     }
 
     /// <summary>A Parquet value as the CSV cell it stands for: a string as is (null = empty), a list as its JSON array.</summary>
@@ -311,7 +438,7 @@ public static class DataFiles
                 var options = CsvWriterOptions.Default with { NewLine = "\n" };
                 using var csv = CsvWriter.Create(stream, options, leaveOpen: true);
                 csv.WriteHeader(schema.Columns);
-                foreach (T r in records) csv.WriteRecord(schema.Format(r));
+                foreach (T r in records) csv.WriteRecord(schema.Format(Flat(r)));
                 csv.Flush();
             }
             else
@@ -320,13 +447,18 @@ public static class DataFiles
                 foreach (T r in records)
                 {
                     json.Reset();
-                    schema.WriteJson(json, r);
+                    schema.WriteJson(json, Flat(r));
                     json.Flush();
                     stream.WriteByte((byte)'\n');
                 }
             }
         });
     }
+
+    /// <summary>The record, when it is flat text: the writers write the flat formats only.</summary>
+    static T Flat<T>(T record) => record is IConversationalRecord { IsConversational: true }
+        ? throw new ArgumentException("conversational records (messages) are read, not written; write flat records", nameof(record))
+        : record;
 
     // ---- schemas ----------------------------------------------------------------------------------------------
 

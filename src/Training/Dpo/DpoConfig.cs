@@ -1,3 +1,4 @@
+using Rlhf.Training.Data;
 using Rlhf.Training.Common;
 using Rlhf.Training.Model;
 using Rlhf.Training.RewardModel;
@@ -19,6 +20,8 @@ public sealed record DpoConfig
     public string? EvalFile { get; init; }
     /// <summary>Skip (and count) malformed rows instead of failing.</summary>
     public bool SkipMalformed { get; init; }
+    /// <summary>The data files' column names for our fields (prompt, chosen, rejected) where they differ, e.g. {"prompt": "question"} (OpenRLHF's input_key/output_key/chosen_key/rejected_key).</summary>
+    public DatasetColumns DatasetColumns { get; init; } = new();
     /// <summary>Default task: prompts labelled for training (K responses from the SFT model ranked by the simulated annotators, as the RM stage does).</summary>
     public int TrainPrompts { get; init; } = 3000;
     /// <summary>Default task: held-out prompts whose responses the gold scorer ranks.</summary>
@@ -73,7 +76,7 @@ public sealed record DpoConfig
     /// <summary>The RM stage's labelling settings that produce this stage's comparisons (the same code labels both).</summary>
     internal RmConfig Labelling() => new()
     {
-        Out = Out, SftModel = SftModel, RankingsFile = RankingsFile, PairsFile = PairsFile, EvalFile = EvalFile, SkipMalformed = SkipMalformed,
+        Out = Out, SftModel = SftModel, RankingsFile = RankingsFile, PairsFile = PairsFile, EvalFile = EvalFile, SkipMalformed = SkipMalformed, DatasetColumns = DatasetColumns,
         TrainPrompts = TrainPrompts, EvalPrompts = EvalPrompts, K = K, SampleTemperature = SampleTemperature, MaxNewTokens = MaxNewTokens,
         MaxSeqLen = MaxSeqLen, Engine = Engine, Seed = Seed, Threads = Threads,
     };
@@ -82,6 +85,7 @@ public sealed record DpoConfig
     public void Validate()
     {
         var e = new List<string>();
+        if (DatasetColumns.Problem() is { } columns) e.Add(columns);
         if (string.IsNullOrWhiteSpace(Out)) e.Add("out must be a folder");
         if (!(Beta > 0)) e.Add("beta must be > 0 (it scales the implicit reward β·log π/π_ref)");
         if (K is < 2 or > 9) e.Add("k must be in 2..9");

@@ -1,3 +1,4 @@
+using Rlhf.Training.Data;
 using Rlhf.Inference.Reward;
 using Rlhf.Training.Common;
 using Rlhf.Training.Model;
@@ -27,6 +28,8 @@ public sealed record PpoConfig
     public string? PromptsFile { get; init; }
     /// <summary>Held-out prompts for evaluation and the report; null = the default task's held-out PPO prompts.</summary>
     public string? EvalPromptsFile { get; init; }
+    /// <summary>The data files' column names for our fields (prompt) where they differ, e.g. {"prompt": "question"} (OpenRLHF's input_key/output_key/chosen_key/rejected_key).</summary>
+    public DatasetColumns DatasetColumns { get; init; } = new();
     /// <summary>Default task: training prompts generated.</summary>
     public int DefaultPrompts { get; init; } = 4000;
     /// <summary>Held-out prompts scored at each evaluation and in the report.</summary>
@@ -181,6 +184,7 @@ public sealed record PpoConfig
     public void Validate()
     {
         var e = new List<string>();
+        if (DatasetColumns.Problem() is { } columns) e.Add(columns);
         if (string.IsNullOrWhiteSpace(Out)) e.Add("out must be a folder");
         if (Iterations < 1 || RolloutBatch < 1 || PpoEpochs < 1 || MiniBatch < 1 || GradAccum < 1) e.Add("iterations, rollout_batch, ppo_epochs, mini_batch and grad_accum must be ≥ 1");
         if (RolloutBatch % MiniBatch != 0) e.Add($"rollout_batch ({RolloutBatch}) must be a multiple of mini_batch ({MiniBatch})");

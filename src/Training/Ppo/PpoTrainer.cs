@@ -129,7 +129,7 @@ public static class PpoTrainer
     /// </summary>
     static (IReadOnlyList<string> Train, IReadOnlyList<string> Eval) Prompts(PpoConfig cfg)
     {
-        IReadOnlyList<string> Read(string file) => NonEmpty(DataFiles.ReadPrompts(file).Records.Select(p => p.Prompt).ToList(), file);
+        IReadOnlyList<string> Read(string file) => NonEmpty(ReadPrompts(file, cfg).Select(p => p.Prompt).ToList(), file);
         IReadOnlyList<string> Embedded(string split, int n) => [.. DataSets.Prompts((ulong)cfg.Seed, split, n).Select(p => p.Prompt)];
         if (cfg.PromptsFile is null)
             return (Embedded(DataSets.PpoPromptsName, cfg.DefaultPrompts),
@@ -147,6 +147,9 @@ public static class PpoTrainer
         int k = Math.Max(1, Math.Min(evalPrompts, prompts.Count / 10));
         return ([.. prompts.Take(prompts.Count - k)], [.. prompts.Skip(prompts.Count - k)]);
     }
+
+    static IReadOnlyList<PromptExample> ReadPrompts(string file, PpoConfig cfg) =>
+        ChatText.RequireFlat(DataFiles.ReadPrompts(file, columns: cfg.DatasetColumns), file).Records;
 
     static List<string> NonEmpty(List<string> list, string file) =>
         list.Count > 0 ? list : throw new InvalidDataException($"{file}: no prompts.");

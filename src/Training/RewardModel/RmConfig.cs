@@ -1,3 +1,4 @@
+using Rlhf.Training.Data;
 using Rlhf.Training.Model;
 
 namespace Rlhf.Training.RewardModel;
@@ -19,6 +20,8 @@ public sealed record RmConfig
     public string? EvalFile { get; init; }
     /// <summary>Skip (and count) malformed rows instead of failing.</summary>
     public bool SkipMalformed { get; init; }
+    /// <summary>The data files' column names for our fields (prompt, chosen, rejected) where they differ, e.g. {"prompt": "question"} (OpenRLHF's input_key/output_key/chosen_key/rejected_key).</summary>
+    public DatasetColumns DatasetColumns { get; init; } = new();
     /// <summary>
     /// Default task: prompts to label for training, sized by what PPO needs (its held-out gold gain, not RM accuracy).
     /// With the default SFT model and PPO (stopping early), measured 2026-12-06: 2000 prompts × 2 passes gave 80.8% and a
@@ -89,6 +92,7 @@ public sealed record RmConfig
     public void Validate()
     {
         var e = new List<string>();
+        if (DatasetColumns.Problem() is { } columns) e.Add(columns);
         if (string.IsNullOrWhiteSpace(Out)) e.Add("out must be a folder");
         if (K is < 2 or > 9) e.Add("k must be in 2..9");
         if (TrainPrompts < 1 || EvalPrompts < 0) e.Add("train_prompts must be ≥ 1 and eval_prompts ≥ 0");

@@ -50,7 +50,7 @@ public sealed record RmData(IReadOnlyList<RmGroup> Train, IReadOnlyList<RmGroup>
             }
             if (cfg.PairsFile is not null)
             {
-                var p = DataFiles.ReadPreferences(cfg.PairsFile, cfg.SkipMalformed);
+                var p = ChatText.RequireFlat(DataFiles.ReadPreferences(cfg.PairsFile, cfg.SkipMalformed, cfg.DatasetColumns), cfg.PairsFile);
                 train.AddRange(p.Records.Select(RmGroup.FromPair));
                 skipped += p.Skipped;
             }

@@ -1,3 +1,4 @@
+using Rlhf.Training.Data;
 using Rlhf.Training.Model;
 
 namespace Rlhf.Training.Sft;
@@ -19,6 +20,8 @@ public sealed record SftConfig
     public string? EvalFile { get; init; }
     /// <summary>Skip (and count) malformed rows instead of failing.</summary>
     public bool SkipMalformed { get; init; }
+    /// <summary>The data files' column names for our fields (prompt, response, completion, messages) where they differ, e.g. {"prompt": "question"} (OpenRLHF's input_key/output_key/chosen_key/rejected_key).</summary>
+    public DatasetColumns DatasetColumns { get; init; } = new();
     /// <summary>Default-task demonstrations generated for training.</summary>
     public int DefaultTrainSize { get; init; } = 16000;
     /// <summary>Default-task demonstrations held out for eval.</summary>
@@ -74,6 +77,7 @@ public sealed record SftConfig
     public void Validate()
     {
         var e = new List<string>();
+        if (DatasetColumns.Problem() is { } columns) e.Add(columns);
         if (string.IsNullOrWhiteSpace(Out)) e.Add("out must be a folder");
         if (Epochs < 1) e.Add("epochs must be ≥ 1");
         if (MaxSteps < 0) e.Add("max_steps must be ≥ 0");

@@ -14,12 +14,15 @@ public sealed record SftData(IReadOnlyList<SftExample> Train, IReadOnlyList<SftE
             var train = DataSets.SftExamples(seed, DataSets.SftTrainName, cfg.DefaultTrainSize);
             var eval = cfg.EvalFile is null
                 ? DataSets.SftExamples(seed, DataSets.SftEvalName, cfg.DefaultEvalSize)
-                : DataFiles.ReadSft(cfg.EvalFile, cfg.SkipMalformed).Records;
+                : Read(cfg.EvalFile, cfg).Records;
             return new SftData(train, eval, 0, true);
         }
-        var t = DataFiles.ReadSft(cfg.TrainFile, cfg.SkipMalformed);
-        var e = cfg.EvalFile is null ? new DataRead<SftExample>([], 0) : DataFiles.ReadSft(cfg.EvalFile, cfg.SkipMalformed);
+        var t = Read(cfg.TrainFile, cfg);
+        var e = cfg.EvalFile is null ? new DataRead<SftExample>([], 0) : Read(cfg.EvalFile, cfg);
         if (t.Records.Count == 0) throw new InvalidDataException($"{cfg.TrainFile}: no demonstrations.");
         return new SftData(t.Records, e.Records, t.Skipped + e.Skipped, false);
     }
+
+    static DataRead<SftExample> Read(string file, SftConfig cfg) =>
+        ChatText.RequireFlat(DataFiles.ReadSft(file, cfg.SkipMalformed, cfg.DatasetColumns), file);
 }
