@@ -86,12 +86,11 @@ public sealed class ChatTemplate : IDisposable
     public string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, string? toolsJson = null)
     {
         ArgumentNullException.ThrowIfNull(messages);
-        if (toolsJson is not null) CheckTools(toolsJson);
         string json = MessagesJson(messages);
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            try { return _tokenizer.ApplyChatTemplate(_prepared, json, toolsJson, addGenerationPrompt); }
+            try { return _tokenizer.ApplyChatTemplate(ToolsPrelude(toolsJson) + _prepared, json, null, addGenerationPrompt); }
             catch (OnnxRuntimeGenAIException e) { throw new ChatTemplateException(FirstLine(e.Message)); }
         }
     }
@@ -139,8 +138,7 @@ public sealed class ChatTemplate : IDisposable
         $"{{%- set bos_token = {JinjaValue(bos)} %}}{{%- set eos_token = {JinjaValue(eos)} %}}";
 
     /// <summary>A Jinja string literal, or a name no template defines (an undefined value) for null.</summary>
-    static string JinjaValue(string? s) =>
-        s is null ? "__rlhf_undefined__" : "'" + s.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("'", "\\'", StringComparison.Ordinal) + "'";
+    static string JinjaValue(string? s) => s is null ? "__rlhf_undefined__" : JinjaString(s);
 
     /// <summary>
     /// A GenAI tokenizer used only for its template engine. GenAI 0.18 builds one from a folder with <c>genai_config.json</c>
@@ -180,15 +178,65 @@ public sealed class ChatTemplate : IDisposable
         return Encoding.UTF8.GetString(buffer.ToArray());
     }
 
-    static void CheckTools(string toolsJson)
+    /// <summary>
+    /// Sets <c>tools</c> (and <c>documents</c>) as transformers passes them: the given array, or none. Not through
+    /// GenAI's own tools argument: GenAI 0.18 rewrites that for Llama-3-style templates (measured: it drops the
+    /// <c>{"type": "function", "function": ...}</c> wrapper and flattens <c>parameters</c>), which transformers does not.
+    /// </summary>
+    static string ToolsPrelude(string? toolsJson)
     {
-        try
-        {
-            using var doc = JsonDocument.Parse(toolsJson);
-            if (doc.RootElement.ValueKind != JsonValueKind.Array) throw new ChatTemplateException("'tools' must be a JSON array.");
-        }
+        if (toolsJson is null) return "{%- set tools = none %}{%- set documents = none %}";
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(toolsJson); }
         catch (JsonException e) { throw new ChatTemplateException("'tools' is not valid JSON: " + e.Message); }
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Array) throw new ChatTemplateException("'tools' must be a JSON array.");
+            var literal = new StringBuilder("{%- set tools = ");
+            JinjaLiteral(doc.RootElement, literal);
+            return literal.Append(" %}{%- set documents = none %}").ToString();
+        }
     }
+
+    /// <summary>A JSON value as a Jinja literal: objects and arrays as dicts and lists (order kept), null as none.</summary>
+    static void JinjaLiteral(JsonElement e, StringBuilder s)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.Object:
+                s.Append('{');
+                bool first = true;
+                foreach (var p in e.EnumerateObject())
+                {
+                    if (!first) s.Append(", ");
+                    first = false;
+                    s.Append(JinjaString(p.Name)).Append(": ");
+                    JinjaLiteral(p.Value, s);
+                }
+                s.Append('}');
+                break;
+            case JsonValueKind.Array:
+                s.Append('[');
+                int i = 0;
+                foreach (var item in e.EnumerateArray())
+                {
+                    if (i++ > 0) s.Append(", ");
+                    JinjaLiteral(item, s);
+                }
+                s.Append(']');
+                break;
+            case JsonValueKind.String: s.Append(JinjaString(e.GetString()!)); break;
+            case JsonValueKind.Number: s.Append(e.GetRawText()); break;
+            case JsonValueKind.True: s.Append("true"); break;
+            case JsonValueKind.False: s.Append("false"); break;
+            default: s.Append("none"); break;
+        }
+    }
+
+    /// <summary>A single-quoted Jinja string literal of <paramref name="text"/>.</summary>
+    static string JinjaString(string text) => "'" + text
+        .Replace("\\", "\\\\", StringComparison.Ordinal).Replace("'", "\\'", StringComparison.Ordinal)
+        .Replace("\n", "\\n", StringComparison.Ordinal).Replace("\r", "\\r", StringComparison.Ordinal).Replace("\t", "\\t", StringComparison.Ordinal) + "'";
 
     static string FirstLine(string message)
     {
