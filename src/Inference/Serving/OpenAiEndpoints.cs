@@ -7,6 +7,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Rlhf.Inference.Reward;
 using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Services;
+using Rlhf.Inference.Tokenization;
 
 namespace Rlhf.Inference.Serving;
 
@@ -61,9 +62,9 @@ static class OpenAiEndpoints
     }
 
     /// <summary>
-    /// <c>POST /v1/chat/completions</c>: the messages rendered by the folder's chat template (with the generation prompt),
-    /// encoded as they are (the template places BOS), then sampled as a completion; choice j samples with seed
-    /// <c>seed + j</c>.
+    /// <c>POST /v1/chat/completions</c>: the messages (and <c>tools</c>, when given) rendered by the folder's chat template
+    /// with the generation prompt, as transformers renders it, encoded as they are (special-token text to its ids, no BOS
+    /// added: the template places its own), then sampled as a completion; choice j samples with seed <c>seed + j</c>.
     /// </summary>
     static async Task ChatCompletions(HttpContext ctx, RolloutReplica replica)
     {
@@ -76,9 +77,9 @@ static class OpenAiEndpoints
         int topLogprobs = Json.Int(body, "top_logprobs") ?? 0;
         if (topLogprobs != 0 && !logprobs) throw new BadRequest("'top_logprobs' needs 'logprobs': true.", "top_logprobs");
         string text;
-        try { text = template.Render(Messages(body), addGenerationPrompt: true, Special(tokenizer, tokenizer.BosId), Special(tokenizer, tokenizer.EosId)); }
+        try { text = template.Render(Messages(body), addGenerationPrompt: true, Tools(body)); }
         catch (ChatTemplateException e) { throw new BadRequest(e.Message, "messages"); }
-        int[] ids = tokenizer.Encode(text);
+        int[] ids = PromptFormat.ChatIds(tokenizer, text);
         if (ids.Length == 0) throw new BadRequest("The chat template rendered an empty prompt.", "messages");
         int maxTokens = Json.Int(body, "max_completion_tokens") ?? Json.Int(body, "max_tokens") ?? 16;
         var (requests, n) = Requests(replica, body, [RolloutRequest.FromIds(ids)], maxTokens, "max_completion_tokens", topLogprobs);
@@ -178,11 +179,11 @@ static class OpenAiEndpoints
     }
 
     /// <summary>The conversation: <c>messages</c> with a <c>role</c> and a <c>content</c> string (or text parts).</summary>
-    static List<(string Role, string Content)> Messages(JsonElement body)
+    static List<ChatMessage> Messages(JsonElement body)
     {
         if (!body.TryGetProperty("messages", out var m) || m.ValueKind != JsonValueKind.Array || m.GetArrayLength() == 0)
             throw new BadRequest("'messages' must be a non-empty array of {\"role\", \"content\"} objects.", "messages");
-        var list = new List<(string, string)>();
+        var list = new List<ChatMessage>();
         foreach (var e in m.EnumerateArray())
         {
             if (e.ValueKind != JsonValueKind.Object) throw new BadRequest("Each message must be an object with 'role' and 'content'.", "messages");
@@ -191,7 +192,7 @@ static class OpenAiEndpoints
                 : c.ValueKind == JsonValueKind.String ? c.GetString()!
                 : c.ValueKind == JsonValueKind.Array ? string.Concat(c.EnumerateArray().Select(TextPart))
                 : throw new BadRequest("A message's 'content' must be a string or an array of text parts.", "messages");
-            list.Add((role, content));
+            list.Add(new ChatMessage(role, content));
         }
         return list;
 
@@ -200,8 +201,12 @@ static class OpenAiEndpoints
                 : throw new BadRequest("Only text content parts ({\"type\": \"text\", \"text\": ...}) are supported.", "messages");
     }
 
-    /// <summary>The string of a special token (what a template's <c>bos_token</c>/<c>eos_token</c> hold).</summary>
-    static string? Special(Tokenization.TextTokenizer tokenizer, int? id) => id is int i ? tokenizer.TokenText(i) : null;
+    /// <summary>The request's <c>tools</c> array as JSON (what a template's <c>tools</c> holds); null when absent.</summary>
+    static string? Tools(JsonElement body)
+    {
+        if (!body.TryGetProperty("tools", out var t) || t.ValueKind == JsonValueKind.Null) return null;
+        return t.ValueKind == JsonValueKind.Array ? t.GetRawText() : throw new BadRequest("'tools' must be an array.", "tools");
+    }
 
     /// <summary>Chat logprobs: per token its text, logprob and UTF-8 bytes; top_logprobs holds the chosen token only (the engine records no others).</summary>
     /// <summary>The steps of a finished result, as an engine reports them while it samples.</summary>

@@ -26,7 +26,7 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
     public IRolloutService Engine => engine;
     /// <summary>The tokenizer (null: token ids only).</summary>
     public TextTokenizer? Tokenizer => tokenizer;
-    /// <summary>The folder's chat template (null: none, or one outside the supported subset, see <see cref="ChatProblem"/>).</summary>
+    /// <summary>The folder's chat template (null: none, or one that cannot be rendered, see <see cref="ChatProblem"/>); the replica disposes it.</summary>
     public ChatTemplate? Chat => chat;
     /// <summary>Why the folder's chat template cannot be used (null: fine or absent).</summary>
     public string? ChatProblem => chatProblem;
@@ -154,7 +154,11 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
     }
 
     /// <summary>Frees the engine.</summary>
-    public void Dispose() => engine.Dispose();
+    public void Dispose()
+    {
+        engine.Dispose();
+        chat?.Dispose();
+    }
 }
 
 /// <summary>The replica's queue is full: retry shortly (HTTP 429 with Retry-After, gRPC RESOURCE_EXHAUSTED).</summary>

@@ -49,14 +49,11 @@ public static class ServeHost
         };
         ChatTemplate? chat = null;
         string? chatProblem = null;
-        if (ChatTemplate.Find(folder) is { } source)
+        try { chat = ChatTemplate.TryLoad(folder); }
+        catch (ChatTemplateException e)
         {
-            try { chat = ChatTemplate.Parse(source); }
-            catch (ChatTemplateException e)
-            {
-                chatProblem = $"This model folder's chat template cannot be rendered here ({e.Message}; the server renders a Jinja subset, see docs/serving.md); use POST /v1/completions.";
-                Console.Error.WriteLine("rlhf-serve: warning: " + chatProblem);
-            }
+            chatProblem = $"This model folder's chat template cannot be used ({e.Message}); use POST /v1/completions.";
+            Console.Error.WriteLine("rlhf-serve: warning: " + chatProblem);
         }
         var replica = new RolloutReplica(engine, tokenizer, ModelName(requested), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem, options.MaxQueue);
         ServeMetrics.Observe(replica);

@@ -4,7 +4,8 @@ namespace Rlhf.Inference.Tokenization;
 /// How a (prompt, response) pair becomes text and tokens, the same way in every stage. Responses are stored without a
 /// leading space; the text is the prompt, one space, then the response (no space when the response starts with
 /// punctuation or the prompt ends with whitespace). Tokens: <c>[BOS] Encode(prompt)</c> | <c>Encode(continuation) [EOS]</c>;
-/// the response is encoded on its own so a stage can mask the prompt part exactly.
+/// the response is encoded on its own so a stage can mask the prompt part exactly. BOS is the folder's own
+/// (<see cref="TextTokenizer.AddedBosId"/>); a rendered chat prompt gets none (<see cref="ChatIds"/>).
 /// </summary>
 public static class PromptFormat
 {
@@ -23,12 +24,19 @@ public static class PromptFormat
         return p + Continuation(p, response);
     }
 
-    /// <summary>Prompt tokens: BOS (when the tokenizer has one) then the prompt.</summary>
+    /// <summary>Prompt tokens: BOS (when the folder's tokenizer adds one, <see cref="TextTokenizer.AddedBosId"/>) then the prompt.</summary>
     public static int[] PromptIds(TextTokenizer tokenizer, string prompt)
     {
         int[] ids = tokenizer.Encode(prompt);
-        return tokenizer.BosId is int bos ? [bos, .. ids] : ids;
+        return tokenizer.AddedBosId is int bos ? [bos, .. ids] : ids;
     }
+
+    /// <summary>
+    /// Tokens of a rendered chat template (<see cref="ChatTemplate.Render"/>): the text as it is, special-token strings
+    /// (<c>&lt;|im_start|&gt;</c>, <c>&lt;|eot_id|&gt;</c>) as their ids, and no BOS added — the template places its own
+    /// (transformers' <c>apply_chat_template</c> encodes with <c>add_special_tokens=False</c>).
+    /// </summary>
+    public static int[] ChatIds(TextTokenizer tokenizer, string rendered) => tokenizer.Encode(rendered);
 
     /// <summary>Response tokens: the continuation then EOS (when the tokenizer has one).</summary>
     public static int[] ResponseIds(TextTokenizer tokenizer, string prompt, string response)
@@ -43,7 +51,7 @@ public static class PromptFormat
 
     /// <summary>
     /// Tokens of a (prompt, response) pair as a sequence scorer reads them: <c>[BOS] prompt continuation [EOS]</c>
-    /// (BOS/EOS when <paramref name="addSpecial"/> and the tokenizer has them), at most <paramref name="maxLength"/>
+    /// (BOS/EOS when <paramref name="addSpecial"/> and the tokenizer adds/has them), at most <paramref name="maxLength"/>
     /// tokens: the prompt loses tokens from its start first, then the response from its end; BOS and EOS stay.
     /// </summary>
     public static int[] JoinedIds(TextTokenizer tokenizer, string prompt, string response, int maxLength, bool addSpecial = true)
@@ -51,7 +59,7 @@ public static class PromptFormat
         string p0 = prompt.TrimEnd();
         int[] p = tokenizer.Encode(p0);
         int[] r = tokenizer.Encode(Continuation(p0, response));
-        int? bos = addSpecial ? tokenizer.BosId : null, eos = addSpecial ? tokenizer.EosId : null;
+        int? bos = addSpecial ? tokenizer.AddedBosId : null, eos = addSpecial ? tokenizer.EosId : null;
         int special = (bos is null ? 0 : 1) + (eos is null ? 0 : 1);
         int over = p.Length + r.Length + special - maxLength;
         if (over > 0) { int cut = Math.Min(over, p.Length); p = p[cut..]; over -= cut; }

@@ -52,6 +52,12 @@ public sealed class TextTokenizer
         VocabSize = _idToToken.Count == 0 ? 0 : _idToToken.Keys.Max() + 1;
 
         BosId = Resolve(folder.BosToken, folder.BosTokenId);
+        AddedBosId = folder.AddsBos switch
+        {
+            false => null,
+            true when folder.AddedBos is { } first => Resolve(first, null),
+            _ => BosId,   // true, or no file decides (see TokenizerFolder.AddsBos)
+        };
         EosId = Resolve(folder.EosToken, folder.EosTokenId);
         PadId = Resolve(folder.PadToken, folder.PadTokenId);
         UnkId = Resolve(folder.UnkToken, null);
@@ -86,8 +92,14 @@ public sealed class TextTokenizer
     public string SourceFile { get; }
     /// <summary>One more than the largest token id (embedding rows needed).</summary>
     public int VocabSize { get; }
-    /// <summary>Beginning-of-sequence id, if the folder names one.</summary>
+    /// <summary>Beginning-of-sequence id, if the folder names one (a chat template's <c>bos_token</c>); whether it is put first is <see cref="AddedBosId"/>.</summary>
     public int? BosId { get; }
+    /// <summary>
+    /// The id that encoding with special tokens puts first, exactly as the folder's own tokenizer does (null: none; Qwen2 adds
+    /// none, Llama 3 adds <c>&lt;|begin_of_text|&gt;</c>); the folder's files decide it (see <c>TokenizerFolder.AddsBos</c>).
+    /// A rendered chat template is encoded without it (transformers: <c>add_special_tokens=False</c>), see <see cref="PromptFormat.ChatIds"/>.
+    /// </summary>
+    public int? AddedBosId { get; }
     /// <summary>End-of-sequence id, if the folder names one.</summary>
     public int? EosId { get; }
     /// <summary>Padding id: the configured one, or a dedicated pad token when the configured pad is missing or equals EOS.</summary>

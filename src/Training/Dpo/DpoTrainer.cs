@@ -193,7 +193,7 @@ public static class DpoTrainer
         int longest = responses.Max(r => r.Length);
         int keep = Math.Max(Math.Min(prompt.Length, maxLen / 2), maxLen - longest);
         if (prompt.Length > keep)
-            prompt = tokenizer.BosId is int bos ? [bos, .. prompt[^(keep - 1)..]] : prompt[^keep..];
+            prompt = tokenizer.AddedBosId is int bos ? [bos, .. prompt[^(keep - 1)..]] : prompt[^keep..];
         int budget = maxLen - prompt.Length;
         return new DpoGroup(g, prompt, [.. responses.Select(r => r.Length > budget ? r[..budget] : r)]);
     }

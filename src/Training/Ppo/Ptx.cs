@@ -46,7 +46,7 @@ public sealed class PtxBatches
         var stream = new List<int>();
         foreach (string d in docs)
         {
-            if (tokenizer.BosId is int bos) stream.Add(bos);
+            if (tokenizer.AddedBosId is int bos) stream.Add(bos);
             stream.AddRange(tokenizer.Encode(d));
             if (tokenizer.EosId is int eos) stream.Add(eos);
         }

@@ -103,7 +103,8 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
     public async Task ChatCompletionsRenderTheFoldersTemplateForTheOpenAiClient()
     {
         // ChatML's shape with short markers (the tiny model's context is short and its tokenizer spells markers out byte by byte).
-        const string template = "{{ bos_token }}{% for message in messages %}{{ '<' + message['role'][0] + '>' + message['content'] | trim + '\n' }}{% endfor %}" +
+        // [:1], not [0]: GenAI 0.18 renders a string's item ('ab'[0], 'ab'[-1]) empty where jinja2 gives the character.
+        const string template = "{{ bos_token }}{% for message in messages %}{{ '<' + message['role'][:1] + '>' + message['content'] | trim + '\n' }}{% endfor %}" +
                                 "{% if add_generation_prompt %}{{ '<a>' }}{% endif %}";
         string folder = fx.Models.ChatFolder("tiny-chat", template);
         using var server = ServerProcess.Start("rollout", "--model", folder, "--threads", "1", "--token-file", fx.Models.TokenFile);
@@ -144,14 +145,43 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
         (status, body) = await Post(http, "/v1/chat/completions", Completion(new { model = "tiny-chat", messages = Array.Empty<object>() }));
         Assert.Equal((HttpStatusCode.BadRequest, "messages"), (status, (string?)body!["error"]!["param"]));
 
-        // A template outside the supported subset: the replica still serves completions; chat gets a 400 naming the construct.
-        using var unsupported = ServerProcess.Start("rollout", "--model", fx.Models.ChatFolder("tiny-chat-json", "{{ messages | tojson }}"), "--threads", "1", "--token-file", fx.Models.TokenFile);
-        using var unsupportedHttp = Http(unsupported.Address);
-        (status, body) = await Post(unsupportedHttp, "/v1/chat/completions", Completion(new { model = "tiny-chat-json", messages = new[] { new { role = "user", content = "hi" } } }));
+        // A template that cannot be rendered: the replica still serves completions; chat gets a 400 saying why.
+        using var unusable = ServerProcess.Start("rollout", "--model", fx.Models.ChatFolder("tiny-chat-broken", "{% for m in %}{% endfor %}"), "--threads", "1", "--token-file", fx.Models.TokenFile);
+        using var unusableHttp = Http(unusable.Address);
+        (status, body) = await Post(unusableHttp, "/v1/chat/completions", Completion(new { model = "tiny-chat-broken", messages = new[] { new { role = "user", content = "hi" } } }));
         Assert.Equal(HttpStatusCode.BadRequest, status);
-        Assert.Contains("not supported: the filter '| tojson'", (string?)body!["error"]!["message"], StringComparison.Ordinal);
-        (status, _) = await Post(unsupportedHttp, "/v1/completions", Completion(new { model = "tiny-chat-json", prompt = ids, max_tokens = 2 }));
+        Assert.Contains("chat template cannot be used", (string?)body!["error"]!["message"], StringComparison.Ordinal);
+        (status, _) = await Post(unusableHttp, "/v1/completions", Completion(new { model = "tiny-chat-broken", prompt = ids, max_tokens = 2 }));
         Assert.Equal(HttpStatusCode.OK, status);
+    }
+
+    [Fact]
+    public async Task TheRealQwenTemplateIsServedAsTransformersRendersIt()
+    {
+        // Qwen2.5-Instruct's own template (tojson, loop.index0, tools branch). The tiny tokenizer gets <|im_start|> and
+        // <|im_end|> as added special tokens (on the ids of two bytes the text never holds) so the prompt fits the context.
+        string source = File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "ChatTemplates", "Qwen2.5-Instruct.jinja"));
+        string folder = fx.Models.ChatFolder("tiny-qwen", source);
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "tokenizer.json")))!;
+        var vocab = json["model"]!["vocab"]!;
+        int imStart = (int)vocab[Rlhf.Inference.Tokenization.ByteLevel.ByteToChar(1).ToString()]!, imEnd = (int)vocab[Rlhf.Inference.Tokenization.ByteLevel.ByteToChar(2).ToString()]!;
+        foreach (var (content, id) in new[] { ("<|im_start|>", imStart), ("<|im_end|>", imEnd) })
+            json["added_tokens"]!.AsArray().Add(new System.Text.Json.Nodes.JsonObject { ["id"] = id, ["content"] = content, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = false, ["special"] = true });
+        File.WriteAllText(Path.Combine(folder, "tokenizer.json"), json.ToJsonString());
+        using var server = ServerProcess.Start("rollout", "--model", folder, "--threads", "1", "--token-file", fx.Models.TokenFile);
+        var tokenizer = Rlhf.Inference.Tokenization.TextTokenizer.Load(folder);
+        // What transformers renders for this conversation (the Qwen2.5 fixture's "system" case, other words).
+        int[] ids = tokenizer.Encode("<|im_start|>system\nx<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        Assert.Equal(imStart, ids[0]);   // no BOS before the template's text; markers are single ids
+        Assert.Equal(3, ids.Count(i => i == imStart));
+
+        using var http = Http(server.Address);
+        var (status, chat) = await Post(http, "/v1/chat/completions", Completion(new { model = "tiny-qwen", messages = new[] { new { role = "system", content = "x" }, new { role = "user", content = "hi" } }, max_completion_tokens = 4, temperature = 1.0, seed = 5 }));
+        Assert.Equal(HttpStatusCode.OK, status);
+        var (status2, plain) = await Post(http, "/v1/completions", Completion(new { model = "tiny-qwen", prompt = ids, max_tokens = 4, temperature = 1.0, seed = 5 }));
+        Assert.Equal(HttpStatusCode.OK, status2);
+        Assert.Equal((string?)plain!["choices"]![0]!["text"], (string?)chat!["choices"]![0]!["message"]!["content"]);
+        Assert.Equal(ids.Length, (int)chat["usage"]!["prompt_tokens"]!);
     }
 
     [Fact]
