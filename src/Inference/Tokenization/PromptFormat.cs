@@ -24,11 +24,15 @@ public static class PromptFormat
         return p + Continuation(p, response);
     }
 
-    /// <summary>Prompt tokens: BOS (when the folder's tokenizer adds one, <see cref="TextTokenizer.AddedBosId"/>) then the prompt.</summary>
+    /// <summary>
+    /// Prompt tokens: BOS (when the folder's tokenizer adds one, <see cref="TextTokenizer.AddedBosId"/>) then the prompt. A
+    /// prompt whose text already begins with BOS — a rendered chat template that writes <c>bos_token</c>, as Llama 3's and
+    /// Mistral's do — gets no second one.
+    /// </summary>
     public static int[] PromptIds(TextTokenizer tokenizer, string prompt)
     {
         int[] ids = tokenizer.Encode(prompt);
-        return tokenizer.AddedBosId is int bos ? [bos, .. ids] : ids;
+        return tokenizer.AddedBosId is int bos && (ids.Length == 0 || ids[0] != bos) ? [bos, .. ids] : ids;
     }
 
     /// <summary>
@@ -50,16 +54,17 @@ public static class PromptFormat
         tokenizer.Decode(responseIds, skipSpecial: true).TrimStart();
 
     /// <summary>
-    /// Tokens of a (prompt, response) pair as a sequence scorer reads them: <c>[BOS] prompt continuation [EOS]</c>
-    /// (BOS/EOS when <paramref name="addSpecial"/> and the tokenizer adds/has them), at most <paramref name="maxLength"/>
+    /// Tokens of a (prompt, response) pair as a sequence scorer reads them: <c>[BOS] prompt continuation [EOS]</c>, the
+    /// same ids as <see cref="PromptIds"/> followed by <see cref="ResponseIds"/> (BOS/EOS when <paramref name="addSpecial"/>
+    /// and the tokenizer adds/has them; a prompt that begins with BOS keeps that one), at most <paramref name="maxLength"/>
     /// tokens: the prompt loses tokens from its start first, then the response from its end; BOS and EOS stay.
     /// </summary>
     public static int[] JoinedIds(TextTokenizer tokenizer, string prompt, string response, int maxLength, bool addSpecial = true)
     {
-        string p0 = prompt.TrimEnd();
-        int[] p = tokenizer.Encode(p0);
-        int[] r = tokenizer.Encode(Continuation(p0, response));
+        int[] p = tokenizer.Encode(prompt);
+        int[] r = tokenizer.Encode(Continuation(prompt, response));
         int? bos = addSpecial ? tokenizer.AddedBosId : null, eos = addSpecial ? tokenizer.EosId : null;
+        if (bos is int b0 && p.Length > 0 && p[0] == b0) p = p[1..];   // the template's BOS is the one BOS
         int special = (bos is null ? 0 : 1) + (eos is null ? 0 : 1);
         int over = p.Length + r.Length + special - maxLength;
         if (over > 0) { int cut = Math.Min(over, p.Length); p = p[cut..]; over -= cut; }

@@ -26,7 +26,8 @@ internal static class GenerateCommand
     {
         var model = new Option<string>("--model") { Description = "HF model folder (config.json, model.safetensors, tokenizer files), or an ONNX folder (model.onnx; genai_config.json for genai) for --engine ort or genai.", Required = true };
         var prompt = new Option<string[]>("--prompt") { Description = "A prompt (repeatable)." };
-        var prompts = new Option<string?>("--prompts") { Description = "CSV/JSONL file with a prompt column." };
+        var prompts = new Option<string?>("--prompts") { Description = "CSV/JSONL/Parquet file with a prompt column: strings, or (JSONL/Parquet) lists of messages rendered with the model's chat template." };
+        var chat = new Option<bool>("--chat") { Description = "Send each --prompt as a user message through the model's chat template (with the generation prompt) and print the assistant's reply." };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate per prompt.", DefaultValueFactory = _ => 64 };
         var temperature = new Option<double>("--temperature") { Description = "Sampling temperature (0 = greedy).", DefaultValueFactory = _ => 0.7 };
         var topK = new Option<int>("--top-k") { Description = "Keep the k most likely tokens (0 = off).", DefaultValueFactory = _ => 0 };
@@ -38,18 +39,25 @@ internal static class GenerateCommand
         var threads = new Option<int>("--threads") { Description = "Intra-op threads (0 = all cores).", DefaultValueFactory = _ => 0 };
         var cmd = new Command("generate", "Sample continuations of prompts from a model folder.")
         {
-            model, prompt, prompts, maxNew, temperature, topK, topP, seed, gold, device, engine, threads,
+            model, prompt, prompts, chat, maxNew, temperature, topK, topP, seed, gold, device, engine, threads,
         };
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
-            var texts = new List<string>(r.GetValue(prompt) ?? []);
-            if (r.GetValue(prompts) is string file) texts.AddRange(ChatText.RequireFlat(DataFiles.ReadPrompts(file), file).Records.Select(p => p.Prompt));
-            if (texts.Count == 0) throw new ArgumentException("Give at least one --prompt or a --prompts file.");
+            string folder = r.GetValue(model)!;
+            bool asChat = r.GetValue(chat);
+            var records = (r.GetValue(prompt) ?? []).Select(p => asChat ? PromptExample.FromConversation([new ChatMessage("user", p)]) : new PromptExample(p)).ToList();
+            string source = "--prompt --chat";
+            if (r.GetValue(prompts) is string file) { records.AddRange(DataFiles.ReadPrompts(file).Records); source = file; }
+            if (records.Count == 0) throw new ArgumentException("Give at least one --prompt or a --prompts file.");
+            List<string> texts;
+            using (var template = ChatText.TemplateFor(records, folder, source))
+                texts = [.. records.Select(p => ChatText.PromptText(p, template))];
             var settings = new GenerateSettings(r.GetValue(maxNew), r.GetValue(temperature), r.GetValue(topK), r.GetValue(topP), r.GetValue(seed), r.GetValue(threads));
-            var outputs = Run(r.GetValue(model)!, r.GetValue(engine)!, texts, settings, r.GetValue(device)!);
+            var outputs = Run(folder, r.GetValue(engine)!, texts, settings, r.GetValue(device)!);
             for (int i = 0; i < texts.Count; i++)
             {
-                string line = PromptFormat.Join(texts[i], outputs[i].Response);
+                // a conversation prints the assistant's reply alone (its prompt is template markup); plain text prints prompt + continuation
+                string line = records[i].IsConversational ? outputs[i].Response : PromptFormat.Join(texts[i], outputs[i].Response);
                 if (r.GetValue(gold))
                     line += $"\t[gold {GoldScorer.Score(texts[i], outputs[i].Response, outputs[i].Eos).Total:F2}]";
                 Console.WriteLine(line);

@@ -20,6 +20,7 @@ internal static class RmCommand
         var rankings = new Option<string?>("--rankings") { Description = "Ranked records (prompt,responses,ranking) to train on instead of sampling and simulated annotators." };
         var pairs = new Option<string?>("--pairs") { Description = "Preference pairs (prompt,chosen,rejected) to train on." };
         var evalFile = new Option<string?>("--eval-file") { Description = "Held-out ranked records for accuracy." };
+        var evalPairs = new Option<string?>("--eval-pairs") { Description = "Held-out preference pairs for accuracy (any format --pairs reads)." };
         var k = new Option<int?>("--k") { Description = "Responses sampled and ranked per prompt (2–9)." };
         var prompts = new Option<int?>("--prompts") { Description = "Prompts to label (default task)." };
         var cmd = new Command("rm",
@@ -27,7 +28,7 @@ internal static class RmCommand
             "rankings/pairs), pairwise loss over all C(K,2) comparisons of a prompt in one batch, normalisation on SFT samples, " +
             "ONNX export. Writes an HF sequence-classification folder, rankings.jsonl, metrics.csv, loss.png, rewards.png, summary.json.");
         common.AddTo(cmd);
-        foreach (Option o in new Option[] { sft, rankings, pairs, evalFile, k, prompts }) cmd.Options.Add(o);
+        foreach (Option o in new Option[] { sft, rankings, pairs, evalFile, evalPairs, k, prompts }) cmd.Options.Add(o);
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var overrides = common.Overrides(r);
@@ -35,6 +36,7 @@ internal static class RmCommand
             if (r.GetValue(rankings) is string rk) overrides.Add($"rankings_file={StageOptions.Quote(rk)}");
             if (r.GetValue(pairs) is string p) overrides.Add($"pairs_file={StageOptions.Quote(p)}");
             if (r.GetValue(evalFile) is string e) overrides.Add($"eval_file={StageOptions.Quote(e)}");
+            if (r.GetValue(evalPairs) is string ep) overrides.Add($"eval_pairs_file={StageOptions.Quote(ep)}");
             if (r.GetValue(k) is int kk) overrides.Add($"k={kk}");
             if (r.GetValue(prompts) is int n) overrides.Add($"train_prompts={n}");
             var cfg = ConfigLoader.Load<RmConfig>(r.GetValue(common.Config), overrides);
@@ -56,9 +58,14 @@ internal static class RmCommand
             var dev = DeviceSelector.Resolve(DeviceSelector.Parse(r.GetValue(device)!));
             DeviceSelector.SetThreads(0);
             string folder = r.GetValue(model)!, file = r.GetValue(input)!;
-            var groups = r.GetValue(ranked)
-                ? DataFiles.ReadRanked(file).Records.Select(RmGroup.FromRanked).ToList()
-                : ChatText.RequireFlat(DataFiles.ReadPreferences(file), file).Records.Select(RmGroup.FromPair).ToList();
+            List<RmGroup> groups;
+            if (r.GetValue(ranked)) groups = [.. DataFiles.ReadRanked(file).Records.Select(RmGroup.FromRanked)];
+            else
+            {
+                var pairs = DataFiles.ReadPreferences(file).Records;
+                using var chat = ChatText.TemplateFor(pairs, folder, file);   // conversations as the RM was trained on them
+                groups = [.. pairs.Select(p => RmGroup.FromPair(ChatText.Rendered(p, chat, file)))];
+            }
             var tokenizer = TextTokenizer.Load(folder);
             using var rm = LlamaForSequenceClassification.FromPretrained(folder, dev, ScalarType.Float32);
             var tokenized = groups.Select(g => RmTrainer.Tokenize(tokenizer, g, rm.Config.MaxPositionEmbeddings)).ToList();

@@ -18,6 +18,8 @@ public sealed record DpoConfig
     public string? PairsFile { get; init; }
     /// <summary>Held-out ranked records for implicit-reward accuracy; null = the default task's held-out prompts ranked by gold.</summary>
     public string? EvalFile { get; init; }
+    /// <summary>Held-out preference pairs for implicit-reward accuracy (any format pairs_file reads), alone or added to eval_file.</summary>
+    public string? EvalPairsFile { get; init; }
     /// <summary>Skip (and count) malformed rows instead of failing.</summary>
     public bool SkipMalformed { get; init; }
     /// <summary>The data files' column names for our fields (prompt, chosen, rejected) where they differ, e.g. {"prompt": "question"} (OpenRLHF's input_key/output_key/chosen_key/rejected_key).</summary>
@@ -76,7 +78,7 @@ public sealed record DpoConfig
     /// <summary>The RM stage's labelling settings that produce this stage's comparisons (the same code labels both).</summary>
     internal RmConfig Labelling() => new()
     {
-        Out = Out, SftModel = SftModel, RankingsFile = RankingsFile, PairsFile = PairsFile, EvalFile = EvalFile, SkipMalformed = SkipMalformed, DatasetColumns = DatasetColumns,
+        Out = Out, SftModel = SftModel, RankingsFile = RankingsFile, PairsFile = PairsFile, EvalFile = EvalFile, EvalPairsFile = EvalPairsFile, SkipMalformed = SkipMalformed, DatasetColumns = DatasetColumns,
         TrainPrompts = TrainPrompts, EvalPrompts = EvalPrompts, K = K, SampleTemperature = SampleTemperature, MaxNewTokens = MaxNewTokens,
         MaxSeqLen = MaxSeqLen, Engine = Engine, Seed = Seed, Threads = Threads,
     };

@@ -129,7 +129,7 @@ public static class PpoTrainer
     /// </summary>
     static (IReadOnlyList<string> Train, IReadOnlyList<string> Eval) Prompts(PpoConfig cfg)
     {
-        IReadOnlyList<string> Read(string file) => NonEmpty(ReadPrompts(file, cfg).Select(p => p.Prompt).ToList(), file);
+        IReadOnlyList<string> Read(string file) => NonEmpty(ReadPrompts(file, cfg), file);
         IReadOnlyList<string> Embedded(string split, int n) => [.. DataSets.Prompts((ulong)cfg.Seed, split, n).Select(p => p.Prompt)];
         if (cfg.PromptsFile is null)
             return (Embedded(DataSets.PpoPromptsName, cfg.DefaultPrompts),
@@ -148,8 +148,13 @@ public static class PpoTrainer
         return ([.. prompts.Take(prompts.Count - k)], [.. prompts.Skip(prompts.Count - k)]);
     }
 
-    static IReadOnlyList<PromptExample> ReadPrompts(string file, PpoConfig cfg) =>
-        ChatText.RequireFlat(DataFiles.ReadPrompts(file, columns: cfg.DatasetColumns), file).Records;
+    /// <summary>A prompts file's prompts as text: conversations rendered with the SFT model's chat template and its generation prompt.</summary>
+    static List<string> ReadPrompts(string file, PpoConfig cfg)
+    {
+        var records = DataFiles.ReadPrompts(file, columns: cfg.DatasetColumns).Records;
+        using var chat = ChatText.TemplateFor(records, cfg.SftModel, file);
+        return [.. records.Select(p => ChatText.PromptText(p, chat))];
+    }
 
     static List<string> NonEmpty(List<string> list, string file) =>
         list.Count > 0 ? list : throw new InvalidDataException($"{file}: no prompts.");

@@ -18,6 +18,8 @@ public sealed record RmConfig
     public string? PairsFile { get; init; }
     /// <summary>Held-out ranked records for accuracy; null = held-out prompts of the default task ranked by the gold scorer.</summary>
     public string? EvalFile { get; init; }
+    /// <summary>Held-out preference pairs for accuracy (any format pairs_file reads, conversational included), alone or added to eval_file.</summary>
+    public string? EvalPairsFile { get; init; }
     /// <summary>Skip (and count) malformed rows instead of failing.</summary>
     public bool SkipMalformed { get; init; }
     /// <summary>The data files' column names for our fields (prompt, chosen, rejected) where they differ, e.g. {"prompt": "question"} (OpenRLHF's input_key/output_key/chosen_key/rejected_key).</summary>

@@ -41,6 +41,7 @@ public sealed record RmData(IReadOnlyList<RmGroup> Train, IReadOnlyList<RmGroup>
         if (cfg.RankingsFile is not null || cfg.PairsFile is not null)
         {
             var train = new List<RmGroup>();
+            var eval = new List<RmGroup>();
             int skipped = 0;
             if (cfg.RankingsFile is not null)
             {
@@ -48,18 +49,19 @@ public sealed record RmData(IReadOnlyList<RmGroup> Train, IReadOnlyList<RmGroup>
                 train.AddRange(r.Records.Select(RmGroup.FromRanked));
                 skipped += r.Skipped;
             }
-            if (cfg.PairsFile is not null)
-            {
-                var p = ChatText.RequireFlat(DataFiles.ReadPreferences(cfg.PairsFile, cfg.SkipMalformed, cfg.DatasetColumns), cfg.PairsFile);
-                train.AddRange(p.Records.Select(RmGroup.FromPair));
-                skipped += p.Skipped;
-            }
-            IReadOnlyList<RmGroup> eval = [];
             if (cfg.EvalFile is not null)
             {
                 var e = DataFiles.ReadRanked(cfg.EvalFile, cfg.SkipMalformed);
-                eval = e.Records.Select(RmGroup.FromRanked).ToList();
+                eval.AddRange(e.Records.Select(RmGroup.FromRanked));
                 skipped += e.Skipped;
+            }
+            foreach (var (file, into) in new[] { (cfg.PairsFile, train), (cfg.EvalPairsFile, eval) })
+            {
+                if (file is null) continue;
+                var p = DataFiles.ReadPreferences(file, cfg.SkipMalformed, cfg.DatasetColumns);
+                using var chat = ChatText.TemplateFor(p.Records, cfg.SftModel, file);   // conversations: the SFT model's template
+                into.AddRange(p.Records.Select(x => RmGroup.FromPair(ChatText.Rendered(x, chat, file))));
+                skipped += p.Skipped;
             }
             if (train.Count == 0) throw new InvalidDataException("No comparisons to train on: the rankings/pairs files are empty.");
             return new RmData(train, eval, skipped, false);

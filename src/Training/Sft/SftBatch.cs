@@ -5,8 +5,19 @@ using static TorchSharp.torch;
 
 namespace Rlhf.Training.Sft;
 
-/// <summary>One tokenized demonstration: <c>Ids = [BOS] prompt response [EOS]</c>; the first <c>PromptLength</c> ids are the prompt.</summary>
-public sealed record TokenizedExample(int[] Ids, int PromptLength);
+/// <summary>
+/// One tokenized demonstration: <c>Ids = [BOS] prompt response [EOS]</c>; the first <c>PromptLength</c> ids are the prompt.
+/// A conversation (<see cref="ConversationTokens"/>) also has <c>Loss</c> [Ids.Length]: the ids the loss covers (every
+/// learned assistant turn and its end-of-turn token); <c>PromptLength</c> is then the first of them.
+/// </summary>
+public sealed record TokenizedExample(int[] Ids, int PromptLength, bool[]? Loss = null)
+{
+    /// <summary>Whether the id at <paramref name="t"/> is a target of the loss (predicted from position t − 1).</summary>
+    public bool IsTarget(int t) => t >= 1 && t < Ids.Length && (Loss is null ? t >= PromptLength : Loss[t]);
+
+    /// <summary>How many ids are targets.</summary>
+    public long TargetCount => Loss is null ? Ids.Length - Math.Max(PromptLength, 1) : Loss.Skip(1).Count(x => x);
+}
 
 /// <summary>A right-padded SFT micro-batch on a device.</summary>
 public sealed class SftBatch : IDisposable
@@ -31,9 +42,23 @@ public sealed class SftBatch : IDisposable
     /// <summary>The ignore index of <see cref="Targets"/>.</summary>
     public const long Ignore = -100;
 
-    /// <summary>Tokenizes one demonstration with <see cref="PromptFormat"/>, truncating the response to <paramref name="maxLen"/> tokens in all.</summary>
-    public static TokenizedExample Tokenize(TextTokenizer tokenizer, SftExample example, int maxLen)
+    /// <summary>
+    /// Tokenizes one demonstration, truncating to <paramref name="maxLen"/> tokens in all: a flat one with
+    /// <see cref="PromptFormat"/>, a conversation with <paramref name="chat"/> (<see cref="ConversationTokens"/>; BOS first
+    /// once, as <see cref="PromptFormat.PromptIds"/> does, so SFT, rollouts and serving see the same prompt tokens).
+    /// </summary>
+    public static TokenizedExample Tokenize(TextTokenizer tokenizer, SftExample example, int maxLen, ChatTemplate? chat = null)
     {
+        if (example.Messages is { } messages)
+        {
+            if (chat is null) throw new InvalidOperationException("a conversational demonstration needs a chat template");
+            var c = ConversationTokens.FromMessages(messages, (m, g) => chat.Render(m, g), tokenizer.Encode, EndOfTurnIds(tokenizer, chat), example.PromptTurns);
+            int[] ids = c.Ids;
+            bool[] loss = c.Loss;
+            if (tokenizer.AddedBosId is int bos && (ids.Length == 0 || ids[0] != bos)) { ids = [bos, .. ids]; loss = [false, .. loss]; }
+            int n = Math.Min(ids.Length, maxLen);
+            return new TokenizedExample(ids[..n], Math.Max(1, Array.IndexOf(loss, true)), loss[..n]);
+        }
         int[] p = PromptFormat.PromptIds(tokenizer, example.Prompt);
         int[] r = PromptFormat.ResponseIds(tokenizer, example.Prompt, example.Response);
         if (p.Length >= maxLen) p = p[..(maxLen - 1)];
@@ -64,7 +89,7 @@ public sealed class SftBatch : IDisposable
                 ids[k] = real ? e.Ids[t] : padId;
                 mask[k] = real ? 1 : 0;
                 pos[k] = real ? t : 0;
-                bool target = t + 1 < e.Ids.Length && t + 1 >= e.PromptLength;
+                bool target = e.IsTarget(t + 1);
                 tgt[k] = target ? e.Ids[t + 1] : Ignore;
                 if (target) count++;
             }
@@ -77,6 +102,15 @@ public sealed class SftBatch : IDisposable
             Targets = tensor(tgt, [b, s], device: device),
             TargetCount = count,
         };
+    }
+
+    /// <summary>The ids that end an assistant turn: the tokenizer's EOS and the template's <c>eos_token</c> (e.g. &lt;|im_end|&gt;, &lt;|eot_id|&gt;).</summary>
+    static IReadOnlySet<int> EndOfTurnIds(TextTokenizer tokenizer, ChatTemplate chat)
+    {
+        var ids = new HashSet<int>();
+        if (tokenizer.EosId is int eos) ids.Add(eos);
+        if (chat.EosToken is { Length: > 0 } text && tokenizer.Encode(text) is [int one]) ids.Add(one);
+        return ids;
     }
 }
 
@@ -123,4 +157,5 @@ public static class SftLoss
         var y = tensor(counted.ToArray(), [1, counted.Count], device: hidden.device);                  // [1, N]
         return scope.MoveToOuter(SummedNll(model.Logits(h), y));
     }
+
 }

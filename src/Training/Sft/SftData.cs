@@ -23,6 +23,19 @@ public sealed record SftData(IReadOnlyList<SftExample> Train, IReadOnlyList<SftE
         return new SftData(t.Records, e.Records, t.Skipped + e.Skipped, false);
     }
 
-    static DataRead<SftExample> Read(string file, SftConfig cfg) =>
-        ChatText.RequireFlat(DataFiles.ReadSft(file, cfg.SkipMalformed, cfg.DatasetColumns), file);
+    static DataRead<SftExample> Read(string file, SftConfig cfg) => DataFiles.ReadSft(file, cfg.SkipMalformed, cfg.DatasetColumns);
+
+    /// <summary>
+    /// The chat template conversational demonstrations are rendered with: <c>init_from</c>'s (the chat model being
+    /// fine-tuned, whose template it is served with); null when every row is flat. A fresh model has no template.
+    /// </summary>
+    public static Inference.Tokenization.ChatTemplate? Template(SftConfig cfg, SftData data)
+    {
+        var rows = data.Train.Concat(data.Eval);
+        string file = cfg.TrainFile ?? cfg.EvalFile ?? "";
+        if (cfg.InitFrom is null && rows.Any(r => r.IsConversational))
+            throw new InvalidDataException($"{file}: its rows are conversations, which become text through a chat model's template; "
+                + "set init_from to the HF chat model folder to fine-tune (a fresh model has no chat template).");
+        return cfg.InitFrom is null ? null : ChatText.TemplateFor(rows, cfg.InitFrom, file);
+    }
 }

@@ -65,6 +65,7 @@ public static class SftTrainer
         Device device = DeviceSelector.Resolve(DeviceSelector.Parse(cfg.Device));
         DeviceSelector.SetThreads(cfg.Threads);
         var data = SftData.Load(cfg);   // bad data fails before the output folder is touched
+        using var chat = SftData.Template(cfg, data);
         string? resumeFrom = OutputFolder.Prepare(cfg.Out, control.Resume, control.Overwrite, CheckpointName);
         Log($"SFT data: {data.Train.Count} train, {data.Eval.Count} eval demonstrations" +
             (data.Skipped > 0 ? $" ({data.Skipped} malformed rows skipped)" : "") + (data.IsDefaultTask ? " (default task)" : ""));
@@ -75,8 +76,8 @@ public static class SftTrainer
         model.Precision = cfg.Precision;
         int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
 
-        var train = data.Train.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen)).ToArray();
-        var eval = data.Eval.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen)).ToArray();
+        var train = data.Train.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen, chat)).ToArray();
+        var eval = data.Eval.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen, chat)).ToArray();
         int perStep = cfg.BatchSize * cfg.GradAccum;
         int stepsPerEpoch = train.Length / perStep;
         if (stepsPerEpoch == 0)
@@ -112,7 +113,7 @@ public static class SftTrainer
                 TrainerParts.ClearGrads(optimizer);
 
                 var micro = MicroBatches(train, step, stepsPerEpoch, cfg);
-                long targets = micro.Sum(m => m.Sum(e => (long)e.Ids.Length - e.PromptLength));
+                long targets = micro.Sum(m => m.Sum(e => e.TargetCount));
                 double lossSum = 0;
                 long positions = 0;
                 foreach (var examples in micro)

@@ -202,20 +202,40 @@ public sealed class TrlFormatsTests : IDisposable
         Assert.Equal("response", cfg.DatasetColumns.Response);
     }
 
-    // ---- the stages' check ----------------------------------------------------------------------------------------
+    // ---- the stages' edge: conversations through the model's chat template --------------------------------------
+
+    const string ChatMl = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                          + "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
     [Fact]
-    public void StagesRefuseConversationalRowsUntilTheyRenderChatTemplates()
+    public void ConversationsNeedTheModelsChatTemplate()
     {
         string conv = Jsonl("conv.jsonl", $$"""{"messages": [{{Hi}}, {{Hello}}]}""");
-        var e = Assert.Throws<InvalidDataException>(() => ChatText.RequireFlat(DataFiles.ReadSft(conv), conv));
+        var rows = DataFiles.ReadSft(conv).Records;
+        string noTemplate = Directory.CreateDirectory(Path.Combine(_dir, "plain_model")).FullName;
+        var e = Assert.Throws<InvalidDataException>(() => ChatText.TemplateFor(rows, noTemplate, conv));
         Assert.StartsWith($"{conv}: ", e.Message);
-        Assert.Contains("chat template", e.Message);
+        Assert.Contains($"{noTemplate} has none", e.Message);
         string flat = Jsonl("flat.jsonl", """{"prompt": "a", "response": "b"}""");
-        Assert.Single(ChatText.RequireFlat(DataFiles.ReadSft(flat), flat).Records);
+        Assert.Null(ChatText.TemplateFor(DataFiles.ReadSft(flat).Records, noTemplate, flat));   // flat rows keep the plain format
 
-        var sft = new Rlhf.Training.Sft.SftConfig { TrainFile = conv };
-        Assert.Contains("chat template", Assert.Throws<InvalidDataException>(() => Rlhf.Training.Sft.SftData.Load(sft)).Message);
+        var sft = new Rlhf.Training.Sft.SftConfig { TrainFile = conv };   // a fresh model has no template
+        Assert.Contains("init_from", Assert.Throws<InvalidDataException>(() =>
+            Rlhf.Training.Sft.SftData.Template(sft, Rlhf.Training.Sft.SftData.Load(sft))).Message);
+    }
+
+    [Fact]
+    public void ConversationalPromptsAndPairsBecomeTheRenderedPromptAndTheAssistantText()
+    {
+        using var chat = ChatTemplate.FromSource(ChatMl, null, "<|im_end|>");
+        var prompt = PromptExample.FromConversation([new ChatMessage("system", "Be brief."), new ChatMessage("user", "Hi")]);
+        Assert.Equal("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", ChatText.PromptText(prompt, chat));
+        Assert.Equal("plain", ChatText.PromptText(new PromptExample("plain"), null));
+        var pair = PreferencePair.FromConversation([new ChatMessage("user", "Hi")], [new ChatMessage("assistant", "Hello!")], [new ChatMessage("assistant", "Go away.")]);
+        Assert.Equal(new PreferencePair("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "Hello!", "Go away."), ChatText.Rendered(pair, chat, "p.jsonl"));
+        var twoTurns = PreferencePair.FromConversation([new ChatMessage("user", "Hi")],
+            [new ChatMessage("assistant", "Hello!"), new ChatMessage("user", "And?"), new ChatMessage("assistant", "Bye.")], [new ChatMessage("assistant", "No.")]);
+        Assert.StartsWith("p.jsonl: a chosen continuation of 3 messages", Assert.Throws<InvalidDataException>(() => ChatText.Rendered(twoTurns, chat, "p.jsonl")).Message);
     }
 
     [Fact]
