@@ -57,14 +57,35 @@ public sealed class LlamaModel : nn.Module
         return scope.MoveToOuter(Layers(packed.InputIds, packed.PositionIds, packed.Allowed, null));
     }
 
-    /// <summary>Embedding, decoder layers and final norm: ids/positions [B, S], mask [B, 1, S, T] bool -> [B, S, H].</summary>
+    /// <summary>
+    /// Embedding, decoder layers and final norm: ids/positions [B, S], mask [B, 1, S, T] bool -> [B, S, H]. Layers with a
+    /// sliding window (<see cref="ModelConfig.WindowOf"/>) use the mask narrowed to the band of <see cref="SlidingBand"/>.
+    /// </summary>
     Tensor Layers(Tensor inputIds, Tensor positionIds, Tensor mask, KvCache? cache)
     {
         var compute = Precision.ComputeDtype();
         var h = embed_tokens.forward(inputIds);                                          // [B, S, H]
-        var (cos, sin) = Rope.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, h.dtype);
-        for (int i = 0; i < layers.Count; i++) h = layers[i].Forward(h, cos, sin, mask, cache, i, compute);
+        var (cos, sin) = Rope.CosSin(positionIds, Config, h.dtype);
+        var windowed = Config.SlidingWindow is int w
+            ? mask.logical_and(SlidingBand(mask.shape[2], mask.shape[3], w, mask.device))   // [B, 1, S, T]
+            : null;
+        for (int i = 0; i < layers.Count; i++)
+            h = layers[i].Forward(h, cos, sin, Config.WindowOf(i) is null ? mask : windowed!, cache, i, compute);
         return norm.forward(h);
+    }
+
+    /// <summary>
+    /// Sliding-window band [S, T] bool for S queries that are the last S of T key slots: query slot q = T − S + i sees
+    /// key slot j only when q − j &lt; W (HF Mistral/Qwen2: key j is masked when i − j ≥ sliding_window). Slots are
+    /// indices in the row, so the distance is the position distance for contiguous real tokens (left or right
+    /// padding, packed sequences, a KV cache). The diagonal is always inside, so no row becomes empty.
+    /// </summary>
+    public static Tensor SlidingBand(long s, long t, int window, Device device)
+    {
+        using var scope = torch.NewDisposeScope();
+        var qPos = torch.arange(t - s, t, ScalarType.Int64, device).view(s, 1);            // [S, 1]
+        var kPos = torch.arange(0, t, ScalarType.Int64, device).view(1, t);                // [1, T]
+        return scope.MoveToOuter((qPos - kPos).lt(window));
     }
 
     /// <summary>
