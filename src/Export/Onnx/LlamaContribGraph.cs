@@ -187,11 +187,12 @@ public static class LlamaContribGraph
     }
 
     /// <summary>
-    /// GroupQueryAttention's <c>local_window_size</c> for an HF sliding window W (null = none, −1). ONNX Runtime's CPU
-    /// kernel lets query q attend keys q − local_window_size … q (local_window_size + 1 keys), while HF masks key j when
-    /// q − j ≥ W (W keys: q − W + 1 … q), so the attribute is W − 1 (pinned by the GQA parity tests).
+    /// GroupQueryAttention's <c>local_window_size</c> for an HF sliding window W (null = none, −1). HF masks key j for
+    /// query q when q − j ≥ W (W keys: q − W + 1 … q). ONNX Runtime 1.31's CPU kernel, measured against that rule with
+    /// W = 5 over 11 positions (prefill and decode), keeps the same W keys when the attribute is W, and is off by one
+    /// key with W − 1; the GQA parity tests (LlamaGraphTests.GqaGraphMatchesReference) pin it.
     /// </summary>
-    public static int LocalWindowSize(int? slidingWindow) => slidingWindow is int w ? w - 1 : -1;
+    public static int LocalWindowSize(int? slidingWindow) => slidingWindow is int w ? w : -1;
 
     /// <summary>
     /// cos/sin caches [context, D/2]: cos(p·f_i), sin(p·f_i) for positions p below max_position_embeddings, f from

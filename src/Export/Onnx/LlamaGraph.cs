@@ -222,7 +222,7 @@ sealed class LlamaTrunk(GraphBuilder b, ModelConfig cfg, IReadOnlyDictionary<str
         string x = b.Node("Gather", [Embedding, ids], Attr.Int("axis", 0));       // [B, S, H]
 
         b.Prefix = "mask";
-        var (bias, windowBias) = AttentionBias(ids, mask);                           // [B, 1, 1, S, T] each
+        var (bias, windowBias) = AttentionBias(ids, mask, positionIds);              // [B, 1, 1, S, T] each
         b.Prefix = "rope";
         var (cos, sin) = Rotary(positionIds);                                         // [B, 1, S, D]
 
@@ -272,9 +272,11 @@ sealed class LlamaTrunk(GraphBuilder b, ModelConfig cfg, IReadOnlyDictionary<str
     /// Additive mask [B, 1, 1, S, T]: 0 where query j (absolute position T − S + j) may attend key k
     /// (k ≤ T − S + j and attention_mask[b, k] == 1), float.MinValue elsewhere. With a sliding window W
     /// (<see cref="ModelConfig.SlidingWindow"/>) also the banded one for the sliding layers: additionally
-    /// T − S + j − k &lt; W (HF masks key k when i − k ≥ sliding_window); null without a window.
+    /// position_ids[b, j] − p_k &lt; W with key positions p_k = cumsum(attention_mask)[b, k] − 1 (HF masks key k when
+    /// i − k ≥ sliding_window; positions, so right-padded rows decoded through the cache keep their last W tokens);
+    /// null without a window.
     /// </summary>
-    (string Full, string? Windowed) AttentionBias(string ids, string mask)
+    (string Full, string? Windowed) AttentionBias(string ids, string mask, string positionIds)
     {
         string zero = b.ScalarI64(0), one = b.ScalarI64(1);
         string s = b.Node("Gather", [b.Node("Shape", [ids]), one], Attr.Int("axis", 0));
@@ -291,8 +293,9 @@ sealed class LlamaTrunk(GraphBuilder b, ModelConfig cfg, IReadOnlyDictionary<str
             return b.Node("Unsqueeze", [add, b.ConstI64(1, 2)]);
         }
         if (cfg.SlidingWindow is not int w) return (Bias(causal), null);
-        string distance = b.Node("Sub", [b.Node("Unsqueeze", [qPos, b.ConstI64(1)]), b.Node("Unsqueeze", [kPos, b.ConstI64(0)])]); // [S, T]
-        string band = b.Node("And", [causal, b.Node("Less", [distance, b.ScalarI64(w)])]);
+        string keyPos = b.Node("Sub", [b.Node("CumSum", [mask, one]), one]);                                   // [B, T]
+        string distance = b.Node("Sub", [b.Node("Unsqueeze", [positionIds, b.ConstI64(2)]), b.Node("Unsqueeze", [keyPos, b.ConstI64(1)])]); // [B, S, T]
+        string band = b.Node("And", [causal, b.Node("Less", [distance, b.ScalarI64(w)])]);                    // [B, S, T]
         return (Bias(causal), Bias(band));
     }
 

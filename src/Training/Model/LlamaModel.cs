@@ -47,45 +47,49 @@ public sealed class LlamaModel : nn.Module
         if (cache is not null && cache.NumLayers != Config.NumHiddenLayers)
             throw new ArgumentException($"KvCache has {cache.NumLayers} layers; the model has {Config.NumHiddenLayers}.");
         using var scope = torch.NewDisposeScope();
-        return scope.MoveToOuter(Layers(inputIds, positionIds, AttentionMask(attentionMask, inputIds.shape[1]), cache));
+        var keyPositions = Config.SlidingWindow is null ? null : attentionMask.cumsum(1, ScalarType.Int64) - 1;   // [B, T]
+        return scope.MoveToOuter(Layers(inputIds, positionIds, AttentionMask(attentionMask, inputIds.shape[1]), cache, keyPositions));
     }
 
     /// <summary>Final hidden states [R, L, H] of packed sequences (<see cref="PackedBatch"/>; no cache).</summary>
     public Tensor Forward(PackedBatch packed)
     {
         using var scope = torch.NewDisposeScope();
-        return scope.MoveToOuter(Layers(packed.InputIds, packed.PositionIds, packed.Allowed, null));
+        return scope.MoveToOuter(Layers(packed.InputIds, packed.PositionIds, packed.Allowed, null, packed.PositionIds));
     }
 
     /// <summary>
     /// Embedding, decoder layers and final norm: ids/positions [B, S], mask [B, 1, S, T] bool -> [B, S, H]. Layers with a
-    /// sliding window (<see cref="ModelConfig.WindowOf"/>) use the mask narrowed to the band of <see cref="SlidingBand"/>.
+    /// sliding window (<see cref="ModelConfig.WindowOf"/>) use the mask narrowed by <see cref="SlidingBand"/>, which needs
+    /// the keys' positions [B, T] (null without a window).
     /// </summary>
-    Tensor Layers(Tensor inputIds, Tensor positionIds, Tensor mask, KvCache? cache)
+    Tensor Layers(Tensor inputIds, Tensor positionIds, Tensor mask, KvCache? cache, Tensor? keyPositions)
     {
         var compute = Precision.ComputeDtype();
         var h = embed_tokens.forward(inputIds);                                          // [B, S, H]
         var (cos, sin) = Rope.CosSin(positionIds, Config, h.dtype);
-        var windowed = Config.SlidingWindow is int w
-            ? mask.logical_and(SlidingBand(mask.shape[2], mask.shape[3], w, mask.device))   // [B, 1, S, T]
-            : null;
+        Tensor? windowed = null;
+        if (Config.SlidingWindow is int w)
+        {
+            windowed = mask.logical_and(SlidingBand(positionIds, keyPositions!, w));      // [B, 1, S, T]
+            windowed = windowed.logical_or(windowed.any(-1, keepdim: true).logical_not()); // padding queries: open, as in AttentionMask
+        }
         for (int i = 0; i < layers.Count; i++)
             h = layers[i].Forward(h, cos, sin, Config.WindowOf(i) is null ? mask : windowed!, cache, i, compute);
         return norm.forward(h);
     }
 
     /// <summary>
-    /// Sliding-window band [S, T] bool for S queries that are the last S of T key slots: query slot q = T − S + i sees
-    /// key slot j only when q − j &lt; W (HF Mistral/Qwen2: key j is masked when i − j ≥ sliding_window). Slots are
-    /// indices in the row, so the distance is the position distance for contiguous real tokens (left or right
-    /// padding, packed sequences, a KV cache). The diagonal is always inside, so no row becomes empty.
+    /// Sliding-window band: queryPositions [B, S], keyPositions [B, T] int64 -> [B, 1, S, T] bool, true where
+    /// p_q − p_k &lt; W (HF Mistral/Qwen2 mask key j for query i when i − j ≥ sliding_window). Positions rather than slots,
+    /// so a row whose real tokens are not contiguous (right-padded prompt, then decode) still sees its last W tokens;
+    /// for contiguous rows (left padding, packed sequences) the two agree. Causality and padding come from the other mask.
     /// </summary>
-    public static Tensor SlidingBand(long s, long t, int window, Device device)
+    public static Tensor SlidingBand(Tensor queryPositions, Tensor keyPositions, int window)
     {
         using var scope = torch.NewDisposeScope();
-        var qPos = torch.arange(t - s, t, ScalarType.Int64, device).view(s, 1);            // [S, 1]
-        var kPos = torch.arange(0, t, ScalarType.Int64, device).view(1, t);                // [1, T]
-        return scope.MoveToOuter((qPos - kPos).lt(window));
+        var distance = queryPositions.unsqueeze(2) - keyPositions.unsqueeze(1);          // [B, S, T]
+        return scope.MoveToOuter(distance.lt(window).unsqueeze(1));
     }
 
     /// <summary>
