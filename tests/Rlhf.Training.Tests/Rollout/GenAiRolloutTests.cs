@@ -90,6 +90,13 @@ public sealed class GenAiRolloutTests : IDisposable
     [InlineData("tied", GraphKind.Plain)]
     [InlineData("mha", GraphKind.ContribGqa)]
     [InlineData("mha", GraphKind.Plain)]
+    [InlineData("llama3", GraphKind.ContribGqa)]
+    [InlineData("llama3", GraphKind.Plain)]
+    [InlineData("linear", GraphKind.ContribGqa)]
+    [InlineData("mistral_window", GraphKind.ContribGqa)]
+    [InlineData("mistral_window", GraphKind.Plain)]
+    [InlineData("qwen2_window", GraphKind.ContribGqa)]
+    [InlineData("qwen2_window", GraphKind.Plain)]
     public void EveryExportedPolicyOpensInGenAiAndDecodesAsOurEngine(string variant, GraphKind graph)
     {
         using var m = ExportModels.Policy(variant);
