@@ -9,7 +9,7 @@ namespace Rlhf.Tests.Shared;
 /// mha (4 KV heads), mistral; architectures with longer-context tricks: llama3 (rope_scaling llama3: factor 8, low 1,
 /// high 8, original context 256, so with θ = 10⁴ the frequencies fall in all three bands), linear (rope_scaling linear,
 /// factor 4), mistral_window (sliding window 5 in every layer), qwen2_window (q/k/v bias; window 5 from layer 1 on, as
-/// Qwen2's max_window_layers).
+/// Qwen2's max_window_layers), head_dim (head_dim 2·headDim ≠ H / heads, as Gemma-style and Qwen3 configs set it).
 /// </summary>
 internal static class TinyLlama
 {
@@ -38,6 +38,7 @@ internal static class TinyLlama
             "linear" => new RopeScaling { Type = RopeScalingType.Linear, Factor = 4 },
             _ => null,
         },
+        HeadDimOverride = variant == "head_dim" ? 2 * headDim : null,
         SlidingWindow = variant is "mistral_window" or "qwen2_window" ? 5 : null,
         FirstSlidingLayer = variant == "qwen2_window" ? 1 : 0,
     };

@@ -108,6 +108,44 @@ public sealed record ModelConfig
         return FromJson(o, path);
     }
 
+    /// <summary>Name of the generation defaults file transformers writes next to <c>config.json</c>.</summary>
+    public const string GenerationConfigFile = "generation_config.json";
+
+    /// <summary>
+    /// Reads a model folder's <c>config.json</c> and, when present, its <c>generation_config.json</c>, whose
+    /// <c>bos_token_id</c>, <c>eos_token_id</c> (one id or a list) and <c>pad_token_id</c> replace config.json's, as
+    /// transformers' <c>generate</c> uses them (Llama 3 Instruct lists its end-of-turn ids only there).
+    /// </summary>
+    public static ModelConfig LoadFolder(string folder)
+    {
+        var c = Load(Path.Combine(folder, "config.json"));
+        string gen = Path.Combine(folder, GenerationConfigFile);
+        if (!File.Exists(gen)) return c;
+        JsonObject o;
+        try { o = JsonNode.Parse(File.ReadAllText(gen))?.AsObject() ?? throw new InvalidDataException("empty"); }
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
+        { throw new InvalidDataException($"{gen}: not a JSON object ({e.Message})."); }
+        var eos = EosIds(o);
+        return c with
+        {
+            BosTokenId = Int(o, "bos_token_id") ?? c.BosTokenId,
+            EosTokenIds = eos.Count > 0 ? eos : c.EosTokenIds,
+            PadTokenId = Int(o, "pad_token_id") ?? c.PadTokenId,
+        };
+    }
+
+    /// <summary><c>eos_token_id</c> as one number or a list of numbers; empty when absent or null.</summary>
+    static List<int> EosIds(JsonObject o)
+    {
+        var eos = new List<int>();
+        switch (o["eos_token_id"])
+        {
+            case JsonArray arr: eos.AddRange(arr.Select(x => x!.GetValue<int>())); break;
+            case JsonValue v when v.GetValueKind() == JsonValueKind.Number: eos.Add(v.GetValue<int>()); break;
+        }
+        return eos;
+    }
+
     /// <summary>Parses a config object; <paramref name="source"/> names it in error messages.</summary>
     public static ModelConfig FromJson(JsonObject o, string source)
     {
@@ -123,12 +161,7 @@ public sealed record ModelConfig
         if (unsupported.Count > 0)
             throw new InvalidDataException($"{source}: unsupported config field(s): {string.Join("; ", unsupported)}.");
 
-        var eos = new List<int>();
-        switch (o["eos_token_id"])
-        {
-            case JsonArray arr: eos.AddRange(arr.Select(x => x!.GetValue<int>())); break;
-            case JsonValue v when v.GetValueKind() == JsonValueKind.Number: eos.Add(v.GetValue<int>()); break;
-        }
+        var eos = EosIds(o);
         int hidden = Int(o, "hidden_size") ?? throw new InvalidDataException($"{source}: missing 'hidden_size'.");
         int heads = Int(o, "num_attention_heads") ?? throw new InvalidDataException($"{source}: missing 'num_attention_heads'.");
         var c = new ModelConfig

@@ -162,6 +162,24 @@ public sealed class HfConfigTests : IDisposable
     }
 
     [Fact]
+    public void GenerationConfigEosListReplacesConfigs()
+    {
+        File.WriteAllText(Path.Combine(_dir, "config.json"), TinyLlama);
+        Assert.Equal([2], ModelConfig.LoadFolder(_dir).EosTokenIds);                    // no generation_config.json
+        // Llama-3-8B-Instruct: config.json says 128001, generation_config.json lists the end-of-turn id too
+        File.WriteAllText(Path.Combine(_dir, ModelConfig.GenerationConfigFile),
+            """{"bos_token_id": 128000, "eos_token_id": [128001, 128009], "pad_token_id": 7, "do_sample": true, "temperature": 0.6}""");
+        var c = ModelConfig.LoadFolder(_dir);
+        Assert.Equal([128001, 128009], c.EosTokenIds);
+        Assert.Equal((128000, 7), (c.BosTokenId, c.PadTokenId));
+        // a single id, and keys it does not set keep config.json's
+        File.WriteAllText(Path.Combine(_dir, ModelConfig.GenerationConfigFile), """{"eos_token_id": 5}""");
+        c = ModelConfig.LoadFolder(_dir);
+        Assert.Equal([5], c.EosTokenIds);
+        Assert.Equal((1, (int?)null), (c.BosTokenId, c.PadTokenId));
+    }
+
+    [Fact]
     public void SavedConfigReadsBackTheSame()
     {
         var c = Load(Qwen25);

@@ -99,6 +99,7 @@ public class LlamaGraphTests(ITestOutputHelper output)
     [InlineData("mistral_window", false)]
     [InlineData("mistral_window", true)]
     [InlineData("qwen2_window", true)]
+    [InlineData("head_dim", true)]
     public void PrefillLogitsMatchReference(string variant, bool leftPad)
     {
         var cfg = TinyModel.Config(variant);
@@ -135,6 +136,7 @@ public class LlamaGraphTests(ITestOutputHelper output)
     [InlineData("mistral_window", true, 17)]
     [InlineData("mistral_window", false, 17)]
     [InlineData("qwen2_window", false, 17)]
+    [InlineData("head_dim", false, 17)]
     public void DecodingThroughKvCacheMatchesFullForward(string variant, bool leftPad, int opset)
     {
         var cfg = TinyModel.Config(variant);
@@ -188,6 +190,7 @@ public class LlamaGraphTests(ITestOutputHelper output)
     [InlineData("linear")]
     [InlineData("mistral_window")]
     [InlineData("qwen2_window")]
+    [InlineData("head_dim")]
     public void GqaGraphMatchesReference(string variant)
     {
         var cfg = Rlhf.Tests.Shared.TinyLlama.Config(variant, headDim: 16, maxPositions: 64);

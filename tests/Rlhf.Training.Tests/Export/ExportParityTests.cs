@@ -34,6 +34,8 @@ public sealed class ExportParityTests(ITestOutputHelper output)
     [InlineData("mistral_window", "gqa", false)]
     [InlineData("qwen2_window", "plain", true)]
     [InlineData("qwen2_window", "gqa", false)]
+    [InlineData("head_dim", "plain", true)]
+    [InlineData("head_dim", "gqa", false)]
     public void LogitsMatchTorchSharp(string variant, string graph, bool leftPad)
     {
         using var model = ExportModels.Policy(variant);

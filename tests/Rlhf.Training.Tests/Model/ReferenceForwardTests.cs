@@ -15,6 +15,7 @@ public sealed class ReferenceForwardTests
     [InlineData("llama3", false, false)]
     [InlineData("linear", false, true)]
     [InlineData("mistral_window", false, false)]
+    [InlineData("head_dim", true, false)]
     public void OneLayerMatchesPlainLoops(string type, bool attentionBias, bool tied)
     {
         var cfg = TinyModels.Config(type, tied: tied, layers: 1, attentionBias: attentionBias);
