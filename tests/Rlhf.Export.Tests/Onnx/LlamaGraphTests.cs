@@ -256,6 +256,8 @@ public class LlamaGraphTests(ITestOutputHelper output)
     [InlineData("llama", true, true, 17)]
     [InlineData("qwen2", false, true, 17)]
     [InlineData("tied", true, false, 21)]
+    [InlineData("mistral_window", true, false, 17)]
+    [InlineData("llama3", false, true, 17)]
     public void RewardGraphMatchesReferenceAtLastRealToken(string variant, bool leftPad, bool withBias, int opset)
     {
         var cfg = TinyModel.Config(variant);

@@ -92,6 +92,8 @@ public sealed class ExportParityTests(ITestOutputHelper output)
     [InlineData("llama")]
     [InlineData("qwen2")]
     [InlineData("tied")]
+    [InlineData("qwen2_window")]
+    [InlineData("llama3")]
     public void RewardsAndValuesMatchTorchSharp(string variant)
     {
         using var model = ExportModels.Reward(variant);
