@@ -241,13 +241,14 @@ public sealed record ModelConfig
 
     /// <summary>
     /// The sliding window that bites and the first layer using it, from HF's rules: mistral slides every layer when
-    /// <c>sliding_window</c> is a number; qwen2 only with <c>use_sliding_window</c> true, and then only layers
+    /// <c>sliding_window</c> is a number (4096 when the key is absent, null = off); qwen2 only with <c>use_sliding_window</c> true, and then only layers
     /// i ≥ <c>max_window_layers</c> (default 28; transformers' <c>Qwen2Config.layer_types</c>), or as <c>layer_types</c> lists
     /// them when present (full layers first, then sliding ones). (null, 0) when no layer's window is shorter than the context.
     /// </summary>
     static (int? Window, int FirstSliding) SlidingWindowOf(JsonObject o, string type, int maxPos, int layers, List<string> unsupported)
     {
-        int? w = Int(o, "sliding_window");
+        // transformers' MistralConfig defaults sliding_window to 4096 when the key is absent (null turns it off).
+        int? w = type == "mistral" && !o.ContainsKey("sliding_window") ? 4096 : Int(o, "sliding_window");
         bool on = type switch
         {
             "mistral" => w is not null,

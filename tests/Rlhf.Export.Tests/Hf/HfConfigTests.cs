@@ -235,6 +235,7 @@ public sealed class HfConfigTests : IDisposable
         Assert.Equal(4096, m.WindowOf(0));
         Assert.Equal(4096, m.WindowOf(31));
         Assert.Null(Load(Mistral03).SlidingWindow);
+        Assert.Equal(4096, Load(Mistral03.Replace("\"sliding_window\": null,", "")).SlidingWindow);   // transformers' default when absent
         Assert.Null(Load(Mistral03.Replace("\"sliding_window\": null", "\"sliding_window\": 32768")).SlidingWindow);
         // Qwen2: only with use_sliding_window true, and only layers i >= max_window_layers
         string qwenSliding = Qwen25.Replace("\"sliding_window\": 32768", "\"sliding_window\": 4096").Replace("\"use_sliding_window\": false", "\"use_sliding_window\": true");
