@@ -7,7 +7,8 @@ namespace Rlhf.Export.Hf;
 /// <summary>
 /// A Llama-family decoder configuration, read from and written to a Hugging Face <c>config.json</c>
 /// (<c>model_type</c> llama, qwen2 or mistral). Property names follow the HF keys; fields we do not
-/// support (rope scaling other than linear/llama3, other activations, MLP bias) are rejected when it is read.
+/// support (rope scaling other than linear/llama3, Qwen2 layer_types that interleave full and sliding layers, other
+/// activations, MLP bias) are rejected when it is read, each named on one line.
 /// </summary>
 public sealed record ModelConfig
 {
