@@ -93,6 +93,8 @@ public sealed record ModelConfig
         if (SlidingWindow is < 1) errors.Add($"sliding_window ({SlidingWindow}) must be at least 1");
         if (FirstSlidingLayer < 0) errors.Add($"max_window_layers ({FirstSlidingLayer}) must not be negative");
         if (RopeScaling is { Factor: <= 0 }) errors.Add($"rope_scaling factor ({RopeScaling.Factor}) must be positive");
+        if (RopeScaling is { Type: RopeScalingType.Llama3 } r3 && !(r3.HighFreqFactor > r3.LowFreqFactor && r3.LowFreqFactor > 0 && r3.OriginalMaxPositionEmbeddings > 0))
+            errors.Add($"rope_scaling llama3 needs high_freq_factor ({r3.HighFreqFactor}) > low_freq_factor ({r3.LowFreqFactor}) > 0 and original_max_position_embeddings > 0");
         if (AttentionDropout is < 0 or >= 1) errors.Add("attention_dropout must be in [0, 1)");
         if (ResidualDropout is < 0 or >= 1) errors.Add("residual_dropout must be in [0, 1)");
         if (errors.Count > 0) throw new InvalidDataException("Invalid model config: " + string.Join("; ", errors) + ".");

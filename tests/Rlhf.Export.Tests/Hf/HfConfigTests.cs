@@ -224,6 +224,8 @@ public sealed class HfConfigTests : IDisposable
         Assert.Contains("rope_type 'dynamic'", dynamic.Message);
         var incomplete = Refused(TinyLlama.Replace("\"rope_scaling\": null", """ "rope_scaling": {"factor": 8.0, "rope_type": "llama3"}"""));
         Assert.Contains("rope_scaling llama3 needs low_freq_factor, high_freq_factor and original_max_position_embeddings", incomplete.Message);
+        var inverted = Refused(TinyLlama.Replace("\"rope_scaling\": null", """ "rope_scaling": {"factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}"""));
+        Assert.Contains("high_freq_factor (1) > low_freq_factor (4) > 0", inverted.Message);
     }
 
     [Fact]
