@@ -7,7 +7,8 @@ namespace Rlhf.Export.Hf;
 /// <summary>
 /// A Llama-family decoder configuration, read from and written to a Hugging Face <c>config.json</c>
 /// (<c>model_type</c> llama, qwen2 or mistral). Property names follow the HF keys; fields we do not
-/// support (rope scaling, sliding windows that bite, other activations, MLP bias) are rejected by <see cref="Validate"/>.
+/// support (rope scaling other than linear/llama3, Qwen2 layer_types that interleave full and sliding layers, other
+/// activations, MLP bias) are rejected when it is read, each named on one line.
 /// </summary>
 public sealed record ModelConfig
 {
@@ -31,6 +32,16 @@ public sealed record ModelConfig
     public int MaxPositionEmbeddings { get; init; } = 2048;
     /// <summary>RoPE base θ.</summary>
     public double RopeTheta { get; init; } = 10000.0;
+    /// <summary>HF <c>rope_scaling</c> (linear or llama3); null = plain RoPE. See <see cref="RopeFrequencies.Inverse"/>.</summary>
+    public RopeScaling? RopeScaling { get; init; }
+    /// <summary>
+    /// Sliding-window size W of the layers from <see cref="FirstSlidingLayer"/> on: query i sees key j only when
+    /// 0 ≤ i − j &lt; W (HF's <c>sliding_window</c>). Null = full causal attention in every layer; set only where it bites
+    /// (W &lt; max_position_embeddings and some layer slides).
+    /// </summary>
+    public int? SlidingWindow { get; init; }
+    /// <summary>First layer that uses <see cref="SlidingWindow"/> (Qwen2's <c>max_window_layers</c>; 0 for Mistral).</summary>
+    public int FirstSlidingLayer { get; init; }
     /// <summary>RMSNorm ε.</summary>
     public double RmsNormEps { get; init; } = 1e-6;
     /// <summary>True when <c>lm_head.weight</c> is <c>model.embed_tokens.weight</c>.</summary>
@@ -56,6 +67,8 @@ public sealed record ModelConfig
     public bool QkvBias => ModelType == "qwen2" || (ModelType == "llama" && AttentionBias);
     /// <summary>Whether the output projection carries a bias (llama with <c>attention_bias</c> only).</summary>
     public bool OutputBias => ModelType == "llama" && AttentionBias;
+    /// <summary>The sliding window of layer <paramref name="layer"/>, or null where it attends to the whole causal prefix.</summary>
+    public int? WindowOf(int layer) => SlidingWindow is int w && layer >= FirstSlidingLayer ? w : null;
     /// <summary>The first EOS id, or null.</summary>
     public int? EosTokenId => EosTokenIds.Count > 0 ? EosTokenIds[0] : null;
 
@@ -77,6 +90,11 @@ public sealed record ModelConfig
         if (HeadDimOverride is null && NumAttentionHeads > 0 && HiddenSize % NumAttentionHeads != 0)
             errors.Add($"hidden_size ({HiddenSize}) must be a multiple of num_attention_heads ({NumAttentionHeads}) or head_dim must be set");
         if (HeadDim % 2 != 0) errors.Add($"head_dim ({HeadDim}) must be even for rotary embeddings");
+        if (SlidingWindow is < 1) errors.Add($"sliding_window ({SlidingWindow}) must be at least 1");
+        if (FirstSlidingLayer < 0) errors.Add($"max_window_layers ({FirstSlidingLayer}) must not be negative");
+        if (RopeScaling is { Factor: <= 0 }) errors.Add($"rope_scaling factor ({RopeScaling.Factor}) must be positive");
+        if (RopeScaling is { Type: RopeScalingType.Llama3 } r3 && !(r3.HighFreqFactor > r3.LowFreqFactor && r3.LowFreqFactor > 0 && r3.OriginalMaxPositionEmbeddings > 0))
+            errors.Add($"rope_scaling llama3 needs high_freq_factor ({r3.HighFreqFactor}) > low_freq_factor ({r3.LowFreqFactor}) > 0 and original_max_position_embeddings > 0");
         if (AttentionDropout is < 0 or >= 1) errors.Add("attention_dropout must be in [0, 1)");
         if (ResidualDropout is < 0 or >= 1) errors.Add("residual_dropout must be in [0, 1)");
         if (errors.Count > 0) throw new InvalidDataException("Invalid model config: " + string.Join("; ", errors) + ".");
@@ -93,32 +111,60 @@ public sealed record ModelConfig
         return FromJson(o, path);
     }
 
-    /// <summary>Parses a config object; <paramref name="source"/> names it in error messages.</summary>
-    public static ModelConfig FromJson(JsonObject o, string source)
-    {
-        string type = o["model_type"]?.GetValue<string>() ?? throw new InvalidDataException($"{source}: missing 'model_type'.");
-        var unsupported = new List<string>();
-        if (o["rope_scaling"] is JsonNode rs && rs.GetValueKind() != JsonValueKind.Null)
-            unsupported.Add("rope_scaling (only plain RoPE is implemented; remove it or use a model without scaling)");
-        string act = o["hidden_act"]?.GetValue<string>() ?? "silu";
-        if (act != "silu") unsupported.Add($"hidden_act '{act}' (only silu/SwiGLU)");
-        if (o["mlp_bias"]?.GetValue<bool>() == true) unsupported.Add("mlp_bias true");
-        int maxPos = Int(o, "max_position_embeddings") ?? 2048;
-        bool slidingOn = type == "mistral" || (o["use_sliding_window"]?.GetValue<bool>() ?? false);
-        int? window = o["sliding_window"] is JsonNode sw && sw.GetValueKind() == JsonValueKind.Number ? sw.GetValue<int>() : null;
-        if (slidingOn && window is int w && w < maxPos && type != "qwen2")
-            unsupported.Add($"sliding_window {w} < max_position_embeddings {maxPos} (sliding-window attention is not implemented)");
-        if (type == "qwen2" && slidingOn && window is int w2 && w2 < maxPos)
-            unsupported.Add($"use_sliding_window with sliding_window {w2} (sliding-window attention is not implemented)");
-        if (unsupported.Count > 0)
-            throw new InvalidDataException($"{source}: unsupported config field(s): {string.Join("; ", unsupported)}.");
+    /// <summary>Name of the generation defaults file transformers writes next to <c>config.json</c>.</summary>
+    public const string GenerationConfigFile = "generation_config.json";
 
+    /// <summary>
+    /// Reads a model folder's <c>config.json</c> and, when present, its <c>generation_config.json</c>, whose
+    /// <c>bos_token_id</c>, <c>eos_token_id</c> (one id or a list) and <c>pad_token_id</c> replace config.json's, as
+    /// transformers' <c>generate</c> uses them (Llama 3 Instruct lists its end-of-turn ids only there).
+    /// </summary>
+    public static ModelConfig LoadFolder(string folder)
+    {
+        var c = Load(Path.Combine(folder, "config.json"));
+        string gen = Path.Combine(folder, GenerationConfigFile);
+        if (!File.Exists(gen)) return c;
+        JsonObject o;
+        try { o = JsonNode.Parse(File.ReadAllText(gen))?.AsObject() ?? throw new InvalidDataException("empty"); }
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
+        { throw new InvalidDataException($"{gen}: not a JSON object ({e.Message})."); }
+        var eos = EosIds(o);
+        return c with
+        {
+            BosTokenId = Int(o, "bos_token_id") ?? c.BosTokenId,
+            EosTokenIds = eos.Count > 0 ? eos : c.EosTokenIds,
+            PadTokenId = Int(o, "pad_token_id") ?? c.PadTokenId,
+        };
+    }
+
+    /// <summary><c>eos_token_id</c> as one number or a list of numbers; empty when absent or null.</summary>
+    static List<int> EosIds(JsonObject o)
+    {
         var eos = new List<int>();
         switch (o["eos_token_id"])
         {
             case JsonArray arr: eos.AddRange(arr.Select(x => x!.GetValue<int>())); break;
             case JsonValue v when v.GetValueKind() == JsonValueKind.Number: eos.Add(v.GetValue<int>()); break;
         }
+        return eos;
+    }
+
+    /// <summary>Parses a config object; <paramref name="source"/> names it in error messages.</summary>
+    public static ModelConfig FromJson(JsonObject o, string source)
+    {
+        string type = o["model_type"]?.GetValue<string>() ?? throw new InvalidDataException($"{source}: missing 'model_type'.");
+        var unsupported = new List<string>();
+        var ropeScaling = RopeScaling.FromJson(o["rope_scaling"], unsupported);
+        string act = o["hidden_act"]?.GetValue<string>() ?? "silu";
+        if (act != "silu") unsupported.Add($"hidden_act '{act}' (only silu/SwiGLU)");
+        if (o["mlp_bias"]?.GetValue<bool>() == true) unsupported.Add("mlp_bias true");
+        int maxPos = Int(o, "max_position_embeddings") ?? 2048;
+        int layers = Int(o, "num_hidden_layers") ?? throw new InvalidDataException($"{source}: missing 'num_hidden_layers'.");
+        var (window, firstSliding) = SlidingWindowOf(o, type, maxPos, layers, unsupported);
+        if (unsupported.Count > 0)
+            throw new InvalidDataException($"{source}: unsupported config field(s): {string.Join("; ", unsupported)}.");
+
+        var eos = EosIds(o);
         int hidden = Int(o, "hidden_size") ?? throw new InvalidDataException($"{source}: missing 'hidden_size'.");
         int heads = Int(o, "num_attention_heads") ?? throw new InvalidDataException($"{source}: missing 'num_attention_heads'.");
         var c = new ModelConfig
@@ -127,12 +173,15 @@ public sealed record ModelConfig
             VocabSize = Int(o, "vocab_size") ?? throw new InvalidDataException($"{source}: missing 'vocab_size'."),
             HiddenSize = hidden,
             IntermediateSize = Int(o, "intermediate_size") ?? throw new InvalidDataException($"{source}: missing 'intermediate_size'."),
-            NumHiddenLayers = Int(o, "num_hidden_layers") ?? throw new InvalidDataException($"{source}: missing 'num_hidden_layers'."),
+            NumHiddenLayers = layers,
             NumAttentionHeads = heads,
             NumKeyValueHeads = Int(o, "num_key_value_heads") ?? heads,
             HeadDimOverride = Int(o, "head_dim"),
             MaxPositionEmbeddings = maxPos,
             RopeTheta = Dbl(o, "rope_theta") ?? 10000.0,
+            RopeScaling = ropeScaling,
+            SlidingWindow = window,
+            FirstSlidingLayer = window is null ? 0 : firstSliding,
             RmsNormEps = Dbl(o, "rms_norm_eps") ?? 1e-6,
             TieWordEmbeddings = o["tie_word_embeddings"]?.GetValue<bool>() ?? false,
             AttentionBias = o["attention_bias"]?.GetValue<bool>() ?? false,
@@ -179,7 +228,9 @@ public sealed record ModelConfig
             ["torch_dtype"] = TorchDtype,
         };
         if (ModelType == "llama") { o["attention_bias"] = AttentionBias; o["mlp_bias"] = false; }
-        if (ModelType is "qwen2" or "mistral") { o["use_sliding_window"] = false; o["sliding_window"] = null; }
+        if (RopeScaling is not null) o["rope_scaling"] = RopeScaling.ToJson();
+        if (ModelType is "qwen2" or "mistral") { o["use_sliding_window"] = SlidingWindow is not null; o["sliding_window"] = SlidingWindow; }
+        if (ModelType == "qwen2" && SlidingWindow is not null) o["max_window_layers"] = FirstSlidingLayer;
         if (BosTokenId is int b) o["bos_token_id"] = b;
         if (EosTokenIds.Count == 1) o["eos_token_id"] = EosTokenIds[0];
         else if (EosTokenIds.Count > 1) o["eos_token_id"] = new JsonArray(EosTokenIds.Select(x => (JsonNode)x).ToArray());
@@ -190,6 +241,38 @@ public sealed record ModelConfig
     /// <summary>Writes <c>config.json</c> atomically.</summary>
     public void Save(string path) =>
         AtomicFile.WriteAllText(path, ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+
+    /// <summary>
+    /// The sliding window that bites and the first layer using it, from HF's rules: mistral slides every layer when
+    /// <c>sliding_window</c> is a number (4096 when the key is absent, null = off); qwen2 only with <c>use_sliding_window</c> true, and then only layers
+    /// i ≥ <c>max_window_layers</c> (default 28; transformers' <c>Qwen2Config.layer_types</c>), or as <c>layer_types</c> lists
+    /// them when present (full layers first, then sliding ones). (null, 0) when no layer's window is shorter than the context.
+    /// </summary>
+    static (int? Window, int FirstSliding) SlidingWindowOf(JsonObject o, string type, int maxPos, int layers, List<string> unsupported)
+    {
+        // transformers' MistralConfig defaults sliding_window to 4096 when the key is absent (null turns it off).
+        int? w = type == "mistral" && !o.ContainsKey("sliding_window") ? 4096 : Int(o, "sliding_window");
+        bool on = type switch
+        {
+            "mistral" => w is not null,
+            "qwen2" => o["use_sliding_window"] is JsonValue u && u.GetValueKind() == JsonValueKind.True,
+            _ => false,
+        };
+        if (!on || w is not int window) return (null, 0);
+        int first = type == "qwen2" ? Int(o, "max_window_layers") ?? 28 : 0;
+        if (type == "qwen2" && o["layer_types"] is JsonArray lt)
+        {
+            var kinds = lt.Select(x => x?.GetValue<string>() ?? "").ToArray();
+            int full = kinds.TakeWhile(k => k == "full_attention").Count();
+            if (kinds.Length != layers || kinds.Skip(full).Any(k => k != "sliding_attention"))
+            {
+                unsupported.Add("layer_types (only full_attention layers followed by sliding_attention layers are implemented)");
+                return (null, 0);
+            }
+            first = full;
+        }
+        return window < maxPos && first < layers ? (window, first) : (null, 0);
+    }
 
     static int? Int(JsonObject o, string key) =>
         o[key] is JsonValue v && v.GetValueKind() == JsonValueKind.Number ? v.GetValue<int>() : null;

@@ -92,7 +92,7 @@ public static class LlamaContribGraph
             b.AddNode("GroupQueryAttention", [qkv, "", "", past[i].Key, past[i].Value, seqlensK, totalLen, cosCache, sinCache],
                 [attn, $"present.{i}.key", $"present.{i}.value"], GraphBuilder.MicrosoftDomain,
                 [Attr.Int("num_heads", cfg.NumAttentionHeads), Attr.Int("kv_num_heads", nKv), Attr.Float("scale", (float)(1.0 / Math.Sqrt(d))),
-                 Attr.Int("do_rotary", 1), Attr.Int("rotary_interleaved", 0), Attr.Int("local_window_size", -1)]);
+                 Attr.Int("do_rotary", 1), Attr.Int("rotary_interleaved", 0), Attr.Int("local_window_size", LocalWindowSize(cfg.WindowOf(i)))]);
             string o = Linear(b, weights, attn, p + "self_attn.o_proj", cfg.OutputBias, Project);
             (h, residual) = SkipNorm(b, $"layers.{i}/post_attention_norm", o, residual, Weight(b, weights, p + "post_attention_layernorm.weight"), eps);
 
@@ -186,14 +186,24 @@ public static class LlamaContribGraph
         return (normed, sum);
     }
 
-    /// <summary>cos/sin caches [context, D/2]: cos(p·θ^(−2i/D)) for positions p below max_position_embeddings.</summary>
+    /// <summary>
+    /// GroupQueryAttention's <c>local_window_size</c> for an HF sliding window W (null = none, −1). HF masks key j for
+    /// query q when q − j ≥ W (W keys: q − W + 1 … q). ONNX Runtime 1.31's CPU kernel, measured against that rule with
+    /// W = 5 over 11 positions (prefill and decode), keeps the same W keys when the attribute is W, and is off by one
+    /// key with W − 1; the GQA parity tests (LlamaGraphTests.GqaGraphMatchesReference) pin it.
+    /// </summary>
+    public static int LocalWindowSize(int? slidingWindow) => slidingWindow is int w ? w : -1;
+
+    /// <summary>
+    /// cos/sin caches [context, D/2]: cos(p·f_i), sin(p·f_i) for positions p below max_position_embeddings, f from
+    /// <see cref="RopeFrequencies.Inverse"/> (θ^(−2i/D) under the config's rope_scaling).
+    /// </summary>
     static (string Cos, string Sin) RotaryCaches(GraphBuilder b, ModelConfig cfg)
     {
         int d = cfg.HeadDim, half = d / 2, n = cfg.MaxPositionEmbeddings;
         float[] cos = new float[n * half], sin = new float[n * half];
         // Same float32 arithmetic as the TorchSharp Rope: inv_freq rounded to float, angle = (float)p · inv_freq in float.
-        var inv = new float[half];
-        for (int i = 0; i < half; i++) inv[i] = (float)(1.0 / Math.Pow(cfg.RopeTheta, 2.0 * i / d));
+        var inv = RopeFrequencies.Inverse(d, cfg.RopeTheta, cfg.RopeScaling);
         for (int p = 0; p < n; p++)
             for (int i = 0; i < half; i++)
             {

@@ -222,7 +222,7 @@ sealed class LlamaTrunk(GraphBuilder b, ModelConfig cfg, IReadOnlyDictionary<str
         string x = b.Node("Gather", [Embedding, ids], Attr.Int("axis", 0));       // [B, S, H]
 
         b.Prefix = "mask";
-        string bias = AttentionBias(ids, mask);                                      // [B, 1, 1, S, T]
+        var (bias, windowBias) = AttentionBias(ids, mask, positionIds);              // [B, 1, 1, S, T] each
         b.Prefix = "rope";
         var (cos, sin) = Rotary(positionIds);                                         // [B, 1, S, D]
 
@@ -231,7 +231,7 @@ sealed class LlamaTrunk(GraphBuilder b, ModelConfig cfg, IReadOnlyDictionary<str
             string p = $"model.layers.{i}.";
             b.Prefix = $"layers.{i}/attn";
             string h = RmsNorm(x, p + "input_layernorm.weight");
-            string attn = Attention(i, h, bias, cos, sin, past?[i]);
+            string attn = Attention(i, h, cfg.WindowOf(i) is null ? bias : windowBias!, cos, sin, past?[i]);
             x = b.Node("Add", [x, attn]);
             b.Prefix = $"layers.{i}/mlp";
             h = RmsNorm(x, p + "post_attention_layernorm.weight");
@@ -270,9 +270,13 @@ sealed class LlamaTrunk(GraphBuilder b, ModelConfig cfg, IReadOnlyDictionary<str
 
     /// <summary>
     /// Additive mask [B, 1, 1, S, T]: 0 where query j (absolute position T − S + j) may attend key k
-    /// (k ≤ T − S + j and attention_mask[b, k] == 1), float.MinValue elsewhere.
+    /// (k ≤ T − S + j and attention_mask[b, k] == 1), float.MinValue elsewhere. With a sliding window W
+    /// (<see cref="ModelConfig.SlidingWindow"/>) also the banded one for the sliding layers: additionally
+    /// position_ids[b, j] − p_k &lt; W with key positions p_k = cumsum(attention_mask)[b, k] − 1 (HF masks key k when
+    /// i − k ≥ sliding_window; positions, so right-padded rows decoded through the cache keep their last W tokens);
+    /// null without a window.
     /// </summary>
-    string AttentionBias(string ids, string mask)
+    (string Full, string? Windowed) AttentionBias(string ids, string mask, string positionIds)
     {
         string zero = b.ScalarI64(0), one = b.ScalarI64(1);
         string s = b.Node("Gather", [b.Node("Shape", [ids]), one], Attr.Int("axis", 0));
@@ -282,22 +286,27 @@ sealed class LlamaTrunk(GraphBuilder b, ModelConfig cfg, IReadOnlyDictionary<str
         string kPos = b.Node("Range", [zero, t, one]);                               // [T]
         string causal = b.Node("LessOrEqual", [b.Node("Unsqueeze", [kPos, b.ConstI64(0)]), b.Node("Unsqueeze", [qPos, b.ConstI64(1)])]); // [S, T]
         string padding = b.Node("Unsqueeze", [b.Node("Cast", [mask], Attr.Int("to", (long)DataType.Bool)), b.ConstI64(1)]); // [B, 1, T]
-        string allowed = b.Node("And", [causal, padding]);                           // [B, S, T]
-        string add = b.Node("Where", [allowed, b.ScalarF32(0f), b.ScalarF32(float.MinValue)]);
-        return b.Node("Unsqueeze", [add, b.ConstI64(1, 2)]);
+        string Bias(string allowedST)
+        {
+            string allowed = b.Node("And", [allowedST, padding]);                      // [B, S, T]
+            string add = b.Node("Where", [allowed, b.ScalarF32(0f), b.ScalarF32(float.MinValue)]);
+            return b.Node("Unsqueeze", [add, b.ConstI64(1, 2)]);
+        }
+        if (cfg.SlidingWindow is not int w) return (Bias(causal), null);
+        string keyPos = b.Node("Sub", [b.Node("CumSum", [mask, one]), one]);                                   // [B, T]
+        string distance = b.Node("Sub", [b.Node("Unsqueeze", [positionIds, b.ConstI64(2)]), b.Node("Unsqueeze", [keyPos, b.ConstI64(1)])]); // [B, S, T]
+        string band = b.Node("And", [causal, b.Node("Less", [distance, b.ScalarI64(w)])]);                    // [B, S, T]
+        return (Bias(causal), Bias(band));
     }
 
-    /// <summary>cos/sin [B, 1, S, D] of position · inv_freq, inv_freq = 1 / θ^(2i/D) duplicated over both halves.</summary>
+    /// <summary>
+    /// cos/sin [B, 1, S, D] of position · inv_freq, inv_freq [D/2] from <see cref="RopeFrequencies.Inverse"/> (θ^(−2i/D)
+    /// under the config's rope_scaling) duplicated over both halves.
+    /// </summary>
     (string Cos, string Sin) Rotary(string positionIds)
     {
         int d = cfg.HeadDim;
-        float[] inv;
-        using (torch.NewDisposeScope())
-        {
-            var exps = torch.arange(0, d, 2, dtype: torch.int64).to(torch.float32) / d;
-            var invT = torch.full(exps.shape, cfg.RopeTheta, dtype: torch.float32).pow(exps).reciprocal();
-            inv = invT.data<float>().ToArray();
-        }
+        float[] inv = RopeFrequencies.Inverse(d, cfg.RopeTheta, cfg.RopeScaling);
         string invFreq = b.Initializer("rotary.inv_freq", [.. inv, .. inv], d);
         string posF = b.Node("Unsqueeze", [b.Node("Cast", [positionIds], Attr.Int("to", (long)DataType.Float)), b.ConstI64(2)]); // [B, S, 1]
         string freqs = b.Node("Mul", [posF, invFreq]);                             // [B, S, D]

@@ -82,13 +82,13 @@ public sealed class LlamaForCausalLM : nn.Module, IMixedPrecision
     }
 
     /// <summary>
-    /// Loads <c>config.json</c> and safetensors weights (single or sharded) from a HF folder onto
+    /// Loads <c>config.json</c> (with <c>generation_config.json</c>'s special token ids when present) and safetensors weights (single or sharded) from a HF folder onto
     /// <paramref name="device"/> as <paramref name="dtype"/>. A stored <c>lm_head.weight</c> is ignored when embeddings are tied.
     /// </summary>
     /// <param name="adjust">Changes to settings that do not touch the weights (dropout), applied after loading the config.</param>
     public static LlamaForCausalLM FromPretrained(string folder, Device device, ScalarType dtype, Func<ModelConfig, ModelConfig>? adjust = null)
     {
-        var cfg = ModelConfig.Load(Path.Combine(folder, HfFolder.ConfigFile));
+        var cfg = ModelConfig.LoadFolder(folder);
         if (adjust is not null) { cfg = adjust(cfg); cfg.Validate(); }
         var m = new LlamaForCausalLM(cfg, device, dtype);
         var weights = HfFolder.ReadWeights(folder);

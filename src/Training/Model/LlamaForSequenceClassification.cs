@@ -52,7 +52,7 @@ public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision
     /// </summary>
     public static LlamaForSequenceClassification FromPretrained(string folder, Device device, ScalarType dtype, long? newHeadSeed = null, bool scoreBias = false)
     {
-        var cfg = ModelConfig.Load(Path.Combine(folder, HfFolder.ConfigFile));
+        var cfg = ModelConfig.LoadFolder(folder);
         var weights = HfFolder.ReadWeights(folder);
         var m = new LlamaForSequenceClassification(cfg, device, dtype, scoreBias || weights.ContainsKey("score.bias"));
         try

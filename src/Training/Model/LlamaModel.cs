@@ -47,24 +47,49 @@ public sealed class LlamaModel : nn.Module
         if (cache is not null && cache.NumLayers != Config.NumHiddenLayers)
             throw new ArgumentException($"KvCache has {cache.NumLayers} layers; the model has {Config.NumHiddenLayers}.");
         using var scope = torch.NewDisposeScope();
-        return scope.MoveToOuter(Layers(inputIds, positionIds, AttentionMask(attentionMask, inputIds.shape[1]), cache));
+        var keyPositions = Config.SlidingWindow is null ? null : attentionMask.cumsum(1, ScalarType.Int64) - 1;   // [B, T]
+        return scope.MoveToOuter(Layers(inputIds, positionIds, AttentionMask(attentionMask, inputIds.shape[1]), cache, keyPositions));
     }
 
     /// <summary>Final hidden states [R, L, H] of packed sequences (<see cref="PackedBatch"/>; no cache).</summary>
     public Tensor Forward(PackedBatch packed)
     {
         using var scope = torch.NewDisposeScope();
-        return scope.MoveToOuter(Layers(packed.InputIds, packed.PositionIds, packed.Allowed, null));
+        return scope.MoveToOuter(Layers(packed.InputIds, packed.PositionIds, packed.Allowed, null, packed.PositionIds));
     }
 
-    /// <summary>Embedding, decoder layers and final norm: ids/positions [B, S], mask [B, 1, S, T] bool -> [B, S, H].</summary>
-    Tensor Layers(Tensor inputIds, Tensor positionIds, Tensor mask, KvCache? cache)
+    /// <summary>
+    /// Embedding, decoder layers and final norm: ids/positions [B, S], mask [B, 1, S, T] bool -> [B, S, H]. Layers with a
+    /// sliding window (<see cref="ModelConfig.WindowOf"/>) use the mask narrowed by <see cref="SlidingBand"/>, which needs
+    /// the keys' positions [B, T] (null without a window).
+    /// </summary>
+    Tensor Layers(Tensor inputIds, Tensor positionIds, Tensor mask, KvCache? cache, Tensor? keyPositions)
     {
         var compute = Precision.ComputeDtype();
         var h = embed_tokens.forward(inputIds);                                          // [B, S, H]
-        var (cos, sin) = Rope.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, h.dtype);
-        for (int i = 0; i < layers.Count; i++) h = layers[i].Forward(h, cos, sin, mask, cache, i, compute);
+        var (cos, sin) = Rope.CosSin(positionIds, Config, h.dtype);
+        Tensor? windowed = null;
+        if (Config.SlidingWindow is int w)
+        {
+            windowed = mask.logical_and(SlidingBand(positionIds, keyPositions!, w));      // [B, 1, S, T]
+            windowed = windowed.logical_or(windowed.any(-1, keepdim: true).logical_not()); // padding queries: open, as in AttentionMask
+        }
+        for (int i = 0; i < layers.Count; i++)
+            h = layers[i].Forward(h, cos, sin, Config.WindowOf(i) is null ? mask : windowed!, cache, i, compute);
         return norm.forward(h);
+    }
+
+    /// <summary>
+    /// Sliding-window band: queryPositions [B, S], keyPositions [B, T] int64 -> [B, 1, S, T] bool, true where
+    /// p_q − p_k &lt; W (HF Mistral/Qwen2 mask key j for query i when i − j ≥ sliding_window). Positions rather than slots,
+    /// so a row whose real tokens are not contiguous (right-padded prompt, then decode) still sees its last W tokens;
+    /// for contiguous rows (left padding, packed sequences) the two agree. Causality and padding come from the other mask.
+    /// </summary>
+    public static Tensor SlidingBand(Tensor queryPositions, Tensor keyPositions, int window)
+    {
+        using var scope = torch.NewDisposeScope();
+        var distance = queryPositions.unsqueeze(2) - keyPositions.unsqueeze(1);          // [B, S, T]
+        return scope.MoveToOuter(distance.lt(window).unsqueeze(1));
     }
 
     /// <summary>

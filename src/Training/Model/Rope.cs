@@ -1,3 +1,4 @@
+using Rlhf.Export.Hf;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -5,19 +6,18 @@ namespace Rlhf.Training.Model;
 
 /// <summary>
 /// Rotary position embedding (Su et al. 2021) in the Hugging Face "rotate half" layout: the head dimension is split
-/// into halves [x1, x2] and <c>rope(x) = x·cos + [−x2, x1]·sin</c> with angle <c>pos · θ^(−2i/D)</c>, i &lt; D/2,
-/// each frequency used for dimension i and i + D/2.
+/// into halves [x1, x2] and <c>rope(x) = x·cos + [−x2, x1]·sin</c> with angle <c>pos · f_i</c>, i &lt; D/2, each
+/// frequency used for dimension i and i + D/2; f_i = θ^(−2i/D) under the config's rope_scaling (<see cref="RopeFrequencies.Inverse"/>).
 /// </summary>
 public static class Rope
 {
     /// <summary>
     /// cos and sin tables for explicit positions. positionIds [B, S] int64 -> (cos, sin) each [B, S, D] in <paramref name="dtype"/>.
     /// </summary>
-    public static (Tensor Cos, Tensor Sin) CosSin(Tensor positionIds, int headDim, double theta, ScalarType dtype)
+    public static (Tensor Cos, Tensor Sin) CosSin(Tensor positionIds, ModelConfig c, ScalarType dtype)
     {
         using var scope = torch.NewDisposeScope();
-        var inv = new float[headDim / 2];
-        for (int i = 0; i < inv.Length; i++) inv[i] = (float)(1.0 / Math.Pow(theta, 2.0 * i / headDim));
+        var inv = RopeFrequencies.Inverse(c.HeadDim, c.RopeTheta, c.RopeScaling);
         var invFreq = torch.tensor(inv, device: positionIds.device);                      // [D/2]
         var freqs = positionIds.to(ScalarType.Float32).unsqueeze(-1) * invFreq;           // [B, S, D/2]
         var emb = torch.cat([freqs, freqs], -1);                                          // [B, S, D]

@@ -162,6 +162,24 @@ public sealed class HfConfigTests : IDisposable
     }
 
     [Fact]
+    public void GenerationConfigEosListReplacesConfigs()
+    {
+        File.WriteAllText(Path.Combine(_dir, "config.json"), TinyLlama);
+        Assert.Equal([2], ModelConfig.LoadFolder(_dir).EosTokenIds);                    // no generation_config.json
+        // Llama-3-8B-Instruct: config.json says 128001, generation_config.json lists the end-of-turn id too
+        File.WriteAllText(Path.Combine(_dir, ModelConfig.GenerationConfigFile),
+            """{"bos_token_id": 128000, "eos_token_id": [128001, 128009], "pad_token_id": 7, "do_sample": true, "temperature": 0.6}""");
+        var c = ModelConfig.LoadFolder(_dir);
+        Assert.Equal([128001, 128009], c.EosTokenIds);
+        Assert.Equal((128000, 7), (c.BosTokenId, c.PadTokenId));
+        // a single id, and keys it does not set keep config.json's
+        File.WriteAllText(Path.Combine(_dir, ModelConfig.GenerationConfigFile), """{"eos_token_id": 5}""");
+        c = ModelConfig.LoadFolder(_dir);
+        Assert.Equal([5], c.EosTokenIds);
+        Assert.Equal((1, (int?)null), (c.BosTokenId, c.PadTokenId));
+    }
+
+    [Fact]
     public void SavedConfigReadsBackTheSame()
     {
         var c = Load(Qwen25);
@@ -176,25 +194,73 @@ public sealed class HfConfigTests : IDisposable
         Assert.Contains("\"rope_theta\": 1000000", text);
     }
 
+    const string Llama32Scaling = """ "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}""";
+
     [Fact]
-    public void RopeScalingIsRefused()
+    public void RopeScalingLlama3AndLinearAreReadAndWrittenBack()
     {
         // Llama 3.2's llama3 scaling
-        var e = Refused(TinyLlama.Replace("\"rope_scaling\": null",
-            """ "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}"""));
-        Assert.Contains("unsupported config field(s): rope_scaling (only plain RoPE is implemented", e.Message);
+        var c = Load(TinyLlama.Replace("\"rope_scaling\": null", Llama32Scaling));
+        Assert.Equal(new RopeScaling { Type = RopeScalingType.Llama3, Factor = 32, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 8192 }, c.RopeScaling);
+        string path = Path.Combine(_dir, "config.json");
+        c.Save(path);
+        Assert.Equal(c.RopeScaling, ModelConfig.Load(path).RopeScaling);
+        // linear under the legacy key "type" (Llama 2 era configs)
+        var lin = Load(TinyLlama.Replace("\"rope_scaling\": null", """ "rope_scaling": {"type": "linear", "factor": 4.0}"""));
+        Assert.Equal(new RopeScaling { Type = RopeScalingType.Linear, Factor = 4 }, lin.RopeScaling);
+        lin.Save(path);
+        Assert.Equal(lin.RopeScaling, ModelConfig.Load(path).RopeScaling);
+        // "default" is plain RoPE
+        Assert.Null(Load(TinyLlama.Replace("\"rope_scaling\": null", """ "rope_scaling": {"rope_type": "default"}""")).RopeScaling);
     }
 
     [Fact]
-    public void ABitingSlidingWindowIsRefused()
+    public void OtherRopeTypesAreRefusedByName()
     {
-        // Mistral-7B-v0.1: sliding_window 4096 < max_position_embeddings 32768
-        var e = Refused(Mistral03.Replace("\"sliding_window\": null", "\"sliding_window\": 4096"));
-        Assert.Contains("sliding_window 4096 < max_position_embeddings 32768 (sliding-window attention is not implemented)", e.Message);
-        // Qwen2 only uses the window when use_sliding_window is true
-        var q = Refused(Qwen25.Replace("\"sliding_window\": 32768", "\"sliding_window\": 4096").Replace("\"use_sliding_window\": false", "\"use_sliding_window\": true"));
-        Assert.Contains("use_sliding_window with sliding_window 4096 (sliding-window attention is not implemented)", q.Message);
-        Assert.Equal(896, Load(Qwen25.Replace("\"sliding_window\": 32768", "\"sliding_window\": 4096")).HiddenSize);
+        var yarn = Refused(TinyLlama.Replace("\"rope_scaling\": null", """ "rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32768, "rope_type": "yarn"}"""));
+        Assert.Contains("unsupported config field(s): rope_scaling rope_type 'yarn' (supported: linear, llama3;", yarn.Message);
+        Assert.DoesNotContain('\n', yarn.Message);
+        var dynamic = Refused(TinyLlama.Replace("\"rope_scaling\": null", """ "rope_scaling": {"factor": 2.0, "type": "dynamic"}"""));
+        Assert.Contains("rope_type 'dynamic'", dynamic.Message);
+        var incomplete = Refused(TinyLlama.Replace("\"rope_scaling\": null", """ "rope_scaling": {"factor": 8.0, "rope_type": "llama3"}"""));
+        Assert.Contains("rope_scaling llama3 needs low_freq_factor, high_freq_factor and original_max_position_embeddings", incomplete.Message);
+        var inverted = Refused(TinyLlama.Replace("\"rope_scaling\": null", """ "rope_scaling": {"factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}"""));
+        Assert.Contains("high_freq_factor (1) > low_freq_factor (4) > 0", inverted.Message);
+    }
+
+    [Fact]
+    public void SlidingWindowsFollowTransformersPerModelType()
+    {
+        // Mistral-7B-v0.1: sliding_window 4096 < max_position_embeddings 32768, every layer
+        var m = Load(Mistral03.Replace("\"sliding_window\": null", "\"sliding_window\": 4096"));
+        Assert.Equal((4096, 0), (m.SlidingWindow, m.FirstSlidingLayer));
+        Assert.Equal(4096, m.WindowOf(0));
+        Assert.Equal(4096, m.WindowOf(31));
+        Assert.Null(Load(Mistral03).SlidingWindow);
+        Assert.Equal(4096, Load(Mistral03.Replace("\"sliding_window\": null,", "")).SlidingWindow);   // transformers' default when absent
+        Assert.Null(Load(Mistral03.Replace("\"sliding_window\": null", "\"sliding_window\": 32768")).SlidingWindow);
+        // Qwen2: only with use_sliding_window true, and only layers i >= max_window_layers
+        string qwenSliding = Qwen25.Replace("\"sliding_window\": 32768", "\"sliding_window\": 4096").Replace("\"use_sliding_window\": false", "\"use_sliding_window\": true");
+        var q = Load(qwenSliding);
+        Assert.Equal((4096, 21), (q.SlidingWindow, q.FirstSlidingLayer));
+        Assert.Null(q.WindowOf(20));
+        Assert.Equal(4096, q.WindowOf(21));
+        Assert.Null(Load(Qwen25.Replace("\"sliding_window\": 32768", "\"sliding_window\": 4096")).SlidingWindow);
+        Assert.Null(Load(qwenSliding.Replace("\"max_window_layers\": 21", "\"max_window_layers\": 24")).SlidingWindow);   // no layer slides
+        // transformers' default max_window_layers is 28
+        Assert.Null(Load(qwenSliding.Replace("\"max_window_layers\": 21,", "")).SlidingWindow);
+        // layer_types (newer transformers) decides when present
+        string types = string.Join(", ", Enumerable.Range(0, 24).Select(i => i < 10 ? "\"full_attention\"" : "\"sliding_attention\""));
+        Assert.Equal(10, Load(qwenSliding.Replace("\"max_window_layers\": 21,", $"\"layer_types\": [{types}],")).FirstSlidingLayer);
+        string mixed = string.Join(", ", Enumerable.Range(0, 24).Select(i => i % 2 == 0 ? "\"full_attention\"" : "\"sliding_attention\""));
+        Assert.Contains("unsupported config field(s): layer_types (only full_attention layers followed by sliding_attention layers",
+            Refused(qwenSliding.Replace("\"max_window_layers\": 21,", $"\"layer_types\": [{mixed}],")).Message);
+        // both round-trip
+        string path = Path.Combine(_dir, "config.json");
+        q.Save(path);
+        Assert.Equal((4096, 21), (ModelConfig.Load(path).SlidingWindow, ModelConfig.Load(path).FirstSlidingLayer));
+        m.Save(path);
+        Assert.Equal((4096, 0), (ModelConfig.Load(path).SlidingWindow, ModelConfig.Load(path).FirstSlidingLayer));
     }
 
     [Fact]

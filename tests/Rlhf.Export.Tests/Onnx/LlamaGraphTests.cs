@@ -93,6 +93,13 @@ public class LlamaGraphTests(ITestOutputHelper output)
     [InlineData("tied", false)]
     [InlineData("tied", true)]
     [InlineData("mha", true)]
+    [InlineData("llama3", false)]
+    [InlineData("llama3", true)]
+    [InlineData("linear", true)]
+    [InlineData("mistral_window", false)]
+    [InlineData("mistral_window", true)]
+    [InlineData("qwen2_window", true)]
+    [InlineData("head_dim", true)]
     public void PrefillLogitsMatchReference(string variant, bool leftPad)
     {
         var cfg = TinyModel.Config(variant);
@@ -124,6 +131,12 @@ public class LlamaGraphTests(ITestOutputHelper output)
     [InlineData("tied", false, 17)]
     [InlineData("llama", false, 18)]
     [InlineData("qwen2", true, 21)]
+    [InlineData("llama3", true, 17)]
+    [InlineData("linear", false, 17)]
+    [InlineData("mistral_window", true, 17)]
+    [InlineData("mistral_window", false, 17)]
+    [InlineData("qwen2_window", false, 17)]
+    [InlineData("head_dim", false, 17)]
     public void DecodingThroughKvCacheMatchesFullForward(string variant, bool leftPad, int opset)
     {
         var cfg = TinyModel.Config(variant);
@@ -166,11 +179,85 @@ public class LlamaGraphTests(ITestOutputHelper output)
         finally { Directory.Delete(dir, true); }
     }
 
+    /// <summary>
+    /// The GroupQueryAttention graph (head_dim 16) against the oracle: a right-padded prefill of rows 7 and 4 tokens long,
+    /// then 4 single-token steps through the concatenated KV cache (row b's mask: its n_b + t ones, then zeros). Covers
+    /// the cos/sin caches under rope_scaling and local_window_size against HF's sliding-window rule.
+    /// </summary>
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("llama3")]
+    [InlineData("linear")]
+    [InlineData("mistral_window")]
+    [InlineData("qwen2_window")]
+    [InlineData("head_dim")]
+    public void GqaGraphMatchesReference(string variant)
+    {
+        var cfg = Rlhf.Tests.Shared.TinyLlama.Config(variant, headDim: 16, maxPositions: 64);
+        var w = TinyModel.Weights(cfg, LlamaGraph.ExpectedShapes(cfg), seed: 13);
+        string dir = TinyModel.TempFolder("gqa");
+        try
+        {
+            LlamaContribGraph.Export(cfg, w, dir);
+            const int width = 7, steps = 4, total = width + steps;
+            int[] n = [7, 4];
+            var rng = new Random(4);
+            var ids = new long[2, total];
+            var mask = new long[2, total];
+            for (int b = 0; b < 2; b++)
+                for (int s = 0; s < n[b] + steps; s++) { ids[b, s] = rng.Next(1, 50); mask[b, s] = 1; }
+            using var scope = NewDisposeScope();
+            var reference = ReferenceLlama.Logits(cfg, w, ids, mask, Arange(2, total)).contiguous();   // rows contiguous from slot 0
+            var r = reference.data<float>().ToArray();
+            int V = cfg.VocabSize;
+            using var ort = new OrtModel(Path.Combine(dir, "model.onnx"));
+            Dictionary<string, (float[] Data, long[] Shape)>? present = null;
+            float worst = 0;
+            for (int t = 0; t <= steps; t++)
+            {
+                int seq = t == 0 ? width : 1, T = t == 0 ? width : n.Max() + t;
+                var stepIds = new long[2, seq];
+                var stepMask = new long[2, T];
+                for (int b = 0; b < 2; b++)
+                {
+                    for (int s = 0; s < seq; s++) stepIds[b, s] = t == 0 ? (s < n[b] ? ids[b, s] : Pad) : ids[b, n[b] + t - 1];
+                    for (int s = 0; s < (t == 0 ? n[b] : n[b] + t); s++) stepMask[b, s] = 1;
+                }
+                var inputs = new Dictionary<string, OrtValue> { ["input_ids"] = OrtModel.I64(stepIds), ["attention_mask"] = OrtModel.I64(stepMask) };
+                for (int i = 0; i < cfg.NumHiddenLayers; i++)
+                    foreach (string kv in new[] { "key", "value" })
+                        inputs[$"past_key_values.{i}.{kv}"] = present is null
+                            ? OrtModel.F32([], [2, cfg.NumKeyValueHeads, 0, cfg.HeadDim])
+                            : OrtModel.F32(present[$"present.{i}.{kv}"].Data, present[$"present.{i}.{kv}"].Shape);
+                var outs = ort.Run(inputs);
+                var logits = outs["logits"].Data;                                   // [2, seq, V]
+                for (int b = 0; b < 2; b++)
+                    for (int s = 0; s < seq; s++)
+                    {
+                        int slot = t == 0 ? s : n[b] + t - 1;                       // the token's position in its row
+                        if (t == 0 && s >= n[b]) continue;                          // padding query
+                        for (int v = 0; v < V; v++)
+                        {
+                            float got = logits[(b * seq + s) * V + v];
+                            Assert.True(float.IsFinite(got));
+                            worst = Math.Max(worst, Math.Abs(got - r[(b * total + slot) * V + v]));
+                        }
+                    }
+                present = outs;
+            }
+            output.WriteLine($"gqa {variant}: prefill + {steps} decode steps, max |logits diff| = {worst:E2}");
+            Assert.True(worst <= Tolerance, $"max abs diff {worst}");
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [Theory]
     [InlineData("llama", false, false, 17)]
     [InlineData("llama", true, true, 17)]
     [InlineData("qwen2", false, true, 17)]
     [InlineData("tied", true, false, 21)]
+    [InlineData("mistral_window", true, false, 17)]
+    [InlineData("llama3", false, true, 17)]
     public void RewardGraphMatchesReferenceAtLastRealToken(string variant, bool leftPad, bool withBias, int opset)
     {
         var cfg = TinyModel.Config(variant);

@@ -7,7 +7,8 @@ namespace Rlhf.Export.Tests.Onnx;
 /// <summary>
 /// Test oracle: the Hugging Face Llama forward (eager attention, fp32) written out plainly with TorchSharp ops on
 /// the HF-layout weights ([out, in]), over a whole sequence without a cache. Rotary angles and the attention mask
-/// are computed with plain loops. Independent of the graph code under test.
+/// are computed with plain loops, including rope_scaling (linear, llama3) and sliding windows (from the config's
+/// fields, with this file's own arithmetic). Independent of the graph code under test.
 /// </summary>
 static class ReferenceLlama
 {
@@ -20,14 +21,14 @@ static class ReferenceLlama
         var idsT = tensor(Flatten(ids), [B, S]);
         var x = w["model.embed_tokens.weight"].index_select(0, idsT.reshape(-1)).reshape(B, S, H);
 
-        // RoPE tables [B, 1, S, D]: angle = pos · θ^(−2i/D), the same angle for i and i + D/2.
+        // RoPE tables [B, 1, S, D]: angle = pos · f_i, f_i = θ^(−2i/D) rescaled, the same angle for i and i + D/2.
         var cos = new float[B * S * D];
         var sin = new float[B * S * D];
         for (int b = 0; b < B; b++)
             for (int s = 0; s < S; s++)
                 for (int i = 0; i < D; i++)
                 {
-                    float invFreq = (float)(1.0 / Math.Pow(cfg.RopeTheta, 2.0 * (i % (D / 2)) / D));
+                    float invFreq = (float)InverseFrequency(cfg, i % (D / 2));
                     float angle = pos[b, s] * invFreq;
                     cos[(b * S + s) * D + i] = (float)Math.Cos(angle);
                     sin[(b * S + s) * D + i] = (float)Math.Sin(angle);
@@ -35,17 +36,27 @@ static class ReferenceLlama
         var cosT = tensor(cos, [B, 1, S, D]);
         var sinT = tensor(sin, [B, 1, S, D]);
 
-        // Additive mask [B, 1, S, S]: query j may see key k iff k ≤ j and mask[b, k] == 1.
-        var m = new float[B * S * S];
-        for (int b = 0; b < B; b++)
-            for (int j = 0; j < S; j++)
-                for (int k = 0; k < S; k++)
-                    m[(b * S + j) * S + k] = k <= j && mask[b, k] == 1 ? 0f : float.MinValue;
-        var maskT = tensor(m, [B, 1, S, S]);
+        // Additive masks [B, 1, S, S]: query j may see key k iff k ≤ j and mask[b, k] == 1; in sliding layers also
+        // pos[b, j] − pos[b, k] < W (HF: key masked when i − j ≥ sliding_window).
+        Tensor Mask(int? window)
+        {
+            var m = new float[B * S * S];
+            for (int b = 0; b < B; b++)
+                for (int j = 0; j < S; j++)
+                    for (int k = 0; k < S; k++)
+                    {
+                        bool inWindow = window is not int W || pos[b, j] - pos[b, k] < W;
+                        m[(b * S + j) * S + k] = k <= j && mask[b, k] == 1 && inWindow ? 0f : float.MinValue;
+                    }
+            return tensor(m, [B, 1, S, S]);
+        }
+        var fullMask = Mask(null);
+        var windowMask = cfg.SlidingWindow is int sw ? Mask(sw) : fullMask;
 
         for (int l = 0; l < cfg.NumHiddenLayers; l++)
         {
             string p = $"model.layers.{l}.";
+            var maskT = cfg.SlidingWindow is not null && l >= cfg.FirstSlidingLayer ? windowMask : fullMask;
             var h = RmsNorm(x, w[p + "input_layernorm.weight"], cfg.RmsNormEps);
             var q = Linear(h, w, p + "self_attn.q_proj").view(B, S, nH, D).transpose(1, 2);
             var k = Linear(h, w, p + "self_attn.k_proj").view(B, S, nKv, D).transpose(1, 2);
@@ -77,6 +88,23 @@ static class ReferenceLlama
         var v = Hidden(cfg, w, ids, mask, pos).matmul(w["score.weight"].t());
         if (w.TryGetValue("score.bias", out var bias)) v = v + bias;
         return v.squeeze(-1);
+    }
+
+    /// <summary>
+    /// f_i = θ^(−2i/D), then rope_scaling: linear f/s; llama3 (Llama 3.1 paper code / HF): wavelength λ = 2π/f, kept when
+    /// λ &lt; L/high, f/s when λ &gt; L/low, else blended with t = (L/λ − low)/(high − low): (1 − t)·f/s + t·f.
+    /// </summary>
+    public static double InverseFrequency(ModelConfig cfg, int i)
+    {
+        double f = Math.Pow(cfg.RopeTheta, -2.0 * i / cfg.HeadDim);
+        var r = cfg.RopeScaling;
+        if (r is null) return f;
+        if (r.Type == RopeScalingType.Linear) return f / r.Factor;
+        double lambda = 2 * Math.PI / f, L = r.OriginalMaxPositionEmbeddings;
+        if (lambda < L / r.HighFreqFactor) return f;
+        if (lambda > L / r.LowFreqFactor) return f / r.Factor;
+        double t = (L / lambda - r.LowFreqFactor) / (r.HighFreqFactor - r.LowFreqFactor);
+        return (1 - t) * (f / r.Factor) + t * f;
     }
 
     static Tensor RmsNorm(Tensor x, Tensor weight, double eps) =>

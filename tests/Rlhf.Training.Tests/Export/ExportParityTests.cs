@@ -25,6 +25,17 @@ public sealed class ExportParityTests(ITestOutputHelper output)
     [InlineData("tied", "gqa", false)]
     [InlineData("mha", "gqa", false)]
     [InlineData("mistral", "gqa", false)]
+    [InlineData("llama3", "plain", true)]
+    [InlineData("llama3", "gqa", false)]
+    [InlineData("linear", "plain", false)]
+    [InlineData("linear", "gqa", false)]
+    [InlineData("mistral_window", "plain", true)]
+    [InlineData("mistral_window", "plain", false)]
+    [InlineData("mistral_window", "gqa", false)]
+    [InlineData("qwen2_window", "plain", true)]
+    [InlineData("qwen2_window", "gqa", false)]
+    [InlineData("head_dim", "plain", true)]
+    [InlineData("head_dim", "gqa", false)]
     public void LogitsMatchTorchSharp(string variant, string graph, bool leftPad)
     {
         using var model = ExportModels.Policy(variant);
@@ -60,6 +71,8 @@ public sealed class ExportParityTests(ITestOutputHelper output)
     [Theory]
     [InlineData("llama")]
     [InlineData("qwen2")]
+    [InlineData("mistral_window")]
+    [InlineData("llama3")]
     public void GqaWithSharedMaxLengthBufferMatches(string variant)
     {
         using var model = ExportModels.Policy(variant, seed: 12);
@@ -79,6 +92,8 @@ public sealed class ExportParityTests(ITestOutputHelper output)
     [InlineData("llama")]
     [InlineData("qwen2")]
     [InlineData("tied")]
+    [InlineData("qwen2_window")]
+    [InlineData("llama3")]
     public void RewardsAndValuesMatchTorchSharp(string variant)
     {
         using var model = ExportModels.Reward(variant);

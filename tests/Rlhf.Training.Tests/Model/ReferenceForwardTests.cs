@@ -12,6 +12,10 @@ public sealed class ReferenceForwardTests
     [InlineData("llama", false, false)]
     [InlineData("llama", true, true)]
     [InlineData("qwen2", false, true)]
+    [InlineData("llama3", false, false)]
+    [InlineData("linear", false, true)]
+    [InlineData("mistral_window", false, false)]
+    [InlineData("head_dim", true, false)]
     public void OneLayerMatchesPlainLoops(string type, bool attentionBias, bool tied)
     {
         var cfg = TinyModels.Config(type, tied: tied, layers: 1, attentionBias: attentionBias);
@@ -22,6 +26,21 @@ public sealed class ReferenceForwardTests
         float max = 0;
         for (int i = 0; i < expected.Length; i++) max = Math.Max(max, Math.Abs(expected[i] - actual[i]));
         Assert.True(max < 1e-4, $"max abs diff {max}");
+    }
+
+    /// <summary>A window shorter than the sequence changes the logits (the check above is not vacuous).</summary>
+    [Fact]
+    public void AWindowShorterThanTheSequenceBites()
+    {
+        var cfg = TinyModels.Config("mistral_window", layers: 1);
+        var m = TinyModels.Randomized(cfg, 7);
+        long[] ids = [3, 17, 42, 5, 9, 11, 0];
+        var w = m.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.data<float>().ToArray());
+        var windowed = Reference(cfg, w, ids);
+        var full = Reference(cfg with { SlidingWindow = null }, w, ids);
+        int V = cfg.VocabSize;
+        Assert.Equal(windowed.AsSpan(0, 5 * V).ToArray(), full.AsSpan(0, 5 * V).ToArray());   // positions 0..4 see everything anyway
+        Assert.NotEqual(windowed[5 * V], full[5 * V]);
     }
 
     static float[] Reference(ModelConfig c, Dictionary<string, float[]> w, long[] ids)
@@ -40,9 +59,11 @@ public sealed class ReferenceForwardTests
             q[s] = Linear(r, w[p + "self_attn.q_proj.weight"], w.GetValueOrDefault(p + "self_attn.q_proj.bias"), nh * D);
             k[s] = Linear(r, w[p + "self_attn.k_proj.weight"], w.GetValueOrDefault(p + "self_attn.k_proj.bias"), nkv * D);
             v[s] = Linear(r, w[p + "self_attn.v_proj.weight"], w.GetValueOrDefault(p + "self_attn.v_proj.bias"), nkv * D);
-            for (int h = 0; h < nh; h++) RotateHalf(q[s], h * D, D, s, c.RopeTheta);
-            for (int h = 0; h < nkv; h++) RotateHalf(k[s], h * D, D, s, c.RopeTheta);
+            for (int h = 0; h < nh; h++) RotateHalf(q[s], h * D, D, s, c);
+            for (int h = 0; h < nkv; h++) RotateHalf(k[s], h * D, D, s, c);
         }
+        // HF sliding window: query s sees key j only when s − j < W.
+        int from(int s) => c.SlidingWindow is int W && c.FirstSlidingLayer == 0 ? Math.Max(0, s - W + 1) : 0;
         for (int s = 0; s < S; s++)
         {
             var attn = new float[nh * D];
@@ -51,7 +72,7 @@ public sealed class ReferenceForwardTests
                 int g = h / (nh / nkv);
                 var scores = new double[s + 1];
                 double mx = double.NegativeInfinity;
-                for (int j = 0; j <= s; j++)
+                for (int j = from(s); j <= s; j++)
                 {
                     double dot = 0;
                     for (int d = 0; d < D; d++) dot += q[s][h * D + d] * k[j][g * D + d];
@@ -59,11 +80,11 @@ public sealed class ReferenceForwardTests
                     mx = Math.Max(mx, scores[j]);
                 }
                 double sum = 0;
-                for (int j = 0; j <= s; j++) { scores[j] = Math.Exp(scores[j] - mx); sum += scores[j]; }
+                for (int j = from(s); j <= s; j++) { scores[j] = Math.Exp(scores[j] - mx); sum += scores[j]; }
                 for (int d = 0; d < D; d++)
                 {
                     double acc = 0;
-                    for (int j = 0; j <= s; j++) acc += scores[j] / sum * v[j][g * D + d];
+                    for (int j = from(s); j <= s; j++) acc += scores[j] / sum * v[j][g * D + d];
                     attn[h * D + d] = (float)acc;
                 }
             }
@@ -96,6 +117,22 @@ public sealed class ReferenceForwardTests
         return x.Select((a, i) => (float)(a * inv * weight[i])).ToArray();
     }
 
+    /// <summary>
+    /// θ^(−2i/D); linear: divided by the factor; llama3: by wavelength 2π/f against the original context L —
+    /// short (&lt; L/high) kept, long (&gt; L/low) divided by the factor, between: linear blend in L/λ.
+    /// </summary>
+    static double Frequency(ModelConfig c, int i, int d)
+    {
+        double f = Math.Exp(-2.0 * i / d * Math.Log(c.RopeTheta));
+        if (c.RopeScaling is not { } r) return f;
+        if (r.Type == RopeScalingType.Linear) return f / r.Factor;
+        double ratio = r.OriginalMaxPositionEmbeddings * f / (2 * Math.PI);     // L / λ
+        if (ratio > r.HighFreqFactor) return f;
+        if (ratio < r.LowFreqFactor) return f / r.Factor;
+        double t = (ratio - r.LowFreqFactor) / (r.HighFreqFactor - r.LowFreqFactor);
+        return f / r.Factor + t * (f - f / r.Factor);
+    }
+
     /// <summary>y = W x + b, W [outDim, inDim] row-major.</summary>
     static float[] Linear(float[] x, float[] weight, float[]? bias, int outDim)
     {
@@ -109,13 +146,13 @@ public sealed class ReferenceForwardTests
         return y;
     }
 
-    /// <summary>HF rotate-half RoPE on v[off .. off+D) at position pos.</summary>
-    static void RotateHalf(float[] v, int off, int d, int pos, double theta)
+    /// <summary>HF rotate-half RoPE on v[off .. off+D) at position pos, with the config's rope_scaling.</summary>
+    static void RotateHalf(float[] v, int off, int d, int pos, ModelConfig c)
     {
         int half = d / 2;
         for (int i = 0; i < half; i++)
         {
-            double angle = pos / Math.Pow(theta, 2.0 * i / d);
+            double angle = pos * Frequency(c, i, d);
             double a = v[off + i], b = v[off + i + half];
             v[off + i] = (float)(a * Math.Cos(angle) - b * Math.Sin(angle));
             v[off + i + half] = (float)(b * Math.Cos(angle) + a * Math.Sin(angle));

@@ -90,6 +90,14 @@ public sealed class GenAiRolloutTests : IDisposable
     [InlineData("tied", GraphKind.Plain)]
     [InlineData("mha", GraphKind.ContribGqa)]
     [InlineData("mha", GraphKind.Plain)]
+    [InlineData("llama3", GraphKind.ContribGqa)]
+    [InlineData("llama3", GraphKind.Plain)]
+    [InlineData("linear", GraphKind.ContribGqa)]
+    [InlineData("mistral_window", GraphKind.ContribGqa)]
+    [InlineData("mistral_window", GraphKind.Plain)]
+    [InlineData("qwen2_window", GraphKind.ContribGqa)]
+    [InlineData("qwen2_window", GraphKind.Plain)]
+    [InlineData("head_dim", GraphKind.ContribGqa)]
     public void EveryExportedPolicyOpensInGenAiAndDecodesAsOurEngine(string variant, GraphKind graph)
     {
         using var m = ExportModels.Policy(variant);
@@ -108,6 +116,46 @@ public sealed class GenAiRolloutTests : IDisposable
             Assert.Equal(o[i].FinishReason, g[i].FinishReason);
             Assert.Equal(Prompts[i], g[i].PromptIds);
             for (int j = 0; j < g[i].LogProbs.Length; j++) Assert.Equal(o[i].LogProbs[j], g[i].LogProbs[j], 1e-4f);
+        }
+    }
+
+    /// <summary>
+    /// A HF folder whose generation_config.json lists a second EOS id (as Llama 3 Instruct's end-of-turn): the export
+    /// writes the list into genai_config.json, and GenAI, our engine and TorchSharp all stop on the listed id.
+    /// </summary>
+    [Fact]
+    public void GenerationConfigEosListStopsEveryEngine()
+    {
+        using var m = ExportModels.Policy("llama3", seed: 41);
+        string hf = Path.Combine(_dir, "hf-eos");
+        m.SavePretrained(hf);
+        string plain = Path.Combine(_dir, "eos-before");
+        Assert.Equal(0, RlhfCommand.Run(["export", "--model", hf, "--out", plain]));
+        var requests = Prompts.Select(p => RolloutRequest.FromIds(p, Greedy())).ToList();
+        int[] free;
+        using (var before = RolloutEngine.Load(plain, new RolloutEngineOptions { Threads = 2 })) free = before.Generate(requests)[0].ResponseIds;
+        int k = Enumerable.Range(1, free.Length - 1).First(i => free[i] != 2 && Array.IndexOf(free, free[i]) == i);   // first new id after the first token
+        File.WriteAllText(Path.Combine(hf, "generation_config.json"), $$"""{"bos_token_id": 1, "eos_token_id": [2, {{free[k]}}], "pad_token_id": 0}""");
+
+        string dir = Path.Combine(_dir, "eos-after");
+        Assert.Equal(0, RlhfCommand.Run(["export", "--model", hf, "--out", dir]));
+        var genaiConfig = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "genai_config.json")))!;
+        Assert.Equal([2, free[k]], genaiConfig["model"]!["eos_token_id"]!.AsArray().Select(x => x!.GetValue<int>()));
+        using var genai = GenAiRolloutEngine.Load(dir, new GenAiEngineOptions { Threads = 2 });
+        using var ours = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = 2 });
+        var g = genai.Generate(requests);
+        var o = ours.Generate(requests);
+        using var loaded = LlamaForCausalLM.FromPretrained(hf, CPU, ScalarType.Float32);
+        Assert.Equal([2, free[k]], loaded.Config.EosTokenIds);
+        var t = Generation.Generate(loaded, [.. Prompts.Select(p => p.Select(x => (long)x).ToArray())],
+            new GenerationOptions { MaxNewTokens = 12, Temperature = 0, EosTokenIds = [.. loaded.Config.EosTokenIds], PadTokenId = 0 });
+        Assert.Equal(free[..(k + 1)], o[0].ResponseIds);
+        Assert.Equal(RolloutFinishReason.Eos, o[0].FinishReason);
+        for (int i = 0; i < Prompts.Length; i++)
+        {
+            Assert.Equal(o[i].ResponseIds, g[i].ResponseIds);
+            Assert.Equal(o[i].FinishReason, g[i].FinishReason);
+            Assert.Equal(t[i].Tokens.Select(x => (int)x), g[i].ResponseIds);
         }
     }
 
