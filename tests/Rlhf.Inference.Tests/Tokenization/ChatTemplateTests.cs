@@ -8,7 +8,8 @@ namespace Rlhf.Inference.Tests.Tokenization;
 /// <summary>
 /// Real model chat templates (ChatTemplates/*.jinja, sources in its README) rendered by <see cref="ChatTemplate"/> equal
 /// the strings Python's jinja2 renders in transformers' environment (ChatTemplates/expected.json, made once by
-/// make_expected.py): multi-turn, system message, generation prompt on and off, tools, non-ASCII text.
+/// make_expected.py): multi-turn, system message, generation prompt on and off, tools, non-ASCII text, and the
+/// raise_exception message where the template rejects the messages.
 /// </summary>
 public sealed class ChatTemplateTests : IDisposable
 {
@@ -50,12 +51,21 @@ public sealed class ChatTemplateTests : IDisposable
         var c = Expected[template]!["cases"]![name]!;
         var messages = c["messages"]!.AsArray().Select(m => new ChatMessage((string)m!["role"]!, (string)m["content"]!)).ToList();
         string? tools = c["tools"] is JsonNode t ? t.ToJsonString() : null;
-        string expected = (string)c["expected"]!;
+        bool addGenerationPrompt = (bool)c["add_generation_prompt"]!;
         foreach (bool jinjaFile in new[] { false, true })
         {
             using var chat = ChatTemplate.Load(ModelFolder(template, jinjaFile));
+            if (c["error"] is JsonNode error)
+            {
+                // The template rejects these messages through raise_exception: jinja2's message, on one line.
+                var e = Assert.Throws<ChatTemplateException>(() => chat.Render(messages, addGenerationPrompt, tools));
+                Assert.StartsWith((string)error!, e.Message, StringComparison.Ordinal);
+                Assert.DoesNotContain('\n', e.Message);
+                continue;
+            }
+            string expected = (string)c["expected"]!;
             var before = DateTime.Now;
-            string got = chat.Render(messages, (bool)c["add_generation_prompt"]!, tools);
+            string got = chat.Render(messages, addGenerationPrompt, tools);
             var after = DateTime.Now;
             // strftime_now is the local date; a render across midnight may take either day.
             Assert.Contains(got, new[] { expected.Replace("{{DATE}}", Today(before), StringComparison.Ordinal), expected.Replace("{{DATE}}", Today(after), StringComparison.Ordinal) });
