@@ -65,7 +65,7 @@ public sealed class OpenRlhfRewards : IRewardService
     public static object Body(IReadOnlyList<RewardRequest> requests) => new
     {
         query = requests.Select(r => PromptFormat.Join(r.Prompt, r.Response)).ToArray(),
-        prompts = requests.Select(r => r.Prompt.TrimEnd()).ToArray(),
+        prompts = requests.Select(r => r.Prompt).ToArray(),
     };
 
     /// <inheritdoc/>

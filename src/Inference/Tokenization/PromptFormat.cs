@@ -17,12 +17,9 @@ public static class PromptFormat
         return r[0] is '.' or ',' or '!' or '?' or ';' or ':' ? r : " " + r;
     }
 
-    /// <summary>The full text: the prompt (trailing whitespace trimmed) followed by its continuation.</summary>
-    public static string Join(string prompt, string response)
-    {
-        string p = prompt.TrimEnd();
-        return p + Continuation(p, response);
-    }
+    /// <summary>The full text: the prompt followed by its continuation — the text of <see cref="JoinedIds"/> (a rendered chat
+    /// prompt keeps the newline its generation prompt ends with; "the food was " + "great" is "the food was great").</summary>
+    public static string Join(string prompt, string response) => prompt + Continuation(prompt, response);
 
     /// <summary>
     /// Prompt tokens: BOS (when the folder's tokenizer adds one, <see cref="TextTokenizer.AddedBosId"/>) then the prompt. A

@@ -32,7 +32,7 @@ public sealed class OpenRlhfRewardsTests
         var body = JsonSerializer.SerializeToElement(OpenRlhfRewards.Body(Pairs));
         Assert.Equal("the product was great", body.GetProperty("query")[0].GetString());
         Assert.Equal("the service was slow, review number 3.", body.GetProperty("query")[1].GetString());
-        Assert.Equal("the service was", body.GetProperty("prompts")[1].GetString());
+        Assert.Equal("the service was ", body.GetProperty("prompts")[1].GetString());
 
         // A wrong token is refused at once (no retry), with the URL and the status in the message.
         using var wrong = new OpenRlhfRewards(server.Address + "/get_reward", "not-the-token", TimeSpan.FromSeconds(60));
