@@ -76,8 +76,8 @@ public static class SftTrainer
         model.Precision = cfg.Precision;
         int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
 
-        var train = data.Train.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen, chat)).ToArray();
-        var eval = data.Eval.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen, chat)).ToArray();
+        var train = WithTargets(data.Train.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen, chat)), "training", cfg.MaxSeqLen);
+        var eval = WithTargets(data.Eval.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen, chat)), "held-out", cfg.MaxSeqLen);
         int perStep = cfg.BatchSize * cfg.GradAccum;
         int stepsPerEpoch = train.Length / perStep;
         if (stepsPerEpoch == 0)
@@ -240,6 +240,17 @@ public static class SftTrainer
         ResidualDropout = cfg.ResidualDropout ?? c.ResidualDropout,
         AttentionDropout = cfg.AttentionDropout ?? c.AttentionDropout,
     };
+
+    /// <summary>The demonstrations that keep a response token within max_seq_len (a prompt or conversation prefix longer
+    /// than that leaves nothing to learn, and a batch of such would divide by zero targets); how many were dropped is logged.</summary>
+    static TokenizedExample[] WithTargets(IEnumerable<TokenizedExample> examples, string split, int maxSeqLen)
+    {
+        var all = examples.ToArray();
+        var kept = all.Where(e => e.TargetCount > 0).ToArray();
+        if (kept.Length < all.Length)
+            Log($"{all.Length - kept.Length} {split} demonstrations have no response token within max_seq_len {maxSeqLen} and are left out; raise max_seq_len to keep them.");
+        return kept;
+    }
 
     /// <summary>A fresh model: tokenizer trained on the training texts, architecture from <see cref="SftConfig.ModelConfig"/>.</summary>
     static string PrepareFreshModel(SftConfig cfg, SftData data)
