@@ -79,7 +79,7 @@ static class OpenAiEndpoints
         string text;
         try { text = template.Render(Messages(body), addGenerationPrompt: true, Tools(body)); }
         catch (ChatTemplateException e) { throw new BadRequest(e.Message, "messages"); }
-        int[] ids = PromptFormat.ChatIds(tokenizer, text);
+        int[] ids = PromptFormat.PromptIds(tokenizer, text);   // as every training stage encodes a rendered prompt
         if (ids.Length == 0) throw new BadRequest("The chat template rendered an empty prompt.", "messages");
         int maxTokens = Json.Int(body, "max_completion_tokens") ?? Json.Int(body, "max_tokens") ?? 16;
         var (requests, n) = Requests(replica, body, [RolloutRequest.FromIds(ids)], maxTokens, "max_completion_tokens", topLogprobs);

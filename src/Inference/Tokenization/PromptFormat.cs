@@ -5,7 +5,7 @@ namespace Rlhf.Inference.Tokenization;
 /// leading space; the text is the prompt, one space, then the response (no space when the response starts with
 /// punctuation or the prompt ends with whitespace). Tokens: <c>[BOS] Encode(prompt)</c> | <c>Encode(continuation) [EOS]</c>;
 /// the response is encoded on its own so a stage can mask the prompt part exactly. BOS is the folder's own
-/// (<see cref="TextTokenizer.AddedBosId"/>); a rendered chat prompt gets none (<see cref="ChatIds"/>).
+/// (<see cref="TextTokenizer.AddedBosId"/>), first and once: a rendered chat prompt that begins with it gets no second.
 /// </summary>
 public static class PromptFormat
 {
@@ -31,13 +31,6 @@ public static class PromptFormat
         int[] ids = tokenizer.Encode(prompt);
         return tokenizer.AddedBosId is int bos && (ids.Length == 0 || ids[0] != bos) ? [bos, .. ids] : ids;
     }
-
-    /// <summary>
-    /// Tokens of a rendered chat template (<see cref="ChatTemplate.Render"/>): the text as it is, special-token strings
-    /// (<c>&lt;|im_start|&gt;</c>, <c>&lt;|eot_id|&gt;</c>) as their ids, and no BOS added — the template places its own
-    /// (transformers' <c>apply_chat_template</c> encodes with <c>add_special_tokens=False</c>).
-    /// </summary>
-    public static int[] ChatIds(TextTokenizer tokenizer, string rendered) => tokenizer.Encode(rendered);
 
     /// <summary>Response tokens: the continuation then EOS (when the tokenizer has one).</summary>
     public static int[] ResponseIds(TextTokenizer tokenizer, string prompt, string response)

@@ -97,7 +97,7 @@ public sealed class TextTokenizer
     /// <summary>
     /// The id that encoding with special tokens puts first, exactly as the folder's own tokenizer does (null: none; Qwen2 adds
     /// none, Llama 3 adds <c>&lt;|begin_of_text|&gt;</c>); the folder's files decide it (see <c>TokenizerFolder.AddsBos</c>).
-    /// A rendered chat template is encoded without it (transformers: <c>add_special_tokens=False</c>), see <see cref="PromptFormat.ChatIds"/>.
+    /// A rendered chat prompt that already begins with it gets no second one (<see cref="PromptFormat.PromptIds"/>).
     /// </summary>
     public int? AddedBosId { get; }
     /// <summary>End-of-sequence id, if the folder names one.</summary>

@@ -108,7 +108,7 @@ public sealed class BosTests : IDisposable
         var tk = TextTokenizer.Load(folder);
         using var chat = ChatTemplate.Load(folder);
         string text = chat.Render([new("user", "Hi")], addGenerationPrompt: true);
-        int[] ids = PromptFormat.ChatIds(tk, text);
+        int[] ids = PromptFormat.PromptIds(tk, text);
         Assert.Equal(257, ids[0]);
         Assert.Equal(3, ids.Count(i => i == 257));     // system, user, assistant
         Assert.Equal(2, ids.Count(i => i == 258));
@@ -123,10 +123,29 @@ public sealed class BosTests : IDisposable
         File.WriteAllText(Path.Combine(folder, ChatTemplate.JinjaFile), source);
         var tk = TextTokenizer.Load(folder);
         using var chat = ChatTemplate.Load(folder);
-        int[] ids = PromptFormat.ChatIds(tk, chat.Render([new("user", "Hi")], addGenerationPrompt: true));
+        int[] ids = PromptFormat.PromptIds(tk, chat.Render([new("user", "Hi")], addGenerationPrompt: true));
         Assert.Equal(256, ids[0]);
         Assert.Single(ids, i => i == 256);
         Assert.Equal(2, ids.Count(i => i == 257));     // <|eot_id|> after system and user
         Assert.Equal(3, ids.Count(i => i == 258));     // system, user, assistant headers
+    }
+
+    [Fact]
+    public void AScoredLlamaChatIsThePromptTokensThenTheResponseTokensWithOneBeginOfText()
+    {
+        string folder = LlamaFolder();
+        File.WriteAllText(Path.Combine(folder, ChatTemplate.JinjaFile),
+            File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Tokenization", "ChatTemplates", "Llama-3.2-Instruct.jinja")));
+        var tk = TextTokenizer.Load(folder);
+        using var chat = ChatTemplate.Load(folder);
+        string prompt = chat.Render([new("user", "Hi")], addGenerationPrompt: true);   // ends with "assistant<|end_header_id|>\n\n"
+        int[] joined = PromptFormat.JoinedIds(tk, prompt, "Hello!", 4096);
+        Assert.Equal([.. PromptFormat.PromptIds(tk, prompt), .. PromptFormat.ResponseIds(tk, prompt, "Hello!")], joined);
+        Assert.Single(joined, i => i == 256);
+        Assert.Equal(prompt + "Hello!<|eot_id|>", tk.Decode(joined, skipSpecial: false));   // no separator after the newline
+        int[] cut = PromptFormat.JoinedIds(tk, prompt, "Hello!", 20);   // truncated from the prompt's start: BOS stays first
+        Assert.Equal(20, cut.Length);
+        Assert.Equal(256, cut[0]);
+        Assert.Equal(joined[^19..], cut[1..]);
     }
 }
