@@ -34,6 +34,22 @@ public sealed class BadInputs : IDisposable
         b.Output("logits", DataType.Float, "batch", "seq");
         b.Save(P("wrong_signature"));
         File.WriteAllLines(P("wrong_signature/vocab.txt"), ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the"]);
+        // user data and chat models that do not fit: an unknown row shape, a conversation without an assistant turn, a
+        // rope scaling we do not have, a chat template the renderer refuses, a chat file for a model without a template
+        File.WriteAllText(P("unknown_shape.jsonl"), "{\"question\": \"a\", \"answer\": \"b\"}\n");
+        File.WriteAllText(P("no_assistant.jsonl"), "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
+        File.WriteAllText(P("chat.jsonl"), "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n");
+        foreach (string folder in new[] { "yarn_model", "bad_template_model" })
+        {
+            Rlhf.Training.Data.Tokenizer.BpeTrainer.Train(["hi hello there"], new() { VocabSize = 300 }).Save(P(folder));
+            File.WriteAllText(P($"{folder}/config.json"), """
+                {"model_type": "llama", "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                 "num_attention_heads": 2, "max_position_embeddings": 64, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+                """);
+        }
+        var tc = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(P("bad_template_model/tokenizer_config.json")))!;
+        tc["chat_template"] = "{{ messages[0].content | no_such_filter }}";
+        File.WriteAllText(P("bad_template_model/tokenizer_config.json"), tc.ToJsonString());
         Directory.CreateDirectory(P("not_onnx"));
         File.WriteAllText(P("not_onnx/model.onnx"), "this is not a protobuf");
         File.WriteAllLines(P("not_onnx/vocab.txt"), ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the"]);
@@ -70,6 +86,12 @@ public sealed class CliErrorTests(BadInputs inputs) : IClassFixture<BadInputs>
         { "model folder without tokenizer", ["sft", "--init-from", "{dir}/no_tokenizer", "--train-file", "{dir}/good_sft.csv", "--out", "{out}"], 1, "no_tokenizer" },
         { "model folder without config.json", ["sft", "--init-from", "{dir}/no_config", "--train-file", "{dir}/good_sft.csv", "--out", "{out}"], 1, "no_config" },
         { "resume without a checkpoint", ["sft", "--resume", "--train-file", "{dir}/good_sft.csv", "--out", "{out}"], 1, "no checkpoint" },
+        { "unknown dataset shape", ["sft", "--train-file", "{dir}/unknown_shape.jsonl", "--out", "{out}"], 1, "unknown_shape.jsonl:1:" },
+        { "conversation without an assistant turn", ["sft", "--train-file", "{dir}/no_assistant.jsonl", "--out", "{out}"], 1, "no_assistant.jsonl:1:" },
+        { "conversations for a fresh model", ["sft", "--train-file", "{dir}/chat.jsonl", "--out", "{out}"], 1, "init_from" },
+        { "conversations for a model without a chat template", ["sft", "--init-from", "{dir}/no_tokenizer", "--train-file", "{dir}/chat.jsonl", "--out", "{out}"], 1, "no_tokenizer has none" },
+        { "a chat template the renderer refuses", ["sft", "--init-from", "{dir}/bad_template_model", "--train-file", "{dir}/chat.jsonl", "--out", "{out}"], 1, "chat_template" },
+        { "unsupported rope scaling", ["sft", "--init-from", "{dir}/yarn_model", "--train-file", "{dir}/good_sft.csv", "--out", "{out}"], 1, "yarn" },
         { "unknown option", ["sft", "--learning-rate", "1"], 2, "--learning-rate" },
         { "no command", [], 2, "command" },
         { "required option missing", ["generate", "--prompt", "hi"], 2, "--model" },
