@@ -157,5 +157,4 @@ public static class SftLoss
         var y = tensor(counted.ToArray(), [1, counted.Count], device: hidden.device);                  // [1, N]
         return scope.MoveToOuter(SummedNll(model.Logits(h), y));
     }
-
 }

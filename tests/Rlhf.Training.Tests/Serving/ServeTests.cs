@@ -168,6 +168,10 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
         foreach (var (content, id) in new[] { ("<|im_start|>", imStart), ("<|im_end|>", imEnd) })
             json["added_tokens"]!.AsArray().Add(new System.Text.Json.Nodes.JsonObject { ["id"] = id, ["content"] = content, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = false, ["special"] = true });
         File.WriteAllText(Path.Combine(folder, "tokenizer.json"), json.ToJsonString());
+        // and, like Qwen2.5's tokenizer, adds no BOS
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "tokenizer_config.json")))!;
+        config["add_bos_token"] = false;
+        File.WriteAllText(Path.Combine(folder, "tokenizer_config.json"), config.ToJsonString());
         using var server = ServerProcess.Start("rollout", "--model", folder, "--threads", "1", "--token-file", fx.Models.TokenFile);
         var tokenizer = Rlhf.Inference.Tokenization.TextTokenizer.Load(folder);
         // What transformers renders for this conversation (the Qwen2.5 fixture's "system" case, other words).
