@@ -166,6 +166,13 @@ public sealed class BringYourOwnModelTests(ITestOutputHelper output) : IDisposab
         Assert.Null(ppo["gold_gain_in_sft_std"]);
         Assert.DoesNotContain("gold", File.ReadAllText(Path.Combine(runs, "ppo", "report.md")));
 
+        // every stage's folder keeps the tokenizer, the chat template and generation_config.json it started from
+        foreach (string stage in new[] { "sft", "rm", "ppo" })
+        {
+            Assert.Equal(File.ReadAllText(Path.Combine(model, "tokenizer_config.json")), File.ReadAllText(Path.Combine(runs, stage, "tokenizer_config.json")));
+            Assert.Equal(File.ReadAllText(Path.Combine(model, "generation_config.json")), File.ReadAllText(Path.Combine(runs, stage, "generation_config.json")));
+        }
+
         // rlhf serve rollout: the aligned policy answers a held-out question in the demonstrated style
         string tokenFile = Path.Combine(_dir, "token");
         File.WriteAllText(tokenFile, Token + "\n");
