@@ -16,6 +16,7 @@ internal static class DpoCommand
         var pairs = new Option<string?>("--pairs") { Description = "Preference pairs (CSV/JSONL/Parquet with prompt, chosen, rejected); default: the embedded task labelled as the RM stage labels it." };
         var rankings = new Option<string?>("--rankings") { Description = "Ranked records (prompt, responses, ranking): all C(K,2) pairs, each prompt weighted once." };
         var evalFile = new Option<string?>("--eval-file") { Description = "Held-out ranked records for implicit-reward accuracy." };
+        var evalPairs = new Option<string?>("--eval-pairs") { Description = "Held-out preference pairs for implicit-reward accuracy (any format --pairs reads)." };
         var beta = new Option<double?>("--beta") { Description = "β of the implicit reward β·log π/π_ref (> 0)." };
         var loss = new Option<string?>("--loss") { Description = "sigmoid (DPO, default) or ipo." };
         var epochs = new Option<int?>("--epochs") { Description = "Passes over the comparisons." };
@@ -24,7 +25,7 @@ internal static class DpoCommand
             "Direct Preference Optimisation: the policy's implicit reward β·(log π − log π_ref) ranked by a sigmoid (or IPO) loss over preference pairs, " +
             "reference log-probs computed once. Writes the aligned policy (HF folder + onnx/), metrics.csv, loss.png, rewards.png and summary.json.");
         common.AddTo(cmd);
-        foreach (Option o in new Option[] { sft, pairs, rankings, evalFile, beta, loss, epochs, lr }) cmd.Options.Add(o);
+        foreach (Option o in new Option[] { sft, pairs, rankings, evalFile, evalPairs, beta, loss, epochs, lr }) cmd.Options.Add(o);
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var overrides = common.Overrides(r);
@@ -32,6 +33,7 @@ internal static class DpoCommand
             if (r.GetValue(pairs) is string p) overrides.Add($"pairs_file={StageOptions.Quote(p)}");
             if (r.GetValue(rankings) is string k) overrides.Add($"rankings_file={StageOptions.Quote(k)}");
             if (r.GetValue(evalFile) is string e) overrides.Add($"eval_file={StageOptions.Quote(e)}");
+            if (r.GetValue(evalPairs) is string ep) overrides.Add($"eval_pairs_file={StageOptions.Quote(ep)}");
             if (r.GetValue(beta) is double b) overrides.Add($"beta={b.ToString("R", CultureInfo.InvariantCulture)}");
             if (r.GetValue(loss) is string l) overrides.Add($"loss={StageOptions.Quote(l)}");
             if (r.GetValue(epochs) is int n) overrides.Add($"epochs={n}");

@@ -166,8 +166,15 @@ public sealed class BringYourOwnModelTests(ITestOutputHelper output) : IDisposab
         Assert.Null(ppo["gold_gain_in_sft_std"]);
         Assert.DoesNotContain("gold", File.ReadAllText(Path.Combine(runs, "ppo", "report.md")));
 
+        // rlhf dpo: the same conversational pairs, no RM; the implicit reward orders the held-out pairs
+        Run("dpo", "--sft-model", Path.Combine(runs, "sft"), "--pairs", Path.Combine(data, "prefs.jsonl"), "--eval-pairs", Path.Combine(data, "prefs_eval.jsonl"),
+            "--out", Path.Combine(runs, "dpo"), "--threads", "1", "--epochs", "3", "--lr", "5e-4", "--set", "max_seq_len=256");
+        var dpo = JsonNode.Parse(File.ReadAllText(Path.Combine(runs, "dpo", "summary.json")))!;
+        Assert.True((double)dpo["held_out_reward_accuracy"]! >= 0.9, $"DPO held-out implicit-reward accuracy {dpo["held_out_reward_accuracy"]}");
+        Assert.Null(dpo["policy"]);   // no gold comparison on the user's data
+
         // every stage's folder keeps the tokenizer, the chat template and generation_config.json it started from
-        foreach (string stage in new[] { "sft", "rm", "ppo" })
+        foreach (string stage in new[] { "sft", "rm", "ppo", "dpo" })
         {
             Assert.Equal(File.ReadAllText(Path.Combine(model, "tokenizer_config.json")), File.ReadAllText(Path.Combine(runs, stage, "tokenizer_config.json")));
             Assert.Equal(File.ReadAllText(Path.Combine(model, "generation_config.json")), File.ReadAllText(Path.Combine(runs, stage, "generation_config.json")));
@@ -184,7 +191,7 @@ public sealed class BringYourOwnModelTests(ITestOutputHelper output) : IDisposab
         string body = await response.Content.ReadAsStringAsync();
         Assert.True(response.StatusCode == HttpStatusCode.OK, body);
         string answer = (string)JsonNode.Parse(body)!["choices"]![0]!["message"]!["content"]!;
-        output.WriteLine($"RM held-out accuracy {rm["pairwise_accuracy"]}; RM score SFT {ppo["sft_score"]} -> PPO {ppo["ppo_score"]} " +
+        output.WriteLine($"RM held-out accuracy {rm["pairwise_accuracy"]}; DPO held-out accuracy {dpo["held_out_reward_accuracy"]}; RM score SFT {ppo["sft_score"]} -> PPO {ppo["ppo_score"]} " +
                          $"(win rate {ppo["rm_win_rate_vs_sft"]}, KL {ppo["ppo_kl"]}); served answer: {answer}");
         Assert.StartsWith("Certainly! A ", answer);
     }
