@@ -37,4 +37,18 @@ public sealed class SplitMixRandom
         double u2 = NextDouble();
         return Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2.0 * Math.PI * u2);
     }
+
+    /// <summary>Fisher–Yates permutation of 0..n−1 from a generator seeded with <paramref name="seed"/> (stable across .NET
+    /// versions): the data order of SFT, RM, DPO and PPO minibatches, PPO prompt passes and ptx batches.</summary>
+    public static int[] Permutation(int n, long seed)
+    {
+        int[] p = Enumerable.Range(0, n).ToArray();
+        var rng = new SplitMixRandom((ulong)seed);
+        for (int i = n - 1; i > 0; i--)
+        {
+            int j = rng.Next(i + 1);
+            (p[i], p[j]) = (p[j], p[i]);
+        }
+        return p;
+    }
 }

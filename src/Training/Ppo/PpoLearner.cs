@@ -76,7 +76,7 @@ public sealed class PpoLearner : IDisposable
         int updates = 0;
         for (int epoch = 0; epoch < _cfg.PpoEpochs && !stop; epoch++)
         {
-            int[] order = SftTrainer.Permutation((int)exp.Rows, _cfg.Seed * 1_000_033 + it * 97 + epoch);
+            int[] order = SplitMixRandom.Permutation((int)exp.Rows, _cfg.Seed * 1_000_033 + it * 97 + epoch);
             for (int m = 0; m < mbPerEpoch && !stop; m++)
             {
                 if (m % _cfg.GradAccum == 0)

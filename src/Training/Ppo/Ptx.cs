@@ -1,3 +1,4 @@
+using Rlhf.Training.Common;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Data;
 using Rlhf.Training.Model;
@@ -26,7 +27,7 @@ public sealed class PtxBatches
         if (seqLen < 2) throw new ArgumentException($"ptx_seq_len must be ≥ 2; got {seqLen}.");
         if (stream.Length < seqLen) throw new InvalidDataException($"The PPO-ptx text has {stream.Length} tokens, fewer than ptx_seq_len ({seqLen}); give more text or a shorter ptx_seq_len.");
         _rows = Rows(stream, seqLen);
-        _order = SftTrainer.Permutation(_rows.Length, seed);
+        _order = SplitMixRandom.Permutation(_rows.Length, seed);
         _batchSize = batchSize;
     }
 

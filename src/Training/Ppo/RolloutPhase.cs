@@ -1,3 +1,4 @@
+using Rlhf.Training.Common;
 using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Services;
 using Rlhf.Inference.Tokenization;
@@ -52,7 +53,7 @@ public sealed class RolloutPhase
     {
         int perPass = Math.Max(1, promptCount / perIteration);
         int pass = it / perPass, within = it % perPass;
-        int[] order = SftTrainer.Permutation(promptCount, seed * 31 + pass);
+        int[] order = SplitMixRandom.Permutation(promptCount, seed * 31 + pass);
         return [.. Enumerable.Range(within * perIteration, perIteration).Select(i => order[i % promptCount])];
     }
 

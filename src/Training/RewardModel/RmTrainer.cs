@@ -335,7 +335,7 @@ public static class RmTrainer
     internal static int[] BatchIndices(int count, int step, int stepsPerEpoch, int perBatch, long seed)
     {
         int epoch = step / stepsPerEpoch, within = step % stepsPerEpoch;
-        int[] order = SftTrainer.Permutation(count, seed * 7919 + epoch);
+        int[] order = SplitMixRandom.Permutation(count, seed * 7919 + epoch);
         return [.. order.Skip(within * perBatch).Take(perBatch)];
     }
 

@@ -195,7 +195,7 @@ public static class SftTrainer
     internal static List<TokenizedExample[]> MicroBatches(TokenizedExample[] train, int step, int stepsPerEpoch, SftConfig cfg)
     {
         int epoch = step / stepsPerEpoch, within = step % stepsPerEpoch;
-        int[] order = Permutation(train.Length, cfg.Seed * 7919 + epoch);
+        int[] order = SplitMixRandom.Permutation(train.Length, cfg.Seed * 7919 + epoch);
         var result = new List<TokenizedExample[]>(cfg.GradAccum);
         for (int m = 0; m < cfg.GradAccum; m++)
         {
@@ -203,19 +203,6 @@ public static class SftTrainer
             result.Add(order.Skip(start).Take(cfg.BatchSize).Select(i => train[i]).ToArray());
         }
         return result;
-    }
-
-    /// <summary>Fisher–Yates permutation of 0..n−1 from a seeded <see cref="SplitMixRandom"/> (stable across .NET versions).</summary>
-    internal static int[] Permutation(int n, long seed)
-    {
-        int[] p = Enumerable.Range(0, n).ToArray();
-        var rng = new SplitMixRandom((ulong)seed);
-        for (int i = n - 1; i > 0; i--)
-        {
-            int j = rng.Next(i + 1);
-            (p[i], p[j]) = (p[j], p[i]);
-        }
-        return p;
     }
 
     /// <summary>Mean response-token NLL over held-out examples (no dropout, no gradients).</summary>

@@ -21,7 +21,7 @@ public sealed class RmLearnsTests
     public void LearnsASeparablePreferenceSetWellAboveChance()
     {
         var all = AllPairs();
-        var order = Rlhf.Training.Sft.SftTrainer.Permutation(all.Count, 11);
+        var order = Rlhf.Training.Common.SplitMixRandom.Permutation(all.Count, 11);
         var train = order.Take(160).Select(i => all[i]).ToList();
         var heldOut = order.Skip(160).Take(64).Select(i => all[i]).ToList();   // comparisons never trained on
         // half of the held-out records list the preferred response second, so position cannot decide

@@ -52,7 +52,7 @@ public sealed class SftBatchTests
     [Fact]
     public void PermutationIsSeededAndComplete()
     {
-        int[] a = SftTrainer.Permutation(100, 42), b = SftTrainer.Permutation(100, 42), c = SftTrainer.Permutation(100, 43);
+        int[] a = Rlhf.Training.Common.SplitMixRandom.Permutation(100, 42), b = Rlhf.Training.Common.SplitMixRandom.Permutation(100, 42), c = Rlhf.Training.Common.SplitMixRandom.Permutation(100, 43);
         Assert.Equal(a, b);
         Assert.NotEqual(a, c);
         Assert.Equal(Enumerable.Range(0, 100), a.Order());
