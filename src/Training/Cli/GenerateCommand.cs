@@ -82,7 +82,7 @@ internal static class GenerateCommand
                 var options = new GenerationOptions
                 {
                     MaxNewTokens = s.MaxNewTokens, Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = s.Seed,
-                    EosTokenIds = tokenizer.EosId is int e ? [e] : lm.Config.EosTokenIds, PadTokenId = tokenizer.PadId ?? 0,
+                    EosTokenIds = Generation.StopIds(lm.Config, tokenizer), PadTokenId = tokenizer.PadId ?? 0,
                 };
                 var ids = texts.Select(t => PromptFormat.PromptIds(tokenizer, t).Select(x => (long)x).ToArray()).ToList();
                 return [.. Generation.Generate(lm, ids, options).Select(o =>
@@ -105,7 +105,7 @@ internal static class GenerateCommand
                         using var lm = LlamaForCausalLM.FromPretrained(folder, CPU, ScalarType.Float32);
                         ExportStage.ExportPolicy(lm, temp, ExportStage.DefaultGraph(lm.Config),
                             new ExportOptions { TokenizerFolder = folder, Stage = "generate" }, parity: false);
-                        eos = tokenizer.EosId is int e ? [e] : lm.Config.EosTokenIds;
+                        eos = Generation.StopIds(lm.Config, tokenizer);
                         onnx = temp;
                     }
                     using IRolloutService rollout = engine == "ort"

@@ -190,7 +190,7 @@ public static class InferenceServices
                 var g = Generation.Generate(_policy, [prompt.Select(x => (long)x).ToArray()], new GenerationOptions
                 {
                     MaxNewTokens = s.MaxNewTokens, Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = (long)s.Seed,
-                    EosTokenIds = _tokenizer.EosId is int e ? [e] : [], PadTokenId = _tokenizer.PadId ?? 0,
+                    EosTokenIds = Generation.StopIds(_policy.Config, _tokenizer), PadTokenId = _tokenizer.PadId ?? 0,
                 })[0];
                 int[] ids = [.. g.Tokens.Select(t => (int)t)];
                 results.Add(new RolloutResult(prompt, ids, PromptFormat.ResponseText(_tokenizer, ids),

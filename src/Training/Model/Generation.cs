@@ -38,6 +38,13 @@ public sealed record GeneratedSequence(long[] Tokens, FinishReason FinishReason)
 public static class Generation
 {
     /// <summary>
+    /// The ids that end a response: every EOS the model folder names (config.json, overridden by generation_config.json:
+    /// Llama 3.x Instruct lists &lt;|end_of_text|&gt;, &lt;|eom_id|&gt; and &lt;|eot_id|&gt;) and the tokenizer's EOS, in that order, once each.
+    /// </summary>
+    public static IReadOnlyList<int> StopIds(Rlhf.Export.Hf.ModelConfig config, Rlhf.Inference.Tokenization.TextTokenizer tokenizer) =>
+        [.. config.EosTokenIds.Concat(tokenizer.EosId is int e ? [e] : []).Distinct()];
+
+    /// <summary>
     /// Generates continuations of <paramref name="prompts"/> (token ids, each non-empty). Prompts are left-padded to a
     /// batch; positions come from the attention mask, so each row sees what it would alone. The model runs in eval
     /// mode without gradients (its training flag is restored afterwards).

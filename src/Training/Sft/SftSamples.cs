@@ -22,7 +22,7 @@ public static class SftSamples
                                         Device device, long seed, string outFolder)
     {
         var prompts = heldOut.Select(e => PromptFormat.PromptIds(tokenizer, e.Prompt).Select(x => (long)x).ToArray()).ToList();
-        var eos = tokenizer.EosId is int e ? new[] { e } : [];
+        var eos = Generation.StopIds(model.Config, tokenizer);
         var generated = new List<GeneratedSequence>();
         for (int i = 0; i < prompts.Count; i += 32)
             generated.AddRange(Generation.Generate(model, prompts.Skip(i).Take(32).ToList(), new GenerationOptions
