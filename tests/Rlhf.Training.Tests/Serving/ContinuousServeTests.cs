@@ -26,7 +26,7 @@ public sealed class ContinuousServeTests
         public LongModel()
         {
             // wider and deeper than the shared tiny policy, so that a thousand steps take long enough to arrive during
-            var cfg = Models.Config with { MaxPositionEmbeddings = 1024, HiddenSize = 256, NumAttentionHeads = 16, NumKeyValueHeads = 8, IntermediateSize = 512, NumHiddenLayers = 4 };
+            var cfg = Models.Config with { MaxPositionEmbeddings = 1024, HiddenSize = 384, NumAttentionHeads = 24, NumKeyValueHeads = 8, IntermediateSize = 1024, NumHiddenLayers = 6 };
             Folder = Path.Combine(Models.Dir, "long-policy");
             using var m = TinyModels.Randomized(cfg, 9);
             ExportStage.ExportPolicy(m, Folder, ExportStage.DefaultGraph(cfg), new ExportOptions { TokenizerFolder = Path.Combine(Models.Dir, "tokenizer") }, parity: false);
@@ -90,20 +90,29 @@ public sealed class ContinuousServeTests
         using var http = new HttpClient { BaseAddress = new Uri(server.Address), Timeout = TimeSpan.FromSeconds(60) };
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(240));
         var (longPrompt, longSolo) = await LongPrompt(http, cts.Token);
+        await Stream(http, Body("the", 2, stream: true), new TaskCompletionSource(), cts.Token);   // the streaming path compiled
         var shortBody = Body("the service", 3, stream: false, temperature: 1f, seed: 7);
         var (shortSolo, _) = await Complete(http, shortBody, cts.Token);
 
-        var longCall = Stream(http, Body(longPrompt, LongTokens, stream: true), new TaskCompletionSource(), cts.Token);
-        while ((int)JsonNode.Parse(await http.GetStringAsync("/ready", cts.Token))!["queued"]! == 0)   // until the long call is in
+        // The scene is played at most three times: a loaded machine may finish the long call before /ready shows it in.
+        for (int attempt = 0; attempt < 3; attempt++)
         {
-            if (longCall.IsCompleted) await longCall;   // (it failed)
-            await Task.Delay(5, cts.Token);
+            var longCall = Stream(http, Body(longPrompt, LongTokens, stream: true), new TaskCompletionSource(), cts.Token);
+            while (!longCall.IsCompleted && (int)JsonNode.Parse(await http.GetStringAsync("/ready", cts.Token))!["queued"]! == 0)
+                await Task.Delay(5, cts.Token);   // until the long call is in
+            if (longCall.IsCompleted)
+            {
+                Assert.Equal(longSolo, await longCall);
+                continue;
+            }
+            var (shortText, _) = await Complete(http, shortBody, cts.Token);
+            bool longEnded = longCall.IsCompleted;
+            Assert.Equal(shortSolo, shortText);
+            Assert.False(longEnded, $"the short call was answered only after the long call's {LongTokens} tokens: it did not join the running batch");
+            Assert.Equal(longSolo, await longCall);
+            return;
         }
-        var (shortText, _) = await Complete(http, shortBody, cts.Token);
-        bool longEnded = longCall.IsCompleted;
-        Assert.Equal(shortSolo, shortText);
-        Assert.False(longEnded, $"the short call was answered only after the long call's {LongTokens} tokens: it did not join the running batch");
-        Assert.Equal(longSolo, await longCall);
+        Assert.Fail("three times over, the long call ended before the server showed it running");
     }
 
     [Fact]
@@ -114,6 +123,7 @@ public sealed class ContinuousServeTests
         using var http = new HttpClient { BaseAddress = new Uri(server.Address), Timeout = TimeSpan.FromSeconds(60) };
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(240));
         var (longPrompt, _) = await LongPrompt(http, cts.Token);
+        await Stream(http, Body("the", 2, stream: true), new TaskCompletionSource(), cts.Token);   // the streaming path compiled
         var solo = Stopwatch.StartNew();
         await Complete(http, Body(longPrompt, LongTokens, stream: false), cts.Token);
         double longSeconds = solo.Elapsed.TotalSeconds;
