@@ -45,7 +45,7 @@ public sealed record RolloutEngineOptions
 /// updates build the new session outside the lock and swap it in between generate calls, so one call's results all come
 /// from one weights version). No TorchSharp types.
 /// </summary>
-public sealed class RolloutEngine : LocalRolloutEngine
+public sealed partial class RolloutEngine : LocalRolloutEngine
 {
     readonly string _modelFile;
     readonly RolloutEngineOptions _options;
@@ -59,6 +59,7 @@ public sealed class RolloutEngine : LocalRolloutEngine
     IDisposable? _weightOwner;
     Dictionary<string, long[]>? _initializers;
     readonly int? _context;
+    int _swapsWaiting;   // weight swaps waiting for the Gate: a continuous batch stops admitting and drains
     bool _disposed;
 
     RolloutEngine(string modelFile, string folder, RolloutEngineOptions options, TextTokenizer? tokenizer)
@@ -501,12 +502,17 @@ public sealed class RolloutEngine : LocalRolloutEngine
         SessionOptions oldOptions;
         List<OrtValue> oldValues;
         IDisposable? oldOwner;
-        lock (Gate)
+        Interlocked.Increment(ref _swapsWaiting);
+        try
         {
-            (oldSession, oldOptions, oldValues, oldOwner) = (_session, _sessionOptions, _weightValues, _weightOwner);
-            (_session, _sessionOptions, _weightValues, _weightOwner) = (session, options, values, owner);
-            if (version is { } v) Version = v;
+            lock (Gate)
+            {
+                (oldSession, oldOptions, oldValues, oldOwner) = (_session, _sessionOptions, _weightValues, _weightOwner);
+                (_session, _sessionOptions, _weightValues, _weightOwner) = (session, options, values, owner);
+                if (version is { } v) Version = v;
+            }
         }
+        finally { Interlocked.Decrement(ref _swapsWaiting); }
         oldSession.Dispose();
         oldOptions.Dispose();
         foreach (var v in oldValues) v.Dispose();

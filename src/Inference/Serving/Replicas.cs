@@ -7,15 +7,26 @@ namespace Rlhf.Inference.Serving;
 
 /// <summary>
 /// What a rollout replica serves: one engine, its tokenizer and chat template, its name, and a batcher. Calls that
-/// arrive while the engine runs wait in a bounded queue; when the engine is free, every waiting call (same required
-/// weights version, at most <c>maxBatch</c> sequences together) goes to it as one batch, and each call gets its own
-/// rows back. Each request keeps its own seed, so its tokens are those it would get alone. A full queue refuses a
-/// call with <see cref="QueueFullException"/> (HTTP 429 with Retry-After, gRPC RESOURCE_EXHAUSTED).
+/// cannot start at once wait in a bounded queue; a full queue refuses a call with <see cref="QueueFullException"/>
+/// (HTTP 429 with Retry-After, gRPC RESOURCE_EXHAUSTED). Two batchers (<see cref="Batching"/>):
+/// <list type="bullet">
+/// <item><b>Continuous</b> (an engine with <see cref="IContinuousBatching"/>, ours): one batch runs while any row is
+/// live; at every decode step the waiting calls (in arrival order, while they fit in <c>maxBatch</c> rows) are prefilled
+/// and join it, and a row that ends or whose call is cancelled frees its slot at once, so a short call's first token no
+/// longer waits for the longest row of the batch. A call's rows join together; the call ends when all have.</item>
+/// <item><b>Call boundary</b> (GenAI, remote engines, or <c>--batching call</c>): when the engine is free, every waiting
+/// call (same required weights version, at most <c>maxBatch</c> sequences together) goes to it as one batch.</item>
+/// </list>
+/// Each request keeps its own seed, so its tokens are those it would get alone.
 /// </summary>
 public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokenizer, string modelName, string engineName, int maxBatch,
-    ChatTemplate? chat = null, string? chatProblem = null, int maxQueued = 1024) : IDisposable
+    ChatTemplate? chat = null, string? chatProblem = null, int maxQueued = 1024, BatchingMode batching = BatchingMode.Continuous) : IDisposable
 {
-    sealed record Pending(IReadOnlyList<RolloutRequest> Requests, RolloutCall Call, CancellationToken Cancel, TaskCompletionSource<IReadOnlyList<RolloutResult>> Done);
+    sealed record Pending(IReadOnlyList<RolloutRequest> Requests, RolloutCall Call, CancellationToken Cancel, TaskCompletionSource<IReadOnlyList<RolloutResult>> Done)
+    {
+        /// <summary>When the call arrived (Stopwatch timestamp).</summary>
+        public long Arrived { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
+    }
 
     readonly Lock _lock = new();
     readonly List<Pending> _waiting = [];
@@ -38,6 +49,8 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
     public int MaxBatch => maxBatch;
     /// <summary>Most sequences waiting for the engine; a call that would pass it gets <see cref="QueueFullException"/> (one call always gets into an empty queue).</summary>
     public int MaxQueued => maxQueued;
+    /// <summary>The batcher in use: continuous when asked for and the engine can (<see cref="IContinuousBatching"/>), else call boundary.</summary>
+    public BatchingMode Batching { get; } = batching == BatchingMode.Continuous && engine is IContinuousBatching ? BatchingMode.Continuous : BatchingMode.CallBoundary;
     /// <summary>Generate calls waiting or running.</summary>
     public int Queued => Volatile.Read(ref _calls);
     /// <summary>Sequences waiting for the engine (not those it runs).</summary>
@@ -63,7 +76,10 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
         Interlocked.Increment(ref _calls);
         try
         {
-            if (start) _ = Task.Run(Pump);
+            if (start)
+                _ = Batching == BatchingMode.Continuous
+                    ? Task.Factory.StartNew(ContinuousPump, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)
+                    : Task.Run(Pump);
             using var withdraw = cancellationToken.Register(() => Withdraw(pending));
             return await pending.Done.Task;
         }
@@ -79,6 +95,69 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
             _queuedSequences -= p.Requests.Count;
         }
         p.Done.TrySetCanceled(p.Cancel);
+    }
+
+    /// <summary>Runs the engine's continuous batch (on its own thread) until no call waits or runs.</summary>
+    void ContinuousPump()
+    {
+        var slots = (IContinuousBatching)engine;
+        while (true)
+        {
+            try { slots.RunContinuous(Admit, maxBatch); }
+            catch (Exception) { }   // the engine failed the calls it held; the waiting ones get a fresh batch
+            lock (_lock)
+            {
+                if (_waiting.Count == 0) { _running = false; return; }
+            }
+        }
+    }
+
+    /// <summary>
+    /// At a decode-step boundary: the waiting calls, in arrival order, while their rows fit in <paramref name="free"/>
+    /// slots, as <see cref="BatchCall"/>s whose callbacks complete each call (a deadline that fires is a
+    /// <see cref="TimeoutException"/>, as the engines' own calls report it).
+    /// </summary>
+    IReadOnlyList<BatchCall> Admit(int free)
+    {
+        List<Pending> taken = [];
+        lock (_lock)
+        {
+            int rows = 0;
+            while (_waiting.Count > 0 && rows + _waiting[0].Requests.Count <= free)
+            {
+                rows += _waiting[0].Requests.Count;
+                taken.Add(_waiting[0]);
+                _waiting.RemoveAt(0);
+            }
+            _queuedSequences -= rows;
+            if (rows > 0) ServeMetrics.Batched(rows);
+        }
+        return [.. taken.Select(Join)];
+    }
+
+    /// <summary>The <see cref="BatchCall"/> of <paramref name="p"/>: rows collected in order, the call completed when the last ends or any fails.</summary>
+    static BatchCall Join(Pending p)
+    {
+        var deadline = CancellationTokenSource.CreateLinkedTokenSource(p.Cancel);
+        deadline.CancelAfter(p.Call.Timeout);
+        var results = new RolloutResult[p.Requests.Count];
+        int left = p.Requests.Count;
+        void Done(int k, RolloutResult r)
+        {
+            results[k] = r;
+            if (Interlocked.Decrement(ref left) != 0) return;
+            deadline.Dispose();
+            ServeMetrics.Generated(results, System.Diagnostics.Stopwatch.GetElapsedTime(p.Arrived), batch: false);
+            p.Done.TrySetResult(results);
+        }
+        void Failed(Exception e)
+        {
+            if (e is OperationCanceledException && p.Cancel.IsCancellationRequested) p.Done.TrySetCanceled(p.Cancel);
+            else if (e is OperationCanceledException) p.Done.TrySetException(new TimeoutException($"Generate missed its deadline of {p.Call.Timeout.TotalSeconds:0.###} s."));
+            else p.Done.TrySetException(e);
+            deadline.Dispose();
+        }
+        return new BatchCall(p.Requests, p.Call.RequiredVersion, deadline.Token, p.Call.OnToken, Done, Failed);
     }
 
     /// <summary>Runs batches of waiting calls until none waits.</summary>
@@ -159,6 +238,15 @@ public sealed class RolloutReplica(IRolloutService engine, TextTokenizer? tokeni
         engine.Dispose();
         chat?.Dispose();
     }
+}
+
+/// <summary>How a rollout replica batches concurrent calls (<c>serve rollout --batching</c>).</summary>
+public enum BatchingMode
+{
+    /// <summary>Calls join the running batch at the next decode step and leave it as they end (needs our engine).</summary>
+    Continuous,
+    /// <summary>Calls that wait while a batch runs go to the engine together when it ends.</summary>
+    CallBoundary,
 }
 
 /// <summary>The replica's queue is full: retry shortly (HTTP 429 with Retry-After, gRPC RESOURCE_EXHAUSTED).</summary>

@@ -57,11 +57,18 @@ public static class ServeCommand
         var engine = new Option<string>("--engine") { Description = "ort (our engine) or genai (ONNX Runtime GenAI).", DefaultValueFactory = _ => "ort" };
         engine.AcceptOnlyFromAmong("ort", "genai");
         var token = TokenOption();
-        var maxBatch = new Option<int>("--max-batch") { Description = "Most sequences per request (prompts x n) and per engine batch: calls that wait while the engine runs go to it together.", DefaultValueFactory = _ => 256 };
+        var maxBatch = new Option<int>("--max-batch") { Description = "Most sequences per request (prompts x n) and per engine batch (rows decoding together).", DefaultValueFactory = _ => 256 };
         var maxQueue = new Option<int>("--max-queue") { Description = "Most sequences waiting for the engine; more get 429 with Retry-After (gRPC RESOURCE_EXHAUSTED).", DefaultValueFactory = _ => 1024 };
+        var batching = new Option<string>("--batching")
+        {
+            Description = "continuous (default): a call joins the running batch at the next decode step and a finished row frees its slot at once (the ort engine; genai batches at call boundaries); " +
+                          "call: calls that wait while a batch runs go to the engine together when it ends.",
+            DefaultValueFactory = _ => "continuous",
+        };
+        batching.AcceptOnlyFromAmong("continuous", "call");
         var logFormat = LogFormatOption();
         var cmd = new Command("rollout", "Serve a policy: gRPC Generate/PushWeights/GetStatus + grpc.health.v1, and GET /v1/models, POST /v1/completions and /v1/chat/completions (streaming or not), GET /health, /ready, /metrics.")
-            { model, port, host, threads, engine, token, maxBatch, maxQueue, logFormat };
+            { model, port, host, threads, engine, token, maxBatch, maxQueue, batching, logFormat };
         cmd.SetAction(r => Guard(() =>
         {
             var options = new RolloutServeOptions
@@ -69,6 +76,7 @@ public static class ServeCommand
                 Model = r.GetValue(model)!, Port = r.GetValue(port), Host = r.GetValue(host)!, Threads = r.GetValue(threads), TokenFile = r.GetValue(token),
                 Engine = r.GetValue(engine) == "genai" ? ServeEngine.Genai : ServeEngine.Ort, MaxBatch = r.GetValue(maxBatch), ExportHfFolder = exportHf,
                 JsonLogs = r.GetValue(logFormat) == "json", MaxQueue = r.GetValue(maxQueue),
+                Batching = r.GetValue(batching) == "call" ? BatchingMode.CallBoundary : BatchingMode.Continuous,
             };
             return ServeHost.Run(ServeHost.BuildRollout(options), $"rollout replica of {options.Model}", options.Host, options.Port, options.JsonLogs);
         }));

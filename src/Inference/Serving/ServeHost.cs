@@ -55,7 +55,7 @@ public static class ServeHost
             chatProblem = $"This model folder's chat template cannot be used ({e.Message}); use POST /v1/completions.";
             Console.Error.WriteLine("rlhf-serve: warning: " + chatProblem);
         }
-        var replica = new RolloutReplica(engine, tokenizer, ModelName(requested), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem, options.MaxQueue);
+        var replica = new RolloutReplica(engine, tokenizer, ModelName(requested), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem, options.MaxQueue, options.Batching);
         ServeMetrics.Observe(replica);
         var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica),
             () => new Dictionary<string, object> { ["model"] = replica.ModelName, ["weights_version"] = replica.Engine.WeightsVersion, ["queued"] = replica.Queued, ["queued_sequences"] = replica.QueuedSequences },

@@ -18,7 +18,7 @@ public static class ServeMetrics
     static readonly Counter<long> TokensOut = Meter.CreateCounter<long>("rlhf.tokens.out", "{token}", "generated tokens");
     static readonly Counter<long> Scored = Meter.CreateCounter<long>("rlhf.scored", "{text}", "texts a reward replica scored");
     static readonly Counter<long> Pushes = Meter.CreateCounter<long>("rlhf.weight_pushes", description: "weight versions pushed into a rollout replica");
-    static readonly Histogram<int> BatchSize = Meter.CreateHistogram<int>("rlhf.batch_size", "{sequence}", "sequences per engine batch (calls that waited together)");
+    static readonly Histogram<int> BatchSize = Meter.CreateHistogram<int>("rlhf.batch_size", "{sequence}", "sequences per engine batch: calls that ran together (call-boundary batching) or joined the running batch at one decode step (continuous)");
     static readonly Histogram<double> TimeToFirstToken = Meter.CreateHistogram<double>("rlhf.time_to_first_token", "s", "from the call's arrival to its first token (waiting and prefill)");
     static readonly Histogram<double> TimePerOutputToken = Meter.CreateHistogram<double>("rlhf.time_per_output_token", "s", "decode time per generated token");
 
@@ -35,12 +35,13 @@ public static class ServeMetrics
         Requests.Add(1, new KeyValuePair<string, object?>("route", route), new KeyValuePair<string, object?>("status", status));
 
     /// <summary>
-    /// One generate call that took <paramref name="elapsed"/> from its arrival: its sequences, tokens in and out, the time
+    /// One generate call that took <paramref name="elapsed"/> from its arrival: its sequences (as one engine batch when
+    /// <paramref name="batch"/>), tokens in and out, the time
     /// to its first token (elapsed minus the engine's decode time: waiting and prefill) and the decode time per token.
     /// </summary>
-    public static void Generated(IReadOnlyList<Rollout.RolloutResult> results, TimeSpan elapsed)
+    public static void Generated(IReadOnlyList<Rollout.RolloutResult> results, TimeSpan elapsed, bool batch = true)
     {
-        BatchSize.Record(results.Count);
+        if (batch) BatchSize.Record(results.Count);
         TokensIn.Add(results.Sum(r => (long)r.PromptIds.Length));
         long generated = results.Sum(r => (long)r.ResponseIds.Length);
         TokensOut.Add(generated);
@@ -49,6 +50,9 @@ public static class ServeMetrics
         TimeToFirstToken.Record(Math.Max(0, elapsed.TotalSeconds - t.DecodeMs / 1000.0));
         if (t.GeneratedTokens > 0) TimePerOutputToken.Record(t.DecodeMs / 1000.0 / t.GeneratedTokens);
     }
+
+    /// <summary>Sequences that joined a continuous batch together (one prefill).</summary>
+    public static void Batched(int sequences) => BatchSize.Record(sequences);
 
     /// <summary>Texts scored by a reward replica.</summary>
     public static void ScoredTexts(int count) => Scored.Add(count);

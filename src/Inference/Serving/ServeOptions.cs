@@ -36,6 +36,8 @@ public sealed record RolloutServeOptions
     public int MaxQueue { get; init; } = 1024;
     /// <summary>Logs as JSON lines (one object per event, a request log included) instead of plain text (<c>--log-format json</c>).</summary>
     public bool JsonLogs { get; init; }
+    /// <summary>How concurrent calls share the engine (<c>--batching</c>): continuous (ours; GenAI falls back to call boundary) or call boundary.</summary>
+    public BatchingMode Batching { get; init; } = BatchingMode.Continuous;
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the option to change.</summary>
     public RolloutServeOptions Validate()

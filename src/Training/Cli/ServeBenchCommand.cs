@@ -44,6 +44,8 @@ internal static class ServeBenchCommand
         public int Repeats { get; init; } = 2;
         /// <summary>PPO iterations per run (0 = skip PPO).</summary>
         public int PpoIterations { get; init; } = 3;
+        /// <summary>Only the concurrency axis (continuous vs call-boundary batching): no push, tokens/s or PPO figures.</summary>
+        public bool OnlyConcurrency { get; init; }
     }
 
     /// <summary>The <c>serve</c> sub-command of <c>rlhf bench</c>.</summary>
@@ -56,9 +58,10 @@ internal static class ServeBenchCommand
         var threads = new Option<int>("--threads") { Description = "Threads of the trainer and of each replica (0 = all cores).", DefaultValueFactory = _ => 0 };
         var repeats = new Option<int>("--repeats") { Description = "Timed runs per figure; the fastest counts (the machine may be shared).", DefaultValueFactory = _ => 2 };
         var iterations = new Option<int>("--ppo-iterations") { Description = "PPO iterations per run, in process and over replicas (0 = skip).", DefaultValueFactory = _ => 3 };
-        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (push_seconds, push_mb_per_s, tokens_per_s, remote_over_inprocess_tokens_per_s, concurrent_over_sequential_tokens_per_s, concurrent_tokens_per_s, ttft_p50_seconds, ttft_p95_seconds (per model and client count), iteration_seconds_inprocess, iteration_seconds_remote, iteration_phase_seconds)." };
+        var onlyConcurrency = new Option<bool>("--only-concurrency") { Description = "Only the streaming-clients axis, against a replica with continuous batching and one with call-boundary batching (no push, tokens/s or PPO)." };
+        var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (push_seconds, push_mb_per_s, tokens_per_s, remote_over_inprocess_tokens_per_s, concurrent_over_sequential_tokens_per_s, concurrent_tokens_per_s, ttft_p50_seconds, ttft_p95_seconds (per model and client count; the same with a _call_boundary suffix for a replica run with --batching call), iteration_seconds_inprocess, iteration_seconds_remote, iteration_phase_seconds)." };
         var cmd = new Command("serve", "Services vs in process, with rlhf serve replicas on 127.0.0.1: weight push to 1 and 3 replicas vs the in-process sync, tokens/s through one replica vs the in-process engine, PPO seconds per iteration.")
-            { config, large, batch, newTokens, threads, repeats, iterations, json };
+            { config, large, batch, newTokens, threads, repeats, iterations, onlyConcurrency, json };
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             string path = r.GetValue(config)!;
@@ -66,7 +69,8 @@ internal static class ServeBenchCommand
             {
                 ConfigPath = File.Exists(path) ? path : throw new FileNotFoundException($"Model config '{path}' not found; pass --config."),
                 Large = r.GetValue(large), Batch = r.GetValue(batch), NewTokens = r.GetValue(newTokens), Threads = r.GetValue(threads),
-                Repeats = Math.Max(1, r.GetValue(repeats)), PpoIterations = r.GetValue(iterations),
+                Repeats = Math.Max(1, r.GetValue(repeats)), PpoIterations = r.GetValue(onlyConcurrency) ? 0 : r.GetValue(iterations),
+                OnlyConcurrency = r.GetValue(onlyConcurrency),
             };
             if (options.Batch < 1 || options.NewTokens < 1 || options.PpoIterations < 0)
                 throw new ArgumentException("--batch and --new-tokens must be >= 1 and --ppo-iterations >= 0.");
@@ -91,7 +95,7 @@ internal static class ServeBenchCommand
         var push = new Table().Title("weight push (float32 snapshot + transfer + swap)").AddColumns("model", "MB", "in process s", "1 replica s", "MB/s", "3 replicas s", "MB/s");
         var tokens = new Table().Title($"rollout tokens/s at batch {o.Batch}").AddColumns("model", "in process", "1 replica", "remote / in process", "same tokens");
         var concurrency = new Table().Title($"streaming clients at once vs one after another ({o.NewTokens} tokens each)")
-            .AddColumns("model", "clients", "at once tokens/s", "one by one tokens/s", "ratio", "TTFT p50 ms", "TTFT p95 ms");
+            .AddColumns("model", "batching", "clients", "at once tokens/s", "one by one tokens/s", "ratio", "TTFT p50 ms", "TTFT p95 ms");
         void Set(string family, string model, string clients, double value)
         {
             if (figures[family] is not JsonObject f) figures[family] = f = new JsonObject();
@@ -104,24 +108,31 @@ internal static class ServeBenchCommand
         {
             var (p, t) = Measure(name, cfg with { EosTokenIds = [] }, o, threads);
             double mb = p.Bytes / 1e6;
-            push.AddRow(name, F(mb, 1), F(p.InProcess, 3), F(p.One, 3), F(mb / p.One, 0), F(p.Three, 3), F(mb / p.Three, 0));
-            tokens.AddRow(name, F(t.InProcess, 0), F(t.Remote, 0), F(t.Remote / t.InProcess, 3) + "x", t.Same ? "yes" : "NO");
-            figures["push_seconds"]![name] = new JsonObject { ["inprocess"] = p.InProcess, ["replicas_1"] = p.One, ["replicas_3"] = p.Three };
-            figures["push_mb_per_s"]![name] = new JsonObject { ["replicas_1"] = mb / p.One, ["replicas_3"] = mb / p.Three };
-            figures["tokens_per_s"]![name] = new JsonObject { ["inprocess"] = t.InProcess, ["remote"] = t.Remote, ["same_tokens"] = t.Same };
-            figures["remote_over_inprocess_tokens_per_s"]![name] = t.Remote / t.InProcess;
-            foreach (var c in t.Concurrency)
+            if (!o.OnlyConcurrency)
             {
-                string key = c.Clients.ToString(CultureInfo.InvariantCulture);
-                concurrency.AddRow(name, key, F(c.ConcurrentTokensPerSecond, 0), F(c.SequentialTokensPerSecond, 0), F(c.Ratio, 2) + "x", F(c.TtftP50 * 1000, 0), F(c.TtftP95 * 1000, 0));
-                Set("concurrent_over_sequential_tokens_per_s", name, key, c.Ratio);
-                Set("concurrent_tokens_per_s", name, key, c.ConcurrentTokensPerSecond);
-                Set("ttft_p50_seconds", name, key, c.TtftP50);
-                Set("ttft_p95_seconds", name, key, c.TtftP95);
+                push.AddRow(name, F(mb, 1), F(p.InProcess, 3), F(p.One, 3), F(mb / p.One, 0), F(p.Three, 3), F(mb / p.Three, 0));
+                tokens.AddRow(name, F(t.InProcess, 0), F(t.Remote, 0), F(t.Remote / t.InProcess, 3) + "x", t.Same ? "yes" : "NO");
+                figures["push_seconds"]![name] = new JsonObject { ["inprocess"] = p.InProcess, ["replicas_1"] = p.One, ["replicas_3"] = p.Three };
+                figures["push_mb_per_s"]![name] = new JsonObject { ["replicas_1"] = mb / p.One, ["replicas_3"] = mb / p.Three };
+                figures["tokens_per_s"]![name] = new JsonObject { ["inprocess"] = t.InProcess, ["remote"] = t.Remote, ["same_tokens"] = t.Same };
+                figures["remote_over_inprocess_tokens_per_s"]![name] = t.Remote / t.InProcess;
             }
+            foreach (var (mode, suffix, list) in new[] { ("continuous", "", t.Concurrency), ("call boundary", "_call_boundary", t.CallBoundary) })
+                foreach (var c in list)
+                {
+                    string key = c.Clients.ToString(CultureInfo.InvariantCulture);
+                    concurrency.AddRow(name, mode, key, F(c.ConcurrentTokensPerSecond, 0), F(c.SequentialTokensPerSecond, 0), F(c.Ratio, 2) + "x", F(c.TtftP50 * 1000, 0), F(c.TtftP95 * 1000, 0));
+                    Set("concurrent_over_sequential_tokens_per_s" + suffix, name, key, c.Ratio);
+                    Set("concurrent_tokens_per_s" + suffix, name, key, c.ConcurrentTokensPerSecond);
+                    Set("ttft_p50_seconds" + suffix, name, key, c.TtftP50);
+                    Set("ttft_p95_seconds" + suffix, name, key, c.TtftP95);
+                }
         }
-        console.Write(push);
-        console.Write(tokens);
+        if (!o.OnlyConcurrency)
+        {
+            console.Write(push);
+            console.Write(tokens);
+        }
         console.Write(concurrency);
         if (o.PpoIterations > 0)
         {
@@ -145,7 +156,7 @@ internal static class ServeBenchCommand
     static string F(double x, int digits) => x.ToString("F" + digits.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
 
     sealed record PushFigures(long Bytes, double InProcess, double One, double Three);
-    sealed record TokenFigures(double InProcess, double Remote, bool Same, IReadOnlyList<ConcurrencyFigures> Concurrency);
+    sealed record TokenFigures(double InProcess, double Remote, bool Same, IReadOnlyList<ConcurrencyFigures> Concurrency, IReadOnlyList<ConcurrencyFigures> CallBoundary);
 
     /// <summary>
     /// <paramref name="Clients"/> streaming clients at once (one request of one sequence each) against the same requests
@@ -222,13 +233,23 @@ internal static class ServeBenchCommand
                 new SamplingOptions { Temperature = 1f, MaxNewTokens = o.NewTokens, Seed = (ulong)i })).ToList();
             ulong version = 0;
 
+            string[] command = ["dotnet", Path.Combine(AppContext.BaseDirectory, "rlhf.dll"), "serve", "rollout", "--model", folder,
+                "--threads", threads.ToString(CultureInfo.InvariantCulture), "--max-batch", Math.Max(256, o.Batch).ToString(CultureInfo.InvariantCulture)];
+            List<ConcurrencyFigures> CallBoundary()
+            {
+                using var call = ReplicaProcess.Start([.. command, "--batching", "call"]);
+                return Concurrency(call.Address, name, requests, o.NewTokens, o.Repeats);
+            }
+            if (o.OnlyConcurrency)
+            {
+                List<ConcurrencyFigures> continuous;
+                using (var replica = ReplicaProcess.Start(command)) continuous = Concurrency(replica.Address, name, requests, o.NewTokens, o.Repeats);
+                return (new PushFigures(0, double.NaN, double.NaN, double.NaN), new TokenFigures(double.NaN, double.NaN, true, continuous, CallBoundary()));
+            }
             using var engine = RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = threads, EosTokenIds = [], PadTokenId = 0, MaxBatchSize = Math.Max(64, o.Batch) });
             double inProcess = Best(o.Repeats, () => InferenceServices.Sync(engine, model, ++version));
             long bytes = OrtWeightsBytes(engine);
             var (localTps, localTokens) = TokensPerSecond(engine, requests, version, o.Repeats);
-
-            string[] command = ["dotnet", Path.Combine(AppContext.BaseDirectory, "rlhf.dll"), "serve", "rollout", "--model", folder,
-                "--threads", threads.ToString(CultureInfo.InvariantCulture), "--max-batch", Math.Max(256, o.Batch).ToString(CultureInfo.InvariantCulture)];
             var replicas = new List<ReplicaProcess>();
             try
             {
@@ -241,7 +262,8 @@ internal static class ServeBenchCommand
                 var (remoteTps, remoteTokens) = TokensPerSecond(one, requests, version, o.Repeats);
                 bool same = localTokens.Zip(remoteTokens).All(x => x.First.AsSpan().SequenceEqual(x.Second));
                 var concurrency = Concurrency(replicas[0].Address, name, requests, o.NewTokens, o.Repeats);
-                return (new PushFigures(bytes, inProcess, pushOne, pushThree), new TokenFigures(localTps, remoteTps, same, concurrency));
+                foreach (var r in replicas) r.Dispose();   // the call-boundary replica runs alone
+                return (new PushFigures(bytes, inProcess, pushOne, pushThree), new TokenFigures(localTps, remoteTps, same, concurrency, CallBoundary()));
             }
             finally
             {
