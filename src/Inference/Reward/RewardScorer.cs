@@ -177,7 +177,7 @@ public sealed class RewardScorer : Services.IRewardService
         var asked = options.Template ?? spec.Template;
         Template = asked != RewardTemplate.Auto ? asked
             : !ours && tokenizer.Kind is TokenizerKind.WordPiece or TokenizerKind.TokenizerJsonWordPiece ? RewardTemplate.Pair : RewardTemplate.Joined;
-        _pad = tokenizer.PadId ?? 0;
+        _pad = tokenizer.PaddingId;
         if (Template is RewardTemplate.Pair or RewardTemplate.Text && spec.AddSpecialTokens)
         {
             _cls = tokenizer.TokenId(spec.ClsToken) ?? throw new InvalidDataException($"The tokenizer of {folder} has no '{spec.ClsToken}' token; set cls_token in {RewardSpec.FileName}.");

@@ -26,7 +26,7 @@ public sealed record RolloutEngineOptions
     public int MaxBatchSize { get; init; } = 64;
     /// <summary>Tokens that end a response; null = genai_config.json's eos_token_id, else the tokenizer's EOS.</summary>
     public IReadOnlyList<int>? EosTokenIds { get; init; }
-    /// <summary>Id fed for padding; null = the tokenizer's pad id, else genai_config.json's pad_token_id, else 0. Never attended to.</summary>
+    /// <summary>Id fed for padding; null = the tokenizer's <see cref="TextTokenizer.PaddingId"/>, else (no tokenizer) genai_config.json's pad_token_id, else 0. Never attended to.</summary>
     public int? PadTokenId { get; init; }
     /// <summary>Drop finished rows from the KV cache so later steps compute only live rows.</summary>
     public bool CompactFinishedRows { get; init; } = true;
@@ -73,7 +73,7 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         Tokenizer = tokenizer;
         var genai = GenAiConfigFile.Read(folder);
         _eos = options.EosTokenIds is { } e ? [.. e] : genai.EosTokenIds.Length > 0 ? genai.EosTokenIds : tokenizer?.EosId is int te ? [te] : [];
-        _pad = options.PadTokenId ?? tokenizer?.PadId ?? genai.PadTokenId ?? 0;
+        _pad = options.PadTokenId ?? tokenizer?.PaddingId ?? genai.PadTokenId ?? 0;
         _context = genai.ContextLength;
         _sampler = new TokenSampler(Signature.VocabSize);
     }

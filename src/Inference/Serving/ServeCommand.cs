@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Rlhf.Inference.Rollout;
 
 namespace Rlhf.Inference.Serving;
 
@@ -55,7 +56,7 @@ public static class ServeCommand
         var host = HostOption();
         var threads = ThreadsOption();
         var engine = new Option<string>("--engine") { Description = "ort (our engine) or genai (ONNX Runtime GenAI).", DefaultValueFactory = _ => "ort" };
-        engine.AcceptOnlyFromAmong("ort", "genai");
+        engine.AcceptOnlyFromAmong(RolloutEngines.Name(RolloutEngineKind.Ort), RolloutEngines.Name(RolloutEngineKind.Genai));
         var token = TokenOption();
         var maxBatch = new Option<int>("--max-batch") { Description = "Most sequences per request (prompts x n) and per engine batch (rows decoding together).", DefaultValueFactory = _ => 256 };
         var maxQueue = new Option<int>("--max-queue") { Description = "Most sequences waiting for the engine; more get 429 with Retry-After (gRPC RESOURCE_EXHAUSTED).", DefaultValueFactory = _ => 1024 };
@@ -74,7 +75,7 @@ public static class ServeCommand
             var options = new RolloutServeOptions
             {
                 Model = r.GetValue(model)!, Port = r.GetValue(port), Host = r.GetValue(host)!, Threads = r.GetValue(threads), TokenFile = r.GetValue(token),
-                Engine = r.GetValue(engine) == "genai" ? ServeEngine.Genai : ServeEngine.Ort, MaxBatch = r.GetValue(maxBatch), ExportHfFolder = exportHf,
+                Engine = RolloutEngines.Parse(r.GetValue(engine)!), MaxBatch = r.GetValue(maxBatch), ExportHfFolder = exportHf,
                 JsonLogs = r.GetValue(logFormat) == "json", MaxQueue = r.GetValue(maxQueue),
                 Batching = r.GetValue(batching) == "call" ? BatchingMode.CallBoundary : BatchingMode.Continuous,
             };

@@ -41,12 +41,7 @@ public static class ServeHost
         TextTokenizer? tokenizer;
         try { tokenizer = TextTokenizer.Load(folder); }
         catch (FileNotFoundException) { tokenizer = null; }   // ids in, ids out
-        IRolloutService engine = options.Engine switch
-        {
-            ServeEngine.Ort => RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = options.Threads, MaxBatchSize = 64 }, tokenizer),
-            ServeEngine.Genai => GenAiRolloutEngine.Load(folder, new GenAiEngineOptions { Threads = options.Threads }, tokenizer),
-            _ => throw new ArgumentOutOfRangeException(nameof(options)),
-        };
+        IRolloutService engine = RolloutEngines.OpenOnnx(options.Engine, folder, tokenizer, options.Threads);
         ChatTemplate? chat = null;
         string? chatProblem = null;
         try { chat = ChatTemplate.TryLoad(folder); }
@@ -55,7 +50,7 @@ public static class ServeHost
             chatProblem = $"This model folder's chat template cannot be used ({e.Message}); use POST /v1/completions.";
             Console.Error.WriteLine("rlhf-serve: warning: " + chatProblem);
         }
-        var replica = new RolloutReplica(engine, tokenizer, ModelName(requested), options.Engine.ToString().ToLowerInvariant(), options.MaxBatch, chat, chatProblem, options.MaxQueue, options.Batching);
+        var replica = new RolloutReplica(engine, tokenizer, ModelName(requested), RolloutEngines.Name(options.Engine), options.MaxBatch, chat, chatProblem, options.MaxQueue, options.Batching);
         ServeMetrics.Observe(replica);
         var app = Build(options.Host, options.Port, token, services => services.AddSingleton(replica),
             () => new Dictionary<string, object> { ["model"] = replica.ModelName, ["weights_version"] = replica.Engine.WeightsVersion, ["queued"] = replica.Queued, ["queued_sequences"] = replica.QueuedSequences },

@@ -1,13 +1,6 @@
-namespace Rlhf.Inference.Serving;
+using Rlhf.Inference.Rollout;
 
-/// <summary>Which engine a rollout replica runs.</summary>
-public enum ServeEngine
-{
-    /// <summary>Our ONNX Runtime engine (<see cref="Rollout.RolloutEngine"/>).</summary>
-    Ort,
-    /// <summary>ONNX Runtime GenAI (<see cref="Rollout.GenAiRolloutEngine"/>).</summary>
-    Genai,
-}
+namespace Rlhf.Inference.Serving;
 
 /// <summary>Settings of <c>serve rollout</c>.</summary>
 public sealed record RolloutServeOptions
@@ -26,8 +19,8 @@ public sealed record RolloutServeOptions
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>ONNX Runtime intra-op threads; 0 = all cores.</summary>
     public int Threads { get; init; }
-    /// <summary>The engine.</summary>
-    public ServeEngine Engine { get; init; } = ServeEngine.Ort;
+    /// <summary>The engine: <see cref="RolloutEngineKind.Ort"/> or <see cref="RolloutEngineKind.Genai"/> (a replica has no TorchSharp, so no torch).</summary>
+    public RolloutEngineKind Engine { get; init; } = RolloutEngineKind.Ort;
     /// <summary>File holding the bearer token callers must send; null = no authentication.</summary>
     public string? TokenFile { get; init; }
     /// <summary>Most sequences per request (prompts × n) and per engine batch; larger requests get a 400 / INVALID_ARGUMENT.</summary>
@@ -44,6 +37,7 @@ public sealed record RolloutServeOptions
     {
         ServeChecks.Common(Host, Port, Threads, TokenFile, MaxBatch);
         if (MaxQueue < 1) throw new ArgumentException($"--max-queue must be >= 1; got {MaxQueue}.");
+        if (Engine == RolloutEngineKind.Torch) throw new ArgumentException("serve rollout runs ONNX engines (no TorchSharp in a replica); use --engine ort or genai.");
         if (!Directory.Exists(Model)) throw new ArgumentException($"--model '{Model}' is not a folder; give an ONNX policy folder, a stage folder (its onnx/) or an HF model folder.");
         return this;
     }

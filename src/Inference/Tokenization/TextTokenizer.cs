@@ -104,6 +104,12 @@ public sealed class TextTokenizer
     public int? EosId { get; }
     /// <summary>Padding id: the configured one, or a dedicated pad token when the configured pad is missing or equals EOS.</summary>
     public int? PadId { get; }
+    /// <summary>
+    /// The id every batch pads with (training batches, TorchSharp generation, our ONNX engine, the reward scorer): <see cref="PadId"/>,
+    /// else <see cref="EosId"/>, else 0. Padding is masked wherever it is fed, so the choice never changes a number; it only
+    /// has to be a valid id. (GenAI alone pads with genai_config.json's pad_token_id, which its runtime reads itself.)
+    /// </summary>
+    public int PaddingId => PadId ?? EosId ?? 0;
     /// <summary>Unknown-token id, if any.</summary>
     public int? UnkId { get; }
     /// <summary>Ids of special tokens (added special tokens, BOS, EOS, PAD, UNK); <see cref="Decode"/> skips them by default.</summary>

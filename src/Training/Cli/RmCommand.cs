@@ -69,7 +69,7 @@ internal static class RmCommand
             var tokenizer = TextTokenizer.Load(folder);
             using var rm = LlamaForSequenceClassification.FromPretrained(folder, dev, ScalarType.Float32);
             var tokenized = groups.Select(g => RmTrainer.Tokenize(tokenizer, g, rm.Config.MaxPositionEmbeddings)).ToList();
-            double acc = RmTrainer.Accuracy(RmTrainer.ScoreAll(rm, tokenized, tokenizer.PadId ?? 0, dev), tokenized);
+            double acc = RmTrainer.Accuracy(RmTrainer.ScoreAll(rm, tokenized, tokenizer.PaddingId, dev), tokenized);
             Console.WriteLine($"pairwise_accuracy {acc:F4} over {groups.Sum(g => g.Pairs.Count)} comparisons in {groups.Count} prompts");
             return 0;
         }));

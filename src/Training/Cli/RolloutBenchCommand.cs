@@ -137,14 +137,14 @@ internal static class RolloutBenchCommand
                     string ratio = "-";
                     if (torchToo)
                     {
-                        var opts = new GenerationOptions { MaxNewTokens = newTokens, Temperature = 1.0, EosTokenIds = [], PadTokenId = 0, Seed = 1 };
+                        var opts = new SamplingOptions { MaxNewTokens = newTokens, Temperature = 1f, Seed = 1 };
                         var longPrompts = prompts.Select(p => p.Select(x => (long)x).ToArray()).ToList();
-                        Generation.Generate(model, [.. longPrompts.Take(Math.Min(b, 4))], opts with { MaxNewTokens = 4 });   // warm-up
+                        Generation.Generate(model, [.. longPrompts.Take(Math.Min(b, 4))], opts with { MaxNewTokens = 4 }, [], 0);   // warm-up
                         double torchS = double.MaxValue;
                         for (int k = 0; k < repeats; k++)
                         {
                             sw.Restart();
-                            Generation.Generate(model, longPrompts, opts);
+                            Generation.Generate(model, longPrompts, opts, [], 0);
                             torchS = Math.Min(torchS, sw.Elapsed.TotalSeconds);
                         }
                         double torchTps = b * newTokens / torchS;

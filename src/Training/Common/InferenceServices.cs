@@ -11,57 +11,9 @@ using static TorchSharp.torch;
 
 namespace Rlhf.Training.Common;
 
-/// <summary>Where rollouts are generated.</summary>
-public enum RolloutBackend
-{
-    /// <summary>ONNX Runtime over the exported actor, weights synced in memory after every update (the default).</summary>
-    Ort,
-    /// <summary>TorchSharp eager generation with the KV cache (reference path, no export).</summary>
-    Torch,
-    /// <summary>
-    /// ONNX Runtime GenAI over the actor exported once with its weights as graph inputs; after every update the
-    /// generators read the trainer's weight copy in place (no file, no new session). Chunks of at most 32 rows.
-    /// </summary>
-    Genai,
-}
-
 /// <summary>Opens the rollout and reward services the stages talk to (in-process here; the same interfaces serve a remote service).</summary>
 public static class InferenceServices
 {
-    /// <summary>
-    /// The rollout service for <paramref name="actor"/>: ONNX Runtime (our engine) or ONNX Runtime GenAI over the default
-    /// rollout graph (GroupQueryAttention where the head size allows, see <see cref="ExportStage.DefaultGraph"/>) exported
-    /// once to <paramref name="scratch"/>, weights then flowing in memory via <see cref="Sync"/>; or TorchSharp generation.
-    /// </summary>
-    public static IRolloutService Rollouts(RolloutBackend backend, LlamaForCausalLM actor, TextTokenizer tokenizer, string tokenizerFolder, string scratch, int threads,
-        RolloutPrecision precision = RolloutPrecision.Fp32)
-    {
-        if (precision != RolloutPrecision.Fp32 && backend != RolloutBackend.Ort)
-            throw new ArgumentException($"rollout precision {ExportNames.Name(precision)} is available with the ort engine only.");
-        var graph = ExportStage.DefaultGraph(actor.Config);
-        switch (backend)
-        {
-            case RolloutBackend.Ort:
-                ExportStage.ExportPolicy(actor, scratch, graph,
-                    new ExportOptions { TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = "ppo-rollout", Precision = precision }, parity: false);
-                return new OnnxRollouts(RolloutEngine.Load(scratch, new RolloutEngineOptions { Threads = threads, MaxBatchSize = 64 }, tokenizer), scratch);
-            case RolloutBackend.Genai:
-                ExportStage.ExportPolicy(actor, scratch, graph, new ExportOptions
-                {
-                    TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = "ppo-rollout", Weights = WeightPlacement.Inputs,
-                }, parity: false);
-                var rollouts = new OnnxRollouts(GenAiRolloutEngine.Load(scratch, new GenAiEngineOptions { Threads = threads }, tokenizer), scratch);
-                Sync(rollouts, actor, 0);   // the graph holds no weights: feed the actor's before the first rollout
-                return rollouts;
-            case RolloutBackend.Torch:
-                var torchRollouts = new TorchRollouts(actor, tokenizer);
-                Sync(torchRollouts, actor, 0);
-                return torchRollouts;
-            default:
-                throw new ArgumentOutOfRangeException(nameof(backend));
-        }
-    }
-
     /// <summary>
     /// Sends <paramref name="policy"/>'s current weights to the rollout service as weights <paramref name="version"/>:
     /// a snapshot in the layout the service's graph reads (q/k/v packed where its layout names <c>qkv_proj</c>, projections
@@ -81,23 +33,6 @@ public static class InferenceServices
             throw;
         }
         return rollouts.PushWeights(message);
-    }
-
-    /// <summary>An ONNX engine (ours or GenAI's) whose scratch export is deleted on dispose.</summary>
-    sealed class OnnxRollouts(IRolloutService engine, string scratch) : IRolloutService
-    {
-        public ulong WeightsVersion => engine.WeightsVersion;
-        public IReadOnlyDictionary<string, long[]> WeightLayout => engine.WeightLayout;
-        public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default) =>
-            engine.GenerateAsync(requests, call, cancellationToken);
-        public Task<TimeSpan> PushWeightsAsync(PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default) =>
-            engine.PushWeightsAsync(weights, timeout, cancellationToken);
-
-        public void Dispose()
-        {
-            engine.Dispose();
-            if (Directory.Exists(scratch)) Directory.Delete(scratch, recursive: true);
-        }
     }
 
     /// <summary>
@@ -141,93 +76,5 @@ public static class InferenceServices
         return [.. prompts.Select((_, i) => Enumerable.Range(0, k)
             .Select(j => (PromptFormat.ResponseText(tokenizer, results[i * k + j].ResponseIds), results[i * k + j].FinishReason == RolloutFinishReason.Eos))
             .ToArray())];
-    }
-
-    /// <summary>
-    /// TorchSharp eager generation behind the rollout interface (reference backend; logprobs are not recorded). It samples
-    /// from its own copy of the model, which weight messages (unpacked initializer layout) overwrite.
-    /// </summary>
-    sealed class TorchRollouts : IRolloutService
-    {
-        readonly LlamaForCausalLM _policy;
-        readonly TextTokenizer _tokenizer;
-        readonly object _gate = new();
-        PolicyWeights? _weights;
-        ulong _version;
-
-        public TorchRollouts(LlamaForCausalLM actor, TextTokenizer tokenizer)
-        {
-            var device = actor.parameters().First().device;
-            _policy = LlamaForCausalLM.Create(actor.Config, device, ScalarType.Float32, seed: 0);
-            _policy.eval();
-            _tokenizer = tokenizer;
-            WeightLayout = Rlhf.Export.Onnx.LlamaGraph.ExpectedShapes(actor.Config);
-        }
-
-        public ulong WeightsVersion { get { lock (_gate) return _version; } }
-
-        public IReadOnlyDictionary<string, long[]> WeightLayout { get; }
-
-        public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default)
-        {
-            call ??= new RolloutCall();
-            lock (_gate)
-            {
-                // TorchSharp's no-grad state is per thread: generate on the caller's thread.
-                if (call.RequiredVersion is { } v && v != _version) throw new WeightsVersionMismatchException(v, _version);
-                return Task.FromResult(Generate(requests, cancellationToken));
-            }
-        }
-
-        IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, CancellationToken cancellationToken)
-        {
-            var results = new List<RolloutResult>();
-            foreach (var r in requests)
-            {
-                cancellationToken.ThrowIfCancellationRequested();
-                var s = r.Sampling ?? new SamplingOptions();
-                int[] prompt = [.. r.PromptIds ?? PromptFormat.PromptIds(_tokenizer, r.PromptText ?? "")];
-                var g = Generation.Generate(_policy, [prompt.Select(x => (long)x).ToArray()], new GenerationOptions
-                {
-                    MaxNewTokens = s.MaxNewTokens, Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = (long)s.Seed,
-                    EosTokenIds = Generation.StopIds(_policy.Config, _tokenizer), PadTokenId = _tokenizer.PadId ?? 0,
-                })[0];
-                int[] ids = [.. g.Tokens.Select(t => (int)t)];
-                results.Add(new RolloutResult(prompt, ids, PromptFormat.ResponseText(_tokenizer, ids),
-                    [.. Enumerable.Repeat(float.NaN, ids.Length)],
-                    g.FinishReason == FinishReason.Stop ? RolloutFinishReason.Eos : RolloutFinishReason.Length,
-                    new RolloutTimings(0, 0, 1, ids.Length), _version));
-            }
-            return results;
-        }
-
-        public Task<TimeSpan> PushWeightsAsync(PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
-        {
-            var sw = System.Diagnostics.Stopwatch.StartNew();
-            lock (_gate)
-            {
-                using var noGrad = no_grad();
-                var state = _policy.state_dict();
-                foreach (var m in weights.Manifest)
-                {
-                    if (!WeightLayout.TryGetValue(m.Name, out var shape) || !shape.SequenceEqual(m.Shape))
-                        throw new ArgumentException($"Weight '{m.Name}' [{string.Join(", ", m.Shape)}] is not a tensor of the TorchSharp rollout model's layout.");
-                    using var t = empty(m.Shape, ScalarType.Float32);
-                    weights.Bytes(m.Name).CopyTo(t.bytes);
-                    var target = state[m.Name];
-                    target.copy_(Rlhf.Export.Onnx.LlamaGraph.IsStoredTransposed(m.Name) ? t.t() : t);
-                }
-                _weights?.Dispose();
-                _weights = weights;
-                _version = weights.Version;
-            }
-            return Task.FromResult(sw.Elapsed);
-        }
-
-        public void Dispose()
-        {
-            _policy.Dispose();
-            _weights?.Dispose();
-        }
     }
 }

@@ -2,6 +2,7 @@ using Rlhf.Training.Data;
 using Rlhf.Training.Common;
 using Rlhf.Training.Model;
 using Rlhf.Training.RewardModel;
+using Rlhf.Inference.Rollout;
 
 namespace Rlhf.Training.Dpo;
 
@@ -65,7 +66,7 @@ public sealed record DpoConfig
     /// <summary>Default task: held-out prompts sampled from the DPO and SFT models at the end (gold gain, KL to SFT).</summary>
     public int PolicyEvalPrompts { get; init; } = 128;
     /// <summary>Engine that samples (labelling and the final evaluation): ort, genai or torch.</summary>
-    public RolloutBackend Engine { get; init; } = RolloutBackend.Ort;
+    public RolloutEngineKind Engine { get; init; } = RolloutEngineKind.Ort;
     /// <summary>Seed for sampling, labelling and data order.</summary>
     public long Seed { get; init; } = 1;
     /// <summary>cpu or cuda.</summary>

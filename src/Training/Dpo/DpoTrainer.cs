@@ -10,6 +10,7 @@ using Rlhf.Training.Ppo;
 using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
 using TorchSharp;
+using Rlhf.Training.Engines;
 using static TorchSharp.torch;
 
 namespace Rlhf.Training.Dpo;
@@ -90,7 +91,7 @@ public static class DpoTrainer
         policy.Precision = reference.Precision = cfg.Precision;
         policy.eval();   // dropout off: the implicit reward compares the same function as π_ref's
         reference.eval();
-        int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
+        int padId = tokenizer.PaddingId;
         // log π_ref of every response, once (no gradient), cached for the whole run
         float[][] refTrain = SequenceLogProbsAll(reference, train, padId, device);
         float[][] refEval = SequenceLogProbsAll(reference, eval, padId, device);
@@ -249,7 +250,7 @@ public static class DpoTrainer
         var sampling = new PpoConfig { MaxNewTokens = cfg.MaxNewTokens };
         RolloutBatch Sample(LlamaForCausalLM model, string scratch, ulong seed)
         {
-            using var engine = InferenceServices.Rollouts(cfg.Engine, model, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, scratch), cfg.Threads);
+            using var engine = PolicyRollouts.ForActor(cfg.Engine, model, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, scratch), cfg.Threads);
             InferenceServices.Sync(engine, model, 0);
             return RolloutPhase.Sample(engine, 0, prompts, ids, seed, sampling);
         }

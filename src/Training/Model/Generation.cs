@@ -1,38 +1,11 @@
+using Rlhf.Inference.Rollout;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Rlhf.Training.Model;
 
-/// <summary>Sampling settings (HF <c>generate</c> names).</summary>
-public sealed record GenerationOptions
-{
-    /// <summary>Most tokens generated per row.</summary>
-    public int MaxNewTokens { get; init; } = 64;
-    /// <summary>Softmax temperature; 0 = greedy.</summary>
-    public double Temperature { get; init; } = 1.0;
-    /// <summary>Keep only the k most likely tokens; 0 = off.</summary>
-    public int TopK { get; init; }
-    /// <summary>Nucleus mass; 1 = off.</summary>
-    public double TopP { get; init; } = 1.0;
-    /// <summary>Seed of the sampling generator (same seed, same model, same prompts -> same tokens).</summary>
-    public long Seed { get; init; }
-    /// <summary>Tokens that end a row (the EOS token is included in the output).</summary>
-    public IReadOnlyList<int> EosTokenIds { get; init; } = [];
-    /// <summary>Token used for left padding and for rows already finished (never attended to).</summary>
-    public int PadTokenId { get; init; }
-}
-
-/// <summary>Why a row stopped.</summary>
-public enum FinishReason
-{
-    /// <summary>An EOS token was generated (it is the last token).</summary>
-    Stop,
-    /// <summary><see cref="GenerationOptions.MaxNewTokens"/> was reached.</summary>
-    Length,
-}
-
 /// <summary>One row's generated tokens (prompt excluded) and why it ended.</summary>
-public sealed record GeneratedSequence(long[] Tokens, FinishReason FinishReason);
+public sealed record GeneratedSequence(long[] Tokens, RolloutFinishReason FinishReason);
 
 /// <summary>KV-cached batched sampling with the TorchSharp model (left padding, per-row EOS).</summary>
 public static class Generation
@@ -45,18 +18,24 @@ public static class Generation
         [.. config.EosTokenIds.Concat(tokenizer.EosId is int e ? [e] : []).Distinct()];
 
     /// <summary>
-    /// Generates continuations of <paramref name="prompts"/> (token ids, each non-empty). Prompts are left-padded to a
-    /// batch; positions come from the attention mask, so each row sees what it would alone. The model runs in eval
-    /// mode without gradients (its training flag is restored afterwards).
+    /// Generates continuations of <paramref name="prompts"/> (token ids, each non-empty) with the Inference sampling
+    /// settings: temperature (0 = greedy), top-k, top-p, max new tokens and the seed of one generator the whole batch
+    /// draws from (same seed, model and prompts -> same tokens); repetition penalty, top logprobs and stop strings are
+    /// not applied here. A row ends at any of <paramref name="stopIds"/> (kept as its last token, reason
+    /// <see cref="RolloutFinishReason.Eos"/>) or after <see cref="SamplingOptions.MaxNewTokens"/>. Prompts are left-padded
+    /// with <paramref name="padId"/> (<see cref="Rlhf.Inference.Tokenization.TextTokenizer.PaddingId"/>; never attended
+    /// to); positions come from the attention mask, so each row sees what it would alone. The model runs in eval mode
+    /// without gradients (its training flag is restored afterwards).
     /// </summary>
-    public static IReadOnlyList<GeneratedSequence> Generate(LlamaForCausalLM model, IReadOnlyList<long[]> prompts, GenerationOptions options)
+    public static IReadOnlyList<GeneratedSequence> Generate(LlamaForCausalLM model, IReadOnlyList<long[]> prompts, SamplingOptions options,
+        IReadOnlyList<int> stopIds, int padId)
     {
         if (prompts.Count == 0) return [];
         if (prompts.Any(p => p.Length == 0)) throw new ArgumentException("Every prompt needs at least one token.", nameof(prompts));
-        if (options.MaxNewTokens <= 0) return prompts.Select(_ => new GeneratedSequence([], FinishReason.Length)).ToList();
+        if (options.MaxNewTokens <= 0) return prompts.Select(_ => new GeneratedSequence([], RolloutFinishReason.Length)).ToList();
         int b = prompts.Count, p = prompts.Max(x => x.Length);
         var device = HfCheckpoint.DeviceOf(model);
-        var eos = options.EosTokenIds.Select(x => (long)x).ToHashSet();
+        var eos = stopIds.Select(x => (long)x).ToHashSet();
 
         var ids = new long[b * p];
         var mask = new long[b * p];
@@ -65,7 +44,7 @@ public static class Generation
             int pad = p - prompts[r].Length;
             for (int j = 0; j < p; j++)
             {
-                ids[r * p + j] = j < pad ? options.PadTokenId : prompts[r][j - pad];
+                ids[r * p + j] = j < pad ? padId : prompts[r][j - pad];
                 mask[r * p + j] = j < pad ? 0 : 1;
             }
         }
@@ -78,7 +57,7 @@ public static class Generation
         {
             using var noGrad = torch.no_grad();
             using var cache = new KvCache(model.Config.NumHiddenLayers);
-            using var gen = options.Temperature > 0 ? new torch.Generator((ulong)options.Seed, device) : null;
+            using var gen = options.Temperature > 0 ? new torch.Generator(options.Seed, device) : null;
             var attn = torch.tensor(mask, [b, p], device: device);
             Tensor last;
             using (var scope = torch.NewDisposeScope())
@@ -93,7 +72,7 @@ public static class Generation
                 var next = Sampling.Next(last, options.Temperature, options.TopK, options.TopP, gen).cpu().data<long>().ToArray();
                 for (int r = 0; r < b; r++)
                 {
-                    if (finished[r]) { next[r] = options.PadTokenId; continue; }
+                    if (finished[r]) { next[r] = padId; continue; }
                     outputs[r].Add(next[r]);
                     if (eos.Contains(next[r])) finished[r] = true;
                 }
@@ -113,6 +92,6 @@ public static class Generation
         {
             model.train(wasTraining);
         }
-        return outputs.Select((o, r) => new GeneratedSequence(o.ToArray(), finished[r] ? FinishReason.Stop : FinishReason.Length)).ToList();
+        return outputs.Select((o, r) => new GeneratedSequence(o.ToArray(), finished[r] ? RolloutFinishReason.Eos : RolloutFinishReason.Length)).ToList();
     }
 }

@@ -11,6 +11,7 @@ using Rlhf.Training.Data.DefaultTask;
 using Rlhf.Training.Model;
 using Rlhf.Training.RewardModel;
 using ScottPlot;
+using Rlhf.Training.Engines;
 using static TorchSharp.torch;
 
 namespace Rlhf.Training.Pipeline;
@@ -103,7 +104,7 @@ internal static class PipelineRounds
         var rmSummary = PipelineRunner.Stage($"RM (round {r})", rmFolder, control, c => JsonSerializer.SerializeToNode(RmTrainer.Run(rm, c), ConfigLoader.Json)!);
 
         // the stale and the retrained RM on the same held-out samples of the policy that the stale one trained
-        int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
+        int padId = tokenizer.PaddingId;
         var groups = samples.Select(s => RmTrainer.Tokenize(tokenizer, s.Group(), cfg.Rm.MaxSeqLen)).ToArray();
         double[][] Scores(string folder, RmTrainer.TokenizedGroup[] of)
         {
@@ -143,7 +144,7 @@ internal static class PipelineRounds
             Console.Error.WriteLine($"== round {r}: labelling {cfg.RoundPrompts} prompts × {cfg.Rm.K} samples of {policyFolder}");
             OutputFolder.Create(data);
             using var policy = LlamaForCausalLM.FromPretrained(policyFolder, device, ScalarType.Float32);
-            using var rollouts = InferenceServices.Rollouts(cfg.Rm.Engine, policy, tokenizer, policyFolder, Path.Combine(data, ".rollout_engine"), cfg.Threads);
+            using var rollouts = PolicyRollouts.ForActor(cfg.Rm.Engine, policy, tokenizer, policyFolder, Path.Combine(data, ".rollout_engine"), cfg.Threads);
             SamplingOptions Sampling(ulong seed) => new() { Temperature = (float)cfg.Rm.SampleTemperature, MaxNewTokens = cfg.Rm.MaxNewTokens, Seed = seed };
             var labelCfg = cfg.Rm with { Out = data, TrainPrompts = cfg.RoundPrompts, EvalPrompts = 0, Seed = cfg.Seed };
             RmData.Load(labelCfg, (prompts, k, seed) => InferenceServices.Sample(rollouts, tokenizer, prompts, k, Sampling(Rng.Derive((ulong)seed, $"round{r}"))),

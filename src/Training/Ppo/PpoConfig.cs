@@ -2,6 +2,7 @@ using Rlhf.Training.Data;
 using Rlhf.Inference.Reward;
 using Rlhf.Training.Common;
 using Rlhf.Training.Model;
+using Rlhf.Inference.Rollout;
 
 namespace Rlhf.Training.Ppo;
 
@@ -128,7 +129,7 @@ public sealed record PpoConfig
     /// <summary>Response length cap.</summary>
     public int MaxNewTokens { get; init; } = 48;
     /// <summary>Rollout engine.</summary>
-    public RolloutBackend Engine { get; init; } = RolloutBackend.Ort;
+    public RolloutEngineKind Engine { get; init; } = RolloutEngineKind.Ort;
     /// <summary>Projections of the in-process rollout graph: fp32, or int8 (weight-only, engine ort; the trainer stays fp32/bf16).</summary>
     public Rlhf.Export.RolloutPrecision RolloutPrecision { get; init; } = Rlhf.Export.RolloutPrecision.Fp32;
     /// <summary>Truncated importance sampling cap C: the policy loss weighs each token by min(π_old/π_rollout, C) (0 = off).</summary>
@@ -207,10 +208,10 @@ public sealed record PpoConfig
         if (RolloutShardSize < 0) e.Add("rollout_shard_size must be ≥ 0 (0 = the whole batch in one call)");
         if (ServiceTimeoutSeconds <= 0) e.Add("service_timeout_seconds must be > 0");
         if (!(TisCap >= 0)) e.Add("tis_cap must be ≥ 0 (0 = off)");
-        if (RolloutPrecision == Rlhf.Export.RolloutPrecision.Int8 && (Engine != RolloutBackend.Ort || RolloutEndpoints.Count > 0))
+        if (RolloutPrecision == Rlhf.Export.RolloutPrecision.Int8 && (Engine != RolloutEngineKind.Ort || RolloutEndpoints.Count > 0))
             e.Add("rollout_precision int8 is built into the in-process ort engine's graph: use engine ort without rollout_endpoints " +
                   "(replicas serve whatever folder they were given: export it with `rlhf export --precision int8`)");
-        if (RolloutEndpoints.Count > 0 && Engine == RolloutBackend.Torch) e.Add("rollout_endpoints need engine ort or genai (the replicas' engine), not torch");
+        if (RolloutEndpoints.Count > 0 && Engine == RolloutEngineKind.Torch) e.Add("rollout_endpoints need engine ort or genai (the replicas' engine), not torch");
         if (RewardUrl is not null && (RewardEndpoint is not null || RewardModel is not null))
             e.Add("reward_url replaces the scorer: drop reward_endpoint / reward_model (give one way to score)");
         foreach (string u in RolloutEndpoints)

@@ -1,6 +1,7 @@
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data.DefaultTask;
+using Rlhf.Training.Engines;
 using static TorchSharp.torch;
 
 namespace Rlhf.Training.Ppo;
@@ -77,7 +78,7 @@ public sealed class PpoEvaluation(PpoModels models, RewardPipeline rewards, IRea
         int nMax = cfg.BestOfN.Max();
         var rows = Enumerable.Range(0, nMax).SelectMany(n => prompts.Select((p, i) => (Prompt: p, Ids: _ids[i], N: n))).ToArray();
         RolloutBatch rolled;
-        using (var reference = InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, models.Reference, models.Tokenizer, cfg.SftModel,
+        using (var reference = InferenceServices.Sharded(PolicyRollouts.ForActor(cfg.Engine, models.Reference, models.Tokenizer, cfg.SftModel,
                    Path.Combine(cfg.Out, ".reference_engine"), cfg.Threads), cfg.RolloutShardSize))
         {
             InferenceServices.Sync(reference, models.Reference, 0);

@@ -4,6 +4,7 @@ using Rlhf.Inference.Services;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
 using Rlhf.Training.Model;
+using Rlhf.Training.Engines;
 using static TorchSharp.torch;
 
 namespace Rlhf.Training.Ppo;
@@ -58,7 +59,7 @@ public sealed class PpoModels : IDisposable
             : InferenceServices.Rewards(cfg.RewardModel, rmFolder, cfg.Threads, cfg.RewardTemplate);
         var rollouts = cfg.RolloutEndpoints.Count > 0
             ? InferenceServices.Replicas(cfg.RolloutEndpoints, cfg.ServiceTokenFile, cfg.RolloutShardSize, timeout)
-            : InferenceServices.Sharded(InferenceServices.Rollouts(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads, cfg.RolloutPrecision), cfg.RolloutShardSize);
+            : InferenceServices.Sharded(PolicyRollouts.ForActor(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads, cfg.RolloutPrecision), cfg.RolloutShardSize);
         actor.Precision = reference.Precision = cfg.Precision;
         actor.eval();
         reference.eval();
@@ -69,7 +70,7 @@ public sealed class PpoModels : IDisposable
         }
         return new PpoModels
         {
-            Device = device, Tokenizer = tokenizer, PadId = tokenizer.PadId ?? tokenizer.EosId ?? 0, Actor = actor, Reference = reference, Critic = critic,
+            Device = device, Tokenizer = tokenizer, PadId = tokenizer.PaddingId, Actor = actor, Reference = reference, Critic = critic,
             Rollouts = rollouts, Rewards = rewards,
         };
     }

@@ -34,7 +34,7 @@ public static class RmBench
                 modelFolder = FreshTinyFolder(temp);
             }
             var tokenizer = TextTokenizer.Load(modelFolder);
-            int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
+            int padId = tokenizer.PaddingId;
             using var model = LlamaForSequenceClassification.FromPretrained(modelFolder, CPU, ScalarType.Float32, newHeadSeed: 1);
             using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(1e-5, 0, 0.9, 0.95, 1e-8));
             var examples = DataSets.SftExamples(7, DataSets.SftEvalName, (steps + 2) * promptsPerBatch * k);

@@ -1,5 +1,6 @@
 using Rlhf.Training.Data;
 using Rlhf.Training.Model;
+using Rlhf.Inference.Rollout;
 
 namespace Rlhf.Training.RewardModel;
 
@@ -44,7 +45,7 @@ public sealed record RmConfig
     /// <summary>Tokens per sampled response.</summary>
     public int MaxNewTokens { get; init; } = 48;
     /// <summary>Engine that samples the K responses to label: ort (ours), genai (ONNX Runtime GenAI) or torch.</summary>
-    public Common.RolloutBackend Engine { get; init; } = Common.RolloutBackend.Ort;
+    public RolloutEngineKind Engine { get; init; } = RolloutEngineKind.Ort;
     /// <summary>
     /// Passes over the comparisons. InstructGPT used 1 (more overfits its 6B RM). The 3.5M default model underfits
     /// instead (its accuracy on the annotators' labels stays below its held-out accuracy against gold), and on the

@@ -10,6 +10,7 @@ using Rlhf.Training.Model;
 using Rlhf.Training.OnnxExport;
 using Rlhf.Training.Sft;
 using TorchSharp;
+using Rlhf.Training.Engines;
 using static TorchSharp.torch;
 
 namespace Rlhf.Training.RewardModel;
@@ -79,7 +80,7 @@ public static class RmTrainer
                 ? LlamaForSequenceClassification.FromPretrained(cfg.InitModel, device, ScalarType.Float32)
                 : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
         model.Precision = cfg.Precision;
-        int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
+        int padId = tokenizer.PaddingId;
         var train = data.Train.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
         var eval = data.Eval.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
         int stepsPerEpoch = (train.Length + cfg.PromptsPerBatch - 1) / cfg.PromptsPerBatch;
@@ -351,7 +352,7 @@ public static class RmTrainer
         var prompts = (heldOut ? data.Eval : data.Train).Select(g => g.Prompt).Distinct().Take(Math.Max(1, cfg.EvalPrompts)).ToList();
         IReadOnlyList<(string Text, bool EndedWithEos)[]> samples;
         using (var policy = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32))
-        using (var rollouts = InferenceServices.Rollouts(cfg.Engine, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads))
+        using (var rollouts = PolicyRollouts.ForActor(cfg.Engine, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads))
             samples = InferenceServices.Sample(rollouts, tokenizer, prompts, 1,
                 new SamplingOptions { Temperature = (float)cfg.SampleTemperature, MaxNewTokens = cfg.MaxNewTokens, Seed = (ulong)cfg.Seed + 2 });
         var groups = prompts.Select((p, i) => Tokenize(tokenizer, new RmGroup(p, [samples[i][0].Text], [], [0]), cfg.MaxSeqLen)).ToArray();
@@ -364,7 +365,7 @@ public static class RmTrainer
     {
         if (cfg.RankingsFile is not null || cfg.PairsFile is not null) return RmData.Load(cfg, (_, _, _) => []);
         using var policy = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
-        using var rollouts = InferenceServices.Rollouts(cfg.Engine, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
+        using var rollouts = PolicyRollouts.ForActor(cfg.Engine, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
         var data = RmData.Load(cfg, (prompts, k, seed) => InferenceServices.Sample(rollouts, tokenizer, prompts, k,
             new SamplingOptions { Temperature = (float)cfg.SampleTemperature, MaxNewTokens = cfg.MaxNewTokens, Seed = (ulong)seed }));
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "eval_gold.json"), JsonSerializer.Serialize(data.Eval.Select(g => g.Gold).ToList()));

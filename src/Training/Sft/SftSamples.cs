@@ -1,4 +1,5 @@
 using Rlhf.Export;
+using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;
@@ -15,7 +16,7 @@ public sealed record SampleReport(double GoldMean, double GoldStd, double Refere
 public static class SftSamples
 {
     /// <summary>Temperature used for the report samples (PPO rollouts use their own).</summary>
-    public const double Temperature = 0.7;
+    public const float Temperature = 0.7f;
 
     /// <summary>Generates one response per held-out example, scores it and writes the artefacts into <paramref name="outFolder"/>.</summary>
     public static SampleReport Generate(LlamaForCausalLM model, TextTokenizer tokenizer, IReadOnlyList<SftExample> heldOut,
@@ -25,10 +26,8 @@ public static class SftSamples
         var eos = Generation.StopIds(model.Config, tokenizer);
         var generated = new List<GeneratedSequence>();
         for (int i = 0; i < prompts.Count; i += 32)
-            generated.AddRange(Generation.Generate(model, prompts.Skip(i).Take(32).ToList(), new GenerationOptions
-            {
-                MaxNewTokens = 64, Temperature = Temperature, Seed = seed + i, EosTokenIds = eos, PadTokenId = tokenizer.PadId ?? 0,
-            }));
+            generated.AddRange(Generation.Generate(model, prompts.Skip(i).Take(32).ToList(),
+                new SamplingOptions { MaxNewTokens = 64, Temperature = Temperature, Seed = (ulong)(seed + i) }, eos, tokenizer.PaddingId));
 
         var rows = new List<string[]>();
         var gold = new double[heldOut.Count];
@@ -36,7 +35,7 @@ public static class SftSamples
         int eosCount = 0;
         for (int i = 0; i < heldOut.Count; i++)
         {
-            bool endedWithEos = generated[i].FinishReason == FinishReason.Stop;
+            bool endedWithEos = generated[i].FinishReason == RolloutFinishReason.Eos;
             if (endedWithEos) eosCount++;
             string response = PromptFormat.ResponseText(tokenizer, generated[i].Tokens.Select(t => (int)t));
             gold[i] = GoldScorer.Score(heldOut[i].Prompt, response, endedWithEos).Total;

@@ -74,7 +74,7 @@ public static class SftTrainer
         var tokenizer = TextTokenizer.Load(modelSource);
         using var model = LlamaForCausalLM.FromPretrained(modelSource, device, ScalarType.Float32, WithDropout(cfg));
         model.Precision = cfg.Precision;
-        int padId = tokenizer.PadId ?? tokenizer.EosId ?? 0;
+        int padId = tokenizer.PaddingId;
 
         var train = WithTargets(data.Train.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen, chat)), "training", cfg.MaxSeqLen);
         var eval = WithTargets(data.Eval.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen, chat)), "held-out", cfg.MaxSeqLen);

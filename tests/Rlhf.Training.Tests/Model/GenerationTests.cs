@@ -1,3 +1,4 @@
+using Rlhf.Inference.Rollout;
 using Rlhf.Training.Model;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -12,8 +13,8 @@ public sealed class GenerationTests
     public void GreedyEqualsArgmaxOfRepeatedFullForwards()
     {
         var m = TinyModels.Randomized(TinyModels.Config("qwen2"), 21);
-        var opts = new GenerationOptions { MaxNewTokens = 8, Temperature = 0, EosTokenIds = [] };
-        var got = Generation.Generate(m, Prompts, opts);
+        var opts = new SamplingOptions { MaxNewTokens = 8, Temperature = 0 };
+        var got = Generation.Generate(m, Prompts, opts, [], 0);
         for (int r = 0; r < Prompts.Length; r++)
         {
             var seq = Prompts[r].ToList();
@@ -25,7 +26,7 @@ public sealed class GenerationTests
                 seq.Add(next);
             }
             Assert.Equal(expected, got[r].Tokens);
-            Assert.Equal(FinishReason.Length, got[r].FinishReason);
+            Assert.Equal(RolloutFinishReason.Length, got[r].FinishReason);
         }
     }
 
@@ -33,11 +34,11 @@ public sealed class GenerationTests
     public void StopsAtEosPerRow()
     {
         var m = TinyModels.Randomized(TinyModels.Config(), 21);
-        var greedy = Generation.Generate(m, Prompts, new GenerationOptions { MaxNewTokens = 6, Temperature = 0 });
+        var greedy = Generation.Generate(m, Prompts, new SamplingOptions { MaxNewTokens = 6, Temperature = 0 }, [], 0);
         long eos = greedy[0].Tokens[2];                        // make row 0's third token the EOS
-        var got = Generation.Generate(m, Prompts, new GenerationOptions { MaxNewTokens = 6, Temperature = 0, EosTokenIds = [(int)eos] });
+        var got = Generation.Generate(m, Prompts, new SamplingOptions { MaxNewTokens = 6, Temperature = 0 }, [(int)eos], 0);
         Assert.Equal(greedy[0].Tokens[..3], got[0].Tokens);
-        Assert.Equal(FinishReason.Stop, got[0].FinishReason);
+        Assert.Equal(RolloutFinishReason.Eos, got[0].FinishReason);
         int cut = Array.IndexOf(greedy[1].Tokens, eos);
         Assert.Equal(cut < 0 ? greedy[1].Tokens : greedy[1].Tokens[..(cut + 1)], got[1].Tokens);
     }
@@ -46,12 +47,12 @@ public sealed class GenerationTests
     public void SameSeedSameSamples()
     {
         var m = TinyModels.Randomized(TinyModels.Config(), 22);
-        var o = new GenerationOptions { MaxNewTokens = 10, Temperature = 1.0, TopK = 20, TopP = 0.9, Seed = 42 };
+        var o = new SamplingOptions { MaxNewTokens = 10, Temperature = 1f, TopK = 20, TopP = 0.9f, Seed = 42 };
         m.train();
-        var a = Generation.Generate(m, Prompts, o);
+        var a = Generation.Generate(m, Prompts, o, [], 0);
         Assert.True(m.training);                                   // training flag restored
-        var b = Generation.Generate(m, Prompts, o);
-        var c = Generation.Generate(m, Prompts, o with { Seed = 43 });
+        var b = Generation.Generate(m, Prompts, o, [], 0);
+        var c = Generation.Generate(m, Prompts, o with { Seed = 43 }, [], 0);
         for (int r = 0; r < 2; r++) Assert.Equal(a[r].Tokens, b[r].Tokens);
         Assert.False(a[0].Tokens.SequenceEqual(c[0].Tokens) && a[1].Tokens.SequenceEqual(c[1].Tokens));
     }

@@ -5,6 +5,7 @@ using Rlhf.Training.RewardModel;
 using Rlhf.Training.Sft;
 using Rlhf.Training.Tests.Sft;
 using Rlhf.Training.Tests.Common;
+using Rlhf.Inference.Rollout;
 
 namespace Rlhf.Training.Tests.Ppo;
 
@@ -111,7 +112,7 @@ public sealed class PpoTrainerTests
     [Fact]
     public void GenAiRolloutsFollowEveryUpdate()
     {
-        var cfg = Tiny() with { Engine = RolloutBackend.Genai, BestOfN = [1] };
+        var cfg = Tiny() with { Engine = RolloutEngineKind.Genai, BestOfN = [1] };
         var s = PpoTrainer.Train(cfg, new RunControl { Progress = false });
         Assert.Equal(3, s.Iterations);
         var m = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv"));

@@ -108,7 +108,7 @@ public sealed class GenAiRolloutTests : IDisposable
         var g = genai.Generate(requests);
         var o = ours.Generate(requests);
         var t = Generation.Generate(m, [.. Prompts.Select(p => p.Select(x => (long)x).ToArray())],
-            new GenerationOptions { MaxNewTokens = 12, Temperature = 0, EosTokenIds = [2], PadTokenId = 0 });
+            new SamplingOptions { MaxNewTokens = 12, Temperature = 0 }, [2], 0);
         for (int i = 0; i < Prompts.Length; i++)
         {
             Assert.Equal(t[i].Tokens.Select(x => (int)x), g[i].ResponseIds);
@@ -148,7 +148,7 @@ public sealed class GenAiRolloutTests : IDisposable
         using var loaded = LlamaForCausalLM.FromPretrained(hf, CPU, ScalarType.Float32);
         Assert.Equal([2, free[k]], loaded.Config.EosTokenIds);
         var t = Generation.Generate(loaded, [.. Prompts.Select(p => p.Select(x => (long)x).ToArray())],
-            new GenerationOptions { MaxNewTokens = 12, Temperature = 0, EosTokenIds = [.. loaded.Config.EosTokenIds], PadTokenId = 0 });
+            new SamplingOptions { MaxNewTokens = 12, Temperature = 0 }, [.. loaded.Config.EosTokenIds], 0);
         Assert.Equal(free[..(k + 1)], o[0].ResponseIds);
         Assert.Equal(RolloutFinishReason.Eos, o[0].FinishReason);
         for (int i = 0; i < Prompts.Length; i++)
@@ -262,7 +262,7 @@ public sealed class GenAiRolloutTests : IDisposable
             var w = OrtWeights.From(model, packedQkv: true);
             genai.UpdateWeights(w.Buffers, w);
             var t = Generation.Generate(model, [.. Prompts.Select(p => p.Select(x => (long)x).ToArray())],
-                new GenerationOptions { MaxNewTokens = 12, Temperature = 0, EosTokenIds = [2], PadTokenId = 0 });
+                new SamplingOptions { MaxNewTokens = 12, Temperature = 0 }, [2], 0);
             var g = genai.Generate(requests);
             for (int i = 0; i < Prompts.Length; i++) Assert.Equal(t[i].Tokens.Select(x => (int)x), g[i].ResponseIds);
         }
@@ -313,7 +313,7 @@ public sealed class GenAiRolloutTests : IDisposable
         Assert.Equal(o.ResponseIds, g.ResponseIds);
 
         // The CLI engine option end to end.
-        var viaCli = GenerateCommand.Run(dir, "genai", ["the product"], new GenerateSettings(MaxNewTokens: 20, Temperature: 0, Threads: 2));
+        var viaCli = GenerateCommand.Run(dir, RolloutEngineKind.Genai, ["the product"], new SamplingOptions { MaxNewTokens = 20, Temperature = 0, Seed = 1 }, threads: 2);
         Assert.Equal(full.ResponseIds, viaCli[0].Ids);
     }
 }

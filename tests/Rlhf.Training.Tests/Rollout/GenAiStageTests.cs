@@ -2,6 +2,7 @@ using Rlhf.Training.Common;
 using Rlhf.Training.Data;
 using Rlhf.Training.RewardModel;
 using Rlhf.Training.Tests.Ppo;
+using Rlhf.Inference.Rollout;
 
 namespace Rlhf.Training.Tests.Rollout;
 
@@ -11,7 +12,7 @@ public sealed class GenAiStageTests
     static RmConfig Tiny(string sft) => new()
     {
         Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "rm"), SftModel = sft, TrainPrompts = 6, EvalPrompts = 2, K = 3,
-        PromptsPerBatch = 3, MaxNewTokens = 8, MaxSeqLen = 40, Threads = 1, Engine = RolloutBackend.Genai,
+        PromptsPerBatch = 3, MaxNewTokens = 8, MaxSeqLen = 40, Threads = 1, Engine = RolloutEngineKind.Genai,
     };
 
     [Fact]

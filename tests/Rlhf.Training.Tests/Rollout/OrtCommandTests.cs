@@ -37,9 +37,9 @@ public sealed class OrtCommandTests : IDisposable
         var cfg = TinyModels.Config() with { VocabSize = bpe.VocabSize };
         using (var m = TinyModels.Randomized(cfg, 9)) m.SavePretrained(folder);
         string[] prompts = ["the product", "review number 3 was", "slow"];
-        var settings = new GenerateSettings(MaxNewTokens: 10, Temperature: 0, Threads: 2);
-        var torchOut = GenerateCommand.Run(folder, "torch", prompts, settings);
-        var ortOut = GenerateCommand.Run(folder, "ort", prompts, settings);
+        var settings = new Inference.Rollout.SamplingOptions { MaxNewTokens = 10, Temperature = 0, Seed = 1 };
+        var torchOut = GenerateCommand.Run(folder, Inference.Rollout.RolloutEngineKind.Torch, prompts, settings, threads: 2);
+        var ortOut = GenerateCommand.Run(folder, Inference.Rollout.RolloutEngineKind.Ort, prompts, settings, threads: 2);
         for (int i = 0; i < prompts.Length; i++)
         {
             Assert.Equal(torchOut[i].Ids, ortOut[i].Ids);

@@ -26,7 +26,7 @@ public sealed class OrtGqaRolloutTests
         {
             LlamaContribGraph.Export(cfg, m.state_dict(), dir);
             long[][] prompts = [[1, 5, 9, 12, 7], [1, 30], [1, 4, 4, 8, 16, 23, 42, 3], [1]];
-            var torchOut = Generation.Generate(m, prompts, new GenerationOptions { MaxNewTokens = 12, Temperature = 0, EosTokenIds = [2], PadTokenId = 0 });
+            var torchOut = Generation.Generate(m, prompts, new SamplingOptions { MaxNewTokens = 12, Temperature = 0 }, [2], 0);
             using var engine = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = 2, EosTokenIds = [2], PadTokenId = 0, ShareKvBuffer = shareKvBuffer });
             Assert.Equal(PaddingSide.Right, engine.Padding);
             var ort = engine.Generate([.. prompts.Select(p => RolloutRequest.FromIds([.. p.Select(x => (int)x)], new SamplingOptions { Temperature = 0, MaxNewTokens = 12 }))]);

@@ -86,14 +86,14 @@ public sealed class OrtRolloutTests : IDisposable
     {
         var cfg = TinyModels.Config(layers: 2);
         using var m = TinyModels.Randomized(cfg, 3);
-        var torchOut = Generation.Generate(m, Prompts, new GenerationOptions { MaxNewTokens = 12, Temperature = 0, EosTokenIds = [2], PadTokenId = 0 });
+        var torchOut = Generation.Generate(m, Prompts, new SamplingOptions { MaxNewTokens = 12, Temperature = 0 }, [2], 0);
         using var engine = RolloutEngine.Load(Export(m), new RolloutEngineOptions { Threads = 2, Padding = padding, EosTokenIds = [2], PadTokenId = 0 });
         var sampling = new SamplingOptions { Temperature = 0, MaxNewTokens = 12 };
         var ort = engine.Generate([.. Prompts.Select(p => RolloutRequest.FromIds([.. p.Select(x => (int)x)], sampling))]);
         for (int i = 0; i < Prompts.Length; i++)
         {
             Assert.Equal(torchOut[i].Tokens.Select(x => (int)x), ort[i].ResponseIds);
-            Assert.Equal(torchOut[i].FinishReason == FinishReason.Stop ? RolloutFinishReason.Eos : RolloutFinishReason.Length, ort[i].FinishReason);
+            Assert.Equal(torchOut[i].FinishReason, ort[i].FinishReason);
             Assert.Equal(Prompts[i].Select(x => (int)x), ort[i].PromptIds);
         }
     }
