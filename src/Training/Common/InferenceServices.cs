@@ -1,4 +1,3 @@
-using Rlhf.Export;
 using Rlhf.Export.Onnx;
 using Rlhf.Training.OnnxExport;
 using Rlhf.Inference.Reward;
@@ -7,11 +6,13 @@ using Rlhf.Inference.Services;
 using Rlhf.Inference.Serving;
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Model;
-using static TorchSharp.torch;
 
 namespace Rlhf.Training.Common;
 
-/// <summary>Opens the rollout and reward services the stages talk to (in-process here; the same interfaces serve a remote service).</summary>
+/// <summary>
+/// The weight sync into a rollout service, and the reward and remote services the stages talk to (the same interfaces
+/// serve in-process and remote services; in-process rollout engines open through <see cref="Engines.PolicyRollouts"/>).
+/// </summary>
 public static class InferenceServices
 {
     /// <summary>

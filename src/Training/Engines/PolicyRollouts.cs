@@ -1,5 +1,4 @@
 using Rlhf.Export;
-using Rlhf.Export.Onnx;
 using Rlhf.Inference.Rollout;
 using Rlhf.Inference.Services;
 using Rlhf.Inference.Tokenization;
