@@ -22,6 +22,10 @@ public static class Checkpoint
     public static Tensor Run(Func<Tensor[], Tensor> f, params Tensor[] inputs)
     {
         if (inputs.Length == 0) throw new ArgumentException("Checkpoint.Run needs at least the input tensor.");
+        // Under LoRA the frozen embedding's output needs no gradient, and a function none of whose inputs does is left out
+        // of the graph (the parameters inside f are invisible to it): give the input a gradient to hand back, as PyTorch's
+        // enable_input_require_grads does for the same reason.
+        if (torch.is_grad_enabled() && !inputs[0].requires_grad) inputs = [inputs[0].detach().requires_grad_(true), .. inputs.Skip(1)];
         return Recompute.apply([f, .. inputs]);
     }
 
@@ -61,8 +65,9 @@ public static class Checkpoint
             {
                 torch.set_rng_state(now);
             }
-            var result = new List<Tensor> { gradInput! };
-            for (int i = 1; i < saved.Count; i++) result.Add(null!);   // the constants take no gradient
+            // One gradient per argument of apply: none for f, the input's, none for the constants.
+            var result = new List<Tensor> { null!, gradInput! };
+            for (int i = 1; i < saved.Count; i++) result.Add(null!);
             return result;
         }
     }

@@ -56,8 +56,9 @@ public sealed class LlamaForCausalLM : nn.Module, IMixedPrecision, ILoraModel
     /// </summary>
     public static LlamaForCausalLM SharingBase(LlamaForCausalLM source)
     {
-        var m = new LlamaForCausalLM(source.Config, torch.META, ScalarType.Float32);
         var state = source.state_dict();
+        // Built on the source's device (libtorch refuses to point a meta tensor at CPU storage); set_ then drops the fresh storage.
+        var m = new LlamaForCausalLM(source.Config, state.Values.First().device, state.Values.First().dtype);
         using (torch.no_grad())
             foreach (var (name, p) in m.named_parameters())
             {
