@@ -143,6 +143,27 @@ public sealed class LoraTests
     }
 
     [Fact]
+    public void MergeOfACheckpointEqualsTheMergedStageOutput()
+    {
+        // a checkpoint (base + adapter/) merged by `rlhf merge` gives the weights the stage itself writes
+        var cfg = TinyModels.Config();
+        string root = Directory.CreateTempSubdirectory().FullName;
+        using var m = TinyModels.Randomized(cfg, 2);
+        RandomizeB(m.AttachLora(Settings(3, "k_proj", "up_proj"), 1, "base"), 4);
+        m.SavePretrained(Path.Combine(root, "checkpoint"), merged: false);
+        m.SavePretrained(Path.Combine(root, "out"));
+        Assert.Equal(2 * cfg.NumHiddenLayers, Rlhf.Training.Cli.MergeCommand.Merge(Path.Combine(root, "checkpoint"),
+            Path.Combine(root, "checkpoint", "adapter"), Path.Combine(root, "merged")));
+        var expected = HfFolder.ReadWeights(Path.Combine(root, "out"));
+        var merged = HfFolder.ReadWeights(Path.Combine(root, "merged"));
+        var stored = HfFolder.ReadWeights(Path.Combine(root, "checkpoint"));
+        Assert.Equal(expected.Keys.Order(), merged.Keys.Order());
+        foreach (var (name, t) in expected) Assert.True(TinyModels.Same(t, merged[name]), name);
+        Assert.False(TinyModels.Same(expected["model.layers.0.self_attn.k_proj.weight"], stored["model.layers.0.self_attn.k_proj.weight"]));
+        Assert.True(TinyModels.Same(expected["model.layers.0.self_attn.q_proj.weight"], stored["model.layers.0.self_attn.q_proj.weight"]));
+    }
+
+    [Fact]
     public void ConfigKeysAreValidatedWithWhatToChange()
     {
         Assert.Empty(LoraSettings.Problems(0, 0, 0, []));
