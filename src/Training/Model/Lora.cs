@@ -53,8 +53,14 @@ public static class Lora
     public static Tensor Forward(Tensor x, Tensor w, Tensor? b, Tensor a, Tensor bm, double scale)
     {
         using var scope = torch.NewDisposeScope();
-        var y = nn.functional.linear(x, w, b) + nn.functional.linear(nn.functional.linear(x, a), bm) * scale;
-        return scope.MoveToOuter(y);
+        return scope.MoveToOuter(nn.functional.linear(x, w, b) + Delta(x, a, bm, scale));
+    }
+
+    /// <summary>The adapter's term s·B A x = s·(x Aᵀ) Bᵀ: x [..., in], a [r, in], bm [out, r] -> [..., out] (never forms B A).</summary>
+    public static Tensor Delta(Tensor x, Tensor a, Tensor bm, double scale)
+    {
+        using var scope = torch.NewDisposeScope();
+        return scope.MoveToOuter(nn.functional.linear(nn.functional.linear(x, a), bm) * scale);
     }
 
     /// <summary>The merged weight W' = W + s·B A: w [out, in], a [r, in], bm [out, r] -> [out, in] (a new tensor, no grad).</summary>
@@ -93,7 +99,12 @@ public sealed class LoraLinear : IDisposable
         {
             // Drawn in float32 on the CPU from the model's generator, so the init does not depend on device or dtype.
             var a = torch.empty([s.Rank, inF], ScalarType.Float32, torch.CPU).uniform_(-Lora.InitBound(inF), Lora.InitBound(inF), gen);
-            if (a.dtype != w.dtype || a.device.type != w.device.type) a = a.to(w.dtype, w.device);
+            if (a.dtype != w.dtype || a.device.type != w.device.type)
+            {
+                var moved = a.to(w.dtype, w.device);
+                a.Dispose();
+                a = moved;
+            }
             A = (Parameter)new Parameter(a, requires_grad: true).DetachFromDisposeScope();
         }
         B = (Parameter)new Parameter(torch.zeros([outF, s.Rank], w.dtype, w.device), requires_grad: true).DetachFromDisposeScope();
@@ -113,8 +124,7 @@ public sealed class LoraLinear : IDisposable
         using var scope = torch.NewDisposeScope();
         var xc = MixedPrecision.Cast(x, compute);
         var xd = training && _dropout > 0 ? nn.functional.dropout(xc, _dropout, true) : xc;
-        var y = MixedPrecision.Linear(layer, xc, compute)
-              + nn.functional.linear(nn.functional.linear(xd, MixedPrecision.Cast(A, compute)), MixedPrecision.Cast(B, compute)) * Scale;
+        var y = MixedPrecision.Linear(layer, xc, compute) + Lora.Delta(xd, MixedPrecision.Cast(A, compute), MixedPrecision.Cast(B, compute), Scale);
         return scope.MoveToOuter(y);
     }
 
