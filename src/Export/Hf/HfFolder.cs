@@ -138,7 +138,8 @@ public static class HfFolder
     /// <summary>
     /// Fills a new sibling temporary folder with <paramref name="fill"/>, then moves it into place: a plain rename
     /// when <paramref name="folder"/> does not exist, else each file is renamed over its old version (other files,
-    /// e.g. tokenizer files, are kept; weight files of the other layout are removed). A failure leaves the target untouched.
+    /// e.g. tokenizer files, are kept; weight files of the other layout are removed; a sub-folder replaces its old version
+    /// whole). A failure leaves the target untouched.
     /// </summary>
     public static void ReplaceAtomically(string folder, Action<string> fill)
     {
@@ -161,6 +162,12 @@ public static class HfFolder
                 File.Move(Path.Combine(tmp, name), Path.Combine(full, name), overwrite: true);
             if (files.Any(n => n == WeightsFile || n == IndexFile))
                 RemoveStaleWeights(full, files);
+            foreach (var dir in Directory.GetDirectories(tmp))   // sub-folders (a LoRA adapter/) replace their old version whole
+            {
+                string target = Path.Combine(full, Path.GetFileName(dir));
+                if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
+                Directory.Move(dir, target);
+            }
             Directory.Delete(tmp, recursive: true);
         }
         catch

@@ -33,6 +33,7 @@ internal static class RlhfCommand
             DataCommand.Create(),
             ScoreCommand.Create(),
             ExportCommand.Create(),
+            MergeCommand.Create(),
             BenchCommand.Create(),
             ServeTrainCommand.Serve(),
         };

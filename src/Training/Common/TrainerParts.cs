@@ -30,7 +30,7 @@ public static class TrainerParts
     /// <summary>AdamW with decoupled weight decay on matrices only (norm weights and biases are not decayed).</summary>
     public static TorchSharp.Modules.AdamW AdamW(nn.Module model, AdamWSettings s)
     {
-        var named = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+        var named = Trainable(model);
         var decay = named.Where(p => p.parameter.dim() >= 2).Select(p => p.parameter).ToList();
         var noDecay = named.Where(p => p.parameter.dim() < 2).Select(p => p.parameter).ToList();
         var groups = new List<TorchSharp.Modules.AdamW.ParamGroup>
@@ -39,6 +39,17 @@ public static class TrainerParts
             new(noDecay, new TorchSharp.Modules.AdamW.Options { LearningRate = s.Lr, weight_decay = 0.0, beta1 = s.Beta1, beta2 = s.Beta2, eps = s.Eps }),
         };
         return optim.AdamW(groups, s.Lr, s.Beta1, s.Beta2, s.Eps, s.WeightDecay);
+    }
+
+    /// <summary>
+    /// The parameters a trainer updates: the module's that require gradients, then (a LoRA model) its adapters' A and B.
+    /// Under LoRA the base is frozen, so this is the adapters (and a sequence classifier's head) only.
+    /// </summary>
+    public static List<(string name, TorchSharp.Modules.Parameter parameter)> Trainable(nn.Module model)
+    {
+        var named = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+        if (model is Model.ILoraModel { Lora: { } lora }) named.AddRange(lora.NamedParameters());
+        return named;
     }
 
     /// <summary>
@@ -61,7 +72,7 @@ public static class TrainerParts
     /// <summary>Clips the global L2 gradient norm to <paramref name="maxNorm"/> (0 = measure only) and returns the norm before clipping.</summary>
     public static double ClipGradNorm(nn.Module model, double maxNorm)
     {
-        var ps = model.parameters().Where(p => p.requires_grad).ToList();
+        var ps = Trainable(model).Select(p => p.parameter).ToList();
         if (maxNorm > 0) return nn.utils.clip_grad_norm_(ps, maxNorm);
         double sq = 0;
         foreach (var p in ps)

@@ -86,7 +86,10 @@ public static class DpoTrainer
         StageLog.Info($"DPO data: {train.Length} prompts ({train.Sum(g => g.Group.Pairs.Count)} comparisons), {eval.Length} held-out prompts, in {labelSeconds:F1}s.");
 
         using var policy = LlamaForCausalLM.FromPretrained(resumeFrom ?? cfg.SftModel, device, ScalarType.Float32);
-        using var reference = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
+        policy.GradientCheckpointing = cfg.GradientCheckpointing;
+        if (cfg.Lora().Enabled) policy.AttachLora(cfg.Lora(), cfg.Seed, cfg.SftModel, from: resumeFrom);   // a checkpoint holds the base and adapter/
+        // π_ref: the SFT model; under LoRA the policy's frozen base itself (same storage, adapters off), no second copy.
+        using var reference = cfg.Lora().Enabled ? LlamaForCausalLM.SharingBase(policy) : LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
         foreach (var p in reference.parameters()) p.requires_grad = false;
         policy.Precision = reference.Precision = cfg.Precision;
         policy.eval();   // dropout off: the implicit reward compares the same function as π_ref's
@@ -147,7 +150,7 @@ public static class DpoTrainer
                 }
                 steps.EndStep(step + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
                 {
-                    policy.SavePretrained(tmp, ScalarType.Float32);
+                    policy.SavePretrained(tmp, ScalarType.Float32, merged: false);
                     TokenizerFiles.Copy(cfg.SftModel, tmp);
                 }, optimizers, metrics, new DpoState(step + 1, ConfigLoader.ToJson(cfg))));
             }

@@ -79,16 +79,28 @@ internal static class HfCheckpoint
 
     /// <summary>
     /// Writes <c>config.json</c> and the weights into <paramref name="folder"/> through a temporary folder
-    /// (<see cref="HfFolder.ReplaceAtomically"/>).
+    /// (<see cref="HfFolder.ReplaceAtomically"/>); <paramref name="extra"/> adds files to the temporary folder (the adapter).
     /// </summary>
-    public static void Save(string folder, JsonObject config, IReadOnlyDictionary<string, Tensor> weights, ScalarType dtype, long maxShardBytes)
+    public static void Save(string folder, JsonObject config, IReadOnlyDictionary<string, Tensor> weights, ScalarType dtype, long maxShardBytes,
+                            Action<string>? extra = null)
     {
         HfFolder.ReplaceAtomically(folder, tmp =>
         {
+            extra?.Invoke(tmp);
             HfFolder.WriteWeights(tmp, weights, dtype, maxShardBytes);
             File.WriteAllText(Path.Combine(tmp, HfFolder.ConfigFile),
                 config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         });
+    }
+
+    /// <summary>
+    /// Freezes every parameter of <paramref name="module"/> except those whose name starts with one of
+    /// <paramref name="trainable"/> (a LoRA model's base: only adapters and heads train).
+    /// </summary>
+    public static void Freeze(nn.Module module, params string[] trainable)
+    {
+        foreach (var (name, p) in module.named_parameters())
+            p.requires_grad = trainable.Any(t => name.StartsWith(t, StringComparison.Ordinal));
     }
 
     /// <summary>Device of a module's first parameter (CPU when it has none).</summary>

@@ -20,6 +20,7 @@ public sealed class LlamaAttention : nn.Module
     readonly int _kvHeads;
     readonly int _headDim;
     readonly double _dropout;
+    readonly Dictionary<string, LoraLinear> _lora = new(StringComparer.Ordinal);   // not registered: the state dict keeps the base's HF names
 
     /// <summary>Creates the projections (TorchSharp default init; the model re-initialises them).</summary>
     public LlamaAttention(ModelConfig c, Device? device, ScalarType dtype) : base(nameof(LlamaAttention))
@@ -35,6 +36,16 @@ public sealed class LlamaAttention : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>Adds an adapter to each of q/k/v/o_proj named in the settings (<paramref name="prefix"/> = this module's HF path + ".").</summary>
+    internal void AttachLora(LoraAdapters adapters, string prefix, torch.Generator gen)
+    {
+        foreach (var (name, layer) in new[] { ("q_proj", q_proj), ("k_proj", k_proj), ("v_proj", v_proj), ("o_proj", o_proj) })
+            if (adapters.Settings.TargetModules.Contains(name)) _lora[name] = adapters.Add(prefix + name, layer, gen);
+    }
+
+    Tensor Proj(string name, Linear layer, Tensor x, ScalarType? compute) =>
+        _lora.TryGetValue(name, out var a) ? a.Forward(layer, x, compute, training) : MixedPrecision.Linear(layer, x, compute);
+
     /// <summary>
     /// x [B, S, H]; cos/sin [B, S, D]; mask [B, 1, S, T] bool (true = may attend; T = cached + S);
     /// cache: when given, this layer's keys/values are appended and attention covers all T positions.
@@ -49,11 +60,11 @@ public sealed class LlamaAttention : nn.Module
         var xc = MixedPrecision.Cast(x, compute);
         // Under mixed precision q, k and v return to x's dtype (float32) for RoPE and attention: libtorch's CPU attention
         // backward runs about twice slower in bfloat16 than in float32 (measured at the tiny and small configs' shapes).
-        Tensor Project(Linear proj, long heads) =>
-            MixedPrecision.Cast(MixedPrecision.Linear(proj, xc, compute), x.dtype).view(b, s, heads, _headDim).transpose(1, 2);
-        var q = Project(q_proj, _heads);     // [B, heads, S, D]
-        var k = Project(k_proj, _kvHeads);   // [B, Hkv, S, D]
-        var v = Project(v_proj, _kvHeads);   // [B, Hkv, S, D]
+        Tensor Project(string name, Linear proj, long heads) =>
+            MixedPrecision.Cast(Proj(name, proj, xc, compute), x.dtype).view(b, s, heads, _headDim).transpose(1, 2);
+        var q = Project("q_proj", q_proj, _heads);     // [B, heads, S, D]
+        var k = Project("k_proj", k_proj, _kvHeads);   // [B, Hkv, S, D]
+        var v = Project("v_proj", v_proj, _kvHeads);   // [B, Hkv, S, D]
         q = Rope.Apply(q, cos, sin);
         k = Rope.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Append(layer, k, v);                   // [B, Hkv, T, D]
@@ -64,7 +75,7 @@ public sealed class LlamaAttention : nn.Module
         }
         var o = nn.functional.scaled_dot_product_attention(q, k, v, mask, training ? _dropout : 0.0);   // [B, heads, S, D]
         o = o.transpose(1, 2).reshape(b, s, _heads * _headDim);
-        var y = MixedPrecision.Linear(o_proj, o, compute);
+        var y = Proj("o_proj", o_proj, o, compute);
         return scope.MoveToOuter(y.dtype == x.dtype ? y : y.to(x.dtype));
     }
 }

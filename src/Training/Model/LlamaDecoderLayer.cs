@@ -28,6 +28,13 @@ public sealed class LlamaDecoderLayer : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>Adds the adapters of this block's projections (<paramref name="prefix"/> = <c>model.layers.{i}.</c>).</summary>
+    internal void AttachLora(LoraAdapters adapters, string prefix, torch.Generator gen)
+    {
+        self_attn.AttachLora(adapters, prefix + "self_attn.", gen);
+        mlp.AttachLora(adapters, prefix + "mlp.", gen);
+    }
+
     /// <summary>
     /// x [B, S, H]; cos/sin [B, S, D] (in x's dtype); mask [B, 1, S, T] bool -> [B, S, H]. The residual stream, norms,
     /// RoPE and attention stay in x's dtype; the projections and the MLP run in <paramref name="compute"/> (null = x's dtype).

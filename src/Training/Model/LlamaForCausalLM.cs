@@ -11,7 +11,7 @@ namespace Rlhf.Training.Model;
 /// <c>model.layers.{i}.mlp.{gate,up,down}_proj.weight</c>, <c>model.layers.{i}.{input,post_attention}_layernorm.weight</c>,
 /// <c>model.norm.weight</c>, and <c>lm_head.weight</c> [V, H] unless embeddings are tied (then absent, as in HF files).
 /// </summary>
-public sealed class LlamaForCausalLM : nn.Module, IMixedPrecision
+public sealed class LlamaForCausalLM : nn.Module, IMixedPrecision, ILoraModel
 {
     readonly LlamaModel model;
     readonly Linear? lm_head;
@@ -29,6 +29,46 @@ public sealed class LlamaForCausalLM : nn.Module, IMixedPrecision
 
     /// <summary>Arithmetic precision of forward/backward (the trunk's; see <see cref="Model.Precision"/>).</summary>
     public Precision Precision { get => model.Precision; set => model.Precision = value; }
+
+    /// <summary>The LoRA adapters (null = full fine-tuning).</summary>
+    public LoraAdapters? Lora => model.Lora;
+
+    /// <summary>Per-layer activation checkpointing in training forwards (<see cref="LlamaModel.GradientCheckpointing"/>).</summary>
+    public bool GradientCheckpointing { get => model.GradientCheckpointing; set => model.GradientCheckpointing = value; }
+
+    /// <summary>
+    /// Adds LoRA adapters (<see cref="LlamaModel.AttachLora"/>) and freezes every base weight: only the adapters train.
+    /// With <paramref name="from"/> (a model folder holding <c>adapter/</c>, as a checkpoint does) the adapter weights are read from it.
+    /// <paramref name="baseModel"/> is recorded as PEFT's base_model_name_or_path.
+    /// </summary>
+    public LoraAdapters AttachLora(LoraSettings settings, long seed, string? baseModel, string? from = null)
+    {
+        var lora = model.AttachLora(settings, seed);
+        lora.BaseModel = baseModel;
+        HfCheckpoint.Freeze(this);
+        if (from is not null) PeftAdapter.Load(Path.Combine(from, PeftAdapter.FolderName), lora, new Dictionary<string, Tensor>());
+        return lora;
+    }
+
+    /// <summary>
+    /// A second model over the same weight storage as <paramref name="source"/>'s base (no copy; frozen; no adapters):
+    /// the reference policy of a LoRA run is the base with the adapters off.
+    /// </summary>
+    public static LlamaForCausalLM SharingBase(LlamaForCausalLM source)
+    {
+        var state = source.state_dict();
+        // Built on the source's device (libtorch refuses to point a meta tensor at CPU storage); set_ then drops the fresh storage.
+        var m = new LlamaForCausalLM(source.Config, state.Values.First().device, state.Values.First().dtype);
+        using (torch.no_grad())
+            foreach (var (name, p) in m.named_parameters())
+            {
+                p.requires_grad = false;
+                p.set_(state[name]);
+            }
+        m.Precision = source.Precision;
+        m.eval();
+        return m;
+    }
 
     /// <summary>The decoder trunk (for heads that read hidden states).</summary>
     public LlamaModel Model => model;
@@ -106,11 +146,16 @@ public sealed class LlamaForCausalLM : nn.Module, IMixedPrecision
 
     /// <summary>
     /// Writes <c>config.json</c> (torch_dtype set to <paramref name="dtype"/>) and <c>model.safetensors</c>
-    /// (sharded with an index when larger than <paramref name="maxShardBytes"/>), through a temporary folder renamed into place.
+    /// (sharded with an index when larger than <paramref name="maxShardBytes"/>), through a temporary folder renamed into place;
+    /// with LoRA adapters also <c>adapter/</c> (<see cref="PeftAdapter"/>).
     /// </summary>
-    public void SavePretrained(string folder, ScalarType dtype = ScalarType.Float32, long maxShardBytes = long.MaxValue)
+    /// <param name="merged">With LoRA: true writes W + (α/r)·B A (the trained policy, for export and downstream stages),
+    /// false the base alone (a checkpoint: base + adapter resume exactly). Either way the adapter goes to <c>adapter/</c> in PEFT's layout.</param>
+    public void SavePretrained(string folder, ScalarType dtype = ScalarType.Float32, long maxShardBytes = long.MaxValue, bool merged = true)
     {
         var cfg = Config with { TorchDtype = HfCheckpoint.DtypeString(dtype) };
-        HfCheckpoint.Save(folder, cfg.ToJson(), state_dict(), dtype, maxShardBytes);
+        using var weights = ModelWeights.Of(this, merged);
+        HfCheckpoint.Save(folder, cfg.ToJson(), weights.State, dtype, maxShardBytes, Lora is not { } lora ? null
+            : tmp => PeftAdapter.Save(Path.Combine(tmp, PeftAdapter.FolderName), lora, PeftAdapter.TaskType(false), new Dictionary<string, Tensor>()));
     }
 }

@@ -11,7 +11,7 @@ namespace Rlhf.Training.Model;
 /// weights <c>model.*</c> and <c>score.weight</c> [1, H]; reward models have no bias, PPO critics an optional
 /// <c>score.bias</c> [1] (it holds the RM normalisation folded in by <see cref="FoldAffine"/>). Used for reward models and critics.
 /// </summary>
-public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision
+public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision, ILoraModel
 {
     readonly LlamaModel model;
     readonly Linear score;
@@ -30,6 +30,33 @@ public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision
 
     /// <summary>Arithmetic precision of the trunk's forward/backward (see <see cref="Model.Precision"/>); the head stays float32.</summary>
     public Precision Precision { get => model.Precision; set => model.Precision = value; }
+
+    /// <summary>The LoRA adapters of the trunk (null = full fine-tuning).</summary>
+    public LoraAdapters? Lora => model.Lora;
+
+    /// <summary>Per-layer activation checkpointing in training forwards (<see cref="LlamaModel.GradientCheckpointing"/>).</summary>
+    public bool GradientCheckpointing { get => model.GradientCheckpointing; set => model.GradientCheckpointing = value; }
+
+    /// <summary>The head's tensors by HF name (PEFT's modules_to_save: trained fully next to the adapters).</summary>
+    Dictionary<string, Tensor> HeadTensors()
+    {
+        var d = new Dictionary<string, Tensor>(StringComparer.Ordinal) { ["score.weight"] = score.weight! };
+        if (score.bias is not null) d["score.bias"] = score.bias;
+        return d;
+    }
+
+    /// <summary>
+    /// Adds LoRA adapters to the trunk and freezes it; the score head stays trainable (PEFT's <c>modules_to_save</c>).
+    /// With <paramref name="from"/> (a folder holding <c>adapter/</c>) the adapter and head weights are read from it.
+    /// </summary>
+    public LoraAdapters AttachLora(LoraSettings settings, long seed, string? baseModel, string? from = null)
+    {
+        var lora = model.AttachLora(settings, seed);
+        lora.BaseModel = baseModel;
+        HfCheckpoint.Freeze(this, "score.");
+        if (from is not null) PeftAdapter.Load(Path.Combine(from, PeftAdapter.FolderName), lora, HeadTensors());
+        return lora;
+    }
 
     /// <summary>Default std of the fresh head: 1/sqrt(H + 1) (InstructGPT/OpenAI lm-human-preferences).</summary>
     public static double DefaultHeadStd(ModelConfig c) => 1.0 / Math.Sqrt(c.HiddenSize + 1);
@@ -94,7 +121,9 @@ public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision
     }
 
     /// <summary>Writes config.json (architectures *ForSequenceClassification, one label) and the weights atomically.</summary>
-    public void SavePretrained(string folder, ScalarType dtype = ScalarType.Float32, long maxShardBytes = long.MaxValue)
+    /// <param name="merged">With LoRA: the trunk's projections merged (true) or the base alone (false, a checkpoint); the
+    /// adapter and head go to <c>adapter/</c> in PEFT's layout either way.</param>
+    public void SavePretrained(string folder, ScalarType dtype = ScalarType.Float32, long maxShardBytes = long.MaxValue, bool merged = true)
     {
         var json = (Config with { TorchDtype = HfCheckpoint.DtypeString(dtype) }).ToJson();
         json["architectures"] = new JsonArray(Config.ModelType switch
@@ -105,7 +134,9 @@ public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision
         });
         json["id2label"] = new JsonObject { ["0"] = "LABEL_0" };
         json["label2id"] = new JsonObject { ["LABEL_0"] = 0 };
-        HfCheckpoint.Save(folder, json, state_dict(), dtype, maxShardBytes);
+        using var weights = ModelWeights.Of(this, merged);
+        HfCheckpoint.Save(folder, json, weights.State, dtype, maxShardBytes, Lora is not { } lora ? null
+            : tmp => PeftAdapter.Save(Path.Combine(tmp, PeftAdapter.FolderName), lora, PeftAdapter.TaskType(true), HeadTensors()));
     }
 
     /// <summary>

@@ -14,6 +14,7 @@ public sealed class LlamaMlp : nn.Module
     readonly Linear gate_proj;
     readonly Linear up_proj;
     readonly Linear down_proj;
+    readonly Dictionary<string, LoraLinear> _lora = new(StringComparer.Ordinal);   // not registered: the state dict keeps the base's HF names
 
     /// <summary>Creates the three projections.</summary>
     public LlamaMlp(ModelConfig c, Device? device, ScalarType dtype) : base(nameof(LlamaMlp))
@@ -24,13 +25,23 @@ public sealed class LlamaMlp : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>Adds an adapter to each of gate/up/down_proj named in the settings (<paramref name="prefix"/> = this module's HF path + ".").</summary>
+    internal void AttachLora(LoraAdapters adapters, string prefix, torch.Generator gen)
+    {
+        foreach (var (name, layer) in new[] { ("gate_proj", gate_proj), ("up_proj", up_proj), ("down_proj", down_proj) })
+            if (adapters.Settings.TargetModules.Contains(name)) _lora[name] = adapters.Add(prefix + name, layer, gen);
+    }
+
+    Tensor Proj(string name, Linear layer, Tensor x, ScalarType? compute) =>
+        _lora.TryGetValue(name, out var a) ? a.Forward(layer, x, compute, training) : MixedPrecision.Linear(layer, x, compute);
+
     /// <summary>x [B, S, H] -> [B, S, H] in x's dtype; the projections run in <paramref name="compute"/> (null = x's dtype).</summary>
     public Tensor Forward(Tensor x, ScalarType? compute = null)
     {
         using var scope = torch.NewDisposeScope();
         var xc = MixedPrecision.Cast(x, compute);
-        var h = nn.functional.silu(MixedPrecision.Linear(gate_proj, xc, compute)) * MixedPrecision.Linear(up_proj, xc, compute);
-        var y = MixedPrecision.Linear(down_proj, h, compute);
+        var h = nn.functional.silu(Proj("gate_proj", gate_proj, xc, compute)) * Proj("up_proj", up_proj, xc, compute);
+        var y = Proj("down_proj", down_proj, h, compute);
         return scope.MoveToOuter(y.dtype == x.dtype ? y : y.to(x.dtype));
     }
 }

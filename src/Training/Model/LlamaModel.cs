@@ -33,6 +33,36 @@ public sealed class LlamaModel : nn.Module
     /// <summary>Arithmetic precision of forward/backward (see <see cref="Model.Precision"/>); fp32 unless a trainer sets it.</summary>
     public Precision Precision { get; set; }
 
+    /// <summary>The LoRA adapters of the decoder's projections (null = none; see <see cref="AttachLora"/>).</summary>
+    public LoraAdapters? Lora { get; private set; }
+
+    /// <summary>
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping them (<see cref="Checkpoint"/>);
+    /// applies to forwards that record gradients without a KV cache. Same gradients, less memory, one more forward per layer.
+    /// </summary>
+    public bool GradientCheckpointing { get; set; }
+
+    /// <summary>
+    /// Adds adapters to the projections named by <paramref name="settings"/> in every layer (A drawn from a CPU generator
+    /// seeded with <paramref name="seed"/>, layer by layer, q/k/v/o then gate/up/down; B = 0). Once only.
+    /// </summary>
+    public LoraAdapters AttachLora(LoraSettings settings, long seed)
+    {
+        if (Lora is not null) throw new InvalidOperationException("The model already carries LoRA adapters.");
+        if (!settings.Enabled) throw new ArgumentException("LoRA rank must be ≥ 1 to attach adapters.");
+        var adapters = new LoraAdapters(settings);
+        using var gen = new torch.Generator((ulong)seed, torch.CPU);
+        for (int i = 0; i < layers.Count; i++) layers[i].AttachLora(adapters, $"model.layers.{i}.", gen);
+        return Lora = adapters;
+    }
+
+    /// <inheritdoc />
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) Lora?.Dispose();
+        base.Dispose(disposing);
+    }
+
     /// <summary>The token embedding [V, H] (also the output projection when embeddings are tied).</summary>
     public Parameter EmbedWeight => embed_tokens.weight!;
 
@@ -74,8 +104,15 @@ public sealed class LlamaModel : nn.Module
             windowed = mask.logical_and(SlidingBand(positionIds, keyPositions!, w));      // [B, 1, S, T]
             windowed = windowed.logical_or(windowed.any(-1, keepdim: true).logical_not()); // padding queries: open, as in AttentionMask
         }
+        bool recompute = GradientCheckpointing && cache is null && torch.is_grad_enabled();
         for (int i = 0; i < layers.Count; i++)
-            h = layers[i].Forward(h, cos, sin, Config.WindowOf(i) is null ? mask : windowed!, cache, i, compute);
+        {
+            var layer = layers[i];
+            var m = Config.WindowOf(i) is null ? mask : windowed!;
+            int index = i;
+            h = recompute ? Checkpoint.Run(t => layer.Forward(t[0], t[1], t[2], t[3], null, index, compute), h, cos, sin, m)
+                          : layer.Forward(h, cos, sin, m, cache, i, compute);
+        }
         return norm.forward(h);
     }
 

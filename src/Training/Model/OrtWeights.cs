@@ -25,7 +25,7 @@ public sealed class OrtWeights : IDisposable
     public long Bytes => _buffers.Values.Sum(b => b.ByteLength);
 
     /// <summary>
-    /// Copies the weights of <paramref name="model"/> (any device/dtype) the decoder graph reads. With
+    /// Copies the weights of <paramref name="model"/> (any device/dtype; LoRA adapters merged) the decoder graph reads. With
     /// <paramref name="int8"/> (the int8 rollout graph, packed q/k/v) every projection and the LM head (the embedding when
     /// tied) go as <see cref="Int8MatMul.Quantize"/>'s int8 weight and float32 scales instead of float32.
     /// </summary>
@@ -35,7 +35,8 @@ public sealed class OrtWeights : IDisposable
         var cfg = model.Config;
         var result = new OrtWeights();
         using var noGrad = torch.no_grad();
-        var state = model.state_dict();
+        using var weights = ModelWeights.Of(model);   // LoRA: W + (α/r)·B A, the function the actor computes
+        var state = weights.State;
         foreach (var (name, shape) in LlamaGraph.ExpectedShapes(cfg))
         {
             if (packedQkv && name.Contains(".self_attn.", StringComparison.Ordinal) &&

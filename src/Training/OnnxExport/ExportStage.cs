@@ -31,8 +31,9 @@ public static class ExportStage
     /// </summary>
     public static ExportResult ExportPolicy(LlamaForCausalLM model, string outFolder, GraphKind graph, ExportOptions options, bool parity = true)
     {
-        var weights = model.state_dict();
-        var result = PolicyExport.Export(model.Config, weights, outFolder, graph, options);
+        ExportResult result;
+        using (var weights = ModelWeights.Of(model))   // LoRA merged: rollouts and serving read plain weights
+            result = PolicyExport.Export(model.Config, weights.State, outFolder, graph, options);
         if (!parity || options.Weights == WeightPlacement.Inputs || !OnCpuFloat32(model)) return result;
         var figure = WithEval(model, () =>
         {
@@ -46,7 +47,9 @@ public static class ExportStage
     /// <summary>Exports a reward or value model and measures parity of rewards and values (left and right padding).</summary>
     public static ExportResult ExportReward(LlamaForSequenceClassification model, string outFolder, ModelKind kind, ExportOptions options, bool parity = true)
     {
-        var result = PolicyExport.ExportReward(model.Config, model.state_dict(), outFolder, kind, options);
+        ExportResult result;
+        using (var weights = ModelWeights.Of(model))
+            result = PolicyExport.ExportReward(model.Config, weights.State, outFolder, kind, options);
         if (!parity || !OnCpuFloat32(model)) return result;
         double diff = WithEval(model, () => OnnxParity.Reward(model, result.Folder, ParityLengths, seed: 1234));
         return Record(result, new ParityFigure(diff, $"{ParityLengths.Length} rows (lengths {string.Join(", ", ParityLengths)}), left and right padding (rewards, values)",

@@ -97,7 +97,11 @@ public sealed class PpoIteration(RolloutPhase rollouts, RewardPipeline rewards, 
     }
 }
 
-/// <summary>The weight push after an update: the actor's current weights into the rollout engine as a numbered version.</summary>
+/// <summary>
+/// The weight push after an update: the actor's current weights into the rollout engine as a numbered version. Under LoRA
+/// these are the merged weights W + (α/r)·B A (<see cref="OrtWeights.From"/>), so every engine and replica keeps reading a
+/// plain model; pushing the adapter alone (<see cref="LlamaForCausalLM.Lora"/>'s A and B) is the place for adapter-aware engines.
+/// </summary>
 public sealed class PolicyWeightsPush(IRolloutService engine, LlamaForCausalLM actor)
 {
     /// <summary>Sends the actor's weights as version <paramref name="version"/> (iterations done); returns how long the engine took.</summary>

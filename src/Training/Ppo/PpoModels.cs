@@ -43,7 +43,14 @@ public sealed class PpoModels : IDisposable
         string? rmFolder = cfg.RmFolder();
         var tokenizer = TextTokenizer.Load(cfg.SftModel);
         var actor = LlamaForCausalLM.FromPretrained(resumeFrom is null ? cfg.PolicyModel ?? cfg.SftModel : Path.Combine(resumeFrom, "actor"), device, ScalarType.Float32);
-        var reference = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
+        var lora = cfg.Lora();
+        if (lora.Enabled) actor.AttachLora(lora, cfg.Seed, cfg.PolicyModel ?? cfg.SftModel, from: resumeFrom is null ? null : Path.Combine(resumeFrom, "actor"));
+        actor.GradientCheckpointing = cfg.GradientCheckpointing;
+        // π_ref is the SFT model. Under LoRA with the actor started from it, that is the actor's frozen base: a second module
+        // over the same storage, adapters off — no second copy of the weights.
+        var reference = lora.Enabled && cfg.PolicyModel is null
+            ? LlamaForCausalLM.SharingBase(actor)
+            : LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
         foreach (var p in reference.parameters()) p.requires_grad = false;
         var critic = !cfg.AdvantageEstimator.NeedsCritic() ? null
             : resumeFrom is not null
@@ -51,6 +58,12 @@ public sealed class PpoModels : IDisposable
             : rmFolder is not null
                 ? LlamaForSequenceClassification.FromPretrained(rmFolder, device, ScalarType.Float32, scoreBias: cfg.FoldRmNormalization)
                 : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
+        if (critic is not null)
+        {
+            critic.GradientCheckpointing = cfg.GradientCheckpointing;
+            if (lora.Enabled)   // adapters on the critic's trunk, its value head trained fully
+                critic.AttachLora(lora, cfg.Seed + 1, rmFolder ?? cfg.SftModel, from: resumeFrom is null ? null : Path.Combine(resumeFrom, "critic"));
+        }
         if (critic is not null && resumeFrom is null && rmFolder is null)
             StageLog.Info($"Critic: no rm_model, so it starts from the SFT model {cfg.SftModel} with a fresh value head (N(0, 1/sqrt(H+1)), no bias).");
         var timeout = TimeSpan.FromSeconds(cfg.ServiceTimeoutSeconds);

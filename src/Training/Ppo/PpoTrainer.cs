@@ -110,9 +110,10 @@ public static class PpoTrainer
     static string SaveCheckpoint(PpoConfig cfg, PpoModels models, PpoLearner learner, MetricsTable metrics, PpoState state) =>
         TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
         {
-            models.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32);
+            // merged: false — under LoRA the checkpoint holds each base and its adapter/, which resume reads back exactly
+            models.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32, merged: false);
             TokenizerFiles.Copy(cfg.SftModel, Path.Combine(tmp, "actor"));
-            models.Critic?.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32);
+            models.Critic?.SavePretrained(Path.Combine(tmp, "critic"), ScalarType.Float32, merged: false);
         }, learner.Optimizers, metrics, state);
 
     /// <summary>Whether the held-out RM scores in <paramref name="metrics"/> (and <paramref name="latest"/>, not yet added) have plateaued (<see cref="EarlyStopping"/>).</summary>

@@ -80,6 +80,9 @@ public static class RmTrainer
                 ? LlamaForSequenceClassification.FromPretrained(cfg.InitModel, device, ScalarType.Float32)
                 : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
         model.Precision = cfg.Precision;
+        model.GradientCheckpointing = cfg.GradientCheckpointing;
+        if (cfg.Lora().Enabled)   // adapters on the trunk, the head trained fully; a checkpoint holds the base and adapter/
+            model.AttachLora(cfg.Lora(), cfg.Seed, cfg.InitModel ?? cfg.SftModel, from: resumeFrom);
         int padId = tokenizer.PaddingId;
         var train = data.Train.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
         var eval = data.Eval.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
@@ -135,7 +138,7 @@ public static class RmTrainer
                 }
                 steps.EndStep(step + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
                 {
-                    model.SavePretrained(tmp, ScalarType.Float32);
+                    model.SavePretrained(tmp, ScalarType.Float32, merged: false);
                     TokenizerFiles.Copy(cfg.SftModel, tmp);
                 }, Optimizers(optimizer), metrics, new RmState(step + 1, ConfigLoader.ToJson(cfg))));
             }

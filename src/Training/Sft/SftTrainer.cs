@@ -74,6 +74,9 @@ public static class SftTrainer
         var tokenizer = TextTokenizer.Load(modelSource);
         using var model = LlamaForCausalLM.FromPretrained(modelSource, device, ScalarType.Float32, WithDropout(cfg));
         model.Precision = cfg.Precision;
+        model.GradientCheckpointing = cfg.GradientCheckpointing;
+        if (cfg.Lora().Enabled)   // a checkpoint holds the base and adapter/: resume reads both
+            model.AttachLora(cfg.Lora(), cfg.Seed, cfg.InitFrom ?? Path.Combine(cfg.Out, "init"), from: resumeFrom);
         int padId = tokenizer.PaddingId;
 
         var train = WithTargets(data.Train.Select(e => SftBatch.Tokenize(tokenizer, e, cfg.MaxSeqLen, chat)), "training", cfg.MaxSeqLen);
@@ -96,8 +99,8 @@ public static class SftTrainer
             trainTokens = state.TrainTokens;
             Log($"Resuming from step {startStep} of {totalSteps}.");
         }
-        long parameters = model.parameters().Sum(p => p.numel());
-        Log($"Model: {parameters / 1e6:F2}M parameters, {totalSteps} steps of {perStep} sequences, device {device.type}.");
+        long parameters = TrainerParts.Trainable(model).Sum(p => p.parameter.numel());
+        Log($"Model: {parameters / 1e6:F2}M trainable parameters{(model.Lora is { } l ? $" (LoRA r={l.Settings.Rank} on {string.Join("/", l.Settings.TargetModules)}; base frozen)" : "")}, {totalSteps} steps of {perStep} sequences, device {device.type}.");
 
         var steps = new StageSteps("sft", cfg.Out, totalSteps, startStep, cfg.CheckpointEvery, resumeFrom, control);
         double tokensTimed = 0, secondsTimed = 0;
@@ -288,7 +291,7 @@ public static class SftTrainer
                                  MetricsTable metrics, int step, long trainTokens) =>
         TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
         {
-            model.SavePretrained(tmp, ScalarType.Float32);
+            model.SavePretrained(tmp, ScalarType.Float32, merged: false);
             TokenizerFiles.Copy(tokenizerSource, tmp);
         }, Optimizers(optimizer), metrics, new SftState(step, trainTokens, ConfigLoader.ToJson(cfg)));
 

@@ -31,7 +31,7 @@ public sealed class CliTests
         var (code, output, _) = Run("--help");
         Assert.Equal(0, code);
         string[] commands = ListedCommands(output);
-        Assert.Equal(["sft", "rm", "ppo", "dpo", "pipeline", "compare", "generate", "data", "score", "export", "bench", "serve"], commands);
+        Assert.Equal(["sft", "rm", "ppo", "dpo", "pipeline", "compare", "generate", "data", "score", "export", "merge", "bench", "serve"], commands);
         Assert.Equal(["eval"], ListedCommands(Run("rm", "--help").Out));
         Assert.Equal(["rollout", "reward", "train"], ListedCommands(Run("serve", "--help").Out));
         Assert.Equal(["export", "rollout", "serve", "rm", "train", "ppo"], ListedCommands(Run("bench", "--help").Out));

@@ -105,6 +105,23 @@ public sealed class DpoTests
     }
 
     [Fact]
+    public void LoraRunWidensTheMarginWithTheBaseAsReferenceAndResumesExactly()
+    {
+        // π_ref is the policy's own frozen base (adapters off): at step 0 every implicit reward is 0, so the margin starts at 0
+        var a = Tiny() with { LoraRank = 8, LoraAlpha = 16, Lr = 1e-2 };
+        DpoTrainer.Run(a, new RunControl { Progress = false });
+        var m = MetricsTable.ReadCsv(Path.Combine(a.Out, "metrics.csv"));
+        Assert.Equal(0.0, m.Rows[0]["rewards/margin"], 6);
+        double first = m.Rows.Take(6).Average(r => r["rewards/margin"]), second = m.Rows.Skip(6).Average(r => r["rewards/margin"]);
+        Assert.True(second > first && second > 0, $"margin {first} -> {second}");
+        Assert.True(File.Exists(Path.Combine(a.Out, "adapter", "adapter_model.safetensors")));
+        var b = a with { Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "dpo") };
+        StopAfter.Step(2, c => DpoTrainer.Run(b, c));
+        DpoTrainer.Run(b, new RunControl { Progress = false, Resume = true });
+        Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, "model.safetensors")), File.ReadAllBytes(Path.Combine(b.Out, "model.safetensors")));
+    }
+
+    [Fact]
     public void BadSettingsAreOneLineErrors()
     {
         var e = Assert.Throws<InvalidDataException>(() => (Tiny() with { Beta = 0 }).Validate());

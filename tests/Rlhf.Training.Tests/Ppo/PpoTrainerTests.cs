@@ -95,6 +95,25 @@ public sealed class PpoTrainerTests
     }
 
     [Fact]
+    public void LoraRunTrainsAdaptersOnlyAndResumesExactly()
+    {
+        // actor and critic with rank-4 adapters: the checkpoint holds base + adapter/, the resumed run ends byte-equal,
+        // and the outputs are merged weights (moved away from the SFT model) with PEFT adapters next to them
+        var a = Tiny() with { BestOfN = [1], LoraRank = 4, LoraAlpha = 8, ActorLr = 1e-2, CriticLr = 1e-2 };
+        PpoTrainer.Train(a, new RunControl { Progress = false });
+        var b = a with { Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "ppo") };
+        StopAfter.Step(2, c => PpoTrainer.Train(b, c));
+        Assert.True(File.Exists(Path.Combine(b.Out, "checkpoint", "actor", "adapter", "adapter_model.safetensors")));
+        PpoTrainer.Train(b, new RunControl { Progress = false, Resume = true });
+        foreach (var file in new[] { "model.safetensors", "adapter/adapter_model.safetensors", "critic/model.safetensors", "critic/adapter/adapter_model.safetensors" })
+            Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, file)), File.ReadAllBytes(Path.Combine(b.Out, file)));
+        Assert.NotEqual(File.ReadAllBytes(Path.Combine(Models.Value.Sft, "model.safetensors")), File.ReadAllBytes(Path.Combine(a.Out, "model.safetensors")));
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(a.Out, "adapter", "adapter_config.json")))!;
+        Assert.Equal("CAUSAL_LM", (string?)config["task_type"]);
+        Assert.Equal(Models.Value.Sft, (string?)config["base_model_name_or_path"]);
+    }
+
+    [Fact]
     public void RunningRewardMomentsSurviveAResume()
     {
         // reward_normalization running: the moments of iterations 1–2 must come back from the checkpoint, or iteration 3

@@ -101,6 +101,20 @@ public sealed class RmTrainerTests
     }
 
     [Fact]
+    public void LoraRunTrainsAdapterAndHeadAndResumesExactly()
+    {
+        var a = Tiny() with { LoraRank = 4, GradientCheckpointing = true };
+        RmTrainer.Run(a, new RunControl { Progress = false });
+        var b = a with { Out = Path.Combine(Directory.CreateTempSubdirectory().FullName, "rm") };
+        StopAfter.Step(2, c => RmTrainer.Run(b, c));
+        RmTrainer.Run(b, new RunControl { Progress = false, Resume = true });
+        foreach (var f in new[] { "model.safetensors", "adapter/adapter_model.safetensors" })
+            Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, f)), File.ReadAllBytes(Path.Combine(b.Out, f)));
+        var header = Rlhf.Export.Hf.SafeTensors.ReadHeader(Path.Combine(a.Out, "adapter", "adapter_model.safetensors"));
+        Assert.Contains(header.Tensors, t => t.Name == "base_model.model.score.weight");
+    }
+
+    [Fact]
     public void TrainsFromAPairsFile()
     {
         string dir = Directory.CreateTempSubdirectory().FullName;

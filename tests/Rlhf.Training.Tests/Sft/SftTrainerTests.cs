@@ -182,6 +182,18 @@ public sealed class SftTrainerTests
     }
 
     [Fact]
+    public void LoraRunWithCheckpointingResumesExactly()
+    {
+        var a = Shared.Config with { Out = Temp(), LoraRank = 8, LoraTargetModules = ["q_proj", "v_proj"], LoraDropout = 0.1, GradientCheckpointing = true, SampleCount = 0 };
+        SftTrainer.Run(a, new RunControl { Progress = false });
+        var b = a with { Out = Temp() };
+        StopAfter.Step(2, c => SftTrainer.Run(b, c));
+        SftTrainer.Run(b, new RunControl { Progress = false, Resume = true });
+        foreach (var f in new[] { "model.safetensors", "adapter/adapter_model.safetensors" })
+            Assert.Equal(File.ReadAllBytes(Path.Combine(a.Out, f)), File.ReadAllBytes(Path.Combine(b.Out, f)));
+    }
+
+    [Fact]
     public void ResumeWithADifferentConfigIsRefused()
     {
         var a = Tiny(Temp());
