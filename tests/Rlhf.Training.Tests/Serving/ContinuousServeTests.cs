@@ -75,6 +75,7 @@ public sealed class ContinuousServeTests
         var text = new StringBuilder();
         while (await reader.ReadLineAsync(ct) is { } line)
         {
+            ct.ThrowIfCancellationRequested();   // a client that hangs up stops reading, even when lines are already buffered
             if (!line.StartsWith("data: ", StringComparison.Ordinal) || line == "data: [DONE]") continue;
             first.TrySetResult();
             text.Append((string?)JsonNode.Parse(line[6..])!["choices"]![0]!["text"]);
