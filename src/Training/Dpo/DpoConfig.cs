@@ -7,7 +7,7 @@ using Rlhf.Inference.Rollout;
 namespace Rlhf.Training.Dpo;
 
 /// <summary>DPO stage settings. JSON keys are the snake_case property names (docs/configuration.md).</summary>
-public sealed record DpoConfig
+public sealed record DpoConfig : FineTuningKeys
 {
     /// <summary>Output folder: the aligned policy (HF folder + onnx/), labelled data, metrics, plots, summary.json.</summary>
     public string Out { get; init; } = "runs/dpo";
@@ -84,20 +84,6 @@ public sealed record DpoConfig
         MaxSeqLen = MaxSeqLen, Engine = Engine, Seed = Seed, Threads = Threads,
     };
 
-    /// <summary>LoRA rank r of adapters on the policy; the reference is the base with the adapters off (Hu et al. 2021; 0 = full fine-tuning). Base weights frozen; only adapters (and heads) train.</summary>
-    public int LoraRank { get; init; }
-    /// <summary>LoRA α: the adapter's update is scaled by lora_alpha / lora_rank.</summary>
-    public double LoraAlpha { get; init; } = 16;
-    /// <summary>Dropout on the adapters' input (training mode only).</summary>
-    public double LoraDropout { get; init; }
-    /// <summary>Projections that get adapters (PEFT names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); default all of them.</summary>
-    public string[] LoraTargetModules { get; init; } = [.. LoraSettings.AllLinear];
-    /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them (less memory, about one more forward).</summary>
-    public bool GradientCheckpointing { get; init; }
-
-    /// <summary>The LoRA keys as settings (<see cref="LoraSettings.Enabled"/> false at rank 0).</summary>
-    public LoraSettings Lora() => new(LoraRank, LoraAlpha, LoraDropout, LoraTargetModules);
-
     /// <summary>Throws with what to change when a value is out of range.</summary>
     public void Validate()
     {
@@ -115,7 +101,7 @@ public sealed record DpoConfig
         if (GradClip < 0) e.Add("grad_clip must be ≥ 0");
         if (EvalEvery < 1 || CheckpointEvery < 0) e.Add("eval_every must be ≥ 1 and checkpoint_every ≥ 0");
         e.AddRange(AdamWSettings.Problems(WeightDecay, Beta1, Beta2, AdamEps));
-        e.AddRange(LoraSettings.Problems(LoraRank, LoraAlpha, LoraDropout, LoraTargetModules));
+        e.AddRange(FineTuningProblems());
         if (e.Count > 0) throw new InvalidDataException("Invalid DPO config: " + string.Join("; ", e) + ".");
     }
 }

@@ -38,6 +38,32 @@ public sealed record LoraSettings(int Rank, double Alpha, double Dropout, IReadO
 }
 
 /// <summary>
+/// The keys every training stage (sft, rm, ppo, dpo) shares for how the model is fine-tuned: LoRA adapters and
+/// activation checkpointing. Which models get adapters is the stage's: the SFT model; the RM's and critic's trunk (the
+/// score/value head trains fully, as PEFT's modules_to_save); the PPO actor and DPO policy, whose reference is then the
+/// base with the adapters off.
+/// </summary>
+public abstract record FineTuningKeys
+{
+    /// <summary>LoRA rank r of the stage's adapters (Hu et al. 2021; 0 = full fine-tuning). Base weights frozen; only adapters (and heads) train.</summary>
+    public int LoraRank { get; init; }
+    /// <summary>LoRA α: the adapter's update is scaled by lora_alpha / lora_rank.</summary>
+    public double LoraAlpha { get; init; } = 16;
+    /// <summary>Dropout on the adapters' input (training mode only).</summary>
+    public double LoraDropout { get; init; }
+    /// <summary>Projections that get adapters (PEFT names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); default all of them.</summary>
+    public string[] LoraTargetModules { get; init; } = [.. LoraSettings.AllLinear];
+    /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them (less memory, about one more forward).</summary>
+    public bool GradientCheckpointing { get; init; }
+
+    /// <summary>The LoRA keys as settings (<see cref="LoraSettings.Enabled"/> false at rank 0).</summary>
+    public LoraSettings Lora() => new(LoraRank, LoraAlpha, LoraDropout, LoraTargetModules);
+
+    /// <summary>What is wrong with these keys (empty when nothing), for the stage's Validate.</summary>
+    protected IEnumerable<string> FineTuningProblems() => LoraSettings.Problems(LoraRank, LoraAlpha, LoraDropout, LoraTargetModules);
+}
+
+/// <summary>
 /// Low-rank adaptation (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", eq. 3):
 /// <c>y = W x + b + (α/r)·B A x</c> with the base W [out, in] frozen and A [r, in], B [out, r] trained. Initialised as
 /// PEFT does: A ~ Kaiming-uniform(a = √5), i.e. U(−1/√in, 1/√in), and B = 0, so the adapted model starts equal to the base.

@@ -7,7 +7,7 @@ using Rlhf.Inference.Rollout;
 namespace Rlhf.Training.Ppo;
 
 /// <summary>PPO stage settings. JSON keys are the snake_case property names (docs/configuration.md).</summary>
-public sealed record PpoConfig
+public sealed record PpoConfig : FineTuningKeys
 {
     /// <summary>Output folder: the aligned policy (HF folder + onnx/), critic/, metrics, plots, report, summary.json.</summary>
     public string Out { get; init; } = "runs/ppo";
@@ -181,20 +181,6 @@ public sealed record PpoConfig
     /// <summary>Our RM folder in force: <see cref="RmModel"/>, else runs/rm unless <see cref="RewardModel"/> is set.</summary>
     public string? RmFolder() => RmModel ?? (RewardModel is null && RewardUrl is null ? "runs/rm" : null);
 
-    /// <summary>LoRA rank r of adapters on the actor and the critic's trunk (its value head trains fully); the reference is the base with the adapters off (Hu et al. 2021; 0 = full fine-tuning). Base weights frozen; only adapters (and heads) train.</summary>
-    public int LoraRank { get; init; }
-    /// <summary>LoRA α: the adapter's update is scaled by lora_alpha / lora_rank.</summary>
-    public double LoraAlpha { get; init; } = 16;
-    /// <summary>Dropout on the adapters' input (training mode only).</summary>
-    public double LoraDropout { get; init; }
-    /// <summary>Projections that get adapters (PEFT names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); default all of them.</summary>
-    public string[] LoraTargetModules { get; init; } = [.. LoraSettings.AllLinear];
-    /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them (less memory, about one more forward).</summary>
-    public bool GradientCheckpointing { get; init; }
-
-    /// <summary>The LoRA keys as settings (<see cref="LoraSettings.Enabled"/> false at rank 0).</summary>
-    public LoraSettings Lora() => new(LoraRank, LoraAlpha, LoraDropout, LoraTargetModules);
-
     /// <summary>Throws with what to change when a value is out of range.</summary>
     public void Validate()
     {
@@ -237,7 +223,7 @@ public sealed record PpoConfig
         if (NormalizationSamples < 2) e.Add("normalization_samples must be ≥ 2");
         if (PtxCoef < 0 || PtxBatchSize < 1 || PtxSeqLen < 2) e.Add("ptx_coef must be ≥ 0, ptx_batch_size ≥ 1 and ptx_seq_len ≥ 2");
         e.AddRange(AdamWSettings.Problems(WeightDecay, Beta1, Beta2, AdamEps));
-        e.AddRange(LoraSettings.Problems(LoraRank, LoraAlpha, LoraDropout, LoraTargetModules));
+        e.AddRange(FineTuningProblems());
         if (e.Count > 0) throw new InvalidDataException("Invalid PPO config: " + string.Join("; ", e) + ".");
     }
 }

@@ -5,7 +5,7 @@ using Rlhf.Inference.Rollout;
 namespace Rlhf.Training.RewardModel;
 
 /// <summary>Reward-model stage settings. JSON keys are the snake_case property names (docs/configuration.md).</summary>
-public sealed record RmConfig
+public sealed record RmConfig : FineTuningKeys
 {
     /// <summary>Output folder: HF sequence-classification folder, rankings, metrics, plots, summary.json, onnx/.</summary>
     public string Out { get; init; } = "runs/rm";
@@ -91,20 +91,6 @@ public sealed record RmConfig
     /// <summary>Arithmetic precision of forward/backward passes: fp32, or bf16 mixed precision (projections in bfloat16; attention, norms, master weights, optimizer state, losses and checkpoints in float32).</summary>
     public Precision Precision { get; init; } = Precision.Fp32;
 
-    /// <summary>LoRA rank r of adapters on the reward model's trunk (the score head trains fully, as PEFT's modules_to_save) (Hu et al. 2021; 0 = full fine-tuning). Base weights frozen; only adapters (and heads) train.</summary>
-    public int LoraRank { get; init; }
-    /// <summary>LoRA α: the adapter's update is scaled by lora_alpha / lora_rank.</summary>
-    public double LoraAlpha { get; init; } = 16;
-    /// <summary>Dropout on the adapters' input (training mode only).</summary>
-    public double LoraDropout { get; init; }
-    /// <summary>Projections that get adapters (PEFT names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); default all of them.</summary>
-    public string[] LoraTargetModules { get; init; } = [.. LoraSettings.AllLinear];
-    /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them (less memory, about one more forward).</summary>
-    public bool GradientCheckpointing { get; init; }
-
-    /// <summary>The LoRA keys as settings (<see cref="LoraSettings.Enabled"/> false at rank 0).</summary>
-    public LoraSettings Lora() => new(LoraRank, LoraAlpha, LoraDropout, LoraTargetModules);
-
     /// <summary>Throws with what to change when a value is out of range.</summary>
     public void Validate()
     {
@@ -124,7 +110,7 @@ public sealed record RmConfig
         if (GradClip < 0 || Margin < 0) e.Add("grad_clip and margin must be ≥ 0");
         if (EvalEvery < 1 || CheckpointEvery < 0) e.Add("eval_every must be ≥ 1 and checkpoint_every ≥ 0");
         e.AddRange(Common.AdamWSettings.Problems(WeightDecay, Beta1, Beta2, AdamEps));
-        e.AddRange(LoraSettings.Problems(LoraRank, LoraAlpha, LoraDropout, LoraTargetModules));
+        e.AddRange(FineTuningProblems());
         if (e.Count > 0) throw new InvalidDataException("Invalid RM config: " + string.Join("; ", e) + ".");
     }
 }

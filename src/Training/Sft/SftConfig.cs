@@ -4,7 +4,7 @@ using Rlhf.Training.Model;
 namespace Rlhf.Training.Sft;
 
 /// <summary>Supervised fine-tuning settings. JSON keys are the snake_case property names (docs/configuration.md).</summary>
-public sealed record SftConfig
+public sealed record SftConfig : FineTuningKeys
 {
     /// <summary>Output folder: an HF model folder plus metrics.csv, loss.png, summary.json, checkpoints/.</summary>
     public string Out { get; init; } = "runs/sft";
@@ -73,20 +73,6 @@ public sealed record SftConfig
     /// <summary>Arithmetic precision of forward/backward passes: fp32, or bf16 mixed precision (projections in bfloat16; attention, norms, master weights, optimizer state, losses and checkpoints in float32).</summary>
     public Precision Precision { get; init; } = Precision.Fp32;
 
-    /// <summary>LoRA rank r of adapters on the SFT model (Hu et al. 2021; 0 = full fine-tuning). Base weights frozen; only adapters (and heads) train.</summary>
-    public int LoraRank { get; init; }
-    /// <summary>LoRA α: the adapter's update is scaled by lora_alpha / lora_rank.</summary>
-    public double LoraAlpha { get; init; } = 16;
-    /// <summary>Dropout on the adapters' input (training mode only).</summary>
-    public double LoraDropout { get; init; }
-    /// <summary>Projections that get adapters (PEFT names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); default all of them.</summary>
-    public string[] LoraTargetModules { get; init; } = [.. LoraSettings.AllLinear];
-    /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them (less memory, about one more forward).</summary>
-    public bool GradientCheckpointing { get; init; }
-
-    /// <summary>The LoRA keys as settings (<see cref="LoraSettings.Enabled"/> false at rank 0).</summary>
-    public LoraSettings Lora() => new(LoraRank, LoraAlpha, LoraDropout, LoraTargetModules);
-
     /// <summary>Throws with what to change when a value is out of range.</summary>
     public void Validate()
     {
@@ -102,7 +88,7 @@ public sealed record SftConfig
         if (MinLrRatio is < 0 or > 1) e.Add("min_lr_ratio must be in [0, 1]");
         if (WarmupSteps < 0) e.Add("warmup_steps must be ≥ 0");
         e.AddRange(Common.AdamWSettings.Problems(WeightDecay, Beta1, Beta2, AdamEps));
-        e.AddRange(LoraSettings.Problems(LoraRank, LoraAlpha, LoraDropout, LoraTargetModules));
+        e.AddRange(FineTuningProblems());
         if (GradClip < 0) e.Add("grad_clip must be ≥ 0 (0 = off)");
         if (ResidualDropout is < 0 or >= 1 || AttentionDropout is < 0 or >= 1) e.Add("dropouts must be in [0, 1)");
         if (EvalEvery < 1) e.Add("eval_every must be ≥ 1");
