@@ -312,42 +312,6 @@ public sealed partial class RolloutEngine : IContinuousBatching
         }
     }
 
-    /// <summary>
-    /// Runs the session on <paramref name="values"/> (which hold <paramref name="kv"/> as the past). Shared buffer: the
-    /// cache is bound as past and present and written in place, only the logits are allocated. Otherwise the presents
-    /// replace <paramref name="kv"/> (the old cache is disposed). Disposes the inputs made for this call; returns the logits.
-    /// </summary>
-    OrtValue Forward(List<string> names, List<OrtValue> values, ref OrtValue[]? kv, bool share)
-    {
-        var past = kv;
-        try
-        {
-            if (share)
-            {
-                using var binding = _session.CreateIoBinding();
-                for (int i = 0; i < names.Count; i++) binding.BindInput(names[i], values[i]);
-                binding.BindOutputToDevice(Signature.Logits, OrtMemoryInfo.DefaultInstance);
-                for (int l = 0; l < Signature.Layers; l++)
-                {
-                    binding.BindOutput(Signature.PresentKeys[l], past![2 * l]);
-                    binding.BindOutput(Signature.PresentValues[l], past[2 * l + 1]);
-                }
-                _session.RunWithBinding(_run, binding);
-                var bound = binding.GetOutputValues().ToArray();
-                foreach (var v in bound.AsSpan(1)) v.Dispose();   // extra handles on our buffers
-                return bound[0];
-            }
-            var outputs = _session.Run(_run, names, values, OutputNames()).ToArray();
-            kv = outputs[1..];
-            return outputs[0];
-        }
-        finally
-        {
-            foreach (var v in values) if (past is null || !past.Contains(v)) v.Dispose();
-            if (!share && !ReferenceEquals(kv, past)) DisposeAll(past);
-        }
-    }
-
     /// <summary>A cache of <paramref name="rows"/> rows: 2·layers tensors [rows, Hkv, cols, D] (zeroed with <paramref name="clear"/>).</summary>
     OrtValue[] NewCache(int rows, int cols, bool clear)
     {

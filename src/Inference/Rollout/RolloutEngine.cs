@@ -232,6 +232,42 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         return (names, values);
     }
 
+    /// <summary>
+    /// One decoder step, the batch loop's and the continuous one's: runs the session on <paramref name="values"/> (which hold <paramref name="kv"/> as the past). Shared buffer: the
+    /// cache is bound as past and present and written in place, only the logits are allocated. Otherwise the presents
+    /// replace <paramref name="kv"/> (the old cache is disposed). Disposes the inputs made for this call; returns the logits.
+    /// </summary>
+    OrtValue Forward(List<string> names, List<OrtValue> values, ref OrtValue[]? kv, bool share)
+    {
+        var past = kv;
+        try
+        {
+            if (share)
+            {
+                using var binding = _session.CreateIoBinding();
+                for (int i = 0; i < names.Count; i++) binding.BindInput(names[i], values[i]);
+                binding.BindOutputToDevice(Signature.Logits, OrtMemoryInfo.DefaultInstance);
+                for (int l = 0; l < Signature.Layers; l++)
+                {
+                    binding.BindOutput(Signature.PresentKeys[l], past![2 * l]);
+                    binding.BindOutput(Signature.PresentValues[l], past[2 * l + 1]);
+                }
+                _session.RunWithBinding(_run, binding);
+                var bound = binding.GetOutputValues().ToArray();
+                foreach (var v in bound.AsSpan(1)) v.Dispose();   // extra handles on our buffers
+                return bound[0];
+            }
+            var outputs = _session.Run(_run, names, values, OutputNames()).ToArray();
+            kv = outputs[1..];
+            return outputs[0];
+        }
+        finally
+        {
+            foreach (var v in values) if (past is null || !past.Contains(v)) v.Dispose();
+            if (!share && !ReferenceEquals(kv, past)) DisposeAll(past);
+        }
+    }
+
     List<string> OutputNames()
     {
         var names = new List<string>(1 + 2 * Signature.Layers) { Signature.Logits };
@@ -288,7 +324,6 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
             lastPos[r] = left ? P - 1 : len - 1;
         }
 
-        var outNames = OutputNames();
         var live = Enumerable.Range(0, n).ToArray();  // batch slot -> original row
         int B = n;
         var stepIds = new long[n];
@@ -328,36 +363,7 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
                     CompactMask(maskRows, cap, live, B, T, stepMask, prompts, contiguous, step);
                     (names, values) = Inputs(stepIds, [B, 1], stepMask, [B, T], stepPos, past, B, 0);
                 }
-                OrtValue logitsValue;
-                if (share)
-                {
-                    // Past and present are the same preallocated buffers; only the logits are allocated by ORT.
-                    using var binding = _session.CreateIoBinding();
-                    for (int i = 0; i < names.Count; i++) binding.BindInput(names[i], values[i]);
-                    binding.BindOutputToDevice(sig.Logits, OrtMemoryInfo.DefaultInstance);
-                    for (int l = 0; l < sig.Layers; l++)
-                    {
-                        binding.BindOutput(sig.PresentKeys[l], past![2 * l]);
-                        binding.BindOutput(sig.PresentValues[l], past[2 * l + 1]);
-                    }
-                    _session.RunWithBinding(_run, binding);
-                    var bound = binding.GetOutputValues().ToArray();
-                    logitsValue = bound[0];
-                    foreach (var v in bound.AsSpan(1)) v.Dispose();   // extra handles on our buffers
-                    for (int i = 0; i < values.Count; i++)
-                        if (!past.Contains(values[i])) values[i].Dispose();
-                }
-                else
-                {
-                    var outputs = _session.Run(_run, names, values, outNames).ToArray();
-                    // Inputs made here are ours to free; the past values are the previous step's outputs.
-                    for (int i = 0; i < values.Count; i++)
-                        if (past is null || !past.Contains(values[i])) values[i].Dispose();
-                    if (past is not null) foreach (var v in past) v.Dispose();
-                    past = outputs[1..];
-                    logitsValue = outputs[0];
-                }
-                using var logits = logitsValue;
+                using var logits = Forward(names, values, ref past, share);   // past replaced (plain) or written in place (shared buffer)
                 if (step == 0) prefillMs = sw.Elapsed.TotalMilliseconds;
 
                 // Sample each live row from its last-position logits, read in place.
