@@ -132,20 +132,26 @@ namespace Rlhf.Build
     }
 
 #if !RLHF_ELF_NO_TASK
-    /// <summary>MSBuild task: patch <see cref="File"/> when the system libstdc++ lacks <see cref="Version"/>.</summary>
+    /// <summary>
+    /// MSBuild task: patch <see cref="File"/> when the system libstdc++ lacks <see cref="Version"/>, or with
+    /// <see cref="Always"/> whatever this machine has (a published tool runs on other machines; a weak requirement
+    /// changes nothing where the version exists).
+    /// </summary>
     public sealed class MarkElfVersionWeak : Microsoft.Build.Utilities.Task
     {
         [Microsoft.Build.Framework.Required] public string File { get; set; } = "";
         [Microsoft.Build.Framework.Required] public string Version { get; set; } = "";
+        public bool Always { get; set; }
 
         public override bool Execute()
         {
             if (!System.IO.File.Exists(File)) return true;
             string? sys = ElfWeakVersion.FindSystemLibStdCxx();
-            if (sys == null || ElfWeakVersion.LibraryHasVersion(sys, Version)) return true;
+            if (!Always && (sys == null || ElfWeakVersion.LibraryHasVersion(sys, Version))) return true;
             if (ElfWeakVersion.MarkWeakInFile(File, Version))
                 Log.LogMessage(Microsoft.Build.Framework.MessageImportance.High,
-                    $"rlhf: {sys} lacks {Version}; marked that requirement weak in {File} (see docs/troubleshooting.md, 'TorchSharp on Debian 12').");
+                    $"rlhf: marked the {Version} requirement weak in {File}" + (Always ? "" : $" ({sys} lacks it)") +
+                    " (see docs/troubleshooting.md, 'TorchSharp on Debian 12').");
             return true;
         }
     }

@@ -14,7 +14,7 @@ internal static class PipelineCommand
         var sftFrom = new Option<string?>("--sft-from") { Description = "Use this SFT model folder instead of running SFT." };
         var rmFrom = new Option<string?>("--rm-from") { Description = "Use this reward-model folder instead of running the RM stage." };
         var modelConfig = new Option<string?>("--model-config") { Description = "Architecture of the fresh SFT model (sft.model_config), e.g. models/small/config.json." };
-        var precision = new Option<string?>("--precision") { Description = "fp32 or bf16 for every stage (sft.precision, rm.precision, ppo.precision, dpo.precision)." };
+        var precision = new Option<string?>("--precision") { Description = "fp32, bf16 or auto for every stage (sft.precision, rm.precision, ppo.precision, dpo.precision)." };
         var rounds = new Option<int?>("--rounds")
         {
             Description = "RM -> PPO rounds (default 1). Each later round labels samples of the latest policy, continues the RM on old + new " +

@@ -30,8 +30,8 @@ public static class ConfigLoader
         JsonObject? fromFile = null;
         if (file is not null)
         {
-            if (!File.Exists(file)) throw new FileNotFoundException($"Config file not found: {file}", file);
-            try { fromFile = JsonNode.Parse(File.ReadAllText(file))!.AsObject(); }
+            string found = ShippedFiles.Find(file) ?? throw new FileNotFoundException($"Config file not found: {file}", file);   // models/... also next to the binary
+            try { fromFile = JsonNode.Parse(File.ReadAllText(found))!.AsObject(); }
             catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
             { throw new InvalidDataException($"{file}: not a JSON object ({e.Message})."); }
         }

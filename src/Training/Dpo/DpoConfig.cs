@@ -73,8 +73,8 @@ public sealed record DpoConfig : FineTuningKeys
     public string Device { get; init; } = "cpu";
     /// <summary>Intra-op threads (0 = all cores).</summary>
     public int Threads { get; init; }
-    /// <summary>Arithmetic precision of forward/backward passes: fp32 or bf16 mixed precision.</summary>
-    public Precision Precision { get; init; } = Precision.Fp32;
+    /// <summary>Arithmetic precision of forward/backward passes: fp32, bf16 mixed precision (projections in bfloat16; attention, norms, master weights, optimizer state, losses and checkpoints in float32), or auto (bf16 where the device multiplies bfloat16 natively, else fp32).</summary>
+    public Precision Precision { get; init; } = Precision.Auto;
 
     /// <summary>The RM stage's labelling settings that produce this stage's comparisons (the same code labels both).</summary>
     internal RmConfig Labelling() => new()

@@ -91,7 +91,7 @@ public static class DpoTrainer
         // π_ref: the SFT model; under LoRA the policy's frozen base itself (same storage, adapters off), no second copy.
         using var reference = cfg.Lora().Enabled ? LlamaForCausalLM.SharingBase(policy) : LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
         foreach (var p in reference.parameters()) p.requires_grad = false;
-        policy.Precision = reference.Precision = cfg.Precision;
+        policy.Precision = reference.Precision = cfg.Precision.Resolve(device);
         policy.eval();   // dropout off: the implicit reward compares the same function as π_ref's
         reference.eval();
         int padId = tokenizer.PaddingId;

@@ -20,6 +20,12 @@ public enum Precision
     /// through the casts, so the optimizer updates float32 masters and checkpoints stay float32.
     /// </summary>
     Bf16,
+    /// <summary>
+    /// <see cref="Bf16"/> where the device multiplies bfloat16 natively (a CUDA device; a CPU whose flags in
+    /// /proc/cpuinfo include avx512_bf16 or amx_bf16), <see cref="Fp32"/> elsewhere (bfloat16 emulated on a CPU without
+    /// those instructions is slower than float32). Resolved once per stage by <see cref="MixedPrecision.Resolve"/>.
+    /// </summary>
+    Auto,
 }
 
 /// <summary>A model whose forward/backward arithmetic can be switched between <see cref="Precision"/>s.</summary>
@@ -34,6 +40,25 @@ public static class MixedPrecision
 {
     /// <summary>The dtype projections run in: bfloat16 for <see cref="Precision.Bf16"/>, null (= the input's dtype) otherwise.</summary>
     public static ScalarType? ComputeDtype(this Precision p) => p == Precision.Bf16 ? ScalarType.BFloat16 : null;
+
+    /// <summary><paramref name="p"/> itself, or for <see cref="Precision.Auto"/> the precision it stands for on <paramref name="device"/>.</summary>
+    public static Precision Resolve(this Precision p, Device device) =>
+        p != Precision.Auto ? p : device.type == DeviceType.CUDA || CpuHasNativeBf16.Value ? Precision.Bf16 : Precision.Fp32;
+
+    static readonly Lazy<bool> CpuHasNativeBf16 = new(() => CpuFlagsHaveBf16(ReadCpuFlags()));
+
+    /// <summary>True when a /proc/cpuinfo "flags" line names avx512_bf16 or amx_bf16.</summary>
+    internal static bool CpuFlagsHaveBf16(string cpuinfo) =>
+        cpuinfo.Split('\n').Where(l => l.StartsWith("flags", StringComparison.Ordinal))
+            .SelectMany(l => l.Split([' ', '\t', ':'], StringSplitOptions.RemoveEmptyEntries))
+            .Any(f => f is "avx512_bf16" or "amx_bf16");
+
+    static string ReadCpuFlags()
+    {
+        try { return OperatingSystem.IsLinux() ? File.ReadAllText("/proc/cpuinfo") : ""; }
+        catch (IOException) { return ""; }
+        catch (UnauthorizedAccessException) { return ""; }
+    }
 
     /// <summary>x cast to <paramref name="compute"/> (differentiable); x itself when null or already that dtype.</summary>
     public static Tensor Cast(Tensor x, ScalarType? compute) =>

@@ -47,17 +47,9 @@ public static class ExportBench
         EosTokenIds = [2], BosTokenId = 1, PadTokenId = 0,
     };
 
-    /// <summary>models/tiny/config.json, found from the current folder or the executable's folder upwards.</summary>
-    public static ModelConfig TinyConfig()
-    {
-        foreach (string start in new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory })
-            for (var dir = new DirectoryInfo(start); dir is not null; dir = dir.Parent)
-            {
-                string path = Path.Combine(dir.FullName, "models", "tiny", "config.json");
-                if (File.Exists(path)) return ModelConfig.Load(path);
-            }
-        throw new FileNotFoundException("models/tiny/config.json was not found above the current folder; run from the repository.");
-    }
+    /// <summary>models/tiny/config.json, found as <see cref="Common.ShippedFiles"/> finds it.</summary>
+    public static ModelConfig TinyConfig() => ModelConfig.Load(Common.ShippedFiles.Find(Path.Combine("models", "tiny", "config.json"))
+        ?? throw new FileNotFoundException("models/tiny/config.json was not found in the working folder or above the rlhf binary."));
 
     /// <summary>Runs the benchmark for each named config.</summary>
     public static IReadOnlyList<BenchRow> Run(IEnumerable<(string Name, ModelConfig Config)> configs, BenchOptions? options = null, Action<BenchRow>? progress = null)

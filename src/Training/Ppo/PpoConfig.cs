@@ -39,8 +39,11 @@ public sealed record PpoConfig : FineTuningKeys
     public int Iterations { get; init; } = 60;
     /// <summary>Prompts (= responses) per rollout batch.</summary>
     public int RolloutBatch { get; init; } = 64;
-    /// <summary>Passes over each rollout batch.</summary>
-    public int PpoEpochs { get; init; } = 4;
+    /// <summary>
+    /// Passes over each rollout batch. 2: on the default task 4 passes bought no gold (+1.27 SFT std at KL 5.4 with 4,
+    /// +1.26 at KL 5.1 with 2, same SFT model and RM) at twice the training time per iteration.
+    /// </summary>
+    public int PpoEpochs { get; init; } = 2;
     /// <summary>Rows per minibatch.</summary>
     public int MiniBatch { get; init; } = 16;
     /// <summary>Minibatches accumulated per optimizer step.</summary>
@@ -175,8 +178,8 @@ public sealed record PpoConfig : FineTuningKeys
     public string Device { get; init; } = "cpu";
     /// <summary>Threads for TorchSharp and ONNX Runtime (0 = all cores).</summary>
     public int Threads { get; init; }
-    /// <summary>Arithmetic precision of forward/backward passes: fp32, or bf16 mixed precision (projections in bfloat16; attention, norms, master weights, optimizer state, losses and checkpoints in float32).</summary>
-    public Precision Precision { get; init; } = Precision.Fp32;
+    /// <summary>Arithmetic precision of forward/backward passes: fp32, bf16 mixed precision (projections in bfloat16; attention, norms, master weights, optimizer state, losses and checkpoints in float32), or auto (bf16 where the device multiplies bfloat16 natively, else fp32).</summary>
+    public Precision Precision { get; init; } = Precision.Auto;
 
     /// <summary>Our RM folder in force: <see cref="RmModel"/>, else runs/rm unless <see cref="RewardModel"/> is set.</summary>
     public string? RmFolder() => RmModel ?? (RewardModel is null && RewardUrl is null ? "runs/rm" : null);

@@ -73,12 +73,12 @@ public sealed class PpoModels : IDisposable
         var rollouts = cfg.RolloutEndpoints.Count > 0
             ? InferenceServices.Replicas(cfg.RolloutEndpoints, cfg.ServiceTokenFile, cfg.RolloutShardSize, timeout)
             : InferenceServices.Sharded(PolicyRollouts.ForActor(cfg.Engine, actor, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads, cfg.RolloutPrecision), cfg.RolloutShardSize);
-        actor.Precision = reference.Precision = cfg.Precision;
+        actor.Precision = reference.Precision = cfg.Precision.Resolve(device);
         actor.eval();
         reference.eval();
         if (critic is not null)
         {
-            critic.Precision = cfg.Precision;
+            critic.Precision = actor.Precision;
             critic.eval();
         }
         return new PpoModels

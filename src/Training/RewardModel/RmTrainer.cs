@@ -79,7 +79,7 @@ public static class RmTrainer
             : cfg.InitModel is not null
                 ? LlamaForSequenceClassification.FromPretrained(cfg.InitModel, device, ScalarType.Float32)
                 : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
-        model.Precision = cfg.Precision;
+        model.Precision = cfg.Precision.Resolve(device);
         model.GradientCheckpointing = cfg.GradientCheckpointing;
         if (cfg.Lora().Enabled)   // adapters on the trunk, the head trained fully; a checkpoint holds the base and adapter/
             model.AttachLora(cfg.Lora(), cfg.Seed, cfg.InitModel ?? cfg.SftModel, from: resumeFrom);

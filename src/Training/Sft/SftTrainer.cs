@@ -73,7 +73,7 @@ public static class SftTrainer
         string modelSource = resumeFrom ?? cfg.InitFrom ?? PrepareFreshModel(cfg, data);
         var tokenizer = TextTokenizer.Load(modelSource);
         using var model = LlamaForCausalLM.FromPretrained(modelSource, device, ScalarType.Float32, WithDropout(cfg));
-        model.Precision = cfg.Precision;
+        model.Precision = cfg.Precision.Resolve(device);
         model.GradientCheckpointing = cfg.GradientCheckpointing;
         if (cfg.Lora().Enabled)   // a checkpoint holds the base and adapter/: resume reads both
             model.AttachLora(cfg.Lora(), cfg.Seed, cfg.InitFrom ?? Path.Combine(cfg.Out, "init"), from: resumeFrom);
@@ -100,7 +100,7 @@ public static class SftTrainer
             Log($"Resuming from step {startStep} of {totalSteps}.");
         }
         long parameters = TrainerParts.Trainable(model).Sum(p => p.parameter.numel());
-        Log($"Model: {parameters / 1e6:F2}M trainable parameters{(model.Lora is { } l ? $" (LoRA r={l.Settings.Rank} on {string.Join("/", l.Settings.TargetModules)}; base frozen)" : "")}, {totalSteps} steps of {perStep} sequences, device {device.type}.");
+        Log($"Model: {parameters / 1e6:F2}M trainable parameters{(model.Lora is { } l ? $" (LoRA r={l.Settings.Rank} on {string.Join("/", l.Settings.TargetModules)}; base frozen)" : "")}, {totalSteps} steps of {perStep} sequences, device {device.type}, {model.Precision.ToString().ToLowerInvariant()}.");
 
         var steps = new StageSteps("sft", cfg.Out, totalSteps, startStep, cfg.CheckpointEvery, resumeFrom, control);
         double tokensTimed = 0, secondsTimed = 0;
@@ -263,7 +263,8 @@ public static class SftTrainer
         Directory.CreateDirectory(folder);
         bpe.Save(folder);
         var tokenizer = TextTokenizer.Load(folder);
-        var arch = ModelConfig.Load(ResolveRepoPath(modelConfig)) with
+        var arch = ModelConfig.Load(ShippedFiles.Find(modelConfig)
+            ?? throw new FileNotFoundException($"Model config {modelConfig} not found (looked in the working folder and above the rlhf binary).", modelConfig)) with
         {
             VocabSize = tokenizer.VocabSize,
             BosTokenId = tokenizer.BosId,
@@ -273,18 +274,6 @@ public static class SftTrainer
         using var model = LlamaForCausalLM.Create(arch, CPU, ScalarType.Float32, seed);
         model.SavePretrained(folder, ScalarType.Float32);
         return tokenizer;
-    }
-
-    /// <summary>Finds a repo-relative path (like models/tiny/config.json) from the working folder or the app's folder upwards.</summary>
-    internal static string ResolveRepoPath(string path)
-    {
-        if (Path.IsPathRooted(path) || File.Exists(path)) return path;
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            string candidate = Path.Combine(dir.FullName, path);
-            if (File.Exists(candidate)) return candidate;
-        }
-        throw new FileNotFoundException($"Model config {path} not found (looked in the working folder and above the rlhf binary).", path);
     }
 
     static string SaveCheckpoint(SftConfig cfg, LlamaForCausalLM model, string tokenizerSource, optim.Optimizer optimizer,
