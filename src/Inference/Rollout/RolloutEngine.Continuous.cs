@@ -32,9 +32,8 @@ public interface IContinuousBatching
 }
 
 /// <summary>
-/// Continuous batching over the KV cache (<see cref="IContinuousBatching"/>), for the inference server and for
-/// <see cref="Generate(IReadOnlyList{RolloutRequest}, ulong?, CancellationToken, Action{SampledToken}?)"/> calls longer
-/// than one batch (the RM stage's labelling, best-of-N). PPO's rollouts (one batch) take the batch loop.
+/// Continuous batching over the KV cache (<see cref="IContinuousBatching"/>), for the inference server. PPO's rollouts
+/// do not come here: they call <see cref="Generate(IReadOnlyList{RolloutRequest}, ulong?, CancellationToken, Action{SampledToken}?)"/>.
 /// <para><b>Slot scheme.</b> The live rows share one cache per layer, key and value each <c>[B, Hkv, C, D]</c> (B live
 /// rows, C columns); row b's keys/values fill columns <c>[start_b, start_b + len_b)</c> (len_b: tokens in the cache).
 /// Which columns depends on the graph:</para>
@@ -148,32 +147,6 @@ public sealed partial class RolloutEngine : IContinuousBatching
                 if (kv is not null) foreach (var v in kv) v.Dispose();
             }
         }
-    }
-
-    /// <summary>
-    /// <see cref="Generate(IReadOnlyList{RolloutRequest}, ulong?, CancellationToken, Action{SampledToken}?)"/> of a list
-    /// longer than one batch: a continuous batch of <see cref="RolloutEngineOptions.MaxBatchSize"/> rows that admits the
-    /// next requests, in order, whenever a quarter of its rows (or all that remain) are free. Admitting in such chunks
-    /// rather than row by row keeps the prefills batched. Measured on the default model: the RM stage's 49,600 samples
-    /// (K = 8 of 6,200 prompts) took 97 s as batches of 256 and {CONT} s this way.
-    /// </summary>
-    RolloutResult[] GenerateContinuous(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion, CancellationToken cancel, Action<SampledToken>? onToken)
-    {
-        var results = new RolloutResult[requests.Count];
-        Exception? failure = null;
-        int next = 0, chunk = Math.Max(1, _options.MaxBatchSize / 4);
-        RunContinuous(free =>
-        {
-            int left = requests.Count - next;
-            if (failure is not null || left == 0 || free < Math.Min(chunk, left)) return [];
-            int start = next, n = Math.Min(free, left);
-            next += n;
-            return [new BatchCall([.. requests.Skip(start).Take(n)], requiredVersion, cancel,
-                onToken is null ? null : e => onToken(e with { Request = start + e.Request }),
-                (k, r) => results[start + k] = r, e => failure ??= e)];
-        }, _options.MaxBatchSize);
-        if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
-        return results;
     }
 
     /// <summary>Removes rows that ended or whose call was cancelled or failed; true when any left.</summary>

@@ -22,12 +22,8 @@ public sealed record RolloutEngineOptions
     public int Threads { get; init; }
     /// <summary>Padding of prompt batches; ignored (right) for graphs without <c>position_ids</c>.</summary>
     public PaddingSide Padding { get; init; } = PaddingSide.Left;
-    /// <summary>
-    /// Most rows per forward pass; larger request lists run in chunks. 256: on the default model a batch of 256 samples
-    /// about 1.6× the tokens/s of a batch of 64 (`rlhf bench rollout`), which the RM stage's labelling (K samples of
-    /// thousands of prompts in one call) gets; a PPO iteration's 64 rollouts are one batch either way.
-    /// </summary>
-    public int MaxBatchSize { get; init; } = 256;
+    /// <summary>Most rows per forward pass; larger request lists run in chunks.</summary>
+    public int MaxBatchSize { get; init; } = 64;
     /// <summary>Tokens that end a response; null = genai_config.json's eos_token_id, else the tokenizer's EOS.</summary>
     public IReadOnlyList<int>? EosTokenIds { get; init; }
     /// <summary>Id fed for padding; null = the tokenizer's <see cref="TextTokenizer.PaddingId"/>, else (no tokenizer) genai_config.json's pad_token_id, else 0. Never attended to.</summary>
@@ -123,12 +119,9 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
     public override IReadOnlyDictionary<string, long[]> WeightLayout => _initializers ??= OnnxInitializers.Read(_modelFile);
 
     /// <summary>
-    /// Generates a response for each request (in order), all with the weights version loaded when the call starts
-    /// (<paramref name="requiredVersion"/>: that version or <see cref="Services.WeightsVersionMismatchException"/>).
-    /// Up to <see cref="RolloutEngineOptions.MaxBatchSize"/> requests run as one batch that drops rows as they end; a
-    /// longer list runs as one continuous batch of that many rows (<see cref="RunContinuous"/>) that takes the next
-    /// requests in as rows end, so a batch never waits on its longest response. Each row keeps its own seed either way.
-    /// <paramref name="cancellationToken"/> is checked at every step.
+    /// Generates a response for each request (in order), in batches of at most <see cref="RolloutEngineOptions.MaxBatchSize"/>,
+    /// all with the weights version loaded when the call starts (<paramref name="requiredVersion"/>: that version or
+    /// <see cref="Services.WeightsVersionMismatchException"/>). <paramref name="cancellationToken"/> is checked at every step.
     /// </summary>
     public override IReadOnlyList<RolloutResult> Generate(IReadOnlyList<RolloutRequest> requests, ulong? requiredVersion = null, CancellationToken cancellationToken = default,
         Action<SampledToken>? onToken = null)
@@ -140,7 +133,6 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             CheckVersion(requiredVersion);
-            if (requests.Count > _options.MaxBatchSize) return GenerateContinuous(requests, requiredVersion, cancellationToken, onToken);
             for (int start = 0; start < requests.Count; start += _options.MaxBatchSize)
             {
                 int n = Math.Min(_options.MaxBatchSize, requests.Count - start);

@@ -42,7 +42,7 @@ public static class RolloutEngines
     /// </summary>
     public static LocalRolloutEngine OpenOnnx(RolloutEngineKind kind, string folder, TextTokenizer? tokenizer, int threads, IReadOnlyList<int>? stopIds = null) => kind switch
     {
-        RolloutEngineKind.Ort => RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = threads, EosTokenIds = stopIds }, tokenizer),
+        RolloutEngineKind.Ort => RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = threads, MaxBatchSize = 64, EosTokenIds = stopIds }, tokenizer),
         RolloutEngineKind.Genai => GenAiRolloutEngine.Load(folder, new GenAiEngineOptions { Threads = threads }, tokenizer),
         RolloutEngineKind.Torch => throw new ArgumentException("The torch engine samples with TorchSharp, which an ONNX folder and rlhf-serve do not have; use --engine ort or genai."),
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),

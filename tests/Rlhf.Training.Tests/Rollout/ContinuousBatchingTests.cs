@@ -123,37 +123,6 @@ public sealed class ContinuousBatchingTests : IDisposable
         }
     }
 
-    /// <summary>
-    /// A Generate call longer than one batch runs as a continuous batch (rows admitted in chunks as others end): every
-    /// request, in order, gets the tokens and log-probs it gets alone, and tokens stream with their request's index.
-    /// </summary>
-    [Theory]
-    [InlineData("plain")]
-    [InlineData("gqa")]
-    public void AGenerateCallLongerThanABatchGivesEachRequestItsSoloTokens(string graph)
-    {
-        string dir = Path.Combine(_dir, graph);
-        using (Engine(graph, eos: [2])) { }   // exports the graph
-        using var engine = RolloutEngine.Load(dir, new RolloutEngineOptions { Threads = 1, EosTokenIds = [2], PadTokenId = 0, MaxBatchSize = 4 });
-        var rng = new Random(11);
-        var requests = Enumerable.Range(0, 13).Select(i => RolloutRequest.FromIds(
-            [1, .. Enumerable.Range(0, rng.Next(0, 9)).Select(_ => rng.Next(3, 50))], Sampled((ulong)(100 + i), rng.Next(1, 24), topLogProbs: i % 3 == 0 ? 2 : 0))).ToArray();
-        var streamed = new List<(int Request, int Token)>();
-        var all = engine.Generate(requests, onToken: e => streamed.Add((e.Request, e.Token)));
-        Assert.Equal(requests.Length, all.Count);
-        Assert.True(requests.Select(r => r.Sampling!.MaxNewTokens).Distinct().Count() > 5, "the lengths should differ so that rows end at different steps");
-        for (int i = 0; i < requests.Length; i++)
-        {
-            var alone = engine.Generate(requests[i]);
-            Assert.Equal(alone.PromptIds, all[i].PromptIds);
-            Assert.Equal(alone.ResponseIds, all[i].ResponseIds);
-            Assert.Equal(alone.FinishReason, all[i].FinishReason);
-            for (int t = 0; t < alone.LogProbs.Length; t++) Assert.True(Math.Abs(alone.LogProbs[t] - all[i].LogProbs[t]) < 1e-4, $"request {i}, logprob {t}: {alone.LogProbs[t]} alone, {all[i].LogProbs[t]} in the long call");
-            Assert.Equal(alone.TopLogProbs?.Select(s => s.Select(x => x.Token).ToArray()), all[i].TopLogProbs?.Select(s => s.Select(x => x.Token).ToArray()));
-            Assert.Equal(all[i].ResponseIds, streamed.Where(e => e.Request == i).Select(e => e.Token));
-        }
-    }
-
     [Theory]
     [InlineData("plain")]
     [InlineData("gqa")]

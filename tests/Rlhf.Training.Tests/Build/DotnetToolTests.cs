@@ -1,0 +1,62 @@
+using System.Diagnostics;
+using Rlhf.Build;
+using Rlhf.Training.Tests.Common;
+
+namespace Rlhf.Training.Tests.Build;
+
+/// <summary>
+/// `rlhf` as a .NET tool, exactly as docs/cli.md installs it: dotnet pack, dotnet tool install into a tool path, then the
+/// installed command run from a folder outside the repository trains one SFT step of the default model (libtorch
+/// loads, the shipped models/tiny/config.json is found next to the tool).
+/// </summary>
+public sealed class DotnetToolTests
+{
+    static (int Code, string Output) Run(string file, string args, string cwd, int timeoutSeconds)
+    {
+        var psi = new ProcessStartInfo(file, args) { WorkingDirectory = cwd, RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
+        psi.Environment["DOTNET_NOLOGO"] = "1";
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(timeoutSeconds * 1000))
+        {
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            Assert.Fail($"{file} {args} did not finish in {timeoutSeconds} s");
+        }
+        return (p.ExitCode, stdout.Result + stderr.Result);
+    }
+
+    [Fact]
+    public void PackedToolInstallsAndTrainsFromAnotherFolder()
+    {
+        string repo = DocsPages.RepoRoot();
+        Assert.Contains("dotnet tool install --global Rlhf --add-source nupkg", DocsPages.Docs("cli.md"), StringComparison.Ordinal);
+        string tmp = Directory.CreateTempSubdirectory("rlhf-tool-").FullName;
+        try
+        {
+            string feed = Path.Combine(tmp, "nupkg"), tools = Path.Combine(tmp, "tools"), work = Path.Combine(tmp, "work");
+            Directory.CreateDirectory(work);
+            var pack = Run("dotnet", $"pack src/Training -c Release -o \"{feed}\"", repo, 600);
+            Assert.True(pack.Code == 0, pack.Output);
+            Assert.True(File.Exists(Path.Combine(feed, "Rlhf.linux-x64.0.1.0.nupkg")), string.Join(", ", Directory.GetFiles(feed).Select(Path.GetFileName)));
+            var install = Run("dotnet", $"tool install Rlhf --tool-path \"{tools}\" --add-source \"{feed}\"", work, 300);
+            Assert.True(install.Code == 0, install.Output);
+
+            string rlhf = Path.Combine(tools, "rlhf");
+            var help = Run(rlhf, "--help", work, 120);
+            Assert.True(help.Code == 0 && help.Output.Contains("pipeline", StringComparison.Ordinal), help.Output);
+            // the published libLibTorchSharp.so is patched whatever this machine's libstdc++ has
+            string lib = Directory.GetFiles(Path.Combine(tools, ".store"), "libLibTorchSharp.so", SearchOption.AllDirectories).Single();
+            Assert.Equal(0x2, ElfWeakVersion.ReadNeededFlags(File.ReadAllBytes(lib), "GLIBCXX_3.4.32")!.Value & 0x2);
+            var sft = Run(rlhf, "sft --out sft --set max_steps=1 --set sample_count=1 --set default_train_size=64 --set default_eval_size=8 --threads 1", work, 300);
+            Assert.True(sft.Code == 0, sft.Output);
+            Assert.True(File.Exists(Path.Combine(work, "sft", "model.safetensors")), sft.Output);
+        }
+        finally
+        {
+            try { Directory.Delete(tmp, true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+    }
+}
