@@ -29,6 +29,7 @@ public sealed class SftTrainerTests
         Out = outDir, ModelConfig = TinyArchitecture(), TokenizerVocabSize = 300, DefaultTrainSize = 64, DefaultEvalSize = 8,
         BatchSize = 8, GradAccum = 2, MaxSeqLen = 48, Lr = 3e-3, WarmupSteps = 1, EvalEvery = 2, CheckpointEvery = 2,
         SampleCount = 4, Threads = 1, Seed = 3,
+        Precision = Precision.Fp32,   // the float32 baseline (auto is bf16 on a CPU with native bfloat16) that the bf16 test compares with
     };
 
     static string Temp() => Path.Combine(Directory.CreateTempSubdirectory().FullName, "run");
