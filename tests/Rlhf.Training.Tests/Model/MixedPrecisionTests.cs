@@ -90,4 +90,20 @@ public sealed class MixedPrecisionTests
         Assert.True(cos > 0.99, $"cosine(fp32 grad, bf16 grad) = {cos}");
         Assert.True((grads[0] - grads[1]).abs().max().item<float>() > 0, "bf16 gradients equal fp32 ones: nothing ran in bf16");
     }
+
+    /// <summary>auto reads /proc/cpuinfo's flags lines: avx512_bf16 or amx_bf16 (whole words) mean native bfloat16.</summary>
+    [Fact]
+    public void AutoPrecisionReadsTheCpuFlags()
+    {
+        const string epyc = "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu vme avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\n";
+        const string sapphire = "flags\t\t: fpu avx512f amx_tile amx_bf16 amx_int8\n";
+        const string avx2 = "flags\t\t: fpu vme avx2 fma avx512f avx512_vnni\nbugs\t\t: avx512_bf16_fake\n";   // not a flags line, not the word
+        Assert.True(MixedPrecision.CpuFlagsHaveBf16(epyc));
+        Assert.True(MixedPrecision.CpuFlagsHaveBf16(sapphire));
+        Assert.False(MixedPrecision.CpuFlagsHaveBf16(avx2));
+        Assert.False(MixedPrecision.CpuFlagsHaveBf16(""));
+        Assert.Equal(Precision.Fp32, Precision.Fp32.Resolve(CPU));   // explicit settings are kept
+        Assert.Equal(Precision.Bf16, Precision.Bf16.Resolve(CPU));
+        Assert.NotEqual(Precision.Auto, Precision.Auto.Resolve(CPU));
+    }
 }
