@@ -11,7 +11,8 @@ public static class ShippedFiles
     /// <summary><paramref name="path"/> as found by the rule above, or null when it is nowhere.</summary>
     public static string? Find(string path)
     {
-        if (Path.IsPathRooted(path) || File.Exists(path)) return File.Exists(path) ? path : null;
+        if (File.Exists(path)) return path;
+        if (Path.IsPathRooted(path)) return null;
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {
             string candidate = Path.Combine(dir.FullName, path);

@@ -1,6 +1,6 @@
-using System.Diagnostics;
 using Rlhf.Build;
 using Rlhf.Training.Tests.Common;
+using Rlhf.Training.Tests.Serving;
 
 namespace Rlhf.Training.Tests.Build;
 
@@ -11,22 +11,10 @@ namespace Rlhf.Training.Tests.Build;
 /// </summary>
 public sealed class DotnetToolTests
 {
-    static (int Code, string Output) Run(string file, string args, string cwd, int timeoutSeconds)
-    {
-        var psi = new ProcessStartInfo(file, args) { WorkingDirectory = cwd, RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
-        psi.Environment["DOTNET_NOLOGO"] = "1";
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(timeoutSeconds * 1000))
-        {
-            p.Kill(entireProcessTree: true);
-            p.WaitForExit();
-            Assert.Fail($"{file} {args} did not finish in {timeoutSeconds} s");
-        }
-        return (p.ExitCode, stdout.Result + stderr.Result);
-    }
+    static readonly Dictionary<string, string> Quiet = new() { ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1", ["DOTNET_NOLOGO"] = "1" };
+
+    static (int Code, string Output) Run(string file, string[] args, string cwd, int timeoutSeconds) =>
+        ServerProcess.Run(file, args, cwd, TimeSpan.FromSeconds(timeoutSeconds), Quiet);
 
     [Fact]
     public void PackedToolInstallsAndTrainsFromAnotherFolder()
@@ -38,19 +26,19 @@ public sealed class DotnetToolTests
         {
             string feed = Path.Combine(tmp, "nupkg"), tools = Path.Combine(tmp, "tools"), work = Path.Combine(tmp, "work");
             Directory.CreateDirectory(work);
-            var pack = Run("dotnet", $"pack src/Training -c Release -o \"{feed}\"", repo, 600);
+            var pack = Run("dotnet", ["pack", "src/Training", "-c", "Release", "-o", feed], repo, 600);
             Assert.True(pack.Code == 0, pack.Output);
             Assert.True(File.Exists(Path.Combine(feed, "Rlhf.linux-x64.0.1.0.nupkg")), string.Join(", ", Directory.GetFiles(feed).Select(Path.GetFileName)));
-            var install = Run("dotnet", $"tool install Rlhf --tool-path \"{tools}\" --add-source \"{feed}\"", work, 300);
+            var install = Run("dotnet", ["tool", "install", "Rlhf", "--tool-path", tools, "--add-source", feed], work, 300);
             Assert.True(install.Code == 0, install.Output);
 
             string rlhf = Path.Combine(tools, "rlhf");
-            var help = Run(rlhf, "--help", work, 120);
+            var help = Run(rlhf, ["--help"], work, 120);
             Assert.True(help.Code == 0 && help.Output.Contains("pipeline", StringComparison.Ordinal), help.Output);
             // the published libLibTorchSharp.so is patched whatever this machine's libstdc++ has
             string lib = Directory.GetFiles(Path.Combine(tools, ".store"), "libLibTorchSharp.so", SearchOption.AllDirectories).Single();
             Assert.Equal(0x2, ElfWeakVersion.ReadNeededFlags(File.ReadAllBytes(lib), "GLIBCXX_3.4.32")!.Value & 0x2);
-            var sft = Run(rlhf, "sft --out sft --set max_steps=1 --set sample_count=1 --set default_train_size=64 --set default_eval_size=8 --threads 1", work, 300);
+            var sft = Run(rlhf, ["sft", "--out", "sft", "--set", "max_steps=1", "--set", "sample_count=1", "--set", "default_train_size=64", "--set", "default_eval_size=8", "--threads", "1"], work, 300);
             Assert.True(sft.Code == 0, sft.Output);
             Assert.True(File.Exists(Path.Combine(work, "sft", "model.safetensors")), sft.Output);
         }

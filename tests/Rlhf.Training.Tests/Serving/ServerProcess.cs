@@ -27,10 +27,19 @@ internal static partial class ServerProcess
     /// Runs the training CLI (<c>dotnet rlhf.dll args</c>) to its end within <paramref name="deadline"/> (killed and
     /// failed past it), with <paramref name="environment"/> added to its environment; its exit code and stderr + stdout.
     /// </summary>
-    public static (int Code, string Output) RunCli(TimeSpan deadline, IReadOnlyDictionary<string, string>? environment, params string[] args)
+    public static (int Code, string Output) RunCli(TimeSpan deadline, IReadOnlyDictionary<string, string>? environment, params string[] args) =>
+        Run("dotnet", [RlhfDll, .. args], null, deadline, environment);
+
+    /// <summary>
+    /// Runs <paramref name="file"/> with <paramref name="args"/> in <paramref name="workingDirectory"/> (null = this
+    /// process's) to its end within <paramref name="deadline"/> (killed and failed past it), with
+    /// <paramref name="environment"/> added to its environment; its exit code and stderr + stdout.
+    /// </summary>
+    public static (int Code, string Output) Run(string file, IReadOnlyList<string> args, string? workingDirectory, TimeSpan deadline,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
-        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(RlhfDll);
+        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        if (workingDirectory is not null) psi.WorkingDirectory = workingDirectory;
         foreach (var a in args) psi.ArgumentList.Add(a);
         foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         using var p = System.Diagnostics.Process.Start(psi)!;
@@ -39,7 +48,7 @@ internal static partial class ServerProcess
         if (!p.WaitForExit(deadline))
         {
             p.Kill(entireProcessTree: true);
-            Assert.Fail($"rlhf {string.Join(' ', args)} did not finish in {deadline.TotalSeconds} s");
+            Assert.Fail($"{file} {string.Join(' ', args)} did not finish in {deadline.TotalSeconds} s");
         }
         p.WaitForExit();
         return (p.ExitCode, err.Result + output.Result);
