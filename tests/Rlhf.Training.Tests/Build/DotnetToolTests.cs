@@ -8,9 +8,15 @@ namespace Rlhf.Training.Tests.Build;
 /// `rlhf` as a .NET tool, exactly as docs/cli.md installs it: dotnet pack, dotnet tool install into a tool path, then the
 /// installed command run from a folder outside the repository trains one SFT step of the default model (libtorch
 /// loads, the shipped models/tiny/config.json is found next to the tool).
+/// Packing publishes and zips about 600 MB on every core for half a minute, so this test runs alone, after the
+/// parallel ones, where it cannot starve the serving tests that time a running batch.
 /// </summary>
+[Collection(Name)]
 public sealed class DotnetToolTests
 {
+    /// <summary>The collection that runs by itself (xunit runs a non-parallel collection after all the others).</summary>
+    public const string Name = "rlhf tool (runs alone)";
+
     static readonly Dictionary<string, string> Quiet = new() { ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1", ["DOTNET_NOLOGO"] = "1" };
 
     static (int Code, string Output) Run(string file, string[] args, string cwd, int timeoutSeconds) =>
@@ -48,3 +54,7 @@ public sealed class DotnetToolTests
         }
     }
 }
+
+/// <summary><see cref="DotnetToolTests"/>' collection: not run in parallel with any other test.</summary>
+[CollectionDefinition(DotnetToolTests.Name, DisableParallelization = true)]
+public sealed class DotnetToolCollection;
