@@ -63,7 +63,7 @@ internal static class PpoBenchCommand
         estimators ??= [AdvantageEstimator.Gae];
         var figures = new SortedDictionary<string, double>(StringComparer.Ordinal);
         w.WriteLine($"one PPO iteration: {settings.RolloutBatch} rollouts of up to {settings.MaxNewTokens} tokens, {settings.PpoEpochs} epoch(s) of minibatches of {settings.MiniBatch}; seconds per phase");
-        w.WriteLine($"{"config",-8} {"estimator",12} {"train",5} {"rollout",7} | {string.Join(" ", Phases.Select(p => $"{p,10}"))} | {"iteration",9} {"speed-up",8}");
+        w.WriteLine($"{"config",-8} {"estimator",12} {"train",5} {"rollout",7} | {string.Join(" ", Phases.Select(p => $"{p,10}"))} | {"iteration",9} {"speed-up",8} {"log π gap",9}");
         foreach (string name in configNames)
         {
             string root = Directory.CreateTempSubdirectory("rlhf-bench-ppo-").FullName;
@@ -89,8 +89,10 @@ internal static class PpoBenchCommand
                         double total = Phases.Sum(ph => last["time/" + ph]);
                         foreach (var ph in Phases) figures[$"phase_seconds.{ph}.{p}.{rp}.{name}{suffix}"] = last["time/" + ph];
                         figures[$"iteration_seconds.{p}.{rp}.{name}{suffix}"] = total;
+                        double gap = last["policy/rollout_logprob_mismatch"];
+                        figures[$"rollout_logprob_mismatch.{p}.{rp}.{name}{suffix}"] = gap;
                         if (baseline == 0) baseline = total;
-                        w.WriteLine($"{name,-8} {est,12} {p,5} {rp,7} | {string.Join(" ", Phases.Select(ph => $"{last["time/" + ph],10:F2}"))} | {total,9:F2} {baseline / total,7:F2}x");
+                        w.WriteLine($"{name,-8} {est,12} {p,5} {rp,7} | {string.Join(" ", Phases.Select(ph => $"{last["time/" + ph],10:F2}"))} | {total,9:F2} {baseline / total,7:F2}x {gap,9:E1}");
                         Directory.Delete(cfg.Out, true);
                     }
             }

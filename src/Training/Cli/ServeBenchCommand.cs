@@ -248,7 +248,8 @@ internal static class ServeBenchCommand
             }
             using var engine = RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = threads, EosTokenIds = [], PadTokenId = 0, MaxBatchSize = Math.Max(64, o.Batch) });
             double inProcess = Best(o.Repeats, () => InferenceServices.Sync(engine, model, ++version));
-            long bytes = OrtWeightsBytes(engine);
+            long bytes;
+            using (var message = InferenceServices.Snapshot(engine, model, 0)) bytes = message.TotalBytes;
             var (localTps, localTokens) = TokensPerSecond(engine, requests, version, o.Repeats);
             var replicas = new List<ReplicaProcess>();
             try
@@ -275,9 +276,6 @@ internal static class ServeBenchCommand
             Directory.Delete(dir, recursive: true);
         }
     }
-
-    static long OrtWeightsBytes(IRolloutService service) =>
-        service.WeightLayout.Values.Sum(shape => shape.Aggregate(1L, (a, d) => a * d) * sizeof(float));
 
     static double Best(int repeats, Func<TimeSpan> run) => Enumerable.Range(0, repeats).Min(_ => run().TotalSeconds);
 

@@ -150,7 +150,7 @@ internal static class TrainBenchCommand
     /// tokens, with N_matmul the parameters used in matmuls (projections, MLP, LM head; not the embedding lookup or norms).
     /// Forward is a third of the step (backward ≈ 2× forward).
     /// </summary>
-    static double StepFlops(ModelConfig c, int batch, int seqLen)
+    internal static double StepFlops(ModelConfig c, int batch, int seqLen)
     {
         double d = c.HeadDim;
         double perLayer = c.HiddenSize * d * (2.0 * c.NumAttentionHeads + 2.0 * c.NumKeyValueHeads) + 3.0 * c.HiddenSize * c.IntermediateSize;

@@ -21,19 +21,21 @@ public static class InferenceServices
     /// as int8 + scales where it is an int8 graph, float32 otherwise),
     /// handed over as a <see cref="PolicyWeights"/> message (in process: pointers into the snapshot, no further copy).
     /// </summary>
-    public static TimeSpan Sync(IRolloutService rollouts, LlamaForCausalLM policy, ulong version)
+    public static TimeSpan Sync(IRolloutService rollouts, LlamaForCausalLM policy, ulong version) =>
+        rollouts.PushWeights(Snapshot(rollouts, policy, version));
+
+    /// <summary>The message <see cref="Sync"/> sends (the caller owns it until it hands it to a push).</summary>
+    public static PolicyWeights Snapshot(IRolloutService rollouts, LlamaForCausalLM policy, ulong version)
     {
         bool int8 = rollouts.WeightLayout.Keys.Any(k => k.EndsWith(Int8MatMul.QuantizedName(""), StringComparison.Ordinal));
         bool packed = int8 || rollouts.WeightLayout.Keys.Any(k => k.EndsWith(".qkv_proj.weight", StringComparison.Ordinal));
         var snapshot = OrtWeights.From(policy, packedQkv: packed, int8: int8);
-        PolicyWeights message;
-        try { message = PolicyWeights.FromBuffers(version, snapshot.Buffers, snapshot); }
+        try { return PolicyWeights.FromBuffers(version, snapshot.Buffers, snapshot); }
         catch
         {
             snapshot.Dispose();
             throw;
         }
-        return rollouts.PushWeights(message);
     }
 
     /// <summary>

@@ -3,45 +3,64 @@ using Rlhf.Training.Tests.Model;
 
 namespace Rlhf.Training.Tests.Model;
 
-/// <summary>Smoke run of <c>rlhf bench train</c> on a tiny config: the table, and the JSON keys docs/performance.md names.</summary>
+/// <summary>
+/// <c>rlhf bench train</c> on a tiny config: each row trains the next-token loss of the model it names, and the GFLOP/s it
+/// prints count the model's real matmuls. (That a bf16 row computes in bfloat16 is MixedPrecisionTests' subject; at
+/// initialisation the logits are too small for the loss to show it.)
+/// </summary>
 public sealed class TrainBenchTests
 {
     [Fact]
-    public void PrintsBothPrecisionsSideBySideWithTheirRatio()
+    public void EachRowTrainsTheNextTokenLossOfItsModel()
     {
         var w = new StringWriter();
-        var figures = TrainBenchCommand.Run([("tiny-test", TinyModels.Config())], batch: 2, seqLen: 16, steps: 1, w);
+        var cfg = TinyModels.Config();
+        var figures = TrainBenchCommand.Run([("tiny-test", cfg)], batch: 2, seqLen: 16, steps: 1, w);
         string text = w.ToString();
         Assert.Contains("libtorch matmul peak", text);
-        Assert.Contains("bf16/fp32", text);
-        Assert.True(figures["train_tokens_per_s.fp32.tiny-test"] > 0 && figures["train_tokens_per_s.bf16.tiny-test"] > 0);
-        Assert.Equal(figures["train_tokens_per_s.bf16.tiny-test"] / figures["train_tokens_per_s.fp32.tiny-test"], figures["bf16_over_fp32.tiny-test"], 9);
-        Assert.True(figures["matmul_gflops.fp32"] > 0 && figures["matmul_gflops.bf16"] > 0);
         BenchDocs.AssertNamed(figures.Keys);
-        // both rows start from the same weights and tokens: their losses agree to bf16 precision
         var losses = text.Split('\n').Where(l => l.StartsWith("tiny-test", StringComparison.Ordinal))
             .Select(l => double.Parse(l.Split('|')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[^1], System.Globalization.CultureInfo.InvariantCulture)).ToArray();
         Assert.Equal(2, losses.Length);
-        Assert.True(Math.Abs(losses[0] - losses[1]) < 0.05, $"fp32 loss {losses[0]}, bf16 loss {losses[1]}");
+        // next-token loss of freshly initialised weights (std 0.02, near-zero logits) on uniform random tokens: ln V
+        foreach (double loss in losses) Assert.True(Math.Abs(loss - Math.Log(cfg.VocabSize)) < 0.05, $"loss {loss} vs ln V {Math.Log(cfg.VocabSize)}");
+        Assert.True(Math.Abs(losses[0] - losses[1]) < 0.01, $"fp32 loss {losses[0]}, bf16 loss {losses[1]}");
+    }
+
+    [Fact]
+    public void StepFlopsCountTheModelsMatmulsThreeTimes()
+    {
+        var cfg = TinyModels.Config();
+        int batch = 3, seqLen = 10;
+        using var m = Rlhf.Training.Model.LlamaForCausalLM.Create(cfg, TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float32, 1);
+        // every 2-D weight but the embedding lookup multiplies each token's activations once: 2 FLOPs per weight per token
+        long matmulWeights = m.named_parameters().Where(p => p.parameter.dim() == 2 && !p.name.Contains("embed_tokens")).Sum(p => p.parameter.numel());
+        // causal attention: S(S+1)/2 query-key pairs per head and sequence, 2·D FLOPs for q·k and 2·D for the weighted sum of v
+        double attentionPerSequence = cfg.NumHiddenLayers * cfg.NumAttentionHeads * (seqLen * seqLen / 2.0) * 4.0 * cfg.HeadDim;
+        double forward = batch * (2.0 * matmulWeights * seqLen + attentionPerSequence);
+        Assert.Equal(3 * forward, TrainBenchCommand.StepFlops(cfg, batch, seqLen), 6);   // backward ≈ 2 forwards
     }
 }
 
-/// <summary>Smoke run of <c>rlhf bench ppo</c> on models/tiny: every cell of the table and its JSON keys, which docs/performance.md names.</summary>
+/// <summary>
+/// <c>rlhf bench ppo</c> on models/tiny: one cell per training × rollout precision, each really run in its precisions.
+/// The engine's and the learner's log-probs are the same numbers only in fp32/fp32; bf16 training and int8 rollouts each
+/// open a gap that the table reports.
+/// </summary>
 public sealed class PpoBenchTests
 {
     [Fact]
-    public void TimesEveryPhaseForEveryPrecisionPair()
+    public void EachPrecisionPairRunsInItsOwnPrecisions()
     {
         var w = new StringWriter();
         var settings = new Rlhf.Training.Ppo.PpoConfig { RolloutBatch = 4, MiniBatch = 4, PpoEpochs = 1, MaxNewTokens = 4, Threads = 1 };
         var figures = PpoBenchCommand.Run(["tiny"], settings, w);
-        foreach (string p in new[] { "fp32", "bf16" })
-            foreach (string r in new[] { "fp32", "int8" })
-            {
-                double sum = new[] { "generate", "score", "experience", "train", "sync" }.Sum(ph => figures[$"phase_seconds.{ph}.{p}.{r}.tiny"]);
-                Assert.True(sum > 0);
-                Assert.Equal(sum, figures[$"iteration_seconds.{p}.{r}.tiny"], 9);
-            }
+        double Gap(string p, string r) => figures[$"rollout_logprob_mismatch.{p}.{r}.tiny"];
+        string gaps = $"log π gaps fp32/fp32 {Gap("fp32", "fp32"):E2}, fp32/int8 {Gap("fp32", "int8"):E2}, bf16/fp32 {Gap("bf16", "fp32"):E2}, bf16/int8 {Gap("bf16", "int8"):E2}";
+        // measured: 1.8e-7, 6.4e-3, 2.1e-3, 5.4e-3 — a cell that silently ran in fp32 would show float rounding only
+        Assert.True(Gap("fp32", "fp32") < 1e-5, gaps);
+        foreach (var (p, r) in new[] { ("fp32", "int8"), ("bf16", "fp32"), ("bf16", "int8") })
+            Assert.True(Gap(p, r) > 1e-4, gaps);
         Assert.Equal(4, w.ToString().Split('\n').Count(l => l.StartsWith("tiny ", StringComparison.Ordinal)));
         BenchDocs.AssertNamed(figures.Keys);
     }
