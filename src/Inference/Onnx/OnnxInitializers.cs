@@ -1,9 +1,9 @@
 namespace Rlhf.Inference.Onnx;
 
 /// <summary>
-/// Reads the names and shapes of an ONNX model's initializers straight from the protobuf wire format
-/// (ModelProto.graph = 7, GraphProto.initializer = 5, TensorProto.dims = 1, TensorProto.name = 8), skipping all
-/// tensor data, so weight overrides can be checked before ONNX Runtime (which does not check them) sees them.
+/// Reads the names and shapes of an ONNX model's initializers and graph inputs, and its metadata, straight from the
+/// protobuf wire format (ModelProto.graph = 7, GraphProto.initializer = 5, TensorProto.dims = 1, TensorProto.name = 8),
+/// skipping all tensor data, so weight overrides can be checked before ONNX Runtime (which does not check them) sees them.
 /// </summary>
 public static class OnnxInitializers
 {
@@ -50,6 +50,33 @@ public static class OnnxInitializers
                 }
             }
             else Skip(s, wire);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// The model's metadata_props (ModelProto.metadata_props = 14; StringStringEntryProto.key = 1, .value = 2): key ->
+    /// value, without reading the graph.
+    /// </summary>
+    public static Dictionary<string, string> ReadMetadata(string path)
+    {
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        using var s = new BufferedStream(File.OpenRead(path), 1 << 16);
+        long end = s.Length;
+        while (s.Position < end)
+        {
+            var (field, wire) = Tag(s);
+            if (field != 14 || wire != 2) { Skip(s, wire); continue; }
+            long entryEnd = (long)Varint(s) + s.Position;
+            string key = "", value = "";
+            while (s.Position < entryEnd)
+            {
+                var (ef, ew) = Tag(s);
+                if (ef == 1 && ew == 2) key = String(s);
+                else if (ef == 2 && ew == 2) value = String(s);
+                else Skip(s, ew);
+            }
+            result[key] = value;
         }
         return result;
     }

@@ -52,6 +52,7 @@ public sealed class GenAiRolloutEngine : LocalRolloutEngine
     readonly Model _model;
     readonly GenAiEngineOptions _options;
     readonly Dictionary<string, long[]> _weightInputs;
+    readonly Services.PolicyWeightFormat? _format;
     readonly int[] _eos;
     readonly int _pad;
     readonly int _vocab;
@@ -80,6 +81,7 @@ public sealed class GenAiRolloutEngine : LocalRolloutEngine
                                            "(our engine, --engine ort, can run without one).");
         _pad = genai.PadTokenId ?? 0;
         _weightInputs = WeightInputs(modelFile);
+        _format = Services.PolicyWeightFormat.FromMetadata(OnnxInitializers.ReadMetadata(modelFile));
         _config = new Config(folder);
         try
         {
@@ -159,6 +161,9 @@ public sealed class GenAiRolloutEngine : LocalRolloutEngine
 
     /// <inheritdoc/>
     public override IReadOnlyDictionary<string, long[]> WeightLayout => _weightInputs;
+
+    /// <inheritdoc/>
+    public override Services.PolicyWeightFormat? WeightFormat => _format;
 
     /// <summary>
     /// Generates a response for each request (in order), all with the weights version loaded when the call starts

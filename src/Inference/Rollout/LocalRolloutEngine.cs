@@ -22,6 +22,9 @@ public abstract class LocalRolloutEngine : Services.IRolloutService
     public abstract IReadOnlyDictionary<string, long[]> WeightLayout { get; }
 
     /// <inheritdoc/>
+    public abstract Services.PolicyWeightFormat? WeightFormat { get; }
+
+    /// <inheritdoc/>
     public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, Services.RolloutCall? call = null, CancellationToken cancellationToken = default)
     {
         call ??= new Services.RolloutCall();

@@ -58,6 +58,8 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
     List<OrtValue> _weightValues = [];
     IDisposable? _weightOwner;
     Dictionary<string, long[]>? _initializers;
+    Services.PolicyWeightFormat? _format;
+    bool _formatRead;
     readonly int? _context;
     int _swapsWaiting;   // weight swaps waiting for the Gate: a continuous batch stops admitting and drains
     bool _disposed;
@@ -117,6 +119,16 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
 
     /// <inheritdoc/>
     public override IReadOnlyDictionary<string, long[]> WeightLayout => _initializers ??= OnnxInitializers.Read(_modelFile);
+
+    /// <inheritdoc/>
+    public override Services.PolicyWeightFormat? WeightFormat
+    {
+        get
+        {
+            if (!_formatRead) (_format, _formatRead) = (Services.PolicyWeightFormat.FromMetadata(OnnxInitializers.ReadMetadata(_modelFile)), true);
+            return _format;
+        }
+    }
 
     /// <summary>
     /// Generates a response for each request (in order), in batches of at most <see cref="RolloutEngineOptions.MaxBatchSize"/>,

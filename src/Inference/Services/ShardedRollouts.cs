@@ -19,6 +19,9 @@ public sealed class ShardedRollouts(IRolloutService inner, int shardSize) : IRol
     public IReadOnlyDictionary<string, long[]> WeightLayout => inner.WeightLayout;
 
     /// <inheritdoc/>
+    public PolicyWeightFormat? WeightFormat => inner.WeightFormat;
+
+    /// <inheritdoc/>
     public async Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default)
     {
         var results = new List<RolloutResult>(requests.Count);

@@ -182,6 +182,7 @@ sealed class RolloutGrpcService(RolloutReplica replica) : Protocol.Rollout.Rollo
         var reply = new StatusReply { WeightsVersion = replica.Engine.WeightsVersion, Queued = replica.Queued, Model = replica.ModelName, Engine = replica.EngineName };
         foreach (var (name, shape) in replica.Engine.WeightLayout.OrderBy(kv => kv.Key, StringComparer.Ordinal))
             reply.WeightLayout.Add(ProtocolMapping.ToProto(new WeightTensorInfo(name, WeightTensorInfo.Float32, shape, shape.Aggregate(1L, (a, d) => a * d) * sizeof(float))));
+        if (replica.Engine.WeightFormat is { } f) reply.WeightFormat = new Protocol.WeightFormat { PackedQkv = f.PackedQkv, Int8 = f.Int8 };
         return Task.FromResult(reply);
     }
 }

@@ -48,6 +48,9 @@ public sealed class RemoteRollouts : IRolloutService
         StatusAsync().GetAwaiter().GetResult().WeightLayout.ToDictionary(t => t.Name, t => t.Shape.ToArray(), StringComparer.Ordinal);
 
     /// <inheritdoc/>
+    public PolicyWeightFormat? WeightFormat => StatusAsync().GetAwaiter().GetResult().WeightFormat is { } f ? new PolicyWeightFormat(f.PackedQkv, f.Int8) : null;
+
+    /// <inheritdoc/>
     public async Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default)
     {
         call ??= new RolloutCall();

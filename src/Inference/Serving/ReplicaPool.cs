@@ -83,19 +83,22 @@ public sealed class ReplicaPool : IRolloutService
     public ulong WeightsVersion { get { lock (_gate) return _version; } }
 
     /// <inheritdoc/>
-    public IReadOnlyDictionary<string, long[]> WeightLayout
+    public IReadOnlyDictionary<string, long[]> WeightLayout => FirstAnswer(c => c.WeightLayout);
+
+    /// <inheritdoc/>
+    public PolicyWeightFormat? WeightFormat => FirstAnswer(c => c.WeightFormat);
+
+    /// <summary>What the first replica that answers says (the replicas serve one model).</summary>
+    T FirstAnswer<T>(Func<RemoteRollouts, T> ask)
     {
-        get
+        if (Snapshot().Length == 0) Refresh(CancellationToken.None).GetAwaiter().GetResult();
+        var errors = new List<string>();
+        foreach (var m in Snapshot())
         {
-            if (Snapshot().Length == 0) Refresh(CancellationToken.None).GetAwaiter().GetResult();
-            var errors = new List<string>();
-            foreach (var m in Snapshot())
-            {
-                try { return m.Client.WeightLayout; }
-                catch (RpcException e) { errors.Add($"{m.Client.Address}: {e.Status.Detail}"); }
-            }
-            throw new InvalidOperationException($"No rollout replica answers ({Targets}): " + string.Join("; ", errors));
+            try { return ask(m.Client); }
+            catch (RpcException e) { errors.Add($"{m.Client.Address}: {e.Status.Detail}"); }
         }
+        throw new InvalidOperationException($"No rollout replica answers ({Targets}): " + string.Join("; ", errors));
     }
 
     /// <summary>The targets as given, comma-separated (the <c>rlhf.pool</c> tag of the pool's activities).</summary>

@@ -1,4 +1,3 @@
-using Rlhf.Export.Onnx;
 using Rlhf.Training.OnnxExport;
 using Rlhf.Inference.Reward;
 using Rlhf.Inference.Rollout;
@@ -24,12 +23,12 @@ public static class InferenceServices
     public static TimeSpan Sync(IRolloutService rollouts, LlamaForCausalLM policy, ulong version) =>
         rollouts.PushWeights(Snapshot(rollouts, policy, version));
 
-    /// <summary>The message <see cref="Sync"/> sends (the caller owns it until it hands it to a push).</summary>
+    /// <summary>The message <see cref="Sync"/> sends, in the format the service's graph declares (the caller owns it until it hands it to a push).</summary>
     public static PolicyWeights Snapshot(IRolloutService rollouts, LlamaForCausalLM policy, ulong version)
     {
-        bool int8 = rollouts.WeightLayout.Keys.Any(k => k.EndsWith(Int8MatMul.QuantizedName(""), StringComparison.Ordinal));
-        bool packed = int8 || rollouts.WeightLayout.Keys.Any(k => k.EndsWith(".qkv_proj.weight", StringComparison.Ordinal));
-        var snapshot = OrtWeights.From(policy, packedQkv: packed, int8: int8);
+        var format = rollouts.WeightFormat ?? throw new InvalidOperationException(
+            "The rollout engine's graph declares no weight format (no rlhf.graph metadata): weights can be pushed only into a policy graph that `rlhf export` wrote.");
+        var snapshot = OrtWeights.From(policy, packedQkv: format.PackedQkv, int8: format.Int8);
         try { return PolicyWeights.FromBuffers(version, snapshot.Buffers, snapshot); }
         catch
         {

@@ -13,6 +13,9 @@ sealed class ScratchRollouts(IRolloutService engine, string scratch) : IRolloutS
     public IReadOnlyDictionary<string, long[]> WeightLayout => engine.WeightLayout;
 
     /// <inheritdoc/>
+    public PolicyWeightFormat? WeightFormat => engine.WeightFormat;
+
+    /// <inheritdoc/>
     public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default) =>
         engine.GenerateAsync(requests, call, cancellationToken);
 

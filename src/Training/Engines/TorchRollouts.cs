@@ -53,6 +53,10 @@ public sealed class TorchRollouts : IRolloutService
     public IReadOnlyDictionary<string, long[]> WeightLayout { get; }
 
     /// <inheritdoc/>
+    /// <remarks>The plain graph's layout (<see cref="LlamaGraph.ExpectedShapes"/>): transposed, q/k/v apart, float32.</remarks>
+    public PolicyWeightFormat? WeightFormat { get; } = new(PackedQkv: false, Int8: false);
+
+    /// <inheritdoc/>
     public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default)
     {
         call ??= new RolloutCall();

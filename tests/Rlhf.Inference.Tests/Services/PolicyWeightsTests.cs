@@ -75,6 +75,7 @@ public sealed class PolicyWeightsTests
         public List<ulong?> Required { get; } = [];
         public ulong WeightsVersion => 4;
         public IReadOnlyDictionary<string, long[]> WeightLayout { get; } = new Dictionary<string, long[]>();
+        public PolicyWeightFormat? WeightFormat => null;
         public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default)
         {
             Calls.Add(requests);

@@ -107,6 +107,7 @@ public sealed class AdvantageEstimatorTests
         public List<RolloutRequest> Requests { get; } = [];
         public ulong WeightsVersion => 0;
         public IReadOnlyDictionary<string, long[]> WeightLayout => new Dictionary<string, long[]>();
+        public PolicyWeightFormat? WeightFormat => null;
         public Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default)
         {
             Requests.AddRange(requests);

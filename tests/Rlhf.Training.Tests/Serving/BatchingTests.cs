@@ -22,6 +22,7 @@ public sealed class BatchingTests
         public TaskCompletionSource Gate { get; set; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public ulong WeightsVersion => 0;
         public IReadOnlyDictionary<string, long[]> WeightLayout => new Dictionary<string, long[]>();
+        public PolicyWeightFormat? WeightFormat => null;
         public async Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default)
         {
             lock (Calls) Calls.Add([.. requests.Select(r => r.PromptIds![0])]);

@@ -274,7 +274,8 @@ public sealed class ServeTests(RolloutServerFixture fx) : IClassFixture<RolloutS
         var before = await remote.GenerateAsync(requests, call with { RequiredVersion = 0 });
         Assert.All(before, r => Assert.Equal(0UL, r.WeightsVersion));
 
-        // Push the other policy's weights as version 1 (layout read from the replica: packed q/k/v for the GQA graph).
+        // Push the other policy's weights as version 1 (the format the replica's graph declares: packed q/k/v for the GQA graph).
+        Assert.Equal(new PolicyWeightFormat(PackedQkv: true, Int8: false), remote.WeightFormat);
         InferenceServices.Sync(remote, fx.Models.Other, 1);
         Assert.Equal(1UL, remote.WeightsVersion);
         var after = await remote.GenerateAsync(requests, call with { RequiredVersion = 1 });

@@ -1,0 +1,26 @@
+namespace Rlhf.Inference.Services;
+
+/// <summary>
+/// How a policy graph stores the weights a trainer pushes into it, as the exporter declares it in the graph's metadata
+/// (<c>rlhf export</c>; docs/onnx-and-engines.md): 2-D projection weights always transposed to [in, out], under their HF
+/// names; with <see cref="PackedQkv"/> q, k and v packed into one <c>qkv_proj.weight</c> [in, (h + 2·h_kv)·d] (the
+/// GroupQueryAttention graph, <c>rlhf.graph</c> = <c>decoder_gqa</c>; the plain graph, <c>decoder</c>, keeps them
+/// apart); with <see cref="Int8"/> every projection and the LM head as <c>{name}_int8</c> [in, out] and
+/// <c>{name}_scale</c> [out] (<c>rlhf.int8</c> present).
+/// </summary>
+public sealed record PolicyWeightFormat(bool PackedQkv, bool Int8)
+{
+    /// <summary>Metadata key naming the graph kind.</summary>
+    public const string GraphKey = "rlhf.graph";
+    /// <summary>Metadata key present in int8 graphs.</summary>
+    public const string Int8Key = "rlhf.int8";
+
+    /// <summary>The format a policy graph's metadata declares; null for a graph that declares none (not one of our decoder exports), which weights cannot be pushed into.</summary>
+    public static PolicyWeightFormat? FromMetadata(IReadOnlyDictionary<string, string> metadata) =>
+        metadata.TryGetValue(GraphKey, out string? graph) switch
+        {
+            true when graph == "decoder" => new(PackedQkv: false, Int8: metadata.ContainsKey(Int8Key)),
+            true when graph == "decoder_gqa" => new(PackedQkv: true, Int8: metadata.ContainsKey(Int8Key)),
+            _ => null,
+        };
+}
