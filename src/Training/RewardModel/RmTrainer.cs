@@ -83,7 +83,6 @@ public static class RmTrainer
         model.GradientCheckpointing = cfg.GradientCheckpointing;
         if (cfg.Lora().Enabled)   // adapters on the trunk, the head trained fully; a checkpoint holds the base and adapter/
             model.AttachLora(cfg.Lora(), cfg.Seed, cfg.InitModel ?? cfg.SftModel, from: resumeFrom);
-        Freezing.BottomLayers(model, cfg.FreezeLayers);
         int padId = tokenizer.PaddingId;
         var train = data.Train.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
         var eval = data.Eval.Select(g => Tokenize(tokenizer, g, cfg.MaxSeqLen)).ToArray();
