@@ -42,7 +42,7 @@ internal static class RlhfCommand
         if (parsed.Errors.Count > 0)
         {
             string command = string.Join(' ', CommandPath(parsed.CommandResult));
-            Console.Error.WriteLine($"error: {OneLine(string.Join(" ", parsed.Errors.Select(e => e.Message)))} " +
+            Console.Error.WriteLine($"error: {ErrorLines.OneLine(string.Join(" ", parsed.Errors.Select(e => e.Message)))} " +
                                     $"(see: rlhf {(command.Length > 0 ? command + " " : "")}--help)");
             return 2;
         }
@@ -85,41 +85,10 @@ internal static class RlhfCommand
     /// <summary>Prints <paramref name="e"/> as one error line (and its stack trace with --verbose); returns 1.</summary>
     static int Fail(Exception e)
     {
-        Console.Error.WriteLine(ErrorLine(e));
+        Console.Error.WriteLine(ErrorLines.For(e));
         if (verbose.Value) Console.Error.WriteLine(e.ToString());
         return 1;
     }
-
-    /// <summary>
-    /// The one line a failure prints: <c>error: message</c> for failures a user causes and can fix (bad files,
-    /// configs, model folders, ONNX graphs, I/O); anything else is a fault of the program and says so.
-    /// </summary>
-    public static string ErrorLine(Exception e)
-    {
-        e = Innermost(e);
-        string message = OneLine(e.Message);
-        return IsUserError(e)
-            ? $"error: {message}"
-            : $"error: internal error ({e.GetType().Name}): {message} (rerun with --verbose for the stack trace)";
-    }
-
-    /// <summary>Failures caused by inputs, settings or the environment rather than by a bug.</summary>
-    public static bool IsUserError(Exception e) => e is InvalidDataException or Data.DataFileException or IOException
-        or InvalidOperationException or ArgumentException or NonFiniteLossException or UnauthorizedAccessException
-        or System.Text.Json.JsonException or FormatException or NotSupportedException
-        or Microsoft.ML.OnnxRuntime.OnnxRuntimeException or System.Net.Sockets.SocketException or StageCancelledException;
-
-    static Exception Innermost(Exception e) => e switch
-    {
-        System.Reflection.TargetInvocationException { InnerException: { } i } => Innermost(i),
-        TypeInitializationException { InnerException: { } i } => Innermost(i),
-        AggregateException { InnerExceptions.Count: 1 } a => Innermost(a.InnerExceptions[0]),
-        _ => e,
-    };
-
-    /// <summary>Collapses line breaks and runs of spaces so a message is one line.</summary>
-    public static string OneLine(string message) =>
-        System.Text.RegularExpressions.Regex.Replace(message.ReplaceLineEndings(" "), @"\s{2,}", " ").Trim();
 
     static IEnumerable<string> CommandPath(System.CommandLine.Parsing.CommandResult r)
     {

@@ -104,7 +104,7 @@ internal static class TrainBenchCommand
         using var model = LlamaForCausalLM.Create(cfg, CPU, ScalarType.Float32, seed: 1234);
         model.Precision = precision;
         model.train();
-        using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(1e-4, 0.1, 0.9, 0.95, 1e-8));
+        using var optimizer = Optimization.AdamW(model, new AdamWSettings(1e-4, 0.1, 0.9, 0.95, 1e-8));
         using var gen = new torch.Generator(7, CPU);
         using var ids = torch.randint(3, cfg.VocabSize, new long[] { batch, seqLen }, ScalarType.Int64, generator: gen);
         using var mask = torch.ones([batch, seqLen], ScalarType.Int64);
@@ -122,7 +122,7 @@ internal static class TrainBenchCommand
             sw.Restart();
             using (var scope = NewDisposeScope())
             {
-                TrainerParts.ClearGrads(optimizer);
+                Optimization.ClearGrads(optimizer);
                 var logits = model.Forward(ids, mask, pos);
                 var l = SftLoss.SummedNll(logits, targets) / (batch * (seqLen - 1));
                 l.backward();

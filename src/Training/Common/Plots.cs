@@ -74,4 +74,11 @@ public static class Plots
         plt.YLabel("count");
         AtomicFile.Write(path, tmp => plt.SavePng(tmp, width, height));
     }
+
+    /// <summary>(label, x, y = column) for <see cref="Plots.Lines"/>; x is the <paramref name="xColumn"/> column.</summary>
+    public static (string, double[], double[]) Series(string label, MetricsTable m, string column, string xColumn = "step")
+    {
+        var (x, y) = m.Series(xColumn, column);
+        return (label, x, y);
+    }
 }

@@ -1,3 +1,5 @@
+using Spectre.Console;
+
 namespace Rlhf.Training.Common;
 
 /// <summary>
@@ -22,7 +24,7 @@ public sealed class StageSteps(string stage, string outFolder, int total, int st
 
     /// <summary>Runs <paramref name="steps"/> (the trainer's loop over steps <see cref="Start"/> … <see cref="Total"/> − 1, each ending in <see cref="EndStep"/>) under a progress bar labelled <paramref name="label"/>.</summary>
     public void Run(string label, Action steps) =>
-        TrainerParts.WithProgress(label, Total, Start, control.Progress, onStep =>
+        WithProgress(label, Total, Start, control.Progress, onStep =>
         {
             _progress = onStep;
             steps();
@@ -60,5 +62,26 @@ public sealed class StageSteps(string stage, string outFolder, int total, int st
     {
         LastCheckpoint = saveCheckpoint();
         metrics.WriteCsv(Path.Combine(outFolder, "metrics.csv"));
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/> (which reports progress through its callback) under a Spectre.Console progress bar
+    /// when the console is interactive, or plainly otherwise.
+    /// </summary>
+    static void WithProgress(string label, int total, int start, bool show, Action<Action<int>?> body)
+    {
+        if (!show || Console.IsOutputRedirected || Console.IsErrorRedirected)
+        {
+            body(null);
+            return;
+        }
+        AnsiConsole.Progress().AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask(label, maxValue: total);
+                task.Value = start;
+                body(s => task.Value = s);
+            });
     }
 }

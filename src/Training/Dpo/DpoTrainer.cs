@@ -101,13 +101,13 @@ public static class DpoTrainer
 
         int stepsPerEpoch = (train.Length + cfg.PromptsPerBatch - 1) / cfg.PromptsPerBatch;
         int totalSteps = cfg.Epochs * stepsPerEpoch;
-        using var optimizer = TrainerParts.AdamW(policy, new AdamWSettings(cfg.Lr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
+        using var optimizer = Optimization.AdamW(policy, new AdamWSettings(cfg.Lr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
         var optimizers = new Dictionary<string, optim.Optimizer> { ["optimizer"] = optimizer };
         var metrics = new MetricsTable();
         int start = 0;
         if (resumeFrom is not null)
         {
-            (var state, metrics) = TrainerParts.LoadCheckpoint<DpoState>(resumeFrom, optimizers, ConfigLoader.ToJson(cfg));
+            (var state, metrics) = Checkpoints.Load<DpoState>(resumeFrom, optimizers, ConfigLoader.ToJson(cfg));
             start = state.Step;
             StageLog.Info($"Resuming from step {start} of {totalSteps}.");
         }
@@ -118,8 +118,8 @@ public static class DpoTrainer
             for (int step = start; step < totalSteps; step++)
             {
                 double lr = LrSchedule.At(step, totalSteps, cfg.Lr, LrDecay.Cosine, cfg.WarmupSteps, 0.0);
-                TrainerParts.SetLr(optimizer, lr);
-                TrainerParts.ClearGrads(optimizer);
+                Optimization.SetLr(optimizer, lr);
+                Optimization.ClearGrads(optimizer);
                 int[] batch = RmTrainer.BatchIndices(train.Length, step, stepsPerEpoch, cfg.PromptsPerBatch, cfg.Seed);
                 var row = new Dictionary<string, double> { ["step"] = step + 1, ["epoch"] = (step + 1) / (double)stepsPerEpoch, ["lr"] = lr };
                 using (var scope = NewDisposeScope())
@@ -137,7 +137,7 @@ public static class DpoTrainer
                     row["rewards/rejected"] = rejected.mean().item<float>();
                     row["rewards/margin"] = (chosen - rejected).mean().item<float>();
                 }
-                double gradNorm = TrainerParts.ClipGradNorm(policy, cfg.GradClip);
+                double gradNorm = Optimization.ClipGradNorm(policy, cfg.GradClip);
                 steps.CheckFinite(step, "the training loss", row["loss/train"]);
                 steps.CheckFinite(step, "the gradient norm", gradNorm);
                 optimizer.step();
@@ -148,7 +148,7 @@ public static class DpoTrainer
                     row["rewards/accuracy_eval"] = HeldOutAccuracy(policy, eval, refEval, padId, device, cfg.Beta);
                     StageLog.Info($"step {step + 1}/{totalSteps}  loss {row["loss/train"]:F4}  margin {row["rewards/margin"]:F3}  held-out accuracy {row["rewards/accuracy_eval"]:P1}");
                 }
-                steps.EndStep(step + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
+                steps.EndStep(step + 1, row, metrics, () => Checkpoints.Save(Path.Combine(cfg.Out, CheckpointName), tmp =>
                 {
                     policy.SavePretrained(tmp, ScalarType.Float32, merged: false);
                     TokenizerFiles.Copy(cfg.SftModel, tmp);
@@ -163,11 +163,11 @@ public static class DpoTrainer
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "dpo_config.json"), ConfigLoader.ToJson(cfg));
         metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
         Plots.Lines(Path.Combine(cfg.Out, "loss.png"), "DPO: loss and implicit-reward accuracy", "step", "value",
-            [TrainerParts.Series("loss (train)", metrics, "loss/train"), TrainerParts.Series("accuracy (train batch)", metrics, "rewards/accuracy"),
-             TrainerParts.Series("accuracy (held-out)", metrics, "rewards/accuracy_eval")]);
+            [Plots.Series("loss (train)", metrics, "loss/train"), Plots.Series("accuracy (train batch)", metrics, "rewards/accuracy"),
+             Plots.Series("accuracy (held-out)", metrics, "rewards/accuracy_eval")]);
         Plots.Lines(Path.Combine(cfg.Out, "rewards.png"), "DPO: implicit rewards β·log π/π_ref", "step", "mean per response",
-            [TrainerParts.Series("chosen", metrics, "rewards/chosen"), TrainerParts.Series("rejected", metrics, "rewards/rejected"),
-             TrainerParts.Series("margin", metrics, "rewards/margin")]);
+            [Plots.Series("chosen", metrics, "rewards/chosen"), Plots.Series("rejected", metrics, "rewards/rejected"),
+             Plots.Series("margin", metrics, "rewards/margin")]);
         policy.Precision = reference.Precision = Precision.Fp32;
         var comparison = data.IsDefaultTask && cfg.PolicyEvalPrompts > 0 ? ComparePolicies(cfg, policy, reference, tokenizer, padId, device) : null;
         if (comparison is not null)
@@ -268,7 +268,7 @@ public static class DpoTrainer
             kl = SequenceLogProbsAll(policy, groups, padId, device).Zip(SequenceLogProbsAll(reference, groups, padId, device))
                 .Average(p => (double)(p.First[0] - p.Second[0]));
         }
-        var (sftMean, sftStd) = TrainerParts.MeanStd(Gold(sft));
+        var (sftMean, sftStd) = Statistics.MeanStd(Gold(sft));
         return new PolicyComparison(sftMean, sftStd, Gold(dpo).Average(), kl);
     }
 

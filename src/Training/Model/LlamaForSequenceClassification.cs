@@ -76,11 +76,27 @@ public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision,
     /// Loads a HF folder. With <paramref name="newHeadSeed"/> set, a folder without <c>score.weight</c> (e.g. an SFT
     /// causal LM; its <c>lm_head.weight</c> is ignored) gets a fresh head ~ N(0, 1/sqrt(H+1)); otherwise the head must be present.
     /// A folder with <c>score.bias</c> loads it; with <paramref name="scoreBias"/> a folder without one gets a bias of 0.
+    /// With <paramref name="keepLayers"/> = n below the folder's layer count, the model is its first n decoder layers
+    /// (then the final norm and the head), the later layers' weights left unread.
     /// </summary>
-    public static LlamaForSequenceClassification FromPretrained(string folder, Device device, ScalarType dtype, long? newHeadSeed = null, bool scoreBias = false)
+    public static LlamaForSequenceClassification FromPretrained(string folder, Device device, ScalarType dtype, long? newHeadSeed = null, bool scoreBias = false, int? keepLayers = null)
     {
         var cfg = ModelConfig.LoadFolder(folder);
         var weights = HfFolder.ReadWeights(folder);
+        if (keepLayers is int n && n != cfg.NumHiddenLayers)
+        {
+            if (n < 1 || n > cfg.NumHiddenLayers)
+            {
+                foreach (var w in weights.Values) w.Dispose();
+                throw new InvalidDataException($"{folder} has {cfg.NumHiddenLayers} decoder layers; an RM of its first {n} needs 1 ≤ num_layers ≤ {cfg.NumHiddenLayers}.");
+            }
+            cfg = cfg with { NumHiddenLayers = n };
+            foreach (string k in weights.Keys.Where(k => LayerIndex(k) >= n).ToList())
+            {
+                weights[k].Dispose();
+                weights.Remove(k);
+            }
+        }
         var m = new LlamaForSequenceClassification(cfg, device, dtype, scoreBias || weights.ContainsKey("score.bias"));
         try
         {
@@ -103,6 +119,15 @@ public sealed class LlamaForSequenceClassification : nn.Module, IMixedPrecision,
         }
         m.eval();   // as Hugging Face's from_pretrained: inference mode until a trainer calls train()
         return m;
+    }
+
+    /// <summary>i of a weight named <c>model.layers.{i}.…</c>, else −1.</summary>
+    static int LayerIndex(string name)
+    {
+        const string prefix = "model.layers.";
+        if (!name.StartsWith(prefix, StringComparison.Ordinal)) return -1;
+        int end = name.IndexOf('.', prefix.Length);
+        return end > 0 && int.TryParse(name.AsSpan(prefix.Length, end - prefix.Length), out int i) ? i : -1;
     }
 
     /// <summary>True when the head has <c>score.bias</c>.</summary>

@@ -46,8 +46,8 @@ public sealed class PpoLearner : IDisposable
         _models = models;
         _cfg = cfg;
         _ptx = ptx;
-        _actorOpt = TrainerParts.AdamW(models.Actor, new AdamWSettings(cfg.ActorLr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
-        _criticOpt = models.Critic is null ? null : TrainerParts.AdamW(models.Critic, new AdamWSettings(cfg.CriticLr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
+        _actorOpt = Optimization.AdamW(models.Actor, new AdamWSettings(cfg.ActorLr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
+        _criticOpt = models.Critic is null ? null : Optimization.AdamW(models.Critic, new AdamWSettings(cfg.CriticLr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
         _aggregation = cfg.AdvantageEstimator switch
         {
             AdvantageEstimator.Grpo => LossAggregation.SequenceMeanTokenMean,
@@ -81,8 +81,8 @@ public sealed class PpoLearner : IDisposable
             {
                 if (m % _cfg.GradAccum == 0)
                 {
-                    TrainerParts.ClearGrads(_actorOpt);
-                    if (_criticOpt is not null) TrainerParts.ClearGrads(_criticOpt);
+                    Optimization.ClearGrads(_actorOpt);
+                    if (_criticOpt is not null) Optimization.ClearGrads(_criticOpt);
                 }
                 int group = GradAccumulation.GroupSize(m, mbPerEpoch, _cfg.GradAccum);
                 using (var scope = NewDisposeScope())
@@ -105,8 +105,8 @@ public sealed class PpoLearner : IDisposable
                 }
                 if (GradAccumulation.StepsAfter(m, mbPerEpoch, _cfg.GradAccum) || stop)
                 {
-                    double actorNorm = TrainerParts.ClipGradNorm(_models.Actor, _cfg.GradClip);
-                    double? criticNorm = _models.Critic is null ? null : TrainerParts.ClipGradNorm(_models.Critic, _cfg.GradClip);
+                    double actorNorm = Optimization.ClipGradNorm(_models.Actor, _cfg.GradClip);
+                    double? criticNorm = _models.Critic is null ? null : Optimization.ClipGradNorm(_models.Critic, _cfg.GradClip);
                     checkFinite("the actor's gradient norm", actorNorm);
                     if (criticNorm is double cn) checkFinite("the critic's gradient norm", cn);
                     Add("grad_actor", actorNorm);

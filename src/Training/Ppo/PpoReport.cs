@@ -28,10 +28,10 @@ public sealed record Comparison(
     public int[] PpoLengths { get; init; } = [];
 
     /// <summary>Mean and standard deviation of the SFT model's gold scores (null without gold).</summary>
-    public (double Mean, double Std)? SftGoldStats => SftGold is null ? null : TrainerParts.MeanStd(SftGold);
+    public (double Mean, double Std)? SftGoldStats => SftGold is null ? null : Statistics.MeanStd(SftGold);
 
     /// <summary>Mean and standard deviation of PPO's gold scores (null without gold).</summary>
-    public (double Mean, double Std)? PpoGoldStats => PpoGold is null ? null : TrainerParts.MeanStd(PpoGold);
+    public (double Mean, double Std)? PpoGoldStats => PpoGold is null ? null : Statistics.MeanStd(PpoGold);
 
     /// <summary>(PPO gold − SFT gold) / SFT gold std, null without gold.</summary>
     public double? GoldGainInSftStd => SftGoldStats is { } s && PpoGoldStats is { } p ? (p.Mean - s.Mean) / Math.Max(s.Std, 1e-9) : null;
@@ -46,7 +46,7 @@ public static class PpoReport
     /// <summary>Training curves: reward/score/gold, KL, and losses per iteration (PNG).</summary>
     public static void Curves(string folder, MetricsTable m)
     {
-        (string, double[], double[]) S(string label, string col) => TrainerParts.Series(label, m, col, "iteration");
+        (string, double[], double[]) S(string label, string col) => Plots.Series(label, m, col, "iteration");
         Plots.Lines(Path.Combine(folder, "reward.png"), "PPO: reward per iteration", "iteration", "mean per response",
             [S("RM score", "objective/scores"), S("RLHF reward (score − β·KL)", "objective/rlhf_reward"), S("gold score", "objective/gold"), S("held-out gold", "eval/gold")]);
         Plots.Lines(Path.Combine(folder, "kl.png"), "PPO: KL to the SFT model", "iteration", "nats per response",

@@ -44,7 +44,7 @@ public static class PpoTrainer
         int start = 0;
         if (resumeFrom is not null)
         {
-            (var state, metrics) = TrainerParts.LoadCheckpoint<PpoState>(resumeFrom, learner.Optimizers, ConfigLoader.ToJson(cfg));
+            (var state, metrics) = Checkpoints.Load<PpoState>(resumeFrom, learner.Optimizers, ConfigLoader.ToJson(cfg));
             start = state.Iteration;
             kl.Restore(state.Kl);
             if (state.Moments is not null) rewards.Moments = new RunningMoments(state.Moments);
@@ -108,7 +108,7 @@ public static class PpoTrainer
 
     /// <summary>The checkpoint: actor (with the tokenizer), critic (when there is one), the optimizers, the metrics so far and <paramref name="state"/>.</summary>
     static string SaveCheckpoint(PpoConfig cfg, PpoModels models, PpoLearner learner, MetricsTable metrics, PpoState state) =>
-        TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
+        Checkpoints.Save(Path.Combine(cfg.Out, CheckpointName), tmp =>
         {
             // merged: false — under LoRA the checkpoint holds each base and its adapter/, which resume reads back exactly
             models.Actor.SavePretrained(Path.Combine(tmp, "actor"), ScalarType.Float32, merged: false);

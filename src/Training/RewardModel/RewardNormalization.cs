@@ -20,7 +20,7 @@ public sealed record RewardNormalization(double Gain, double Bias, double RawMea
     /// <summary>gain = 1/σ (or 1), bias = −μ·gain, over <paramref name="raw"/> scores of the responses <paramref name="source"/> names.</summary>
     public static RewardNormalization From(IReadOnlyCollection<double> raw, bool unitStd, string? source = null)
     {
-        var (mean, std) = TrainerParts.MeanStd(raw);
+        var (mean, std) = Statistics.MeanStd(raw);
         double gain = unitStd && std > 1e-12 ? 1.0 / std : 1.0;
         return new RewardNormalization(gain, -mean * gain, mean, std, source);
     }

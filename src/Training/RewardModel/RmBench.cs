@@ -36,7 +36,7 @@ public static class RmBench
             var tokenizer = TextTokenizer.Load(modelFolder);
             int padId = tokenizer.PaddingId;
             using var model = LlamaForSequenceClassification.FromPretrained(modelFolder, CPU, ScalarType.Float32, newHeadSeed: 1);
-            using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(1e-5, 0, 0.9, 0.95, 1e-8));
+            using var optimizer = Optimization.AdamW(model, new AdamWSettings(1e-5, 0, 0.9, 0.95, 1e-8));
             var examples = DataSets.SftExamples(7, DataSets.SftEvalName, (steps + 2) * promptsPerBatch * k);
             var groups = examples.Chunk(k).Select(c => new RmTrainer.TokenizedGroup(
                 new RmGroup(c[0].Prompt, [.. c.Select(e => e.Response)], [.. Pairs(c.Length)], new double[c.Length]),
@@ -55,7 +55,7 @@ public static class RmBench
                 for (int b = 0; b < batches.Length; b++)
                 {
                     var clock = Stopwatch.StartNew();
-                    TrainerParts.ClearGrads(optimizer);
+                    Optimization.ClearGrads(optimizer);
                     using (var scope = NewDisposeScope())
                     {
                         RmTrainer.BatchLoss(model, batches[b], padId, CPU, margin: 0, chunk).Loss.backward();

@@ -59,6 +59,11 @@ public sealed record RmConfig : FineTuningKeys
     /// 87.3% in 329 s of training where 4 per batch at 5e-4 in fp32 had reached 87.0% in 463 s.
     /// </summary>
     public int PromptsPerBatch { get; init; } = 16;
+    /// <summary>
+    /// Keep only the SFT model's first N decoder layers in the RM (0 = all): a smaller, faster RM (InstructGPT paired a
+    /// 6B RM with its 175B policy). PPO's critic starts from the RM and is as small.
+    /// </summary>
+    public int NumLayers { get; init; }
     /// <summary>Longest tokenized prompt + response.</summary>
     public int MaxSeqLen { get; init; } = 96;
     /// <summary>Peak learning rate (decays to 0). Measured on the default task with 4 prompts per batch (4000 prompts, 1
@@ -111,6 +116,7 @@ public sealed record RmConfig : FineTuningKeys
         if (Epochs < 1) e.Add("epochs must be ≥ 1");
         if (PromptsPerBatch < 1) e.Add("prompts_per_batch must be ≥ 1");
         if (MaxSeqLen < 4) e.Add("max_seq_len must be ≥ 4");
+        if (NumLayers < 0) e.Add("num_layers must be ≥ 0");
         if (Lr <= 0) e.Add("lr must be > 0");
         if (GradClip < 0 || Margin < 0) e.Add("grad_clip and margin must be ≥ 0");
         if (EvalEvery < 1 || CheckpointEvery < 0) e.Add("eval_every must be ≥ 1 and checkpoint_every ≥ 0");

@@ -78,7 +78,7 @@ public static class RmTrainer
             ? LlamaForSequenceClassification.FromPretrained(resumeFrom, device, ScalarType.Float32)
             : cfg.InitModel is not null
                 ? LlamaForSequenceClassification.FromPretrained(cfg.InitModel, device, ScalarType.Float32)
-                : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed);
+                : LlamaForSequenceClassification.FromPretrained(cfg.SftModel, device, ScalarType.Float32, newHeadSeed: cfg.Seed, keepLayers: cfg.NumLayers > 0 ? cfg.NumLayers : null);
         model.Precision = cfg.Precision.Resolve(device);
         model.GradientCheckpointing = cfg.GradientCheckpointing;
         if (cfg.Lora().Enabled)   // adapters on the trunk, the head trained fully; a checkpoint holds the base and adapter/
@@ -89,12 +89,12 @@ public static class RmTrainer
         int stepsPerEpoch = (train.Length + cfg.PromptsPerBatch - 1) / cfg.PromptsPerBatch;
         int totalSteps = cfg.Epochs * stepsPerEpoch;
 
-        using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(cfg.Lr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
+        using var optimizer = Optimization.AdamW(model, new AdamWSettings(cfg.Lr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
         var metrics = new MetricsTable();
         int startStep = 0;
         if (resumeFrom is not null)
         {
-            (var state, metrics) = TrainerParts.LoadCheckpoint<RmState>(resumeFrom, Optimizers(optimizer), ConfigLoader.ToJson(cfg));
+            (var state, metrics) = Checkpoints.Load<RmState>(resumeFrom, Optimizers(optimizer), ConfigLoader.ToJson(cfg));
             startStep = state.Step;
             Log($"Resuming from step {startStep} of {totalSteps}.");
         }
@@ -106,8 +106,8 @@ public static class RmTrainer
             for (int step = startStep; step < totalSteps; step++)
             {
                 double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, 0.0);
-                TrainerParts.SetLr(optimizer, lr);
-                TrainerParts.ClearGrads(optimizer);
+                Optimization.SetLr(optimizer, lr);
+                Optimization.ClearGrads(optimizer);
                 var groups = BatchGroups(train, step, stepsPerEpoch, cfg);
                 double loss, acc, margin;
                 using (var scope = NewDisposeScope())
@@ -119,7 +119,7 @@ public static class RmTrainer
                     acc = (diff > 0).to(ScalarType.Float32).mean().item<float>();
                     margin = diff.mean().item<float>();
                 }
-                double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
+                double gradNorm = Optimization.ClipGradNorm(model, cfg.GradClip);
                 steps.CheckFinite(step, "the training loss", loss);
                 steps.CheckFinite(step, "the gradient norm", gradNorm);
                 optimizer.step();
@@ -136,7 +136,7 @@ public static class RmTrainer
                     row["accuracy/eval"] = a;
                     Log($"step {step + 1}/{totalSteps}  loss {loss:F4}  train acc {acc:P0}  held-out acc {a:P1}  lr {lr:E2}");
                 }
-                steps.EndStep(step + 1, row, metrics, () => TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
+                steps.EndStep(step + 1, row, metrics, () => Checkpoints.Save(Path.Combine(cfg.Out, CheckpointName), tmp =>
                 {
                     model.SavePretrained(tmp, ScalarType.Float32, merged: false);
                     TokenizerFiles.Copy(cfg.SftModel, tmp);
@@ -173,7 +173,7 @@ public static class RmTrainer
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "rm_config.json"), ConfigLoader.ToJson(cfg));
         metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
         Plots.Lines(Path.Combine(cfg.Out, "loss.png"), "RM loss and accuracy", "step", "value",
-            [TrainerParts.Series("loss (train)", metrics, "loss/train"), TrainerParts.Series("accuracy (held-out)", metrics, "accuracy/eval")]);
+            [Plots.Series("loss (train)", metrics, "loss/train"), Plots.Series("accuracy (held-out)", metrics, "accuracy/eval")]);
         if (eval.Length > 0)
         {
             var chosen = new List<double>();

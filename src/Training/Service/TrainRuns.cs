@@ -1,7 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
-using Rlhf.Training.Cli;
 using Rlhf.Training.Common;
 using Rlhf.Training.Pipeline;
 
@@ -76,7 +75,7 @@ public sealed class TrainRuns : IDisposable
         if (_dataRoot is not null) ConfinePaths(cfg, "");
         try { Stages.FromJson(stage, cfg); }
         catch (Exception e) when (e is InvalidDataException or ArgumentException or JsonException or InvalidOperationException or FormatException)
-        { throw new RunRequestException(RlhfCommand.OneLine(e.Message)); }
+        { throw new RunRequestException(ErrorLines.OneLine(e.Message)); }
 
         RunRecord run;
         lock (_gate)
@@ -230,7 +229,7 @@ public sealed class TrainRuns : IDisposable
         catch (StageCancelledException) { Finish(run.Id, RunStatus.Cancelled, null); }
         catch (Exception e)
         {
-            string line = RlhfCommand.ErrorLine(e);
+            string line = ErrorLines.For(e);
             Finish(run.Id, RunStatus.Failed, line.StartsWith("error: ", StringComparison.Ordinal) ? line[7..] : line);
             _log.LogWarning("run {Id}: failed: {Error}", run.Id, line);
         }

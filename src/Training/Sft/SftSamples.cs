@@ -50,7 +50,7 @@ public static class SftSamples
         });
         Plots.Histograms(Path.Combine(outFolder, "gold.png"), "Gold score: SFT samples vs held-out references", "gold score",
             [("SFT samples", gold), ("references", reference)]);
-        var (mean, std) = TrainerParts.MeanStd(gold);
+        var (mean, std) = Statistics.MeanStd(gold);
         return new SampleReport(mean, std, reference.Average(), eosCount / (double)heldOut.Count);
     }
 }

@@ -88,18 +88,18 @@ public static class SftTrainer
         int totalSteps = cfg.Epochs * stepsPerEpoch;
         if (cfg.MaxSteps > 0) totalSteps = Math.Min(totalSteps, cfg.MaxSteps);
 
-        using var optimizer = TrainerParts.AdamW(model, new AdamWSettings(cfg.Lr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
+        using var optimizer = Optimization.AdamW(model, new AdamWSettings(cfg.Lr, cfg.WeightDecay, cfg.Beta1, cfg.Beta2, cfg.AdamEps));
         var metrics = new MetricsTable();
         int startStep = 0;
         long trainTokens = 0;
         if (resumeFrom is not null)
         {
-            (var state, metrics) = TrainerParts.LoadCheckpoint<SftState>(resumeFrom, Optimizers(optimizer), ConfigLoader.ToJson(cfg));
+            (var state, metrics) = Checkpoints.Load<SftState>(resumeFrom, Optimizers(optimizer), ConfigLoader.ToJson(cfg));
             startStep = state.Step;
             trainTokens = state.TrainTokens;
             Log($"Resuming from step {startStep} of {totalSteps}.");
         }
-        long parameters = TrainerParts.Trainable(model).Sum(p => p.parameter.numel());
+        long parameters = Optimization.Trainable(model).Sum(p => p.parameter.numel());
         Log($"Model: {parameters / 1e6:F2}M trainable parameters{(model.Lora is { } l ? $" (LoRA r={l.Settings.Rank} on {string.Join("/", l.Settings.TargetModules)}; base frozen)" : "")}, {totalSteps} steps of {perStep} sequences, device {device.type}, {model.Precision.ToString().ToLowerInvariant()}.");
 
         var steps = new StageSteps("sft", cfg.Out, totalSteps, startStep, cfg.CheckpointEvery, resumeFrom, control);
@@ -110,10 +110,10 @@ public static class SftTrainer
             {
                 var stepClock = Stopwatch.StartNew();
                 double lr = LrSchedule.At(step, totalSteps, cfg.Lr, cfg.Decay, cfg.WarmupSteps, cfg.MinLrRatio);
-                TrainerParts.SetLr(optimizer, lr);
+                Optimization.SetLr(optimizer, lr);
                 torch.manual_seed(cfg.Seed * 1_000_003 + step);    // dropout noise depends on the step only: resume-exact
                 model.train();
-                TrainerParts.ClearGrads(optimizer);
+                Optimization.ClearGrads(optimizer);
 
                 var micro = MicroBatches(train, step, stepsPerEpoch, cfg);
                 long targets = micro.Sum(m => m.Sum(e => e.TargetCount));
@@ -128,7 +128,7 @@ public static class SftTrainer
                     lossSum += loss.item<float>();
                     positions += batch.InputIds.numel();
                 }
-                double gradNorm = TrainerParts.ClipGradNorm(model, cfg.GradClip);
+                double gradNorm = Optimization.ClipGradNorm(model, cfg.GradClip);
                 steps.CheckFinite(step, "the training loss", lossSum);
                 steps.CheckFinite(step, "the gradient norm", gradNorm);
                 optimizer.step();
@@ -166,7 +166,7 @@ public static class SftTrainer
         metrics.WriteCsv(Path.Combine(cfg.Out, "metrics.csv"));
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "sft_config.json"), ConfigLoader.ToJson(cfg));
         Plots.Lines(Path.Combine(cfg.Out, "loss.png"), "SFT loss (response tokens)", "step", "nats / token",
-            [TrainerParts.Series("train", metrics, "loss/train"), TrainerParts.Series("eval", metrics, "loss/eval")]);
+            [Plots.Series("train", metrics, "loss/train"), Plots.Series("eval", metrics, "loss/eval")]);
 
         var (_, lossY) = metrics.Series("step", "loss/train");
         double finalTrain = lossY.Length == 0 ? double.NaN : lossY.Skip(lossY.Length - Math.Max(1, lossY.Length / 10)).Average();
@@ -278,7 +278,7 @@ public static class SftTrainer
 
     static string SaveCheckpoint(SftConfig cfg, LlamaForCausalLM model, string tokenizerSource, optim.Optimizer optimizer,
                                  MetricsTable metrics, int step, long trainTokens) =>
-        TrainerParts.SaveCheckpoint(Path.Combine(cfg.Out, CheckpointName), tmp =>
+        Checkpoints.Save(Path.Combine(cfg.Out, CheckpointName), tmp =>
         {
             model.SavePretrained(tmp, ScalarType.Float32, merged: false);
             TokenizerFiles.Copy(tokenizerSource, tmp);

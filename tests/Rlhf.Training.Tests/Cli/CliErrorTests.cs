@@ -155,9 +155,9 @@ public sealed class CliErrorTests(BadInputs inputs) : IClassFixture<BadInputs>
     [Fact]
     public void AProgramFaultIsNamedAsOne()
     {
-        string line = RlhfCommand.ErrorLine(new InvalidCastException("Unable to cast\nobject"));
+        string line = Rlhf.Training.Common.ErrorLines.For(new InvalidCastException("Unable to cast\nobject"));
         Assert.Equal("error: internal error (InvalidCastException): Unable to cast object (rerun with --verbose for the stack trace)", line);
-        Assert.Equal("error: a: b", RlhfCommand.ErrorLine(new AggregateException(new InvalidDataException("a:\r\n  b"))));
+        Assert.Equal("error: a: b", Rlhf.Training.Common.ErrorLines.For(new AggregateException(new InvalidDataException("a:\r\n  b"))));
     }
 }
 

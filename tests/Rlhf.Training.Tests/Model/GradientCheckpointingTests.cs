@@ -28,7 +28,7 @@ public sealed class GradientCheckpointingTests
             var loss = logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).mean().neg();
             loss.backward();
         }
-        var named = Rlhf.Training.Common.TrainerParts.Trainable(m);
+        var named = Rlhf.Training.Common.Optimization.Trainable(m);
         var grads = named.ToDictionary(p => p.name, p => p.parameter.grad!.clone());
         m.Dispose();
         return grads;

@@ -77,16 +77,16 @@ public sealed class LoraTests
         var cfg = TinyModels.Config();
         using var lm = LlamaForCausalLM.Create(cfg, CPU, ScalarType.Float32, 1);
         lm.AttachLora(Settings(2, "q_proj", "v_proj"), 1, null);
-        var trainable = TrainerParts.Trainable(lm).Select(p => p.name).ToList();
+        var trainable = Optimization.Trainable(lm).Select(p => p.name).ToList();
         Assert.Equal(cfg.NumHiddenLayers * 4, trainable.Count);
         Assert.All(trainable, n => Assert.Matches(@"^model\.layers\.\d+\.self_attn\.[qv]_proj\.lora_[AB]\.weight$", n));
         Assert.All(lm.parameters(), p => Assert.False(p.requires_grad));
-        using var opt = TrainerParts.AdamW(lm, new AdamWSettings(1e-3, 0, 0.9, 0.95, 1e-8));
+        using var opt = Optimization.AdamW(lm, new AdamWSettings(1e-3, 0, 0.9, 0.95, 1e-8));
         Assert.Equal(cfg.NumHiddenLayers * 4, opt.parameters().Count());
 
         using var rm = LlamaForSequenceClassification.Create(cfg, CPU, ScalarType.Float32, 1);
         rm.AttachLora(Settings(2), 1, null);
-        var rmTrainable = TrainerParts.Trainable(rm).Select(p => p.name).ToList();
+        var rmTrainable = Optimization.Trainable(rm).Select(p => p.name).ToList();
         Assert.Contains("score.weight", rmTrainable);
         Assert.Equal(1 + cfg.NumHiddenLayers * 14, rmTrainable.Count);
     }

@@ -115,7 +115,7 @@ public sealed class SftTrainerTests
             Assert.Equal(GoldScorer.Score(r[0], r[4]).Total, double.Parse(r[5], System.Globalization.CultureInfo.InvariantCulture), 3);
         }
         double[] gold = [.. samples.Select(r => GoldScorer.Score(r[0], r[1], r[2] == "1").Total)];
-        var (mean, std) = TrainerParts.MeanStd(gold);
+        var (mean, std) = Statistics.MeanStd(gold);
         Assert.Equal(mean, json["gold_mean"]!.GetValue<double>(), 9);
         Assert.Equal(std, json["gold_std"]!.GetValue<double>(), 9);
         Assert.Equal(samples.Average(r => GoldScorer.Score(r[0], r[4]).Total), json["gold_reference_mean"]!.GetValue<double>(), 9);

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace Rlhf.Training.Tests.Common;
 
 /// <summary>The optimizer and gradient clipping every trainer uses, against the update rules written out by hand.</summary>
-public sealed class TrainerPartsTests
+public sealed class OptimizationTests
 {
     /// <summary>Sets every parameter's gradient to <paramref name="value"/>(name, parameter).</summary>
     static void SetGrads(nn.Module m, Func<string, Tensor, Tensor> value)
@@ -27,7 +27,7 @@ public sealed class TrainerPartsTests
         using var m = TinyModels.Randomized(TinyModels.Config("qwen2"), 4);
         m.train();
         const double Lr = 0.1, Wd = 0.5, Eps = 1e-8;
-        using var opt = TrainerParts.AdamW(m, new AdamWSettings(Lr, Wd, 0.9, 0.999, Eps));
+        using var opt = Optimization.AdamW(m, new AdamWSettings(Lr, Wd, 0.9, 0.999, Eps));
         var before = Snapshot(m);
         var names = before.Keys.ToList();
         Assert.Contains(names, n => n.EndsWith(".bias", StringComparison.Ordinal));
@@ -50,7 +50,7 @@ public sealed class TrainerPartsTests
         // A fresh optimizer's first step: m̂ = g, v̂ = g², so p <- p (1 - lr·wd) - lr · g / (|g| + eps).
         using var m = TinyModels.Randomized(TinyModels.Config("qwen2"), 5);
         const double Lr = 0.01, Wd = 0.1, Eps = 1e-8;
-        using var opt = TrainerParts.AdamW(m, new AdamWSettings(Lr, Wd, 0.9, 0.95, Eps));
+        using var opt = Optimization.AdamW(m, new AdamWSettings(Lr, Wd, 0.9, 0.95, Eps));
         var before = Snapshot(m);
         SetGrads(m, (_, p) => torch.randn_like(p) * 3);
         var grads = m.named_parameters().ToDictionary(x => x.name, x => x.parameter.grad!.clone());
@@ -73,20 +73,20 @@ public sealed class TrainerPartsTests
         double norm = 0.5 * Math.Sqrt(n);
 
         SetGrads(m, (_, p) => torch.full_like(p, 0.5));
-        Assert.Equal(norm, TrainerParts.ClipGradNorm(m, 0), 3);                        // 0 = measure only
+        Assert.Equal(norm, Optimization.ClipGradNorm(m, 0), 3);                        // 0 = measure only
         Assert.All(m.parameters(), p => Assert.Equal(0.5f, p.grad!.max().item<float>()));
 
-        Assert.Equal(norm, TrainerParts.ClipGradNorm(m, norm * 2), 3);                 // under the limit: unchanged
+        Assert.Equal(norm, Optimization.ClipGradNorm(m, norm * 2), 3);                 // under the limit: unchanged
         Assert.All(m.parameters(), p => Assert.Equal(0.5f, p.grad!.min().item<float>(), 6));
 
-        Assert.Equal(norm, TrainerParts.ClipGradNorm(m, 1.0), 3);                      // over: scaled by 1 / norm
+        Assert.Equal(norm, Optimization.ClipGradNorm(m, 1.0), 3);                      // over: scaled by 1 / norm
         float scaled = (float)(0.5 / norm);
         foreach (var p in m.parameters())
         {
             Assert.Equal(scaled, p.grad!.max().item<float>(), 6);
             Assert.Equal(scaled, p.grad!.min().item<float>(), 6);
         }
-        Assert.Equal(1.0, TrainerParts.ClipGradNorm(m, 0), 4);                         // the clipped global norm is the limit
+        Assert.Equal(1.0, Optimization.ClipGradNorm(m, 0), 4);                         // the clipped global norm is the limit
     }
 
     [Fact]
@@ -100,12 +100,12 @@ public sealed class TrainerPartsTests
         {
             using var m = TinyModels.Randomized(TinyModels.Config(tied: true), 8);
             m.train();
-            using var opt = TrainerParts.AdamW(m, new AdamWSettings(1e-2, 0.1, 0.9, 0.95, 1e-8));
+            using var opt = Optimization.AdamW(m, new AdamWSettings(1e-2, 0.1, 0.9, 0.95, 1e-8));
             for (int step = 0; step < 3; step++)
             {
                 if (clear)
                 {
-                    TrainerParts.ClearGrads(opt);
+                    Optimization.ClearGrads(opt);
                     Assert.All(m.parameters(), p => Assert.Null(p.grad));
                 }
                 else opt.zero_grad();
@@ -118,7 +118,7 @@ public sealed class TrainerPartsTests
                     using var loss = Rlhf.Training.Sft.SftLoss.SummedNll(m.Forward(ids, mask, Rlhf.Training.Model.PositionIds.FromAttentionMask(mask)), targets);
                     loss.backward();
                 }
-                TrainerParts.ClipGradNorm(m, 1.0);
+                Optimization.ClipGradNorm(m, 1.0);
                 opt.step();
             }
             runs.Add(Snapshot(m));
