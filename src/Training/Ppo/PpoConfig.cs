@@ -219,7 +219,7 @@ public sealed record PpoConfig : FineTuningKeys
         if (RewardUrl is not null && (RewardEndpoint is not null || RewardModel is not null))
             e.Add("reward_url replaces the scorer: drop reward_endpoint / reward_model (give one way to score)");
         foreach (string u in RolloutEndpoints)
-            try { Rlhf.Inference.Serving.ReplicaTarget.Parse(u); }
+            try { Rlhf.Inference.Services.ReplicaTarget.Parse(u); }
             catch (ArgumentException) { e.Add($"rollout endpoint '{u}' must be http://host:port or dns:///name:port"); }
         foreach (string u in new[] { RewardEndpoint, RewardUrl }.OfType<string>())
             if (!Uri.TryCreate(u, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https")) e.Add($"endpoint '{u}' must be an http://host:port address");

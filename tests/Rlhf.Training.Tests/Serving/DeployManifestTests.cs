@@ -1,3 +1,4 @@
+using Rlhf.Inference.Services;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Rlhf.Inference.Serving;

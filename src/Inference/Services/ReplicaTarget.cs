@@ -1,11 +1,11 @@
 using System.Net;
 using System.Net.Sockets;
 
-namespace Rlhf.Inference.Serving;
+namespace Rlhf.Inference.Services;
 
 /// <summary>
 /// Where rollout replicas are: one fixed address (<c>http://host:port</c>), or a DNS name re-resolved on every call of
-/// a <see cref="ReplicaPool"/> (<c>dns:///name:port</c>, gRPC's naming), one replica per address it resolves to. On a
+/// a <see cref="Serving.ReplicaPool"/> (<c>dns:///name:port</c>, gRPC's naming), one replica per address it resolves to. On a
 /// cluster the name is a headless Service, whose DNS answer lists the ready pods.
 /// </summary>
 public sealed record ReplicaTarget
