@@ -61,7 +61,9 @@ public sealed record RmConfig : FineTuningKeys
     public int PromptsPerBatch { get; init; } = 16;
     /// <summary>
     /// Keep only the SFT model's first N decoder layers in the RM (0 = all): a smaller, faster RM (InstructGPT paired a
-    /// 6B RM with its 175B policy). PPO's critic starts from the RM and is as small.
+    /// 6B RM with its 175B policy). PPO's critic starts from the RM and is as small. On the default task 2 of 4 layers
+    /// gave 83.8% and a PPO gold gain of 1.10 SFT std on one seed's SFT model (83.7%, 1.32 on another), below the
+    /// 1.2-std bar that all 4 clear, so the default keeps them all.
     /// </summary>
     public int NumLayers { get; init; }
     /// <summary>Longest tokenized prompt + response.</summary>
