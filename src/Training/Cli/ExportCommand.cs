@@ -55,8 +55,8 @@ internal static class BenchCommand
             Console.Write(ExportBench.Format(rows));
             return 0;
         }));
-        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward), `bench rollout` (ONNX Runtime engine vs TorchSharp generation), `bench serve` (weight push, tokens/s and PPO iterations through rlhf serve replicas vs in process), `bench rm` (RM training step, one padded batch vs length-sorted chunks vs packed rows), `bench train` (training-step tokens/s, fp32 vs bf16) and `bench ppo` (seconds per phase of a PPO iteration, fp32/bf16 × fp32/int8 rollouts).")
-            { export, RolloutBenchCommand.Create(), ServeBenchCommand.Create(), RmBenchCommand(), TrainBenchCommand.Create(), PpoBenchCommand.Create() };
+        return new Command("bench", "Benchmarks that print their figures side by side: `bench export` (graph variants vs TorchSharp forward), `bench rollout` (ONNX Runtime engine vs TorchSharp generation), `bench serve` (weight push, tokens/s and PPO iterations through rlhf serve replicas vs in process), `bench rm` (RM training step, one padded batch vs length-sorted chunks vs packed rows), `bench train` (training-step tokens/s, fp32 vs bf16) `bench ppo` (seconds per phase of a PPO iteration, fp32/bf16 × fp32/int8 rollouts) and `bench memory` (peak RSS and seconds per PPO iteration, full fine-tuning vs LoRA ranks, with and without activation checkpointing).")
+            { export, RolloutBenchCommand.Create(), ServeBenchCommand.Create(), RmBenchCommand(), TrainBenchCommand.Create(), PpoBenchCommand.Create(), MemoryBenchCommand.Create() };
     }
 
     /// <summary><c>rlhf bench rm</c>: see <see cref="RmBench"/>.</summary>

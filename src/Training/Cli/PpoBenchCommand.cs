@@ -110,7 +110,7 @@ internal static class PpoBenchCommand
     /// A fresh policy of models/<paramref name="name"/>/config.json with a tokenizer trained on default-task texts, and a
     /// reward model from it with a fresh head exported to ONNX. Returns (policy folder, reward ONNX folder).
     /// </summary>
-    static (string Sft, string RewardOnnx) RandomModels(string name, string root, int threads)
+    internal static (string Sft, string RewardOnnx) RandomModels(string name, string root, int threads)
     {
         DeviceSelector.SetThreads(threads);
         string sft = Path.Combine(root, "sft");

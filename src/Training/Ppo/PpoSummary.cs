@@ -43,6 +43,8 @@ public sealed record PpoSummary
     public double RolloutLogprobMismatch { get; init; }
     /// <summary>Peak resident memory of the process (MB).</summary>
     public double PeakRssMb { get; init; }
+    /// <summary>Parameters the optimizers update: the actor's and the critic's (all of them, or their adapters and the critic's head under LoRA).</summary>
+    public long TrainableParameters { get; init; }
     /// <summary>The sft normalisation of the reward model's scores (gain, bias, raw mean and std on SFT samples); null when none applied.</summary>
     public RewardModel.RewardNormalization? RewardNormalization { get; init; }
     /// <summary>Wall-clock seconds of the stage.</summary>

@@ -101,10 +101,16 @@ public static class PpoTrainer
         PpoReport.Curves(cfg.Out, metrics);
         var comparison = evaluation.Compare();
         PpoReport.Write(cfg.Out, comparison, metrics, cfg.PtxCoef);
-        var summary = PpoSummary.From(metrics, comparison, clock.Elapsed.TotalSeconds) with { RewardNormalization = rewards.Calibration };
+        var summary = PpoSummary.From(metrics, comparison, clock.Elapsed.TotalSeconds) with
+        {
+            RewardNormalization = rewards.Calibration,
+            TrainableParameters = Trainable(models.Actor) + (models.Critic is null ? 0 : Trainable(models.Critic)),
+        };
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), System.Text.Json.JsonSerializer.Serialize(summary, ConfigLoader.Json));
         return summary;
     }
+
+    static long Trainable(TorchSharp.torch.nn.Module m) => Optimization.Trainable(m).Sum(p => p.parameter.numel());
 
     /// <summary>The checkpoint: actor (with the tokenizer), critic (when there is one), the optimizers, the metrics so far and <paramref name="state"/>.</summary>
     static string SaveCheckpoint(PpoConfig cfg, PpoModels models, PpoLearner learner, MetricsTable metrics, PpoState state) =>
