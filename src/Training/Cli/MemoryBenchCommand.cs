@@ -20,8 +20,8 @@ internal static class MemoryBenchCommand
     /// <summary>One cell of the table.</summary>
     public sealed record Cell(string Config, int LoraRank, bool Checkpointing);
 
-    /// <summary>A cell's figures: parameters of the policy (of the config for a skipped cell; of the written policy, whose vocabulary is its tokenizer's, for a measured one), the memory lower bound, and either the measurements or why it was skipped.</summary>
-    public sealed record Result(Cell Cell, long Parameters, double MinimumGb, double? PeakRssMb, double? IterationSeconds, long? TrainableParameters, string? Skipped);
+    /// <summary>A cell's figures: parameters of the policy (of the config for a skipped cell; of the written policy, whose vocabulary is its tokenizer's, for a run one), the memory lower bound, and either the measurements or why there are none (skipped, or the process failed).</summary>
+    public sealed record Result(Cell Cell, long Parameters, double MinimumGb, double? PeakRssMb, double? IterationSeconds, long? TrainableParameters, string? Unmeasured);
 
     /// <summary>The <c>memory</c> sub-command of <c>rlhf bench</c>.</summary>
     public static Command Create()
@@ -76,7 +76,7 @@ internal static class MemoryBenchCommand
                         double minimum = MinimumBytes(parameters, rank > 0);
                         Result result;
                         if (available is long avail && minimum > avail)
-                            result = new Result(cell, parameters, minimum / 1e9, null, null, null, $"needs ≥ {minimum / 1e9:F1} GB, {avail / 1e9:F1} GB available");
+                            result = new Result(cell, parameters, minimum / 1e9, null, null, null, $"skipped: needs ≥ {minimum / 1e9:F1} GB, {avail / 1e9:F1} GB available");
                         else
                         {
                             if (sft is null) (sft, rm) = PpoBenchCommand.RandomModels(name, root, settings.Threads);
@@ -85,7 +85,7 @@ internal static class MemoryBenchCommand
                         }
                         results.Add(result);
                         w.WriteLine($"{name,-8} {parameters / 1e6,7:F0}M {Tuning(rank),8} {(ckpt ? "on" : "off"),13} | "
-                                    + (result.Skipped is string why ? $"{"-",10} {minimum / 1e9,6:F1} skipped: {why}"
+                                    + (result.Unmeasured is string why ? $"{"-",10} {minimum / 1e9,6:F1} {why}"
                                         : $"{result.TrainableParameters / 1e6,9:F2}M {minimum / 1e9,6:F1} {result.PeakRssMb,11:F0} {result.IterationSeconds,11:F2}"));
                     }
             }
@@ -97,14 +97,17 @@ internal static class MemoryBenchCommand
         return results;
     }
 
+    /// <summary>What the runtimes take before any model (.NET, libtorch, ONNX Runtime): PPO on the 3.5M-parameter tiny model peaks at about 1.1 GB.</summary>
+    public const double RuntimeBytes = 1.5e9;
+
     /// <summary>
     /// A lower bound on the resident bytes of a PPO run with a critic on a policy of P parameters, all float32 (4 bytes
     /// each), before activations: the actor, the critic, the ONNX rollout engine's copy and the snapshot a weight push
     /// sends, and the ONNX reward model, 4P each; with full fine-tuning also the reference policy (4P) and a gradient
     /// and two AdamW moments for actor and critic (12P each): 48P. With LoRA the reference is the actor's base and only
-    /// the adapters train: 20P.
+    /// the adapters train: 20P. Plus <see cref="RuntimeBytes"/>.
     /// </summary>
-    public static double MinimumBytes(long parameters, bool lora) => (lora ? 20.0 : 48.0) * parameters;
+    public static double MinimumBytes(long parameters, bool lora) => (lora ? 20.0 : 48.0) * parameters + RuntimeBytes;
 
     /// <summary>
     /// Parameters of a causal LM of this config: embeddings V·H (and an untied head V·H), per layer the q/k/v/o
@@ -145,8 +148,9 @@ internal static class MemoryBenchCommand
             process.Kill(entireProcessTree: true);
             throw new TimeoutException($"bench memory: the {Key(cell)} cell ran past 60 minutes.");
         }
-        if (process.ExitCode != 0)
-            throw new InvalidOperationException($"bench memory: the {Key(cell)} cell failed (exit {process.ExitCode}): {ErrorLines.OneLine(errors.Result + " " + output.Result)}");
+        if (process.ExitCode != 0)   // e.g. killed for memory (137): the row says so and the other cells go on
+            return new Result(cell, parameters, minimum / 1e9, null, null, null,
+                $"failed: exit {process.ExitCode}{(process.ExitCode == 137 ? " (killed: out of memory?)" : "")} {Last(errors.Result + output.Result)}".TrimEnd());
         var summary = JsonSerializer.Deserialize<PpoSummary>(File.ReadAllText(Path.Combine(cfg.Out, "summary.json")), ConfigLoader.Json)!;
         var last = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv")).Rows[^1];
         double seconds = new[] { "generate", "score", "experience", "train", "sync" }.Sum(p => last["time/" + p]);
@@ -158,7 +162,7 @@ internal static class MemoryBenchCommand
     internal static SortedDictionary<string, double> Figures(IEnumerable<Result> results)
     {
         var f = new SortedDictionary<string, double>(StringComparer.Ordinal);
-        foreach (var r in results.Where(r => r.Skipped is null))
+        foreach (var r in results.Where(r => r.Unmeasured is null))
         {
             f[$"peak_rss_mb.{Key(r.Cell)}"] = r.PeakRssMb!.Value;
             f[$"iteration_seconds.{Key(r.Cell)}"] = r.IterationSeconds!.Value;
@@ -166,6 +170,9 @@ internal static class MemoryBenchCommand
         }
         return f;
     }
+
+    /// <summary>The last non-empty line of a process's output, on one line.</summary>
+    static string Last(string output) => ErrorLines.OneLine(output.Split('\n').LastOrDefault(l => l.Trim().Length > 0) ?? "");
 
     /// <summary>MemAvailable of /proc/meminfo in bytes (Linux); null elsewhere.</summary>
     static long? AvailableBytes()

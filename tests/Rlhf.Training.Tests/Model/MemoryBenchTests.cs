@@ -30,7 +30,7 @@ public sealed class MemoryBenchTests
     {
         var w = new StringWriter();
         var results = MemoryBenchCommand.Run(["tiny"], [0, 8], [false], new Rlhf.Training.Ppo.PpoConfig(), w, available: 1000);
-        Assert.All(results, r => Assert.NotNull(r.Skipped));
+        Assert.All(results, r => Assert.NotNull(r.Unmeasured));
         Assert.Contains("needs ≥", w.ToString());
     }
 
@@ -50,7 +50,7 @@ public sealed class MemoryBenchTests
         long lora = 2 * cfg.NumHiddenLayers * perLayer + h;
         foreach (var r in results)
         {
-            Assert.Null(r.Skipped);
+            Assert.Null(r.Unmeasured);
             // the policy as written has the tokenizer's vocabulary (about the config's)
             Assert.InRange(r.Parameters, 0.95 * MemoryBenchCommand.Parameters(cfg), MemoryBenchCommand.Parameters(cfg));
             // full: the actor, and the critic = the trunk (tied embedding) plus its value head [1, H]
