@@ -67,8 +67,7 @@ internal static class GenerateCommand
 
     /// <summary>
     /// Responses (text, ids, ended with EOS) of <paramref name="texts"/> from the <paramref name="engine"/> the factory opens
-    /// (<see cref="PolicyRollouts.ForFolder"/>); request i samples with seed <c>sampling.Seed + i</c> (the torch engine
-    /// generates all prompts as one batch from the first request's seed).
+    /// (<see cref="PolicyRollouts.ForFolder"/>); request i samples with seed <c>sampling.Seed + i</c>.
     /// </summary>
     public static IReadOnlyList<(string Response, int[] Ids, bool Eos)> Run(string folder, RolloutEngineKind engine, IReadOnlyList<string> texts,
         SamplingOptions sampling, int threads = 0, ComputeDevice device = ComputeDevice.Cpu)

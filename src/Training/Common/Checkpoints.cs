@@ -19,7 +19,7 @@ public static class Checkpoints
     /// (and tokenizer) files, then one <c>{name}.bin</c> per optimizer, metrics.csv and trainer_state.json are added.
     /// </summary>
     public static string Save<TState>(string folder, Action<string> saveModel, IReadOnlyDictionary<string, optim.Optimizer> optimizers,
-                                                MetricsTable metrics, TState state)
+                                      MetricsTable metrics, TState state)
     {
         Rlhf.Export.ModelFolderWriter.Write(folder, overwrite: true, tmp =>
         {
@@ -37,7 +37,7 @@ public static class Checkpoints
     /// whose config differs from <paramref name="configJson"/> (a resumed run must repeat the same settings).
     /// </summary>
     public static (TState State, MetricsTable Metrics) Load<TState>(string folder, IReadOnlyDictionary<string, optim.Optimizer> optimizers,
-                                                                             string configJson) where TState : ICheckpointState
+                                                                  string configJson) where TState : ICheckpointState
     {
         foreach (var (name, optimizer) in optimizers)
             ((TorchSharp.Modules.OptimizerHelper)optimizer).load_state_dict(Path.Combine(folder, name + ".bin"));

@@ -9,10 +9,10 @@ namespace Rlhf.Training.Engines;
 
 /// <summary>
 /// The TorchSharp engine (<see cref="RolloutEngineKind.Torch"/>): <see cref="Generation.Generate"/> behind the rollout
-/// interface (reference path; logprobs are not recorded, NaN). It samples from a model it owns, which weight messages
-/// (unpacked initializer layout, <see cref="LlamaGraph.ExpectedShapes"/>) overwrite. Consecutive requests whose sampling
-/// settings agree except for the seed are generated together in left-padded batches of at most <c>batchRows</c>, each
-/// batch drawing from one generator seeded by its first request's seed (1 row: every request alone, with its own seed).
+/// interface, with the ONNX engine's sampler and log-prob definition. It samples from a model it owns, which weight
+/// messages (unpacked initializer layout, <see cref="LlamaGraph.ExpectedShapes"/>) overwrite. Consecutive requests whose
+/// sampling settings agree except for the seed are generated together in left-padded batches of at most
+/// <c>batchRows</c>, each row drawing from its own request's seed.
 /// </summary>
 public sealed class TorchRollouts : IRolloutService
 {
@@ -95,17 +95,17 @@ public sealed class TorchRollouts : IRolloutService
 
     static SamplingOptions Settings(RolloutRequest r) => r.Sampling ?? new SamplingOptions();
 
-    /// <summary>One left-padded batch, seeded by its first request's seed.</summary>
+    /// <summary>One left-padded batch, each row drawing from its request's own seed.</summary>
     IEnumerable<RolloutResult> Generate(IReadOnlyList<RolloutRequest> batch)
     {
         var prompts = batch.Select(r => r.PromptIds?.ToArray() ?? PromptFormat.PromptIds(_tokenizer, r.PromptText ?? "")).ToList();
         var generated = Generation.Generate(_policy, [.. prompts.Select(p => p.Select(x => (long)x).ToArray())], Settings(batch[0]),
-            _stopIds, _tokenizer.PaddingId);
+            _stopIds, _tokenizer.PaddingId, [.. batch.Select(r => Settings(r).Seed)]);
         var timings = new RolloutTimings(0, 0, batch.Count, generated.Sum(g => g.Tokens.Length));
         return generated.Select((g, i) =>
         {
             int[] ids = [.. g.Tokens.Select(t => (int)t)];
-            return new RolloutResult(prompts[i], ids, PromptFormat.ResponseText(_tokenizer, ids), [.. Enumerable.Repeat(float.NaN, ids.Length)],
+            return new RolloutResult(prompts[i], ids, PromptFormat.ResponseText(_tokenizer, ids), g.LogProbs,
                 g.FinishReason, timings, _version);
         });
     }

@@ -4,8 +4,8 @@ using static TorchSharp.torch;
 
 namespace Rlhf.Training.Model;
 
-/// <summary>One row's generated tokens (prompt excluded) and why it ended.</summary>
-public sealed record GeneratedSequence(long[] Tokens, RolloutFinishReason FinishReason);
+/// <summary>One row's generated tokens (prompt excluded), why it ended, and each token's log-prob (<see cref="TokenSampler"/>'s definition).</summary>
+public sealed record GeneratedSequence(long[] Tokens, RolloutFinishReason FinishReason, float[] LogProbs);
 
 /// <summary>KV-cached batched sampling with the TorchSharp model (left padding, per-row EOS).</summary>
 public static class Generation
@@ -19,20 +19,23 @@ public static class Generation
 
     /// <summary>
     /// Generates continuations of <paramref name="prompts"/> (token ids, each non-empty) with the Inference sampling
-    /// settings: temperature (0 = greedy), top-k, top-p, max new tokens and the seed of one generator the whole batch
-    /// draws from (same seed, model and prompts -> same tokens); repetition penalty, top logprobs and stop strings are
-    /// not applied here. A row ends at any of <paramref name="stopIds"/> (kept as its last token, reason
+    /// settings and the rollout engine's sampler (<see cref="TokenSampler"/>: repetition penalty, temperature (0 =
+    /// greedy), top-k, top-p, one draw per step): row r draws from its own <see cref="Rng"/> seeded with
+    /// <paramref name="seeds"/>[r] (default <see cref="SamplingOptions.Seed"/> + r), so a row's tokens depend on its seed,
+    /// the model and its prompt only, as a request's do in the ONNX engine; top logprobs and stop strings are not
+    /// applied here. A row ends at any of <paramref name="stopIds"/> (kept as its last token, reason
     /// <see cref="RolloutFinishReason.Eos"/>) or after <see cref="SamplingOptions.MaxNewTokens"/>. Prompts are left-padded
     /// with <paramref name="padId"/> (<see cref="Rlhf.Inference.Tokenization.TextTokenizer.PaddingId"/>; never attended
     /// to); positions come from the attention mask, so each row sees what it would alone. The model runs in eval mode
     /// without gradients (its training flag is restored afterwards).
     /// </summary>
     public static IReadOnlyList<GeneratedSequence> Generate(LlamaForCausalLM model, IReadOnlyList<long[]> prompts, SamplingOptions options,
-        IReadOnlyList<int> stopIds, int padId)
+        IReadOnlyList<int> stopIds, int padId, IReadOnlyList<ulong>? seeds = null)
     {
+        if (seeds is not null && seeds.Count != prompts.Count) throw new ArgumentException($"{seeds.Count} seeds for {prompts.Count} prompts.", nameof(seeds));
         if (prompts.Count == 0) return [];
         if (prompts.Any(p => p.Length == 0)) throw new ArgumentException("Every prompt needs at least one token.", nameof(prompts));
-        if (options.MaxNewTokens <= 0) return prompts.Select(_ => new GeneratedSequence([], RolloutFinishReason.Length)).ToList();
+        if (options.MaxNewTokens <= 0) return prompts.Select(_ => new GeneratedSequence([], RolloutFinishReason.Length, [])).ToList();
         int b = prompts.Count, p = prompts.Max(x => x.Length);
         var device = HfCheckpoint.DeviceOf(model);
         var eos = stopIds.Select(x => (long)x).ToHashSet();
@@ -52,12 +55,15 @@ public static class Generation
         bool wasTraining = model.training;
         model.eval();
         var outputs = Enumerable.Range(0, b).Select(_ => new List<long>()).ToArray();
+        var logProbs = Enumerable.Range(0, b).Select(_ => new List<float>()).ToArray();
+        var previous = prompts.Select(x => x.Select(t => (int)t).ToList()).ToArray();   // for the repetition penalty
+        var rngs = Enumerable.Range(0, b).Select(r => new Rng(seeds?[r] ?? options.Seed + (ulong)r)).ToArray();
+        var sampler = new TokenSampler((int)model.Config.VocabSize);
         var finished = new bool[b];
         try
         {
             using var noGrad = torch.no_grad();
             using var cache = new KvCache(model.Config.NumHiddenLayers);
-            using var gen = options.Temperature > 0 ? new torch.Generator(options.Seed, device) : null;
             var attn = torch.tensor(mask, [b, p], device: device);
             Tensor last;
             using (var scope = torch.NewDisposeScope())
@@ -69,11 +75,16 @@ public static class Generation
             for (int step = 0; ; step++)
             {
                 using var scope = torch.NewDisposeScope();
-                var next = Sampling.Next(last, options.Temperature, options.TopK, options.TopP, gen).cpu().data<long>().ToArray();
+                float[] rows = last.to(ScalarType.Float32).cpu().data<float>().ToArray();   // [B·V]
+                int v = rows.Length / b;
+                var next = new long[b];
                 for (int r = 0; r < b; r++)
                 {
                     if (finished[r]) { next[r] = padId; continue; }
+                    next[r] = sampler.Sample(rows.AsSpan(r * v, v), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(previous[r]), options, rngs[r], out float lp);
                     outputs[r].Add(next[r]);
+                    logProbs[r].Add(lp);
+                    previous[r].Add((int)next[r]);
                     if (eos.Contains(next[r])) finished[r] = true;
                 }
                 if (finished.All(f => f) || step + 1 >= options.MaxNewTokens) break;
@@ -92,6 +103,6 @@ public static class Generation
         {
             model.train(wasTraining);
         }
-        return outputs.Select((o, r) => new GeneratedSequence(o.ToArray(), finished[r] ? RolloutFinishReason.Eos : RolloutFinishReason.Length)).ToList();
+        return outputs.Select((o, r) => new GeneratedSequence(o.ToArray(), finished[r] ? RolloutFinishReason.Eos : RolloutFinishReason.Length, logProbs[r].ToArray())).ToList();
     }
 }

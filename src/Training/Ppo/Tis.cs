@@ -37,7 +37,7 @@ public static class Tis
 
     /// <summary>
     /// The engine's per-token log-probabilities as [B, A] (row i's response right-padded with 0), and whether every row
-    /// has them. Where an engine records none (NaN, e.g. TorchSharp eager generation), the row takes
+    /// has them. Where an engine records none (NaN), the row takes
     /// <paramref name="logpOld"/>'s values, so its weights are 1.
     /// </summary>
     /// <param name="rollout">per row, one log-probability per response token</param>

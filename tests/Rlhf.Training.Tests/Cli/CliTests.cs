@@ -27,14 +27,14 @@ public sealed class CliTests
     [Fact]
     public void HelpListsEveryCommand()
     {
-        // the commands of docs/cli.md: twelve top-level, `rm eval`, the six `bench` tools, the two `serve` replicas and the training server
+        // the commands of docs/cli.md: twelve top-level, `rm eval`, the seven `bench` tools, the two `serve` replicas and the training server
         var (code, output, _) = Run("--help");
         Assert.Equal(0, code);
         string[] commands = ListedCommands(output);
         Assert.Equal(["sft", "rm", "ppo", "dpo", "pipeline", "compare", "generate", "data", "score", "export", "merge", "bench", "serve"], commands);
         Assert.Equal(["eval"], ListedCommands(Run("rm", "--help").Out));
         Assert.Equal(["rollout", "reward", "train"], ListedCommands(Run("serve", "--help").Out));
-        Assert.Equal(["export", "rollout", "serve", "rm", "train", "ppo"], ListedCommands(Run("bench", "--help").Out));
+        Assert.Equal(["export", "rollout", "serve", "rm", "train", "ppo", "memory"], ListedCommands(Run("bench", "--help").Out));
         // docs/cli.md has a section for every command and names every subcommand
         string cliPage = Rlhf.Training.Tests.Common.DocsPages.Docs("cli.md");
         foreach (string c in commands)
