@@ -58,8 +58,7 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
     List<OrtValue> _weightValues = [];
     IDisposable? _weightOwner;
     Dictionary<string, long[]>? _initializers;
-    Services.PolicyWeightFormat? _format;
-    bool _formatRead;
+    readonly Services.PolicyWeightFormat? _format;
     readonly int? _context;
     int _swapsWaiting;   // weight swaps waiting for the Gate: a continuous batch stops admitting and drains
     bool _disposed;
@@ -72,6 +71,7 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         _sessionOptions = OnnxModelPath.Options(options.Threads);
         _session = new InferenceSession(modelFile, _sessionOptions);
         Signature = DecoderSignature.Read(_session, folder);
+        _format = Services.PolicyWeightFormat.FromMetadata(_session.ModelMetadata.CustomMetadataMap);
         Tokenizer = tokenizer;
         var genai = GenAiConfigFile.Read(folder);
         _eos = options.EosTokenIds is { } e ? [.. e] : genai.EosTokenIds.Length > 0 ? genai.EosTokenIds : tokenizer?.EosId is int te ? [te] : [];
@@ -121,14 +121,7 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
     public override IReadOnlyDictionary<string, long[]> WeightLayout => _initializers ??= OnnxInitializers.Read(_modelFile);
 
     /// <inheritdoc/>
-    public override Services.PolicyWeightFormat? WeightFormat
-    {
-        get
-        {
-            if (!_formatRead) (_format, _formatRead) = (Services.PolicyWeightFormat.FromMetadata(OnnxInitializers.ReadMetadata(_modelFile)), true);
-            return _format;
-        }
-    }
+    public override Services.PolicyWeightFormat? WeightFormat => _format;
 
     /// <summary>
     /// Generates a response for each request (in order), in batches of at most <see cref="RolloutEngineOptions.MaxBatchSize"/>,

@@ -153,7 +153,7 @@ internal static class MemoryBenchCommand
                 $"failed: exit {process.ExitCode}{(process.ExitCode == 137 ? " (killed: out of memory?)" : "")} {Last(errors.Result + output.Result)}".TrimEnd());
         var summary = JsonSerializer.Deserialize<PpoSummary>(File.ReadAllText(Path.Combine(cfg.Out, "summary.json")), ConfigLoader.Json)!;
         var last = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv")).Rows[^1];
-        double seconds = new[] { "generate", "score", "experience", "train", "sync" }.Sum(p => last["time/" + p]);
+        double seconds = PhaseSeconds.TotalOf(last);
         Directory.Delete(dir, true);
         return new Result(cell, parameters, minimum / 1e9, summary.PeakRssMb, seconds, summary.TrainableParameters, null);
     }

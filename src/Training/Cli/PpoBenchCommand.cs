@@ -19,8 +19,6 @@ namespace Rlhf.Training.Cli;
 /// </summary>
 internal static class PpoBenchCommand
 {
-    static readonly string[] Phases = ["generate", "score", "experience", "train", "sync"];
-
     /// <summary>The <c>ppo</c> sub-command of <c>rlhf bench</c>.</summary>
     public static Command Create()
     {
@@ -63,7 +61,7 @@ internal static class PpoBenchCommand
         estimators ??= [AdvantageEstimator.Gae];
         var figures = new SortedDictionary<string, double>(StringComparer.Ordinal);
         w.WriteLine($"one PPO iteration: {settings.RolloutBatch} rollouts of up to {settings.MaxNewTokens} tokens, {settings.PpoEpochs} epoch(s) of minibatches of {settings.MiniBatch}; seconds per phase");
-        w.WriteLine($"{"config",-8} {"estimator",12} {"train",5} {"rollout",7} | {string.Join(" ", Phases.Select(p => $"{p,10}"))} | {"iteration",9} {"speed-up",8} {"log π gap",9}");
+        w.WriteLine($"{"config",-8} {"estimator",12} {"train",5} {"rollout",7} | {string.Join(" ", PhaseSeconds.Names.Select(p => $"{p,10}"))} | {"iteration",9} {"speed-up",8} {"log π gap",9}");
         foreach (string name in configNames)
         {
             string root = Directory.CreateTempSubdirectory("rlhf-bench-ppo-").FullName;
@@ -86,13 +84,13 @@ internal static class PpoBenchCommand
                         var last = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv")).Rows[^1];
                         string p = precision.ToString().ToLowerInvariant(), rp = ExportNames.Name(rollout), est = ConfigLoader.EnumName(estimator);
                         string suffix = estimator == AdvantageEstimator.Gae ? "" : "." + est;
-                        double total = Phases.Sum(ph => last["time/" + ph]);
-                        foreach (var ph in Phases) figures[$"phase_seconds.{ph}.{p}.{rp}.{name}{suffix}"] = last["time/" + ph];
+                        double total = PhaseSeconds.TotalOf(last);
+                        foreach (var ph in PhaseSeconds.Names) figures[$"phase_seconds.{ph}.{p}.{rp}.{name}{suffix}"] = last["time/" + ph];
                         figures[$"iteration_seconds.{p}.{rp}.{name}{suffix}"] = total;
                         double gap = last["policy/rollout_logprob_mismatch"];
                         figures[$"rollout_logprob_mismatch.{p}.{rp}.{name}{suffix}"] = gap;
                         if (baseline == 0) baseline = total;
-                        w.WriteLine($"{name,-8} {est,12} {p,5} {rp,7} | {string.Join(" ", Phases.Select(ph => $"{last["time/" + ph],10:F2}"))} | {total,9:F2} {baseline / total,7:F2}x {gap,9:E1}");
+                        w.WriteLine($"{name,-8} {est,12} {p,5} {rp,7} | {string.Join(" ", PhaseSeconds.Names.Select(ph => $"{last["time/" + ph],10:F2}"))} | {total,9:F2} {baseline / total,7:F2}x {gap,9:E1}");
                         Directory.Delete(cfg.Out, true);
                     }
             }

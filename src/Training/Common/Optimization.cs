@@ -43,6 +43,9 @@ public static class Optimization
         return named;
     }
 
+    /// <summary>How many parameters a trainer updates (<see cref="Trainable"/>'s, element count).</summary>
+    public static long TrainableCount(nn.Module model) => Trainable(model).Sum(p => p.parameter.numel());
+
     /// <summary>
     /// Drops the gradients of the optimizer's parameters before the next backward (PyTorch's
     /// <c>zero_grad(set_to_none=True)</c>; TorchSharp's <c>zero_grad</c> fills zeros): the backward then stores each

@@ -90,7 +90,7 @@ public static class MethodComparison
     public static string Markdown(IReadOnlyList<ComparedRun> runs)
     {
         string F(double x, string f = "F2") => x.ToString(f, CultureInfo.InvariantCulture);
-        string[] phases = ["generate", "score", "experience", "train", "sync"];
+        var phases = PhaseSeconds.Names;
         var md = new StringBuilder();
         md.AppendLine("| method | gold gain (SFT std) | KL to SFT | iterations (DPO: steps) | s/iteration | " + string.Join(" | ", phases) + " |");
         md.AppendLine("|---|---|---|---|---|" + string.Concat(phases.Select(_ => "---|")));

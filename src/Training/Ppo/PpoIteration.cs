@@ -8,6 +8,12 @@ namespace Rlhf.Training.Ppo;
 /// <summary>Seconds of one iteration's phases.</summary>
 public sealed record PhaseSeconds(double Generate, double Score, double Experience, double Train, double Sync)
 {
+    /// <summary>The phases in iteration order; a metrics row holds each as <c>time/{name}</c>.</summary>
+    public static readonly IReadOnlyList<string> Names = ["generate", "score", "experience", "train", "sync"];
+
+    /// <summary>The whole iteration's seconds from a metrics row (the sum of its <c>time/{name}</c> phases).</summary>
+    public static double TotalOf(IReadOnlyDictionary<string, double> row) => Names.Sum(n => row["time/" + n]);
+
     /// <summary>The whole iteration.</summary>
     public double Total => Generate + Score + Experience + Train + Sync;
 }

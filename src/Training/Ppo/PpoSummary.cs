@@ -70,7 +70,7 @@ public sealed record PpoSummary
             CorpusPerplexitySft = c.Corpus?.Sft,
             CorpusPerplexityPpo = c.Corpus?.Ppo,
             BestOfN = c.BestOfN,
-            SecondsPerIteration = new[] { "generate", "score", "experience", "train", "sync" }.ToDictionary(k => k, k => Mean("time/" + k)),
+            SecondsPerIteration = PhaseSeconds.Names.ToDictionary(k => k, k => Mean("time/" + k)),
             SamplesPerSecond = Mean("samples/s"),
             RolloutLogprobMismatch = Mean("policy/rollout_logprob_mismatch"),
             PeakRssMb = System.Diagnostics.Process.GetCurrentProcess().PeakWorkingSet64 / 1e6,

@@ -104,13 +104,11 @@ public static class PpoTrainer
         var summary = PpoSummary.From(metrics, comparison, clock.Elapsed.TotalSeconds) with
         {
             RewardNormalization = rewards.Calibration,
-            TrainableParameters = Trainable(models.Actor) + (models.Critic is null ? 0 : Trainable(models.Critic)),
+            TrainableParameters = Optimization.TrainableCount(models.Actor) + (models.Critic is null ? 0 : Optimization.TrainableCount(models.Critic)),
         };
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "summary.json"), System.Text.Json.JsonSerializer.Serialize(summary, ConfigLoader.Json));
         return summary;
     }
-
-    static long Trainable(TorchSharp.torch.nn.Module m) => Optimization.Trainable(m).Sum(p => p.parameter.numel());
 
     /// <summary>The checkpoint: actor (with the tokenizer), critic (when there is one), the optimizers, the metrics so far and <paramref name="state"/>.</summary>
     static string SaveCheckpoint(PpoConfig cfg, PpoModels models, PpoLearner learner, MetricsTable metrics, PpoState state) =>

@@ -99,7 +99,7 @@ public static class SftTrainer
             trainTokens = state.TrainTokens;
             Log($"Resuming from step {startStep} of {totalSteps}.");
         }
-        long parameters = Optimization.Trainable(model).Sum(p => p.parameter.numel());
+        long parameters = Optimization.TrainableCount(model);
         Log($"Model: {parameters / 1e6:F2}M trainable parameters{(model.Lora is { } l ? $" (LoRA r={l.Settings.Rank} on {string.Join("/", l.Settings.TargetModules)}; base frozen)" : "")}, {totalSteps} steps of {perStep} sequences, device {device.type}, {model.Precision.ToString().ToLowerInvariant()}.");
 
         var steps = new StageSteps("sft", cfg.Out, totalSteps, startStep, cfg.CheckpointEvery, resumeFrom, control);

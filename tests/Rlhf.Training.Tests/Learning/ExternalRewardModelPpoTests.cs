@@ -109,7 +109,7 @@ public sealed class ExternalRewardModelPpoTests
         var raw = new List<double>();
         using (var csv = CsvHelper.CsvReader.FromFile(scored))
             while (csv.Read()) raw.Add(double.Parse(csv.GetString(2), System.Globalization.CultureInfo.InvariantCulture));   // prompt,response,score
-        double mean = raw.Average(), std = Math.Sqrt(raw.Sum(x => (x - mean) * (x - mean)) / (raw.Count - 1));
+        var (mean, std) = Statistics.MeanStd(raw);
         string measured = $"run: raw mean {norm.RawMean:F5} std {norm.RawStd:F5}; independent {raw.Count} samples: mean {mean:F5} std {std:F5}";
         Assert.Equal(texts.Count, raw.Count);
         Assert.True(Math.Abs(mean - norm.RawMean) < 0.5 * std, measured);

@@ -1,7 +1,7 @@
-using Rlhf.Inference.Services;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Rlhf.Inference.Serving;
+using Rlhf.Inference.Services;
 using Rlhf.Training.Cli;
 using Rlhf.Training.Common;
 using Rlhf.Training.Ppo;
