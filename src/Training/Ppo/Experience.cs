@@ -4,18 +4,15 @@ namespace Rlhf.Training.Ppo;
 
 /// <summary>
 /// One rollout batch as tensors — the single place where rollouts (plain arrays from the inference side) become tensors.
-/// Layout: prompts left-padded to P, responses right-padded to A, so response position t of every row sits at sequence
-/// position P + t. No forward reads this padded layout: <see cref="Pack"/> packs the real tokens of the rows
-/// (<see cref="Model.PackedBatch"/>) and maps each response token to the packed position that predicts it.
+/// The rows' token ids stay arrays (a prompt and a response per row); the per-response-token tensors are [B, A], each
+/// response right-padded to A. Forwards read the rows packed end to end without padding (<see cref="Pack"/>).
 /// </summary>
 public sealed class Experience : IDisposable
 {
-    /// <summary>Prompt length after left padding (P).</summary>
-    public required int PromptLength { get; init; }
-    /// <summary>[B, P + A] int64 token ids.</summary>
-    public required Tensor InputIds { get; init; }
-    /// <summary>[B, P + A] int64, 1 = real token.</summary>
-    public required Tensor AttentionMask { get; init; }
+    /// <summary>Each row's prompt token ids (non-empty).</summary>
+    public required IReadOnlyList<int[]> PromptIds { get; init; }
+    /// <summary>Each row's response token ids (possibly empty).</summary>
+    public required IReadOnlyList<int[]> ResponseIds { get; init; }
     /// <summary>[B, A] int64 response tokens (pad where masked).</summary>
     public required Tensor Responses { get; init; }
     /// <summary>[B, A] float32, 1 = response token.</summary>
@@ -37,61 +34,48 @@ public sealed class Experience : IDisposable
     public Tensor? IsWeights { get; set; }
 
     /// <summary>Rows (B).</summary>
-    public long Rows => InputIds.shape[0];
+    public long Rows => PromptIds.Count;
 
-    /// <summary>Builds the tensors from prompt and response ids (each response non-empty or empty; prompts non-empty).</summary>
+    /// <summary>The response tensors of prompt and response ids (prompts non-empty, responses possibly empty).</summary>
     public static Experience Build(IReadOnlyList<int[]> prompts, IReadOnlyList<int[]> responses, int padId, Device device)
     {
         if (prompts.Count != responses.Count || prompts.Count == 0)
             throw new ArgumentException($"{prompts.Count} prompts and {responses.Count} responses: need the same non-zero number.");
-        int b = prompts.Count, p = prompts.Max(x => x.Length), a = Math.Max(1, responses.Max(x => x.Length)), s = p + a;
-        var ids = new long[b * s];
-        var mask = new long[b * s];
+        if (prompts.Any(x => x.Length == 0)) throw new ArgumentException("Every row needs a prompt token.");
+        int b = prompts.Count, a = Math.Max(1, responses.Max(x => x.Length));
         var resp = new long[b * a];
         var respMask = new float[b * a];
         for (int i = 0; i < b; i++)
-        {
-            int pad = p - prompts[i].Length;
-            for (int t = 0; t < s; t++)
-            {
-                int k = i * s + t;
-                int token = t < pad ? -1 : t < p ? prompts[i][t - pad] : t - p < responses[i].Length ? responses[i][t - p] : -1;
-                ids[k] = token < 0 ? padId : token;
-                mask[k] = token < 0 ? 0 : 1;
-            }
             for (int t = 0; t < a; t++)
             {
                 bool real = t < responses[i].Length;
                 resp[i * a + t] = real ? responses[i][t] : padId;
                 respMask[i * a + t] = real ? 1f : 0f;
             }
-        }
         return new Experience
         {
-            PromptLength = p,
-            InputIds = tensor(ids, [b, s], device: device),
-            AttentionMask = tensor(mask, [b, s], device: device),
+            PromptIds = prompts,
+            ResponseIds = responses,
             Responses = tensor(resp, [b, a], device: device),
             ResponseMask = tensor(respMask, [b, a], device: device),
         };
     }
 
     /// <summary>
-    /// The rows packed without their padding (<see cref="Model.PackedBatch"/>: each row's real prompt tokens, then its
-    /// response tokens) and, for <see cref="PackedResponses"/>, the flat index [B·A] into [R·L] of the position that
-    /// predicts each response token (0 where the response is padding). Outputs equal the padded layout's up to float
-    /// rounding; on default-task PPO minibatches padding was 53% of the positions.
+    /// Each row's prompt then response ids packed end to end (<see cref="Model.PackedBatch"/>) and, for
+    /// <see cref="PackedResponses"/>, the flat index [B·A] into [R·L] of the position that predicts each response token:
+    /// row i's token t is predicted at its sequence position |prompt_i| − 1 + t (index 0 where the response is padding).
+    /// On default-task PPO minibatches a padded layout would have been 53% padding.
     /// </summary>
     public (Model.PackedBatch Packed, Tensor ResponseIndex) Pack()
     {
-        long b = Rows, s = InputIds.shape[1], a = Responses.shape[1];
-        var packed = Model.PackedBatch.FromPadded(InputIds, AttentionMask);
-        float[] respMask = ResponseMask.to(CPU).data<float>().ToArray();
-        var index = new long[b * a];
-        for (long i = 0; i < b; i++)
-            for (long t = 0; t < a; t++)
-                if (respMask[i * a + t] != 0) index[i * a + t] = packed.PaddedToFlat[i * s + PromptLength - 1 + t];
-        return (packed, tensor(index, device: InputIds.device));
+        long a = Responses.shape[1];
+        var packed = Model.PackedBatch.Pack([.. PromptIds.Select((p, i) => p.Concat(ResponseIds[i]).Select(x => (long)x).ToArray())], 0, Responses.device);
+        var index = new long[Rows * a];
+        for (int i = 0; i < Rows; i++)
+            for (int t = 0; t < ResponseIds[i].Length; t++)
+                index[i * a + t] = packed.Starts[i] + PromptIds[i].Length - 1 + t;
+        return (packed, tensor(index, device: Responses.device));
     }
 
     /// <summary>Per-position outputs of <see cref="Pack"/>'s rows [R, L, ·] → the response-predicting positions [B, A, ·].</summary>
@@ -102,27 +86,30 @@ public sealed class Experience : IDisposable
         return packedPerPosition.reshape([rl, .. tail]).index_select(0, responseIndex).view([Rows, Responses.shape[1], .. tail]);
     }
 
-    /// <summary>Rows <paramref name="index"/> of every tensor, as a new experience (for minibatches).</summary>
-    public Experience Select(Tensor index) => new()
+    /// <summary>Rows <paramref name="rows"/> of every field, as a new experience (for minibatches).</summary>
+    public Experience Select(IReadOnlyList<long> rows)
     {
-        PromptLength = PromptLength,
-        InputIds = InputIds.index_select(0, index),
-        AttentionMask = AttentionMask.index_select(0, index),
-        Responses = Responses.index_select(0, index),
-        ResponseMask = ResponseMask.index_select(0, index),
-        LogpOld = LogpOld?.index_select(0, index),
-        LogpRef = LogpRef?.index_select(0, index),
-        KlCoef = KlCoef,
-        ValuesOld = ValuesOld?.index_select(0, index),
-        Advantages = Advantages?.index_select(0, index),
-        Returns = Returns?.index_select(0, index),
-        IsWeights = IsWeights?.index_select(0, index),
-    };
+        using var index = tensor(rows.ToArray(), device: Responses.device);
+        return new()
+        {
+            PromptIds = [.. rows.Select(r => PromptIds[(int)r])],
+            ResponseIds = [.. rows.Select(r => ResponseIds[(int)r])],
+            Responses = Responses.index_select(0, index),
+            ResponseMask = ResponseMask.index_select(0, index),
+            LogpOld = LogpOld?.index_select(0, index),
+            LogpRef = LogpRef?.index_select(0, index),
+            KlCoef = KlCoef,
+            ValuesOld = ValuesOld?.index_select(0, index),
+            Advantages = Advantages?.index_select(0, index),
+            Returns = Returns?.index_select(0, index),
+            IsWeights = IsWeights?.index_select(0, index),
+        };
+    }
 
     /// <inheritdoc />
     public void Dispose()
     {
-        foreach (var t in new[] { InputIds, AttentionMask, Responses, ResponseMask, LogpOld, LogpRef, ValuesOld, Advantages, Returns, IsWeights })
+        foreach (var t in new[] { Responses, ResponseMask, LogpOld, LogpRef, ValuesOld, Advantages, Returns, IsWeights })
             t?.Dispose();
     }
 }

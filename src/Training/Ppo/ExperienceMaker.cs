@@ -22,7 +22,7 @@ public sealed record ExperienceStats(double Kl, double Entropy, double Scores, d
     double IsWeightMean, double IsWeightClipFrac);
 
 /// <summary>
-/// The experience phase, without gradients: the scored rollouts become tensors (<see cref="Experience.Build"/>), then
+/// The experience phase, without gradients: the scored rollouts become an experience (<see cref="Experience.Build"/>), then
 /// log π_old (TorchSharp, logits / T), log π_ref and V_old (with a critic) over the response tokens, per-token rewards
 /// r_t = −β·kl_t (+ score at the last token, <see cref="RewardShaping.PerToken"/>), the advantages of the configured
 /// estimator — gae: GAE (<see cref="Gae"/>; whitened when asked) with value targets A + V_old from the unwhitened
@@ -123,8 +123,7 @@ public sealed class ExperienceMaker(PpoModels models, PpoConfig cfg)
         for (long i = 0; i < exp.Rows; i += chunk)
         {
             using var scope = NewDisposeScope();
-            using var idx = arange(i, Math.Min(exp.Rows, i + chunk), dtype: ScalarType.Int64, device: models.Device);
-            using var mb = exp.Select(idx);
+            using var mb = exp.Select([.. Enumerable.Range((int)i, (int)Math.Min(chunk, exp.Rows - i)).Select(r => (long)r)]);
             var (packed, index) = mb.Pack();
             using var _ = packed;
             var lp = LogProbs.OfTokens(Temperature.Scale(ResponseLogits(models.Actor, mb, packed, index), temperature), mb.Responses);

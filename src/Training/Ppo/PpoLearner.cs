@@ -87,8 +87,7 @@ public sealed class PpoLearner : IDisposable
                 int group = GradAccumulation.GroupSize(m, mbPerEpoch, _cfg.GradAccum);
                 using (var scope = NewDisposeScope())
                 {
-                    using var idx = tensor(order.Skip(m * _cfg.MiniBatch).Take(_cfg.MiniBatch).Select(x => (long)x).ToArray(), device: _models.Device);
-                    var loss = Loss(exp.Select(idx), _ptx is null ? null : ptxBatch++);
+                    var loss = Loss(exp.Select([.. order.Skip(m * _cfg.MiniBatch).Take(_cfg.MiniBatch).Select(x => (long)x)]), _ptx is null ? null : ptxBatch++);
                     (loss.Total / group).backward();
                     double pg = loss.Policy.item<float>(), approxKl = loss.ApproxKl.item<float>();
                     double vf = loss.Value?.item<float>() ?? 0;

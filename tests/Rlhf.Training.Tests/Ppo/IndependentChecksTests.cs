@@ -86,24 +86,41 @@ public sealed class IndependentChecksTests
     }
 
     /// <summary>
-    /// The padded layout's reference for what PPO reads from packed rows: of [B, S, ·] per-position outputs, those that
+    /// A padded layout, the reference for what PPO reads from packed rows: prompts left-padded to P, responses
+    /// right-padded to A (ids [B, P + A], mask [B, P + A]), and of [B, S, ·] per-position outputs those that
     /// predict/evaluate the response, positions P − 1 … P + A − 2 → [B, A, ·].
     /// </summary>
-    static Tensor ResponseSlice(Experience exp, Tensor perPosition) => perPosition.narrow(1, exp.PromptLength - 1, exp.Responses.shape[1]);
+    static (Tensor Ids, Tensor Mask, Func<Tensor, Tensor> ResponseSlice) Padded(int[][] prompts, int[][] responses)
+    {
+        int p = prompts.Max(x => x.Length), a = responses.Max(x => x.Length);
+        var ids = new long[prompts.Length * (p + a)];
+        var mask = new long[ids.Length];
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            long[] row = [.. Enumerable.Repeat(-1L, p - prompts[i].Length), .. prompts[i].Select(x => (long)x), .. responses[i].Select(x => (long)x), .. Enumerable.Repeat(-1L, a - responses[i].Length)];
+            for (int t = 0; t < p + a; t++) { ids[i * (p + a) + t] = Math.Max(0, row[t]); mask[i * (p + a) + t] = row[t] < 0 ? 0 : 1; }
+        }
+        return (tensor(ids, [prompts.Length, p + a]), tensor(mask, [prompts.Length, p + a]), x => x.narrow(1, p - 1, a));
+    }
 
     [Fact]
-    public void ResponseSliceReadsThePositionBeforeEachResponseToken()
+    public void PackPutsEachRowEndToEndAndIndexesThePositionBeforeEachResponseToken()
     {
         using var _ = NewDisposeScope();
-        // prompts of 3 and 1 tokens (left-padded to P = 3), responses of 2 and 3 tokens (right-padded to A = 3)
+        // prompts of 3 and 1 tokens, responses of 2 and 3 tokens (A = 3): sequences of 5 and 4 tokens, one row each (width 5)
         using var exp = Experience.Build([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], padId: 0, CPU);
-        Assert.Equal(new long[] { 5, 6, 7, 9, 10, 0, 0, 0, 8, 11, 12, 13 }, exp.InputIds.data<long>().ToArray());
-        // a per-position tensor holding 100·row + position: the slice is positions P − 1 + t = 2, 3, 4
-        var perPosition = (arange(2).unsqueeze(1) * 100 + arange(6).unsqueeze(0)).to_type(ScalarType.Float32);
-        Assert.Equal([2f, 3f, 4f, 102f, 103f, 104f], Flat(ResponseSlice(exp, perPosition)));
-        // …and with a trailing feature axis [B, S, V]
-        Assert.Equal([2f, 2f, 3f, 3f, 4f, 4f, 102f, 102f, 103f, 103f, 104f, 104f], Flat(ResponseSlice(exp, perPosition.unsqueeze(-1).expand(2, 6, 2))));
+        var (packed, index) = exp.Pack();
+        using var _p = packed;
+        Assert.Equal(new long[] { 5, 6, 7, 9, 10, 8, 11, 12, 13, 0 }, packed.InputIds.data<long>().ToArray());
+        Assert.Equal(new long[] { 0, 1, 2, 3, 4, 0, 1, 2, 3, 0 }, packed.PositionIds.data<long>().ToArray());
+        // response token t of row i is predicted at flat position start_i + |prompt_i| − 1 + t; padding reads position 0
+        Assert.Equal(new long[] { 2, 3, 0, 5, 6, 7 }, index.data<long>().ToArray());
+        // a per-position tensor holding each position's flat index, with and without a trailing feature axis
+        var perPosition = arange(10).view(2, 5).to_type(ScalarType.Float32);
+        Assert.Equal([2f, 3f, 0f, 5f, 6f, 7f], Flat(exp.PackedResponses(perPosition, index)));
+        Assert.Equal([2f, 2f, 3f, 3f, 0f, 0f, 5f, 5f, 6f, 6f, 7f, 7f], Flat(exp.PackedResponses(perPosition.unsqueeze(-1).expand(2, 5, 2), index)));
         Assert.Equal([1f, 1f, 0f, 1f, 1f, 1f], Flat(exp.ResponseMask));
+        Assert.Equal(new long[] { 9, 10, 0, 11, 12, 13 }, exp.Responses.data<long>().ToArray());
     }
 
     [Fact]
@@ -126,8 +143,9 @@ public sealed class IndependentChecksTests
             logp = Flat(LogProbs.OfTokens(ExperienceMaker.ResponseLogits(actor, exp, packed, index), exp.Responses));
             // the padded layout gives the same numbers at every response token
             float[] real = Flat(exp.ResponseMask);
-            float[] paddedValues = Flat(ResponseSlice(exp, critic.Values(exp.InputIds, exp.AttentionMask, PositionIds.FromAttentionMask(exp.AttentionMask))));
-            float[] paddedLogp = Flat(LogProbs.OfTokens(ResponseSlice(exp, actor.Forward(exp.InputIds, exp.AttentionMask, PositionIds.FromAttentionMask(exp.AttentionMask))), exp.Responses));
+            var (ids, mask, slice) = Padded(prompts, responses);
+            float[] paddedValues = Flat(slice(critic.Values(ids, mask, PositionIds.FromAttentionMask(mask))));
+            float[] paddedLogp = Flat(LogProbs.OfTokens(slice(actor.Forward(ids, mask, PositionIds.FromAttentionMask(mask))), exp.Responses));
             for (int k = 0; k < real.Length; k++)
                 if (real[k] != 0)
                 {

@@ -343,8 +343,7 @@ public sealed class PpoWiringTests
         using var e = exp;
         Assert.Equal(0, stats.Kl);
         using var learner = new PpoLearner(f.Models, cfg, ptx: null);
-        using var idx = tensor(new long[] { 1, 0 });   // the learner's minibatches are permuted rows
-        var loss = learner.Loss(e.Select(idx), ptxBatch: null);
+        var loss = learner.Loss(e.Select([1, 0]), ptxBatch: null);   // the learner's minibatches are permuted rows
         Assert.Equal(0, loss.ApproxKl.item<float>());
         Assert.Equal(0, loss.ClipFrac.item<float>());
     }
