@@ -257,8 +257,9 @@ public static class DpoTrainer
             InferenceServices.Sync(engine, model, 0);
             return RolloutPhase.Sample(engine, 0, prompts, ids, seed, sampling);
         }
+        var gold = Data.DefaultTask.GoldScorer.TaskGoldFor(onTaskPrompts: true)!;
         double[] Gold(RolloutBatch b) => [.. b.Results.Select((r, i) =>
-            Data.DefaultTask.GoldScorer.Score(prompts[i], PromptFormat.ResponseText(tokenizer, r.ResponseIds), r.FinishReason == Inference.Rollout.RolloutFinishReason.Eos).Total)];
+            gold(prompts[i], PromptFormat.ResponseText(tokenizer, r.ResponseIds), r.FinishReason == Inference.Rollout.RolloutFinishReason.Eos))];
         var sft = Sample(reference, ".reference_engine", 0xB0F);
         var dpo = Sample(policy, ".rollout_engine", 0xE7A1);
         double kl;

@@ -1,6 +1,6 @@
 using Rlhf.Inference.Tokenization;
 using Rlhf.Training.Common;
-using Rlhf.Training.Data.DefaultTask;
+using Rlhf.Training.Data;
 using Rlhf.Training.Engines;
 using static TorchSharp.torch;
 
@@ -10,26 +10,15 @@ namespace Rlhf.Training.Ppo;
 /// model of sampled responses, and their lengths in tokens.</summary>
 public sealed record EvalResult(double? Gold, double Score, double Kl, string[] Prompts, string[] Responses, double[]? GoldPer, double[] ScorePer, int[] Lengths);
 
-/// <summary>A task's own score of one response (the default task's gold), independent of the reward model.</summary>
-public delegate double TaskGold(string prompt, string response, bool endedWithEos);
-
 /// <summary>
 /// The held-out evaluation of a PPO run: the actor's samples scored by the reward pipeline (never normalised) and, where
-/// the task has one, by its gold scorer, their KL to π_ref, and at the end the comparison with the SFT model and
+/// the task has one, by its own score (<see cref="TaskGold"/>: the default task's gold, given by the stage), their KL to π_ref, and at the end the comparison with the SFT model and
 /// best-of-N (<see cref="Compare"/>). On a user's prompts there is no gold: the comparison is by RM score, RM win rate
 /// against the SFT model, KL and response length.
 /// </summary>
 public sealed class PpoEvaluation(PpoModels models, RewardPipeline rewards, IReadOnlyList<string> prompts, PpoConfig cfg, TaskGold? gold)
 {
     readonly int[][] _ids = [.. prompts.Select(p => PromptFormat.PromptIds(models.Tokenizer, p))];
-
-    /// <summary>
-    /// The task's gold scorer for a run of <paramref name="cfg"/>: the default task's (<see cref="GoldScorer"/>) when its
-    /// prompts are the embedded task's (no <c>prompts_file</c> or <c>eval_prompts_file</c>), null on a user's prompts,
-    /// where the default task's gold would mean nothing.
-    /// </summary>
-    public static TaskGold? For(PpoConfig cfg) =>
-        cfg.PromptsFile is null && cfg.EvalPromptsFile is null ? (p, r, eos) => GoldScorer.Score(p, r, eos).Total : null;
 
     /// <summary>The gold score of each scored response.</summary>
     public static double[] Gold(ScoredRollouts s, TaskGold gold) =>

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Rlhf.Export;
 using Rlhf.Training.Common;
 using Rlhf.Training.Data;
+using Rlhf.Training.Data.DefaultTask;
 using Rlhf.Training.Model;
 using static TorchSharp.torch;
 
@@ -58,7 +59,7 @@ public static class PpoTrainer
             if (RewardPipeline.NeedsSftCalibration(cfg, models.Rewards)) rewards.Calibrate(rollouts.Cycle(cfg.NormalizationSamples, 0x5F7A11));
             if (cfg.FoldRmNormalization && models.Critic is not null) RewardPipeline.FoldIntoCritic(models.Critic, cfg, rewards.Calibration);
         }
-        var gold = PpoEvaluation.For(cfg);   // the default task's gold; none on a user's prompts
+        var gold = GoldScorer.TaskGoldFor(onTaskPrompts: cfg.PromptsFile is null && cfg.EvalPromptsFile is null);
         var iteration = new PpoIteration(rollouts, rewards, new ExperienceMaker(models, cfg), learner, weights, kl,
             gold is null ? null : s => PpoEvaluation.Gold(s, gold).Average());
         var evaluation = new PpoEvaluation(models, rewards, evalPrompts, cfg, gold);

@@ -41,6 +41,12 @@ public static class GoldScorer
     public static double Reward(string prompt, string response, bool endedWithEos = true) =>
         Score(prompt, response, endedWithEos).Total;
 
+    /// <summary>
+    /// The gold total as a run's task score when the run's prompts are the embedded task's (<paramref name="onTaskPrompts"/>);
+    /// null on a user's prompts, where the default task's gold would mean nothing.
+    /// </summary>
+    public static TaskGold? TaskGoldFor(bool onTaskPrompts) => onTaskPrompts ? (p, r, eos) => Score(p, r, eos).Total : null;
+
     /// <summary>The gold reward with its breakdown; see the class comment for the formula.</summary>
     public static GoldScore Score(string prompt, string response, bool endedWithEos = true)
     {
