@@ -38,9 +38,10 @@ public static class RmBench
             using var model = LlamaForSequenceClassification.FromPretrained(modelFolder, CPU, ScalarType.Float32, newHeadSeed: 1);
             using var optimizer = Optimization.AdamW(model, new AdamWSettings(1e-5, 0, 0.9, 0.95, 1e-8));
             var examples = DataSets.SftExamples(7, DataSets.SftEvalName, (steps + 2) * promptsPerBatch * k);
+            // K responses to one prompt, as the RM stage labels them (the first example's prompt, each example's response)
             var groups = examples.Chunk(k).Select(c => new RmTrainer.TokenizedGroup(
                 new RmGroup(c[0].Prompt, [.. c.Select(e => e.Response)], [.. Pairs(c.Length)], new double[c.Length]),
-                [.. c.Select(e => PromptFormat.JoinedIds(tokenizer, e.Prompt, e.Response, maxSeqLen))])).ToArray();
+                [.. c.Select(e => PromptFormat.JoinedIds(tokenizer, c[0].Prompt, e.Response, maxSeqLen))])).ToArray();
             var batches = groups.Chunk(promptsPerBatch).ToArray();
 
             var layouts = new List<(string Name, int Chunk)> { ("one padded batch", k * promptsPerBatch) };
