@@ -21,6 +21,8 @@ public sealed record ExportOptions
     public WeightPlacement Weights { get; init; } = WeightPlacement.Initializers;
     /// <summary>Policies: float32 or weight-only int8 projections (int8 needs the GroupQueryAttention graph).</summary>
     public RolloutPrecision Precision { get; init; } = RolloutPrecision.Fp32;
+    /// <summary>Policies: LoRA factors as graph inputs that an <c>.onnx_adapter</c> feeds (<see cref="LlamaContribGraph.Build"/>; the GroupQueryAttention graph).</summary>
+    public bool LoraInputs { get; init; }
 }
 
 /// <summary>What an export wrote.</summary>
@@ -52,6 +54,8 @@ public static class PolicyExport
         if (options.Precision == RolloutPrecision.Int8 && graph != GraphKind.ContribGqa)
             throw new ArgumentException("int8 rollout graphs are built on the GroupQueryAttention graph (--graph gqa; head_dim a multiple of 16); " +
                                         $"this export asks for the {ExportNames.Name(graph)} graph.");
+        if (options.LoraInputs && graph != GraphKind.ContribGqa)
+            throw new ArgumentException($"LoRA adapter inputs are built on the GroupQueryAttention graph (--graph gqa); this export asks for the {ExportNames.Name(graph)} graph.");
         var sw = Stopwatch.StartNew();
         OnnxSaveResult? saved = null;
         IReadOnlyList<string> tok = [];
@@ -61,7 +65,7 @@ public static class PolicyExport
             var builder = graph switch
             {
                 GraphKind.Plain => LlamaGraph.Build(cfg, weights),
-                GraphKind.ContribGqa => LlamaContribGraph.Build(cfg, weights, int8: options.Precision == RolloutPrecision.Int8),
+                GraphKind.ContribGqa => LlamaContribGraph.Build(cfg, weights, int8: options.Precision == RolloutPrecision.Int8, loraInputs: options.LoraInputs),
                 _ => throw new ArgumentOutOfRangeException(nameof(graph), graph, null),
             };
             if (options.Weights == WeightPlacement.Inputs) builder.WeightsToInputs();

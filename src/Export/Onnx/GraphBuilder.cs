@@ -165,6 +165,20 @@ public sealed class GraphBuilder
         return name;
     }
 
+    /// <summary>
+    /// A float32 graph input of shape <paramref name="shape"/> whose default is a same-name initializer of shape
+    /// <paramref name="defaultDims"/> holding <paramref name="defaultData"/> (an overridable initializer, IR ≥ 4): fed when
+    /// a caller gives it, the default otherwise. ONNX Runtime lists it among the overridable initializers, not the inputs.
+    /// </summary>
+    public string InputWithDefault(string name, Dim[] shape, float[] defaultData, params long[] defaultDims)
+    {
+        CheckCount(name, defaultData.LongLength, defaultDims);
+        Reserve(name);
+        _inputs.Add(ValueInfo(name, DataType.Float, shape));
+        _inits.Add(new ArrayInit(name, DataType.Float, defaultDims, System.Runtime.InteropServices.MemoryMarshal.AsBytes(defaultData.AsSpan()).ToArray()));
+        return name;
+    }
+
     /// <summary>Declares <paramref name="name"/> (a value produced by a node, an input or an initializer) as a graph output.</summary>
     public void Output(string name, DataType type, params Dim[] shape) => _outputs.Add(ValueInfo(name, type, shape));
 

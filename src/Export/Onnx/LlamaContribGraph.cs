@@ -34,7 +34,12 @@ public static class LlamaContribGraph
     /// <paramref name="int8"/> every projection and the LM head run as weight-only int8 (<see cref="Int8MatMul"/>); the
     /// initializers stay float32 under the same names.
     /// </summary>
-    public static GraphBuilder Build(ModelConfig cfg, IReadOnlyDictionary<string, torch.Tensor> weights, int opset = GraphBuilder.DefaultOpset, bool int8 = false)
+    /// <para>With <paramref name="loraInputs"/> every projection of every layer also adds a LoRA term (x·A)·B whose
+    /// factors are graph inputs <c>model.layers.{i}.{self_attn|mlp}.{module}.lora_A.weight</c> [in, lora_r] and
+    /// <c>….lora_B.weight</c> [lora_r, out] (Olive's names and layout; B carries α/r), each defaulting to rank 0, so the
+    /// graph computes the base model until an adapter (<see cref="OnnxAdapterFile"/>) feeds them.</para>
+    public static GraphBuilder Build(ModelConfig cfg, IReadOnlyDictionary<string, torch.Tensor> weights, int opset = GraphBuilder.DefaultOpset, bool int8 = false,
+        bool loraInputs = false)
     {
         cfg.Validate();
         if (cfg.HeadDim % 16 != 0)
@@ -57,6 +62,10 @@ public static class LlamaContribGraph
         }
         int nKv = cfg.NumKeyValueHeads, d = cfg.HeadDim;
         string Batch = LlamaGraph.Batch, Seq = LlamaGraph.Seq;
+        if (loraInputs) b.Metadata["rlhf.lora"] = LoraMetadata;
+        // y + (x·A)·B for the projection named hfPrefix ([in] → [out]); y unchanged without LoRA inputs
+        string WithLora(string y, string x, string hfPrefix, long inF, long outF) =>
+            loraInputs ? b.Node("Add", [y, LoraTerm(b, x, hfPrefix, inF, outF)]) : y;
 
         string ids = b.Input("input_ids", DataType.Int64, Batch, Seq);
         string mask = b.Input("attention_mask", DataType.Int64, Batch, LlamaGraph.TotalSeq);
@@ -88,19 +97,22 @@ public static class LlamaContribGraph
             b.Prefix = $"layers.{i}/attn";
             string qkv = Project(h, PackedQkvName(i), CheckedPackedQkv(cfg, weights, i));
             if (cfg.QkvBias) qkv = b.Node("Add", [qkv, PackedQkvBiasInitializer(b, weights, i)]);
+            if (loraInputs)   // the packed output's q, k, v parts each get their own adapter's term
+                qkv = b.Node("Add", [qkv, b.Node("Concat", [LoraTerm(b, h, p + "self_attn.q_proj", cfg.HiddenSize, cfg.NumAttentionHeads * d),
+                    LoraTerm(b, h, p + "self_attn.k_proj", cfg.HiddenSize, nKv * d), LoraTerm(b, h, p + "self_attn.v_proj", cfg.HiddenSize, nKv * d)], Attr.Int("axis", -1))]);
             string attn = $"layers.{i}/attn/GroupQueryAttention/output";
             b.AddNode("GroupQueryAttention", [qkv, "", "", past[i].Key, past[i].Value, seqlensK, totalLen, cosCache, sinCache],
                 [attn, $"present.{i}.key", $"present.{i}.value"], GraphBuilder.MicrosoftDomain,
                 [Attr.Int("num_heads", cfg.NumAttentionHeads), Attr.Int("kv_num_heads", nKv), Attr.Float("scale", (float)(1.0 / Math.Sqrt(d))),
                  Attr.Int("do_rotary", 1), Attr.Int("rotary_interleaved", 0), Attr.Int("local_window_size", LocalWindowSize(cfg.WindowOf(i)))]);
-            string o = Linear(b, weights, attn, p + "self_attn.o_proj", cfg.OutputBias, Project);
+            string o = WithLora(Linear(b, weights, attn, p + "self_attn.o_proj", cfg.OutputBias, Project), attn, p + "self_attn.o_proj", cfg.NumAttentionHeads * d, cfg.HiddenSize);
             (h, residual) = SkipNorm(b, $"layers.{i}/post_attention_norm", o, residual, Weight(b, weights, p + "post_attention_layernorm.weight"), eps);
 
             b.Prefix = $"layers.{i}/mlp";
-            string gate = Linear(b, weights, h, p + "mlp.gate_proj", false, Project);
-            string up = Linear(b, weights, h, p + "mlp.up_proj", false, Project);
+            string gate = WithLora(Linear(b, weights, h, p + "mlp.gate_proj", false, Project), h, p + "mlp.gate_proj", cfg.HiddenSize, cfg.IntermediateSize);
+            string up = WithLora(Linear(b, weights, h, p + "mlp.up_proj", false, Project), h, p + "mlp.up_proj", cfg.HiddenSize, cfg.IntermediateSize);
             string act = b.Node("Mul", [b.Node("Mul", [gate, b.Node("Sigmoid", [gate])]), up]);          // silu(gate)·up
-            string down = Linear(b, weights, act, p + "mlp.down_proj", false, Project);
+            string down = WithLora(Linear(b, weights, act, p + "mlp.down_proj", false, Project), act, p + "mlp.down_proj", cfg.IntermediateSize, cfg.HiddenSize);
             bool last = i == cfg.NumHiddenLayers - 1;
             b.Prefix = last ? "final_norm" : $"layers.{i + 1}/attn";
             (h, residual) = SkipNorm(b, last ? "final_norm" : $"layers.{i + 1}/input_norm", down, residual,
@@ -169,6 +181,20 @@ public static class LlamaContribGraph
     }
 
     static string Weight(GraphBuilder b, IReadOnlyDictionary<string, torch.Tensor> weights, string name) => b.Initializer(name, weights[name]);
+
+    /// <summary>The symbolic rank of the LoRA inputs.</summary>
+    public const string LoraRank = "lora_r";
+
+    /// <summary>What <c>rlhf.lora</c> in a LoRA-input graph's metadata says.</summary>
+    public const string LoraMetadata = "every projection adds (x·A)·B: inputs {module}.lora_A.weight [in, lora_r] and {module}.lora_B.weight [lora_r, out] (B scaled by lora_alpha/r), rank 0 by default";
+
+    /// <summary>(x·A)·B with A = <c>{hfPrefix}.lora_A.weight</c> [in, lora_r], B = <c>{hfPrefix}.lora_B.weight</c> [lora_r, out], both rank 0 unless fed.</summary>
+    static string LoraTerm(GraphBuilder b, string x, string hfPrefix, long inF, long outF)
+    {
+        string a = b.InputWithDefault(hfPrefix + ".lora_A.weight", [inF, LoraRank], [], inF, 0);
+        string bm = b.InputWithDefault(hfPrefix + ".lora_B.weight", [LoraRank, outF], [], 0, outF);
+        return b.Node("MatMul", [b.Node("MatMul", [x, a]), bm]);
+    }
 
     static string Linear(GraphBuilder b, IReadOnlyDictionary<string, torch.Tensor> weights, string x, string hfPrefix, bool bias,
         Func<string, string, torch.Tensor, string?, string> project)

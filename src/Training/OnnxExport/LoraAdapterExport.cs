@@ -1,0 +1,49 @@
+using Rlhf.Export;
+using Rlhf.Export.Onnx;
+using Rlhf.Training.Model;
+using static TorchSharp.torch;
+
+namespace Rlhf.Training.OnnxExport;
+
+/// <summary>
+/// A LoRA policy as ONNX Runtime (GenAI) runs adapters: the base model exported once as the GroupQueryAttention graph
+/// with LoRA inputs (<see cref="LlamaContribGraph.Build"/>), and the adapter as an <c>.onnx_adapter</c> file
+/// (<see cref="OnnxAdapterFile"/>) that <c>OrtLoraAdapter</c> or GenAI's <c>Adapters.LoadAdapter</c> feeds into those inputs.
+/// </summary>
+public static class LoraAdapterExport
+{
+    /// <summary>The adapter's file name inside an exported folder.</summary>
+    public const string AdapterFile = "adapter" + OnnxAdapterFile.Extension;
+
+    /// <summary>
+    /// The adapters as the graph's inputs: PEFT's A [r, in] and B [out, r] become A' = Aᵀ [in, r] and B' = (α/r)·Bᵀ
+    /// [r, out], so that x·W'ᵀ + (x·A')·B' = x·(W + (α/r)·B·A)ᵀ, the merged projection.
+    /// </summary>
+    public static List<AdapterTensor> Tensors(LoraAdapters lora)
+    {
+        var result = new List<AdapterTensor>(2 * lora.Items.Count);
+        using var _ = no_grad();
+        foreach (var (path, adapter) in lora.Items)
+        {
+            using var a = adapter.A.detach().to(ScalarType.Float32).cpu().t().contiguous();                    // [in, r]
+            using var b = (adapter.B.detach().to(ScalarType.Float32).cpu() * adapter.Scale).t().contiguous();    // [r, out]
+            result.Add(new AdapterTensor(path + ".lora_A.weight", a.shape, a.data<float>().ToArray()));
+            result.Add(new AdapterTensor(path + ".lora_B.weight", b.shape, b.data<float>().ToArray()));
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Exports <paramref name="model"/>'s base weights (adapters not merged) as the LoRA-input graph into
+    /// <paramref name="outFolder"/>, then writes its adapters beside it as <see cref="AdapterFile"/>.
+    /// </summary>
+    public static ExportResult Export(LlamaForCausalLM model, string outFolder, ExportOptions options)
+    {
+        var lora = model.Lora ?? throw new InvalidOperationException("The model carries no LoRA adapters to export.");
+        ExportResult result;
+        using (var weights = ModelWeights.Of(model, merged: false))
+            result = PolicyExport.Export(model.Config, weights.State, outFolder, GraphKind.ContribGqa, options with { LoraInputs = true });
+        OnnxAdapterFile.Write(Path.Combine(result.Folder, AdapterFile), Tensors(lora));
+        return result;
+    }
+}
