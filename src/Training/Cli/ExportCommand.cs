@@ -17,19 +17,21 @@ internal static class ExportCommand
         var graph = new Option<string?>("--graph") { Description = "plain (portable ONNX ops, any padding) or gqa (ONNX Runtime GroupQueryAttention, right padding; default when head_dim % 16 == 0)." };
         var weights = new Option<string>("--weights") { Description = "Policies: initializers (default; a plain GenAI folder) or inputs (weights are required graph inputs fed at run time, as `--engine genai` does after every PPO update; no parity is measured).", DefaultValueFactory = _ => "initializers" };
         var precision = new Option<string>("--precision") { Description = "Policies: fp32 (default) or int8 (weight-only int8 projections and LM head, gqa graph; for rollout replicas: `rlhf serve rollout` takes float32 weight pushes and the trainer sends int8 in process).", DefaultValueFactory = _ => "fp32" };
+        var adapter = new Option<string?>("--adapter") { Description = "Policies: a PEFT LoRA adapter folder of --model (e.g. a LoRA run's adapter/): export the base once as the gqa graph with LoRA inputs and write the adapter as adapter.onnx_adapter, which ONNX Runtime (OrtLoraAdapter) and GenAI (Adapters) load." };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output folder." };
         var cmd = new Command("export", "Export a model folder to ONNX (model.onnx + model.onnx.data, genai_config.json, tokenizer files, rlhf_manifest.json with ORT-vs-TorchSharp parity).");
-        foreach (Option o in new Option[] { model, output, kind, graph, weights, precision, overwrite }) cmd.Options.Add(o);
+        foreach (Option o in new Option[] { model, output, kind, graph, weights, precision, adapter, overwrite }) cmd.Options.Add(o);
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             var k = ExportNames.ParseKind(r.GetValue(kind) ?? "policy");
             GraphKind? g = r.GetValue(graph) is string s ? ExportNames.ParseGraph(s) : null;
             var w = ExportNames.ParseWeights(r.GetValue(weights) ?? "initializers");
             var pr = ExportNames.ParsePrecision(r.GetValue(precision) ?? "fp32");
-            var result = ExportStage.FromHfFolder(r.GetValue(model)!, r.GetValue(output)!, k, g, r.GetValue(overwrite), w, pr);
+            var result = ExportStage.FromHfFolder(r.GetValue(model)!, r.GetValue(output)!, k, g, r.GetValue(overwrite), w, pr, r.GetValue(adapter));
             var m = result.Manifest;
             Console.WriteLine($"exported {m.Kind} ({m.Graph} graph, {m.Precision}, weights as {m.Weights}) to {result.Folder}: {m.OnnxBytes / 1e6:F1} MB in {m.ExportSeconds:F1} s; " +
-                              (m.Parity is { } p ? $"parity max |ORT - TorchSharp| = {p.MaxAbsDiff:E2}" : "parity not measured"));
+                              (m.Parity is { } p ? $"parity max |ORT - TorchSharp| = {p.MaxAbsDiff:E2}" : "parity not measured") +
+                              (r.GetValue(adapter) is not null ? $"; adapter: {Path.Combine(result.Folder, LoraAdapterExport.AdapterFile)}" : ""));
             return 0;
         }));
         return cmd;

@@ -60,8 +60,11 @@ public static class ExportStage
     /// <c>rlhf export</c>: loads a HF folder (llama/qwen2/mistral; for reward/value it must hold <c>score.weight</c>) on
     /// the CPU in float32 and exports it with parity. Tokenizer files of the folder are copied.
     /// </summary>
+    /// <para>With <paramref name="adapterFolder"/> (a PEFT causal-LM adapter of this base) the base is exported as the
+    /// GroupQueryAttention graph with LoRA inputs and the adapter as <see cref="LoraAdapterExport.AdapterFile"/> beside it
+    /// (<see cref="LoraAdapterExport"/>), for ONNX Runtime's and GenAI's adapter APIs; no parity is measured there.</para>
     public static ExportResult FromHfFolder(string modelFolder, string outFolder, ModelKind kind, GraphKind? graph, bool overwrite,
-        WeightPlacement weights = WeightPlacement.Initializers, RolloutPrecision precision = RolloutPrecision.Fp32)
+        WeightPlacement weights = WeightPlacement.Initializers, RolloutPrecision precision = RolloutPrecision.Fp32, string? adapterFolder = null)
     {
         if (!Directory.Exists(modelFolder)) throw new DirectoryNotFoundException($"Model folder {modelFolder} does not exist.");
         if (!HfFolder.HasWeights(modelFolder))
@@ -71,6 +74,19 @@ public static class ExportStage
         if (precision != RolloutPrecision.Fp32 && (kind != ModelKind.Policy || weights == WeightPlacement.Inputs))
             throw new ArgumentException("--precision int8 applies to policies with their weights as initializers (our ort engine's graph).");
         var options = new ExportOptions { TokenizerFolder = modelFolder, Overwrite = overwrite, Stage = "export", Parent = modelFolder, Weights = weights, Precision = precision };
+        if (adapterFolder is not null)
+        {
+            if (kind != ModelKind.Policy || graph == GraphKind.Plain || weights == WeightPlacement.Inputs)
+                throw new ArgumentException("--adapter exports a policy as the gqa graph with its weights as initializers (the adapter's factors are the graph inputs).");
+            if (!File.Exists(Path.Combine(adapterFolder, PeftAdapter.ConfigFile)))
+                throw new FileNotFoundException($"{adapterFolder} has no {PeftAdapter.ConfigFile} (a PEFT adapter folder, such as a LoRA run's adapter/, is expected).");
+            using var adapted = LlamaForCausalLM.FromPretrained(modelFolder, torch.CPU, ScalarType.Float32);
+            if (DefaultGraph(adapted.Config) != GraphKind.ContribGqa)
+                throw new ArgumentException($"--adapter needs the gqa graph, and this model's head_dim {adapted.Config.HeadDim} is not a multiple of 16.");
+            var lora = adapted.AttachLora(PeftAdapter.ReadSettings(adapterFolder), 0, modelFolder);
+            PeftAdapter.Load(adapterFolder, lora, new Dictionary<string, Tensor>());
+            return LoraAdapterExport.Export(adapted, outFolder, options);
+        }
         if (kind == ModelKind.Policy)
         {
             using var model = LlamaForCausalLM.FromPretrained(modelFolder, torch.CPU, ScalarType.Float32);

@@ -73,13 +73,17 @@ public sealed class LoraAdapterExportTests
     {
         var cfg = Rlhf.Tests.Shared.TinyLlama.Config("llama", headDim: 16);
         using var m = TinyModels.Randomized(cfg, 5);
-        var lora = m.AttachLora(new LoraSettings(4, 8, 0, LoraSettings.AllLinear), seed: 1, baseModel: "base");
-        LoraTests.RandomizeB(lora, 7);
         string dir = Directory.CreateTempSubdirectory("rlhf-lora-export-").FullName;
         try
         {
+            m.SavePretrained(Path.Combine(dir, "base"));
+            var lora = m.AttachLora(new LoraSettings(4, 8, 0, LoraSettings.AllLinear), seed: 1, baseModel: "base");
+            LoraTests.RandomizeB(lora, 7);
+            m.SavePretrained(Path.Combine(dir, "run"));   // merged weights and adapter/ in PEFT's layout
             var merged = ExportStage.ExportPolicy(m, Path.Combine(dir, "merged"), GraphKind.ContribGqa, new ExportOptions(), parity: false);
-            var withInputs = LoraAdapterExport.Export(m, Path.Combine(dir, "lora"), new ExportOptions());
+            // what `rlhf export --model base --adapter run/adapter` does
+            var withInputs = ExportStage.FromHfFolder(Path.Combine(dir, "base"), Path.Combine(dir, "lora"), ModelKind.Policy, null, overwrite: false,
+                adapterFolder: Path.Combine(dir, "run", PeftAdapter.FolderName));
             string adapter = Path.Combine(withInputs.Folder, LoraAdapterExport.AdapterFile);
             Assert.Equal("TORT", System.Text.Encoding.ASCII.GetString(File.ReadAllBytes(adapter), 4, 4));
 
