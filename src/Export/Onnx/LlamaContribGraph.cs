@@ -62,7 +62,7 @@ public static class LlamaContribGraph
         }
         int nKv = cfg.NumKeyValueHeads, d = cfg.HeadDim;
         string Batch = LlamaGraph.Batch, Seq = LlamaGraph.Seq;
-        if (loraInputs) b.Metadata["rlhf.lora"] = LoraMetadata;
+        if (loraInputs) b.Metadata["rlhf.lora"] = LoraMetadata;   // PolicyWeightFormat.LoraKey
         // y + (x·A)·B for the projection named hfPrefix ([in] → [out]); y unchanged without LoRA inputs
         string WithLora(string y, string x, string hfPrefix, long inF, long outF) =>
             loraInputs ? b.Node("Add", [y, LoraTerm(b, x, hfPrefix, inF, outF)]) : y;

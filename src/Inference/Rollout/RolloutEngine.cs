@@ -59,6 +59,9 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
     IDisposable? _weightOwner;
     Dictionary<string, long[]>? _initializers;
     readonly Services.PolicyWeightFormat? _format;
+    readonly Dictionary<string, long[]> _loraInputs;   // LoRA factor inputs of the graph -> declared dims (−1 = the rank)
+    IReadOnlyList<WeightBuffer> _adapter = [];          // the adapter fed into them on every run (empty: their rank-0 defaults)
+    IDisposable? _adapterOwner;
     readonly int? _context;
     int _swapsWaiting;   // weight swaps waiting for the Gate: a continuous batch stops admitting and drains
     bool _disposed;
@@ -72,6 +75,8 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         _session = new InferenceSession(modelFile, _sessionOptions);
         Signature = DecoderSignature.Read(_session, folder);
         _format = Services.PolicyWeightFormat.FromMetadata(_session.ModelMetadata.CustomMetadataMap);
+        _loraInputs = _session.OverridableInitializerMetadata.Where(kv => Services.PolicyWeightFormat.IsLoraName(kv.Key))
+            .ToDictionary(kv => kv.Key, kv => kv.Value.Dimensions.Select(d => (long)d).ToArray(), StringComparer.Ordinal);
         Tokenizer = tokenizer;
         var genai = GenAiConfigFile.Read(folder);
         _eos = options.EosTokenIds is { } e ? [.. e] : genai.EosTokenIds.Length > 0 ? genai.EosTokenIds : tokenizer?.EosId is int te ? [te] : [];
@@ -118,7 +123,10 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
     public RolloutResult Generate(RolloutRequest request) => Generate([request])[0];
 
     /// <inheritdoc/>
-    public override IReadOnlyDictionary<string, long[]> WeightLayout => _initializers ??= OnnxInitializers.Read(_modelFile);
+    /// <remarks>The base weights; a graph's LoRA inputs (whose rank is the pushed adapter's) are not listed.</remarks>
+    public override IReadOnlyDictionary<string, long[]> WeightLayout =>
+        _loraInputs.Count == 0 ? _initializers ??= OnnxInitializers.Read(_modelFile)
+                               : (_initializers ??= OnnxInitializers.Read(_modelFile)).Where(kv => !_loraInputs.ContainsKey(kv.Key)).ToDictionary(StringComparer.Ordinal);
 
     /// <inheritdoc/>
     public override Services.PolicyWeightFormat? WeightFormat => _format;
@@ -218,6 +226,11 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         {
             names.Add(p);
             values.Add(OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, pos.AsMemory(0, (int)(idShape[0] * idShape[1])), idShape));
+        }
+        foreach (var w in _adapter)   // the adapter's factors: views of its arrays, disposed with the call's other inputs
+        {
+            names.Add(w.Name);
+            values.Add(OrtValue.CreateTensorValueFromMemory(w.Array!, w.Shape));
         }
         for (int i = 0; i < sig.Layers; i++)
         {
@@ -468,9 +481,18 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
     /// on disposal; the memory must not change meanwhile. <paramref name="version"/> becomes <see cref="WeightsVersion"/>
     /// (null: unchanged). Returns the time taken.
     /// </summary>
+    /// <remarks>
+    /// A graph with LoRA inputs (<see cref="Services.PolicyWeightFormat.Lora"/>) also takes an adapter: weights that are
+    /// all LoRA factors (<c>….lora_A.weight</c> [in, r], <c>….lora_B.weight</c> [r, out]) replace the adapter fed on every
+    /// run, with no new session; the base stays. A push mixing factors and base weights is refused.
+    /// </remarks>
     public override TimeSpan UpdateWeights(IReadOnlyDictionary<string, WeightBuffer> weights, IDisposable? owner = null, ulong? version = null)
     {
         ArgumentNullException.ThrowIfNull(weights);
+        int factors = weights.Keys.Count(Services.PolicyWeightFormat.IsLoraName);
+        if (factors > 0 && factors == weights.Count) return UpdateAdapter(weights, owner, version);
+        if (factors > 0)
+            throw new ArgumentException($"A push carries {factors} LoRA factors and {weights.Count - factors} base weights; push the adapter alone or the base alone.");
         var sw = Stopwatch.StartNew();
         _initializers ??= OnnxInitializers.Read(_modelFile);
         var problems = new List<string>();
@@ -531,6 +553,48 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         return sw.Elapsed;
     }
 
+    /// <summary>
+    /// The adapter <paramref name="factors"/> (float32 arrays; every name a LoRA input of the graph, A [in, r] and B [r, out]
+    /// with one rank r per module) fed on every run from now on, swapped in between batches; the session stays.
+    /// </summary>
+    TimeSpan UpdateAdapter(IReadOnlyDictionary<string, WeightBuffer> factors, IDisposable? owner, ulong? version)
+    {
+        var sw = Stopwatch.StartNew();
+        var problems = new List<string>();
+        var ranks = new Dictionary<string, long>(StringComparer.Ordinal);
+        foreach (var (name, w) in factors)
+        {
+            if (!_loraInputs.TryGetValue(name, out var dims)) { problems.Add($"'{name}' is not a LoRA input of the graph"); continue; }
+            if (w.Array is null || w.Element != WeightElement.Float32) { problems.Add($"'{name}' must be a float32 array"); continue; }
+            w.Validate();
+            bool isA = name.EndsWith(".lora_A.weight", StringComparison.Ordinal);
+            long fixedDim = isA ? dims[0] : dims[1], rank = isA ? w.Shape.ElementAtOrDefault(1) : w.Shape.ElementAtOrDefault(0);
+            if (w.Shape.Length != 2 || (isA ? w.Shape[0] : w.Shape[1]) != fixedDim)
+                problems.Add($"'{name}' has shape [{string.Join(", ", w.Shape)}], the graph takes {(isA ? $"[{fixedDim}, r]" : $"[r, {fixedDim}]")}");
+            string module = name[..name.LastIndexOf(".lora_", StringComparison.Ordinal)];
+            if (ranks.TryGetValue(module, out long r) && r != rank) problems.Add($"{module}: A has rank {(isA ? rank : r)}, B {(isA ? r : rank)}");
+            ranks[module] = rank;
+        }
+        if (problems.Count > 0)
+            throw new ArgumentException("The adapter does not fit the decoder graph: " + string.Join("; ", problems.Take(10)) +
+                                        (problems.Count > 10 ? $"; and {problems.Count - 10} more" : "") + ".");
+        IDisposable? oldOwner;
+        Interlocked.Increment(ref _swapsWaiting);
+        try
+        {
+            lock (Gate)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                oldOwner = _adapterOwner;
+                (_adapter, _adapterOwner) = ([.. factors.Values], owner);
+                if (version is { } v) Version = v;
+            }
+        }
+        finally { Interlocked.Decrement(ref _swapsWaiting); }
+        oldOwner?.Dispose();
+        return sw.Elapsed;
+    }
+
     /// <summary>Frees the session and the weight memory handed over.</summary>
     public override void Dispose()
     {
@@ -542,6 +606,7 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
             _sessionOptions.Dispose();
             foreach (var v in _weightValues) v.Dispose();
             _weightOwner?.Dispose();
+            _adapterOwner?.Dispose();
             _run.Dispose();
         }
     }

@@ -6,10 +6,19 @@ namespace Rlhf.Inference.Services;
 /// names; with <see cref="PackedQkv"/> q, k and v packed into one <c>qkv_proj.weight</c> [in, (h + 2·h_kv)·d] (the
 /// GroupQueryAttention graph, <c>rlhf.graph</c> = <c>decoder_gqa</c>; the plain graph, <c>decoder</c>, keeps them
 /// apart); with <see cref="Int8"/> every projection and the LM head as <c>{name}_int8</c> [in, out] and
-/// <c>{name}_scale</c> [out] (<c>rlhf.int8</c> present).
+/// <c>{name}_scale</c> [out] (<c>rlhf.int8</c> present). With <see cref="Lora"/> (<c>rlhf.lora</c> present) the graph also
+/// takes LoRA factors as inputs, <c>{module}.lora_A.weight</c> [in, r] and <c>{module}.lora_B.weight</c> [r, out] with
+/// α/r folded into B: a push may then carry those alone (the adapter), and the base weights stay as they are.
 /// </summary>
-public sealed record PolicyWeightFormat(bool PackedQkv, bool Int8)
+public sealed record PolicyWeightFormat(bool PackedQkv, bool Int8, bool Lora = false)
 {
+    /// <summary>Metadata key present in graphs with LoRA inputs.</summary>
+    public const string LoraKey = "rlhf.lora";
+
+    /// <summary>True for the name of a LoRA factor input (<c>….lora_A.weight</c> or <c>….lora_B.weight</c>).</summary>
+    public static bool IsLoraName(string name) =>
+        name.EndsWith(".lora_A.weight", StringComparison.Ordinal) || name.EndsWith(".lora_B.weight", StringComparison.Ordinal);
+
     /// <summary>Metadata key naming the graph kind.</summary>
     public const string GraphKey = "rlhf.graph";
     /// <summary>Metadata key present in int8 graphs.</summary>
@@ -19,8 +28,8 @@ public sealed record PolicyWeightFormat(bool PackedQkv, bool Int8)
     public static PolicyWeightFormat? FromMetadata(IReadOnlyDictionary<string, string> metadata) =>
         metadata.TryGetValue(GraphKey, out string? graph) switch
         {
-            true when graph == "decoder" => new(PackedQkv: false, Int8: metadata.ContainsKey(Int8Key)),
-            true when graph == "decoder_gqa" => new(PackedQkv: true, Int8: metadata.ContainsKey(Int8Key)),
+            true when graph == "decoder" => new(PackedQkv: false, Int8: metadata.ContainsKey(Int8Key), Lora: metadata.ContainsKey(LoraKey)),
+            true when graph == "decoder_gqa" => new(PackedQkv: true, Int8: metadata.ContainsKey(Int8Key), Lora: metadata.ContainsKey(LoraKey)),
             _ => null,
         };
 }

@@ -140,8 +140,10 @@ sealed class RolloutGrpcService(RolloutReplica replica) : Protocol.Rollout.Rollo
             var m = requestStream.Current.Manifest;
             var manifest = m.Tensors.Select(ProtocolMapping.FromProto).Select(t => t.Validate()).ToList();
             var layout = replica.Engine.WeightLayout;
+            bool lora = replica.Engine.WeightFormat?.Lora == true;
             foreach (var t in manifest)
             {
+                if (lora && PolicyWeightFormat.IsLoraName(t.Name)) continue;   // an adapter's factors: their rank is the push's, the engine checks them
                 if (!layout.TryGetValue(t.Name, out var shape))
                     throw new ArgumentException($"Weight '{t.Name}' is not a tensor of this replica's graph (GetStatus lists its weight layout).");
                 if (!shape.SequenceEqual(t.Shape))
@@ -182,7 +184,7 @@ sealed class RolloutGrpcService(RolloutReplica replica) : Protocol.Rollout.Rollo
         var reply = new StatusReply { WeightsVersion = replica.Engine.WeightsVersion, Queued = replica.Queued, Model = replica.ModelName, Engine = replica.EngineName };
         foreach (var (name, shape) in replica.Engine.WeightLayout.OrderBy(kv => kv.Key, StringComparer.Ordinal))
             reply.WeightLayout.Add(ProtocolMapping.ToProto(new WeightTensorInfo(name, WeightTensorInfo.Float32, shape, shape.Aggregate(1L, (a, d) => a * d) * sizeof(float))));
-        if (replica.Engine.WeightFormat is { } f) reply.WeightFormat = new Protocol.WeightFormat { PackedQkv = f.PackedQkv, Int8 = f.Int8 };
+        if (replica.Engine.WeightFormat is { } f) reply.WeightFormat = new Protocol.WeightFormat { PackedQkv = f.PackedQkv, Int8 = f.Int8, Lora = f.Lora };
         return Task.FromResult(reply);
     }
 }

@@ -48,7 +48,7 @@ public sealed class RemoteRollouts : IRolloutService
         StatusAsync().GetAwaiter().GetResult().WeightLayout.ToDictionary(t => t.Name, t => t.Shape.ToArray(), StringComparer.Ordinal);
 
     /// <inheritdoc/>
-    public PolicyWeightFormat? WeightFormat => StatusAsync().GetAwaiter().GetResult().WeightFormat is { } f ? new PolicyWeightFormat(f.PackedQkv, f.Int8) : null;
+    public PolicyWeightFormat? WeightFormat => StatusAsync().GetAwaiter().GetResult().WeightFormat is { } f ? new PolicyWeightFormat(f.PackedQkv, f.Int8, f.Lora) : null;
 
     /// <inheritdoc/>
     public async Task<IReadOnlyList<RolloutResult>> GenerateAsync(IReadOnlyList<RolloutRequest> requests, RolloutCall? call = null, CancellationToken cancellationToken = default)

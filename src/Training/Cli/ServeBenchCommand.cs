@@ -46,6 +46,8 @@ internal static class ServeBenchCommand
         public int PpoIterations { get; init; } = 3;
         /// <summary>Only the concurrency axis (continuous vs call-boundary batching): no push, tokens/s or PPO figures.</summary>
         public bool OnlyConcurrency { get; init; }
+        /// <summary>Also push a LoRA adapter of this rank (all linear projections) into the LoRA-input graph (0 = skip).</summary>
+        public int LoraRank { get; init; } = 16;
     }
 
     /// <summary>The <c>serve</c> sub-command of <c>rlhf bench</c>.</summary>
@@ -59,9 +61,10 @@ internal static class ServeBenchCommand
         var repeats = new Option<int>("--repeats") { Description = "Timed runs per figure; the fastest counts (the machine may be shared).", DefaultValueFactory = _ => 2 };
         var iterations = new Option<int>("--ppo-iterations") { Description = "PPO iterations per run, in process and over replicas (0 = skip).", DefaultValueFactory = _ => 3 };
         var onlyConcurrency = new Option<bool>("--only-concurrency") { Description = "Only the streaming-clients axis, against a replica with continuous batching and one with call-boundary batching (no push, tokens/s or PPO)." };
+        var loraRank = new Option<int>("--lora-rank") { Description = "Also push a LoRA adapter of this rank (all linear projections) into the base exported with LoRA inputs, in process and to replicas (0 = skip).", DefaultValueFactory = _ => 16 };
         var json = new Option<string?>("--json") { Description = "Also write the figures to this JSON file (push_seconds, push_mb_per_s, tokens_per_s, remote_over_inprocess_tokens_per_s, concurrent_over_sequential_tokens_per_s, concurrent_tokens_per_s, ttft_p50_seconds, ttft_p95_seconds (per model and client count; the same with a _call_boundary suffix for a replica run with --batching call), iteration_seconds_inprocess, iteration_seconds_remote, iteration_phase_seconds)." };
         var cmd = new Command("serve", "Services vs in process, with rlhf serve replicas on 127.0.0.1: weight push to 1 and 3 replicas vs the in-process sync, tokens/s through one replica vs the in-process engine, PPO seconds per iteration.")
-            { config, large, batch, newTokens, threads, repeats, iterations, onlyConcurrency, json };
+            { config, large, batch, newTokens, threads, repeats, iterations, onlyConcurrency, loraRank, json };
         cmd.SetAction(r => RlhfCommand.Guard(() =>
         {
             string path = r.GetValue(config)!;
@@ -70,10 +73,10 @@ internal static class ServeBenchCommand
                 ConfigPath = File.Exists(path) ? path : throw new FileNotFoundException($"Model config '{path}' not found; pass --config."),
                 Large = r.GetValue(large), Batch = r.GetValue(batch), NewTokens = r.GetValue(newTokens), Threads = r.GetValue(threads),
                 Repeats = Math.Max(1, r.GetValue(repeats)), PpoIterations = r.GetValue(onlyConcurrency) ? 0 : r.GetValue(iterations),
-                OnlyConcurrency = r.GetValue(onlyConcurrency),
+                OnlyConcurrency = r.GetValue(onlyConcurrency), LoraRank = r.GetValue(loraRank),
             };
-            if (options.Batch < 1 || options.NewTokens < 1 || options.PpoIterations < 0)
-                throw new ArgumentException("--batch and --new-tokens must be >= 1 and --ppo-iterations >= 0.");
+            if (options.Batch < 1 || options.NewTokens < 1 || options.PpoIterations < 0 || options.LoraRank < 0)
+                throw new ArgumentException("--batch and --new-tokens must be >= 1, --ppo-iterations and --lora-rank >= 0.");
             var figures = Run(options, AnsiConsole.Console);
             if (r.GetValue(json) is string file) AtomicFile.WriteAllText(file, figures.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
             return 0;
@@ -114,6 +117,18 @@ internal static class ServeBenchCommand
                 tokens.AddRow(name, F(t.InProcess, 0), F(t.Remote, 0), F(t.Remote / t.InProcess, 3) + "x", t.Same ? "yes" : "NO");
                 figures["push_seconds"]![name] = new JsonObject { ["inprocess"] = p.InProcess, ["replicas_1"] = p.One, ["replicas_3"] = p.Three };
                 figures["push_mb_per_s"]![name] = new JsonObject { ["replicas_1"] = mb / p.One, ["replicas_3"] = mb / p.Three };
+                if (o.LoraRank > 0)
+                {
+                    var a = MeasureAdapterPush(name, cfg with { EosTokenIds = [] }, o, threads);
+                    string row = $"{name} LoRA r={o.LoraRank}", key = $"{name}_lora_r{o.LoraRank}";
+                    double amb = a.Bytes / 1e6;
+                    push.AddRow(row, F(amb, 2), F(a.InProcess, 4), F(a.One, 4), F(amb / a.One, 0), F(a.Three, 4), F(amb / a.Three, 0));
+                    figures["push_seconds"]![key] = new JsonObject { ["inprocess"] = a.InProcess, ["replicas_1"] = a.One, ["replicas_3"] = a.Three };
+                    figures["push_mb_per_s"]![key] = new JsonObject { ["replicas_1"] = amb / a.One, ["replicas_3"] = amb / a.Three };
+                    figures["push_bytes"] ??= new JsonObject();
+                    figures["push_bytes"]![name] = p.Bytes;
+                    figures["push_bytes"]![key] = a.Bytes;
+                }
                 figures["tokens_per_s"]![name] = new JsonObject { ["inprocess"] = t.InProcess, ["remote"] = t.Remote, ["same_tokens"] = t.Same };
                 figures["remote_over_inprocess_tokens_per_s"]![name] = t.Remote / t.InProcess;
             }
@@ -215,6 +230,49 @@ internal static class ServeBenchCommand
             figures.Add(new ConcurrencyFigures(clients, concurrent, sequential, Percentile(0.5), Percentile(0.95)));
         }
         return figures;
+    }
+
+    /// <summary>
+    /// Adapter pushes of a random model with rank-<see cref="Options.LoraRank"/> adapters on every projection: the base
+    /// exported once with LoRA inputs, then the adapter alone synced in process and to 1 and 3 replicas serving that export.
+    /// </summary>
+    static PushFigures MeasureAdapterPush(string name, ModelConfig cfg, Options o, int threads)
+    {
+        string dir = Directory.CreateTempSubdirectory("rlhf-bench-serve-lora-").FullName;
+        try
+        {
+            using var model = LlamaForCausalLM.Create(cfg, CPU, ScalarType.Float32, 1234);
+            model.eval();
+            model.AttachLora(new LoraSettings(o.LoraRank, 2 * o.LoraRank, 0, LoraSettings.AllLinear), 1, null);
+            string folder = Path.Combine(dir, name);
+            LoraAdapterExport.Export(model, folder, new ExportOptions { Overwrite = true });
+            ulong version = 0;
+            using var engine = RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = threads, EosTokenIds = [], PadTokenId = 0 });
+            double inProcess = Best(o.Repeats, () => InferenceServices.Sync(engine, model, ++version));
+            long bytes;
+            using (var message = InferenceServices.Snapshot(engine, model, 0)) bytes = message.TotalBytes;
+            string[] command = ["dotnet", Path.Combine(AppContext.BaseDirectory, "rlhf.dll"), "serve", "rollout", "--model", folder,
+                "--threads", threads.ToString(CultureInfo.InvariantCulture)];
+            var replicas = new List<ReplicaProcess>();
+            try
+            {
+                for (int i = 0; i < 3; i++) replicas.Add(ReplicaProcess.Start(command));
+                var timeout = TimeSpan.FromMinutes(10);
+                using var one = new ReplicaPool([replicas[0].Address], null, o.Batch, timeout, TextWriter.Null);
+                using var three = new ReplicaPool([.. replicas.Select(r => r.Address)], null, o.Batch, timeout, TextWriter.Null);
+                double pushOne = Best(o.Repeats, () => InferenceServices.Sync(one, model, ++version));
+                double pushThree = Best(o.Repeats, () => InferenceServices.Sync(three, model, ++version));
+                return new PushFigures(bytes, inProcess, pushOne, pushThree);
+            }
+            finally
+            {
+                foreach (var r in replicas) r.Dispose();
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     /// <summary>Weight pushes and tokens/s of one random model: in process, then through replicas serving its export.</summary>

@@ -19,6 +19,8 @@ public static class InferenceServices
     /// a snapshot in the layout the service's graph reads (q/k/v packed where its layout names <c>qkv_proj</c>, projections
     /// as int8 + scales where it is an int8 graph, float32 otherwise),
     /// handed over as a <see cref="PolicyWeights"/> message (in process: pointers into the snapshot, no further copy).
+    /// A LoRA policy whose service graph takes adapters (<see cref="PolicyWeightFormat.Lora"/>, the base exported once by
+    /// <see cref="Engines.PolicyRollouts.ForActor"/>) sends its adapter alone (<see cref="LoraAdapterExport.Tensors"/>).
     /// </summary>
     public static TimeSpan Sync(IRolloutService rollouts, LlamaForCausalLM policy, ulong version) =>
         rollouts.PushWeights(Snapshot(rollouts, policy, version));
@@ -28,6 +30,8 @@ public static class InferenceServices
     {
         var format = rollouts.WeightFormat ?? throw new InvalidOperationException(
             "The rollout engine's graph declares no weight format (no rlhf.graph metadata): weights can be pushed only into a policy graph that `rlhf export` wrote.");
+        if (format.Lora && policy.Lora is { } lora)   // the graph holds the base: the adapter alone
+            return PolicyWeights.FromBuffers(version, LoraAdapterExport.Tensors(lora).ToDictionary(t => t.Name, t => new WeightBuffer(t.Name, t.Dims, t.Data), StringComparer.Ordinal));
         var snapshot = OrtWeights.From(policy, packedQkv: format.PackedQkv, int8: format.Int8);
         try { return PolicyWeights.FromBuffers(version, snapshot.Buffers, snapshot); }
         catch

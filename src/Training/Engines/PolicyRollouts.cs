@@ -28,9 +28,11 @@ public static class PolicyRollouts
     {
         if (precision != RolloutPrecision.Fp32 && kind != RolloutEngineKind.Ort)
             throw new ArgumentException($"rollout precision {ExportNames.Name(precision)} is available with the ort engine only.");
+        // a LoRA actor on our engine: the base exported once with LoRA inputs, the adapter pushed after every update
+        bool adapters = actor.Lora is not null && kind == RolloutEngineKind.Ort && ExportStage.DefaultGraph(actor.Config) == GraphKind.ContribGqa;
         IRolloutService rollouts = kind == RolloutEngineKind.Torch ? TorchRollouts.CopyOf(actor, tokenizer)
-            : new ScratchRollouts(RolloutEngines.OpenOnnx(kind, Export(actor, scratch, tokenizerFolder, "ppo-rollout", kind, precision), tokenizer, threads), scratch);
-        if (kind != RolloutEngineKind.Ort) InferenceServices.Sync(rollouts, actor, 0);
+            : new ScratchRollouts(RolloutEngines.OpenOnnx(kind, Export(actor, scratch, tokenizerFolder, "ppo-rollout", kind, precision, adapters), tokenizer, threads), scratch);
+        if (kind != RolloutEngineKind.Ort || adapters) InferenceServices.Sync(rollouts, actor, 0);
         return rollouts;
     }
 
@@ -60,11 +62,15 @@ public static class PolicyRollouts
     public static bool IsOnnxFolder(string folder) =>
         File.Exists(Path.Combine(folder, "genai_config.json")) || File.Exists(Path.Combine(folder, "model.onnx")) || folder.EndsWith(".onnx", StringComparison.Ordinal);
 
-    /// <summary>Exports <paramref name="model"/> to <paramref name="folder"/> in the default graph (weights as graph inputs for a GenAI training engine); returns the folder.</summary>
-    static string Export(LlamaForCausalLM model, string folder, string tokenizerFolder, string stage, RolloutEngineKind kind, RolloutPrecision precision)
+    /// <summary>
+    /// Exports <paramref name="model"/> to <paramref name="folder"/> in the default graph (weights as graph inputs for a
+    /// GenAI training engine; with <paramref name="loraInputs"/> the base with LoRA inputs, <see cref="LoraAdapterExport"/>); returns the folder.
+    /// </summary>
+    static string Export(LlamaForCausalLM model, string folder, string tokenizerFolder, string stage, RolloutEngineKind kind, RolloutPrecision precision, bool loraInputs = false)
     {
         var options = new ExportOptions { TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = stage, Precision = precision };
-        ExportStage.ExportPolicy(model, folder, ExportStage.DefaultGraph(model.Config),
+        if (loraInputs) LoraAdapterExport.Export(model, folder, options);
+        else ExportStage.ExportPolicy(model, folder, ExportStage.DefaultGraph(model.Config),
             kind == RolloutEngineKind.Genai ? options with { Weights = WeightPlacement.Inputs } : options, parity: false);
         return folder;
     }

@@ -99,6 +99,28 @@ public sealed class LoraAdapterExportTests
             lora.Enabled = true;
             Assert.True(MaxAbsDiff(baseOnly, torchBase) < 1e-4, $"without the adapter: {MaxAbsDiff(baseOnly, torchBase):E2} from the base model");
 
+            // our engine over the LoRA-input graph: the adapter pushed alone (as InferenceServices.Sync sends it) is fed on
+            // every run; the base layout lists no LoRA inputs; a push mixing factors and base weights, or of the wrong shape, is refused
+            using (var engine = Rlhf.Inference.Rollout.RolloutEngine.OpenDecoder(withInputs.Folder, 1))
+            {
+                Assert.True(engine.WeightFormat!.Lora);
+                Assert.DoesNotContain(engine.WeightLayout.Keys, Rlhf.Inference.Services.PolicyWeightFormat.IsLoraName);
+                int[] ids = [.. Row.Select(x => (int)x)];
+                Assert.True(MaxAbsDiff(engine.Logits(ids), baseOnly) < 1e-5);
+                using var push = Rlhf.Training.Common.InferenceServices.Snapshot(engine, m, 1);
+                Assert.All(push.Manifest, t => Assert.True(Rlhf.Inference.Services.PolicyWeightFormat.IsLoraName(t.Name), t.Name));
+                Assert.Equal(lora.Items.Sum(i => (i.Adapter.A.numel() + i.Adapter.B.numel()) * 4), push.TotalBytes);
+                engine.UpdateWeights(push.Buffers, version: 1);
+                Assert.Equal(1UL, engine.WeightsVersion);
+                Assert.True(MaxAbsDiff(engine.Logits(ids), mergedLogits) < 1e-4, "the pushed adapter should give the merged model");
+                var mixed = push.Buffers.ToDictionary();
+                mixed["model.norm.weight"] = new Rlhf.Inference.Rollout.WeightBuffer("model.norm.weight", [cfg.HiddenSize], new float[cfg.HiddenSize]);
+                Assert.Contains("adapter alone", Assert.Throws<ArgumentException>(() => engine.UpdateWeights(mixed)).Message);
+                string a0 = "model.layers.0.self_attn.q_proj.lora_A.weight";
+                var wrong = new Dictionary<string, Rlhf.Inference.Rollout.WeightBuffer> { [a0] = new(a0, [cfg.HiddenSize + 1, 4], new float[(cfg.HiddenSize + 1) * 4]) };
+                Assert.Contains("the graph takes", Assert.Throws<ArgumentException>(() => engine.UpdateWeights(wrong)).Message);
+            }
+
             int[] mergedTokens = GenAiGreedy(merged.Folder, null, 12);
             Assert.Equal(mergedTokens, GenAiGreedy(withInputs.Folder, adapter, 12));
             Assert.NotEqual(mergedTokens, GenAiGreedy(withInputs.Folder, null, 12));   // the base model continues otherwise

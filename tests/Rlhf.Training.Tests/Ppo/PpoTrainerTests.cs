@@ -188,6 +188,22 @@ public sealed class PpoTrainerTests
     }
 
     [Fact]
+    public void ALoraActorPushesItsAdapterAloneAndTheEngineSamplesTheAdaptedPolicy()
+    {
+        // on the GroupQueryAttention graph the rollout engine holds the base once and takes the adapter after every update:
+        // its log-probs equal the trainer's in every iteration (a stale or missing adapter would differ from iteration 2 on)
+        var cfg = Tiny() with
+        {
+            SftModel = GqaSft.Value, RmModel = null, RewardModel = Path.Combine(Models.Value.Rm, "onnx"), BestOfN = [1],
+            LoraRank = 4, LoraAlpha = 8, ActorLr = 1e-2, CriticLr = 1e-2,
+        };
+        PpoTrainer.Train(cfg, new RunControl { Progress = false });
+        var m = MetricsTable.ReadCsv(Path.Combine(cfg.Out, "metrics.csv"));
+        Assert.All(m.Rows, r => Assert.True(r["policy/rollout_logprob_mismatch"] < 1e-3, $"mismatch {r["policy/rollout_logprob_mismatch"]}"));
+        Assert.True(m.Rows[^1]["policy/approxkl"] > 0);   // the adapter moved
+    }
+
+    [Fact]
     public void Int8RolloutsNeedTheGroupQueryAttentionGraph()
     {
         var cfg = Tiny() with { RolloutPrecision = Rlhf.Export.RolloutPrecision.Int8, BestOfN = [1] };

@@ -17,7 +17,7 @@ public sealed class ServeBenchTests
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors, Out = new AnsiConsoleOutput(text) });
         var figures = ServeBenchCommand.Run(new ServeBenchCommand.Options
         {
-            ConfigPath = Path.Combine(dir!.FullName, "models", "tiny", "config.json"), Batch = 4, NewTokens = 4, Threads = 1, Repeats = 1, PpoIterations = 1,
+            ConfigPath = Path.Combine(dir!.FullName, "models", "tiny", "config.json"), Batch = 4, NewTokens = 4, Threads = 1, Repeats = 1, PpoIterations = 1, LoraRank = 4,
         }, console);
 
         double D(JsonNode? n) => n!.GetValue<double>();
@@ -32,6 +32,16 @@ public sealed class ServeBenchTests
             var rate = figures["push_mb_per_s"]!["tiny"]!;
             foreach (string k in new[] { "replicas_1", "replicas_3" })
                 Assert.Equal(expectedMb, D(rate[k]) * D(push[k]), 3);
+            // an adapter push moves the rank-4 factors alone: per layer, A [in, 4] and B [4, out] of each projection
+            int h = cfg.HiddenSize, q = cfg.NumAttentionHeads * cfg.HeadDim, kv = cfg.NumKeyValueHeads * cfg.HeadDim, i = cfg.IntermediateSize;
+            long adapterBytes = cfg.NumHiddenLayers * 4L * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)) * 4;
+            Assert.Equal(adapterBytes, figures["push_bytes"]!["tiny_lora_r4"]!.GetValue<long>());
+            Assert.Equal(model.parameters().Sum(p => p.numel()) * 4, figures["push_bytes"]!["tiny"]!.GetValue<long>());
+            var adapterPush = figures["push_seconds"]!["tiny_lora_r4"]!;
+            var adapterRate = figures["push_mb_per_s"]!["tiny_lora_r4"]!;
+            foreach (string k in new[] { "replicas_1", "replicas_3" })
+                Assert.Equal(adapterBytes / 1e6, D(adapterRate[k]) * D(adapterPush[k]), 6);
+            Assert.InRange(D(adapterPush["inprocess"]), 1e-7, 600);
         }
         var tps = figures["tokens_per_s"]!["tiny"]!;
         Assert.True(tps["same_tokens"]!.GetValue<bool>(), "a replica with the same weights and seeds must give the in-process tokens");
