@@ -105,8 +105,8 @@ public sealed class PpoIteration(RolloutPhase rollouts, RewardPipeline rewards, 
 
 /// <summary>
 /// The weight push after an update: the actor's current weights into the rollout engine as a numbered version. Under LoRA
-/// these are the merged weights W + (α/r)·B A (<see cref="OrtWeights.From"/>), so every engine and replica keeps reading a
-/// plain model; pushing the adapter alone (<see cref="LlamaForCausalLM.Lora"/>'s A and B) is the place for adapter-aware engines.
+/// an engine whose graph takes adapters (the base exported once with LoRA inputs, <see cref="Inference.Services.PolicyWeightFormat.Lora"/>)
+/// gets the adapter alone; any other gets the merged weights W + (α/r)·B A (<see cref="InferenceServices.Sync"/>).
 /// </summary>
 public sealed class PolicyWeightsPush(IRolloutService engine, LlamaForCausalLM actor)
 {
