@@ -110,7 +110,10 @@ public static class OnnxModelPath
 
     /// <summary>Session options with <paramref name="threads"/> intra-op threads (0 = all cores: ORT's own 0 ran one thread here) and full graph optimisation; ORT's thread spinning is off unless <paramref name="spin"/>.
     /// Setting the environment variable <c>RLHF_ORT_PROFILE</c> to a path prefix turns on ORT's per-node profiling (JSON traces).</summary>
-    public static SessionOptions Options(int threads, bool spin = false)
+    /// <param name="threads">intra-op threads (0 = all cores)</param>
+    /// <param name="spin">let worker threads spin between runs</param>
+    /// <param name="quiet">log errors only: a graph with LoRA inputs draws one warning per overridable initializer, by design</param>
+    public static SessionOptions Options(int threads, bool spin = false, bool quiet = false)
     {
         var o = new SessionOptions
         {
@@ -122,6 +125,7 @@ public static class OnnxModelPath
         // Worker threads sleep instead of spinning between runs: on these shared 2-core machines spinning cost ORT itself
         // ~45% of its tokens/s and slowed the TorchSharp work that alternates with it in one process (bench rollout).
         if (!spin) o.AddSessionConfigEntry("session.intra_op.allow_spinning", "0");
+        if (quiet) o.LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR;
         if (Environment.GetEnvironmentVariable("RLHF_ORT_PROFILE") is { Length: > 0 } prefix) { o.EnableProfiling = true; o.ProfileOutputPathPrefix = prefix; }
         return o;
     }

@@ -62,6 +62,7 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
     readonly Dictionary<string, long[]> _loraInputs;   // LoRA factor inputs of the graph -> declared dims (−1 = the rank)
     IReadOnlyList<WeightBuffer> _adapter = [];          // the adapter fed into them on every run (empty: their rank-0 defaults)
     IDisposable? _adapterOwner;
+    readonly bool _quiet;
     readonly int? _context;
     int _swapsWaiting;   // weight swaps waiting for the Gate: a continuous batch stops admitting and drains
     bool _disposed;
@@ -71,7 +72,8 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         _modelFile = modelFile;
         _options = options;
         if (options.MaxBatchSize < 1) throw new ArgumentException($"MaxBatchSize must be >= 1; got {options.MaxBatchSize}.");
-        _sessionOptions = OnnxModelPath.Options(options.Threads);
+        _quiet = OnnxInitializers.ReadMetadata(modelFile).ContainsKey(Services.PolicyWeightFormat.LoraKey);   // LoRA inputs: one ORT warning each
+        _sessionOptions = OnnxModelPath.Options(options.Threads, quiet: _quiet);
         _session = new InferenceSession(modelFile, _sessionOptions);
         Signature = DecoderSignature.Read(_session, folder);
         _format = Services.PolicyWeightFormat.FromMetadata(_session.ModelMetadata.CustomMetadataMap);
@@ -506,7 +508,7 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         if (problems.Count > 0)
             throw new ArgumentException("Weights do not fit the decoder graph: " + string.Join("; ", problems.Take(10)) +
                                         (problems.Count > 10 ? $"; and {problems.Count - 10} more" : "") + ".");
-        var options = OnnxModelPath.Options(_options.Threads);
+        var options = OnnxModelPath.Options(_options.Threads, quiet: _quiet);
         var values = new List<OrtValue>(weights.Count);
         InferenceSession? session = null;
         try
