@@ -61,6 +61,11 @@ public sealed record PpoConfig : FineTuningKeys
     public double ActorLr { get; init; } = 1e-4;
     /// <summary>Critic learning rate (constant).</summary>
     public double CriticLr { get; init; } = 3e-4;
+    /// <summary>
+    /// With <c>lora_rank</c> &gt; 0: true = the critic's trunk carries adapters too (OpenRLHF's <c>--lora_rank</c>);
+    /// false = the critic trains fully, as TRL's value model (which takes no <c>peft_config</c>), at 16 bytes per parameter.
+    /// </summary>
+    public bool CriticLora { get; init; } = true;
     /// <summary>Gradient norm clip per model (0 = off).</summary>
     public double GradClip { get; init; } = 1.0;
     /// <summary>PPO ratio clip ε.</summary>

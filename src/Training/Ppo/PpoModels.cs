@@ -61,7 +61,7 @@ public sealed class PpoModels : IDisposable
         if (critic is not null)
         {
             critic.GradientCheckpointing = cfg.GradientCheckpointing;
-            if (lora.Enabled)   // adapters on the critic's trunk, its value head trained fully
+            if (lora.Enabled && cfg.CriticLora)   // adapters on the critic's trunk, its value head trained fully
                 critic.AttachLora(lora, cfg.Seed + 1, rmFolder ?? cfg.SftModel, from: resumeFrom is null ? null : Path.Combine(resumeFrom, "critic"));
         }
         if (critic is not null && resumeFrom is null && rmFolder is null)

@@ -6,6 +6,9 @@ using Rlhf.Training.Sft;
 using Rlhf.Training.Tests.Sft;
 using Rlhf.Training.Tests.Common;
 using Rlhf.Inference.Rollout;
+using Rlhf.Training.Model;
+using Rlhf.Training.Tests.Model;
+using static TorchSharp.torch;
 
 namespace Rlhf.Training.Tests.Ppo;
 
@@ -111,6 +114,21 @@ public sealed class PpoTrainerTests
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(a.Out, "adapter", "adapter_config.json")))!;
         Assert.Equal("CAUSAL_LM", (string?)config["task_type"]);
         Assert.Equal(Models.Value.Sft, (string?)config["base_model_name_or_path"]);
+    }
+
+    [Fact]
+    public void WithoutCriticLoraTheCriticTrainsFullyWhileTheActorKeepsItsAdapters()
+    {
+        var cfg = Tiny() with { BestOfN = [1], LoraRank = 4, LoraAlpha = 8, ActorLr = 1e-2, CriticLora = false };
+        PpoTrainer.Train(cfg, new RunControl { Progress = false });
+        Assert.True(File.Exists(Path.Combine(cfg.Out, "adapter", "adapter_model.safetensors")));
+        Assert.False(Directory.Exists(Path.Combine(cfg.Out, "critic", "adapter")));
+        // every trunk matrix of the critic moved from the RM it started from (adapters alone would leave the base as it was)
+        using var rm = LlamaForSequenceClassification.FromPretrained(Models.Value.Rm, CPU, ScalarType.Float32);
+        using var critic = LlamaForSequenceClassification.FromPretrained(Path.Combine(cfg.Out, "critic"), CPU, ScalarType.Float32);
+        var before = rm.state_dict();
+        foreach (var (name, p) in critic.state_dict().Where(kv => kv.Key.EndsWith("proj.weight", StringComparison.Ordinal)))
+            Assert.False(TinyModels.Same(before[name], p), $"{name} did not train");
     }
 
     [Fact]
