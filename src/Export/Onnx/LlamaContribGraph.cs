@@ -33,11 +33,11 @@ public static class LlamaContribGraph
     /// Builds the decoder graph. <paramref name="weights"/> (HF names) must stay alive until the model is written. With
     /// <paramref name="int8"/> every projection and the LM head run as weight-only int8 (<see cref="Int8MatMul"/>); the
     /// initializers stay float32 under the same names.
-    /// </summary>
     /// <para>With <paramref name="loraInputs"/> every projection of every layer also adds a LoRA term (x·A)·B whose
     /// factors are graph inputs <c>model.layers.{i}.{self_attn|mlp}.{module}.lora_A.weight</c> [in, lora_r] and
     /// <c>….lora_B.weight</c> [lora_r, out] (Olive's names and layout; B carries α/r), each defaulting to rank 0, so the
     /// graph computes the base model until an adapter (<see cref="OnnxAdapterFile"/>) feeds them.</para>
+    /// </summary>
     public static GraphBuilder Build(ModelConfig cfg, IReadOnlyDictionary<string, torch.Tensor> weights, int opset = GraphBuilder.DefaultOpset, bool int8 = false,
         bool loraInputs = false)
     {

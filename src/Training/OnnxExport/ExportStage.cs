@@ -59,10 +59,10 @@ public static class ExportStage
     /// <summary>
     /// <c>rlhf export</c>: loads a HF folder (llama/qwen2/mistral; for reward/value it must hold <c>score.weight</c>) on
     /// the CPU in float32 and exports it with parity. Tokenizer files of the folder are copied.
-    /// </summary>
     /// <para>With <paramref name="adapterFolder"/> (a PEFT causal-LM adapter of this base) the base is exported as the
     /// GroupQueryAttention graph with LoRA inputs and the adapter as <see cref="LoraAdapterExport.AdapterFile"/> beside it
     /// (<see cref="LoraAdapterExport"/>), for ONNX Runtime's and GenAI's adapter APIs; no parity is measured there.</para>
+    /// </summary>
     public static ExportResult FromHfFolder(string modelFolder, string outFolder, ModelKind kind, GraphKind? graph, bool overwrite,
         WeightPlacement weights = WeightPlacement.Initializers, RolloutPrecision precision = RolloutPrecision.Fp32, string? adapterFolder = null)
     {
