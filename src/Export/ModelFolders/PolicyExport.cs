@@ -68,6 +68,7 @@ public static class PolicyExport
                 GraphKind.ContribGqa => LlamaContribGraph.Build(cfg, weights, int8: options.Precision == RolloutPrecision.Int8, loraInputs: options.LoraInputs),
                 _ => throw new ArgumentOutOfRangeException(nameof(graph), graph, null),
             };
+            if (options.LoraInputs) builder.Metadata[LoraBase.MetadataKey] = LoraBase.Fingerprint(weights);   // the base an adapter must be made for
             if (options.Weights == WeightPlacement.Inputs) builder.WeightsToInputs();
             saved = builder.Save(tmp, ModelFile);
             AtomicFile.WriteAllText(Path.Combine(tmp, GenAiConfigFile),

@@ -35,9 +35,17 @@ public abstract class LocalRolloutEngine : Services.IRolloutService
     public Task<TimeSpan> PushWeightsAsync(Services.PolicyWeights weights, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(weights);
+        if (weights.Base is { } made && AdapterBase is { } held && !string.Equals(made, held, StringComparison.OrdinalIgnoreCase))
+            throw new ArgumentException($"The adapter was made for base {Short(made)}, and this engine's graph holds base {Short(held)} (rlhf.lora_base): " +
+                                        "export the base the adapter was trained on (rlhf export --adapter) or push an adapter of this base.");
         return Services.ServiceCalls.WithDeadline("PushWeights", timeout ?? Services.RolloutCall.DefaultTimeout, cancellationToken,
             _ => UpdateWeights(weights.Buffers, weights, weights.Version));
+
+        static string Short(string fingerprint) => fingerprint.Length > 12 ? fingerprint[..12] + "…" : fingerprint;
     }
+
+    /// <summary>For a graph with LoRA inputs, the fingerprint of the base it holds (<c>rlhf.lora_base</c>); null otherwise.</summary>
+    public virtual string? AdapterBase => null;
 
     /// <summary>
     /// Generates a response for each request (in order), all with the weights version loaded when the call starts

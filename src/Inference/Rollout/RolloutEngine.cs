@@ -72,7 +72,9 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         _modelFile = modelFile;
         _options = options;
         if (options.MaxBatchSize < 1) throw new ArgumentException($"MaxBatchSize must be >= 1; got {options.MaxBatchSize}.");
-        _quiet = OnnxInitializers.ReadMetadata(modelFile).ContainsKey(Services.PolicyWeightFormat.LoraKey);   // LoRA inputs: one ORT warning each
+        var metadata = OnnxInitializers.ReadMetadata(modelFile);
+        _quiet = metadata.ContainsKey(Services.PolicyWeightFormat.LoraKey);   // LoRA inputs: one ORT warning each
+        AdapterBase = metadata.GetValueOrDefault(Services.PolicyWeightFormat.LoraBaseKey);
         _sessionOptions = OnnxModelPath.Options(options.Threads, quiet: _quiet);
         _session = new InferenceSession(modelFile, _sessionOptions);
         Signature = DecoderSignature.Read(_session, folder);
@@ -132,6 +134,9 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
 
     /// <inheritdoc/>
     public override Services.PolicyWeightFormat? WeightFormat => _format;
+
+    /// <inheritdoc/>
+    public override string? AdapterBase { get; }
 
     /// <summary>
     /// Generates a response for each request (in order), in batches of at most <see cref="RolloutEngineOptions.MaxBatchSize"/>,

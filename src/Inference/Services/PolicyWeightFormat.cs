@@ -14,6 +14,8 @@ public sealed record PolicyWeightFormat(bool PackedQkv, bool Int8, bool Lora = f
 {
     /// <summary>Metadata key present in graphs with LoRA inputs.</summary>
     public const string LoraKey = "rlhf.lora";
+    /// <summary>Metadata key of a LoRA-input graph's base fingerprint (the exporter's <c>LoraBase.Fingerprint</c>), checked against an adapter push's <see cref="PolicyWeights.Base"/>.</summary>
+    public const string LoraBaseKey = "rlhf.lora_base";
 
     /// <summary>True for the name of a LoRA factor input (<c>….lora_A.weight</c> or <c>….lora_B.weight</c>).</summary>
     public static bool IsLoraName(string name) =>

@@ -55,6 +55,12 @@ public sealed class PolicyWeights : IDisposable
     /// <summary>Weights version: the PPO iteration after whose update they were taken (0 = the model the engine was opened with).</summary>
     public ulong Version { get; }
 
+    /// <summary>
+    /// For an adapter push: the fingerprint of the base it was trained on (<c>rlhf.lora_base</c> of a LoRA-input graph,
+    /// <c>Rlhf.Export.Onnx.LoraBase</c>); an engine whose graph holds another base refuses it. Null = not stated.
+    /// </summary>
+    public string? Base { get; private init; }
+
     /// <summary>The tensors, in the order their bytes are hashed and streamed.</summary>
     public IReadOnlyList<WeightTensorInfo> Manifest { get; }
 
@@ -71,7 +77,7 @@ public sealed class PolicyWeights : IDisposable
     /// The in-process message: the buffers as they are (no copy), ordered by name. <paramref name="owner"/> keeps their
     /// memory alive and is disposed with this message.
     /// </summary>
-    public static PolicyWeights FromBuffers(ulong version, IReadOnlyDictionary<string, WeightBuffer> buffers, IDisposable? owner = null)
+    public static PolicyWeights FromBuffers(ulong version, IReadOnlyDictionary<string, WeightBuffer> buffers, IDisposable? owner = null, string? baseFingerprint = null)
     {
         ArgumentNullException.ThrowIfNull(buffers);
         var manifest = new List<WeightTensorInfo>(buffers.Count);
@@ -83,14 +89,14 @@ public sealed class PolicyWeights : IDisposable
             manifest.Add(new WeightTensorInfo(name, w.Element == WeightElement.Int8 ? WeightTensorInfo.Int8 : WeightTensorInfo.Float32, w.Shape, w.ByteLength));
             copy[name] = w;
         }
-        return new PolicyWeights(version, manifest, copy, owner);
+        return new PolicyWeights(version, manifest, copy, owner) { Base = baseFingerprint };
     }
 
     /// <summary>
     /// A received message: <paramref name="data"/>[i] holds the bytes of <paramref name="manifest"/>[i]; the hash over
     /// them must equal <paramref name="sha256"/> (else <see cref="InvalidDataException"/>).
     /// </summary>
-    public static PolicyWeights FromArrays(ulong version, IReadOnlyList<WeightTensorInfo> manifest, IReadOnlyList<float[]> data, string sha256)
+    public static PolicyWeights FromArrays(ulong version, IReadOnlyList<WeightTensorInfo> manifest, IReadOnlyList<float[]> data, string sha256, string? baseFingerprint = null)
     {
         if (manifest.Count != data.Count) throw new ArgumentException($"{manifest.Count} manifest entries but {data.Count} tensors.");
         var buffers = new Dictionary<string, WeightBuffer>(StringComparer.Ordinal);
@@ -100,7 +106,7 @@ public sealed class PolicyWeights : IDisposable
             if (!buffers.TryAdd(m.Name, new WeightBuffer(m.Name, m.Shape, data[i]))) throw new ArgumentException($"Weight '{m.Name}' appears twice in the manifest.");
             buffers[m.Name].Validate();
         }
-        var w = new PolicyWeights(version, manifest, buffers, null);
+        var w = new PolicyWeights(version, manifest, buffers, null) { Base = baseFingerprint };
         if (!string.Equals(w.Sha256, sha256, StringComparison.OrdinalIgnoreCase))
             throw new InvalidDataException($"Weights version {version}: SHA-256 of the received bytes is {w.Sha256}, the sender declared {sha256}; the push was corrupted or incomplete.");
         return w;

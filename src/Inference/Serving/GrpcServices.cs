@@ -171,7 +171,7 @@ sealed class RolloutGrpcService(RolloutReplica replica) : Protocol.Rollout.Rollo
                 }
             }
             if (total != expected) throw new InvalidDataException($"The push ended after {total} of the {expected} bytes its manifest declares.");
-            var weights = PolicyWeights.FromArrays(m.Version, manifest, data, m.Sha256);
+            var weights = PolicyWeights.FromArrays(m.Version, manifest, data, m.Sha256, m.Base.Length > 0 ? m.Base : null);
             await replica.Engine.PushWeightsAsync(weights, ProtocolMapping.TimeLeft(context), ct);
             ServeMetrics.Pushed();
             return new PushWeightsReply { Version = m.Version, Bytes = total, Seconds = sw.Elapsed.TotalSeconds };

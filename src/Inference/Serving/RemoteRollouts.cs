@@ -99,7 +99,7 @@ public sealed class RemoteRollouts : IRolloutService
         try
         {
             using var call = _client.PushWeights(_headers, deadline, cancellationToken);
-            var manifest = new WeightsManifest { Version = weights.Version, Sha256 = weights.Sha256 };
+            var manifest = new WeightsManifest { Version = weights.Version, Sha256 = weights.Sha256, Base = weights.Base ?? "" };
             manifest.Tensors.AddRange(weights.Manifest.Select(ProtocolMapping.ToProto));
             await call.RequestStream.WriteAsync(new WeightsChunk { Manifest = manifest }, cancellationToken);
             var buffer = new byte[ProtocolMapping.MaxChunkBytes];

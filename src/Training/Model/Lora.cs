@@ -177,6 +177,9 @@ public sealed class LoraAdapters : IDisposable
     /// <summary>The base model's folder or hub name (PEFT's <c>base_model_name_or_path</c>), when known.</summary>
     public string? BaseModel { get; set; }
 
+    /// <summary>The base's fingerprint once computed (<c>LoraAdapterExport.BaseFingerprint</c>; the base is frozen, so it stays valid).</summary>
+    public string? BaseFingerprint { get; set; }
+
     /// <summary>False: every adapted projection computes its base alone.</summary>
     public bool Enabled { get; set; } = true;
 

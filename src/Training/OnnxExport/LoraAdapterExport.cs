@@ -34,6 +34,18 @@ public static class LoraAdapterExport
     }
 
     /// <summary>
+    /// The fingerprint of <paramref name="model"/>'s base (<see cref="LoraBase.Fingerprint"/> of its unmerged weights), the
+    /// <c>rlhf.lora_base</c> its LoRA-input export records; computed once per adapter set (the base is frozen under LoRA).
+    /// </summary>
+    public static string BaseFingerprint(LlamaForCausalLM model)
+    {
+        var lora = model.Lora ?? throw new InvalidOperationException("The model carries no LoRA adapters.");
+        if (lora.BaseFingerprint is { } known) return known;
+        using var weights = ModelWeights.Of(model, merged: false);
+        return lora.BaseFingerprint = LoraBase.Fingerprint(weights.State);
+    }
+
+    /// <summary>
     /// Exports <paramref name="model"/>'s base weights (adapters not merged) as the LoRA-input graph into
     /// <paramref name="outFolder"/>, then writes its adapters beside it as <see cref="AdapterFile"/>.
     /// </summary>
