@@ -246,22 +246,18 @@ internal static class ServeBenchCommand
             model.AttachLora(new LoraSettings(o.LoraRank, 2 * o.LoraRank, 0, LoraSettings.AllLinear), 1, null);
             string folder = Path.Combine(dir, name);
             LoraAdapterExport.Export(model, folder, new ExportOptions { Overwrite = true });
-            ulong version = 0;
+            var version = new Versions();
             using var engine = RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = threads, EosTokenIds = [], PadTokenId = 0 });
-            double inProcess = Best(o.Repeats, () => InferenceServices.Sync(engine, model, ++version));
-            long bytes;
-            using (var message = InferenceServices.Snapshot(engine, model, 0)) bytes = message.TotalBytes;
+            var (inProcess, bytes) = InProcessPush(engine, model, o.Repeats, version);
             string[] command = ["dotnet", Path.Combine(AppContext.BaseDirectory, "rlhf.dll"), "serve", "rollout", "--model", folder,
                 "--threads", threads.ToString(CultureInfo.InvariantCulture)];
             var replicas = new List<ReplicaProcess>();
             try
             {
                 for (int i = 0; i < 3; i++) replicas.Add(ReplicaProcess.Start(command));
-                var timeout = TimeSpan.FromMinutes(10);
-                using var one = new ReplicaPool([replicas[0].Address], null, o.Batch, timeout, TextWriter.Null);
-                using var three = new ReplicaPool([.. replicas.Select(r => r.Address)], null, o.Batch, timeout, TextWriter.Null);
-                double pushOne = Best(o.Repeats, () => InferenceServices.Sync(one, model, ++version));
-                double pushThree = Best(o.Repeats, () => InferenceServices.Sync(three, model, ++version));
+                using var one = Pool(replicas.Take(1), o);
+                using var three = Pool(replicas, o);
+                var (pushOne, pushThree) = ReplicaPushes(one, three, model, o.Repeats, version);
                 return new PushFigures(bytes, inProcess, pushOne, pushThree);
             }
             finally
@@ -289,7 +285,7 @@ internal static class ServeBenchCommand
             var requests = Enumerable.Range(0, o.Batch).Select(i => RolloutRequest.FromIds(
                 [.. Enumerable.Range(0, rng.Next(8, 17)).Select(_ => rng.Next(3, cfg.VocabSize))],
                 new SamplingOptions { Temperature = 1f, MaxNewTokens = o.NewTokens, Seed = (ulong)i })).ToList();
-            ulong version = 0;
+            var version = new Versions();
 
             string[] command = ["dotnet", Path.Combine(AppContext.BaseDirectory, "rlhf.dll"), "serve", "rollout", "--model", folder,
                 "--threads", threads.ToString(CultureInfo.InvariantCulture), "--max-batch", Math.Max(256, o.Batch).ToString(CultureInfo.InvariantCulture)];
@@ -305,20 +301,16 @@ internal static class ServeBenchCommand
                 return (new PushFigures(0, double.NaN, double.NaN, double.NaN), new TokenFigures(double.NaN, double.NaN, true, continuous, CallBoundary()));
             }
             using var engine = RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = threads, EosTokenIds = [], PadTokenId = 0, MaxBatchSize = Math.Max(64, o.Batch) });
-            double inProcess = Best(o.Repeats, () => InferenceServices.Sync(engine, model, ++version));
-            long bytes;
-            using (var message = InferenceServices.Snapshot(engine, model, 0)) bytes = message.TotalBytes;
-            var (localTps, localTokens) = TokensPerSecond(engine, requests, version, o.Repeats);
+            var (inProcess, bytes) = InProcessPush(engine, model, o.Repeats, version);
+            var (localTps, localTokens) = TokensPerSecond(engine, requests, version.Last, o.Repeats);
             var replicas = new List<ReplicaProcess>();
             try
             {
                 for (int i = 0; i < 3; i++) replicas.Add(ReplicaProcess.Start(command));
-                var timeout = TimeSpan.FromMinutes(10);
-                using var one = new ReplicaPool([replicas[0].Address], null, o.Batch, timeout, TextWriter.Null);
-                using var three = new ReplicaPool([.. replicas.Select(r => r.Address)], null, o.Batch, timeout, TextWriter.Null);
-                double pushOne = Best(o.Repeats, () => InferenceServices.Sync(one, model, ++version));
-                double pushThree = Best(o.Repeats, () => InferenceServices.Sync(three, model, ++version));
-                var (remoteTps, remoteTokens) = TokensPerSecond(one, requests, version, o.Repeats);
+                using var one = Pool(replicas.Take(1), o);
+                using var three = Pool(replicas, o);
+                var (pushOne, pushThree) = ReplicaPushes(one, three, model, o.Repeats, version);
+                var (remoteTps, remoteTokens) = TokensPerSecond(one, requests, version.Last, o.Repeats);
                 bool same = localTokens.Zip(remoteTokens).All(x => x.First.AsSpan().SequenceEqual(x.Second));
                 var concurrency = Concurrency(replicas[0].Address, name, requests, o.NewTokens, o.Repeats);
                 foreach (var r in replicas) r.Dispose();   // the call-boundary replica runs alone
@@ -336,6 +328,29 @@ internal static class ServeBenchCommand
     }
 
     static double Best(int repeats, Func<TimeSpan> run) => Enumerable.Range(0, repeats).Min(_ => run().TotalSeconds);
+
+    /// <summary>The weights versions a measurement pushes, one after another.</summary>
+    sealed class Versions
+    {
+        public ulong Last { get; private set; }
+        public ulong Next() => ++Last;
+    }
+
+    /// <summary>The in-process sync of <paramref name="model"/> into <paramref name="engine"/> (best of <paramref name="repeats"/>, the engine's swap) and the bytes a push carries.</summary>
+    static (double Seconds, long Bytes) InProcessPush(RolloutEngine engine, LlamaForCausalLM model, int repeats, Versions version)
+    {
+        double seconds = Best(repeats, () => InferenceServices.Sync(engine, model, version.Next()));
+        using var message = InferenceServices.Snapshot(engine, model, 0);
+        return (seconds, message.TotalBytes);
+    }
+
+    /// <summary>A pool over <paramref name="replicas"/> with the bench's shard size and a 10-minute deadline.</summary>
+    static ReplicaPool Pool(IEnumerable<ReplicaProcess> replicas, Options o) =>
+        new([.. replicas.Select(r => r.Address)], null, o.Batch, TimeSpan.FromMinutes(10), TextWriter.Null);
+
+    /// <summary>Pushes of <paramref name="model"/> to one replica and to three (best of <paramref name="repeats"/> each).</summary>
+    static (double One, double Three) ReplicaPushes(ReplicaPool one, ReplicaPool three, LlamaForCausalLM model, int repeats, Versions version) =>
+        (Best(repeats, () => InferenceServices.Sync(one, model, version.Next())), Best(repeats, () => InferenceServices.Sync(three, model, version.Next())));
 
     /// <summary>Generated tokens per second (best of <paramref name="repeats"/> after a short warm-up) and the tokens of the last run.</summary>
     static (double TokensPerSecond, int[][] Tokens) TokensPerSecond(IRolloutService service, IReadOnlyList<RolloutRequest> requests, ulong version, int repeats)
