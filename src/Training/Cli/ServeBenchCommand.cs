@@ -245,7 +245,7 @@ internal static class ServeBenchCommand
             model.eval();
             model.AttachLora(new LoraSettings(o.LoraRank, 2 * o.LoraRank, 0, LoraSettings.AllLinear), 1, null);
             string folder = Path.Combine(dir, name);
-            LoraAdapterExport.Export(model, folder, new ExportOptions { Overwrite = true });
+            LoraAdapterExport.Export(model, folder, new ExportOptions { Overwrite = true }, parity: false);
             var version = new Versions();
             using var engine = RolloutEngine.Load(folder, new RolloutEngineOptions { Threads = threads, EosTokenIds = [], PadTokenId = 0 });
             var (inProcess, bytes) = InProcessPush(engine, model, o.Repeats, version);

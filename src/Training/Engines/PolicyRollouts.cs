@@ -69,7 +69,7 @@ public static class PolicyRollouts
     static string Export(LlamaForCausalLM model, string folder, string tokenizerFolder, string stage, RolloutEngineKind kind, RolloutPrecision precision, bool loraInputs = false)
     {
         var options = new ExportOptions { TokenizerFolder = tokenizerFolder, Overwrite = true, Stage = stage, Precision = precision };
-        if (loraInputs) LoraAdapterExport.Export(model, folder, options);
+        if (loraInputs) LoraAdapterExport.Export(model, folder, options, parity: false);
         else ExportStage.ExportPolicy(model, folder, ExportStage.DefaultGraph(model.Config),
             kind == RolloutEngineKind.Genai ? options with { Weights = WeightPlacement.Inputs } : options, parity: false);
         return folder;

@@ -16,8 +16,8 @@ public static class ExportStage
     public const string OnnxFolderName = "onnx";
 
     /// <summary>Rows and decode steps of the parity check run after each export.</summary>
-    static readonly int[] ParityLengths = [9, 5, 2];
-    const int ParitySteps = 4;
+    internal static readonly int[] ParityLengths = [9, 5, 2];
+    internal const int ParitySteps = 4;
 
     /// <summary>
     /// The graph used for rollouts by default: the GQA contrib graph (faster on CPU, see <c>rlhf bench export</c>) when
@@ -61,7 +61,7 @@ public static class ExportStage
     /// the CPU in float32 and exports it with parity. Tokenizer files of the folder are copied.
     /// <para>With <paramref name="adapterFolder"/> (a PEFT causal-LM adapter of this base) the base is exported as the
     /// GroupQueryAttention graph with LoRA inputs and the adapter as <see cref="LoraAdapterExport.AdapterFile"/> beside it
-    /// (<see cref="LoraAdapterExport"/>), for ONNX Runtime's and GenAI's adapter APIs; no parity is measured there.</para>
+    /// (<see cref="LoraAdapterExport"/>), for ONNX Runtime's and GenAI's adapter APIs; parity is measured with the adapter fed.</para>
     /// </summary>
     public static ExportResult FromHfFolder(string modelFolder, string outFolder, ModelKind kind, GraphKind? graph, bool overwrite,
         WeightPlacement weights = WeightPlacement.Initializers, RolloutPrecision precision = RolloutPrecision.Fp32, string? adapterFolder = null)
@@ -116,18 +116,18 @@ public static class ExportStage
         ExportReward(model, Path.Combine(stageOut, OnnxFolderName), kind,
             new ExportOptions { TokenizerFolder = stageOut, Overwrite = true, Stage = stage, Parent = stageOut });
 
-    static ExportResult Record(ExportResult result, ParityFigure figure)
+    internal static ExportResult Record(ExportResult result, ParityFigure figure)
     {
         var manifest = result.Manifest with { Parity = figure };
         manifest.Save(result.Folder);
         return result with { Manifest = manifest };
     }
 
-    static bool OnCpuFloat32(nn.Module m) =>
+    internal static bool OnCpuFloat32(nn.Module m) =>
         m.parameters().All(p => p.device.type == DeviceType.CPU && p.dtype == ScalarType.Float32);
 
     /// <summary>Runs <paramref name="body"/> with <paramref name="m"/> in eval mode and float32 arithmetic (what the exported graph computes), then restores both.</summary>
-    static T WithEval<T>(nn.Module m, Func<T> body)
+    internal static T WithEval<T>(nn.Module m, Func<T> body)
     {
         bool wasTraining = m.training;
         var mixed = m as IMixedPrecision;

@@ -49,13 +49,27 @@ public static class LoraAdapterExport
     /// Exports <paramref name="model"/>'s base weights (adapters not merged) as the LoRA-input graph into
     /// <paramref name="outFolder"/>, then writes its adapters beside it as <see cref="AdapterFile"/>.
     /// </summary>
-    public static ExportResult Export(LlamaForCausalLM model, string outFolder, ExportOptions options)
+    /// <remarks>
+    /// With <paramref name="parity"/> (and the model on the CPU in float32) the folder's manifest records ORT-vs-TorchSharp
+    /// parity of the adapted model: the graph with the adapter fed against the TorchSharp model with its adapters on.
+    /// </remarks>
+    public static ExportResult Export(LlamaForCausalLM model, string outFolder, ExportOptions options, bool parity = true)
     {
         var lora = model.Lora ?? throw new InvalidOperationException("The model carries no LoRA adapters to export.");
         ExportResult result;
         using (var weights = ModelWeights.Of(model, merged: false))
             result = PolicyExport.Export(model.Config, weights.State, outFolder, GraphKind.ContribGqa, options with { LoraInputs = true });
-        OnnxAdapterFile.Write(Path.Combine(result.Folder, AdapterFile), Tensors(lora));
-        return result;
+        var tensors = Tensors(lora);
+        OnnxAdapterFile.Write(Path.Combine(result.Folder, AdapterFile), tensors);
+        if (!parity || !ExportStage.OnCpuFloat32(model)) return result;
+        var adapter = tensors.ToDictionary(t => t.Name, t => new Inference.Rollout.WeightBuffer(t.Name, t.Dims, t.Data), StringComparer.Ordinal);
+        int[] lengths = ExportStage.ParityLengths;
+        var figure = ExportStage.WithEval(model, () =>
+        {
+            var p = OnnxParity.Policy(model, result.Folder, lengths, ExportStage.ParitySteps, leftPad: false, seed: 1234, adapter: adapter);
+            return new ParityFigure(p.Max, $"{lengths.Length} right-padded rows (lengths {string.Join(", ", lengths)}) with {AdapterFile} fed: " +
+                                           $"prefill {p.Prefill:E2}, {ExportStage.ParitySteps} decode steps {p.Decode:E2} (logits)", "TorchSharp cpu float32, adapters on");
+        });
+        return ExportStage.Record(result, figure);
     }
 }

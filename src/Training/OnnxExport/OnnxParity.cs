@@ -30,10 +30,11 @@ public static class OnnxParity
     /// slots from the start, as GenAI runs it with <c>past_present_share_buffer</c>.
     /// </summary>
     public static PolicyParity Policy(LlamaForCausalLM model, string folder, int[] lengths, int steps, bool leftPad, int seed, int threads = 2,
-        bool sharedBuffer = false)
+        bool sharedBuffer = false, IReadOnlyDictionary<string, Rlhf.Inference.Rollout.WeightBuffer>? adapter = null)
     {
         if (lengths.Length == 0 || lengths.Any(l => l < 1)) throw new ArgumentException("Every row needs at least one token.", nameof(lengths));
         using var decoder = RolloutEngine.OpenDecoder(folder, threads);
+        if (adapter is not null) decoder.UpdateWeights(adapter);   // a LoRA-input graph: the adapter fed on every run
         bool gqa = decoder.Signature.PositionIds is null;
         if (gqa && leftPad) throw new ArgumentException("The GroupQueryAttention graph supports right padding only.", nameof(leftPad));
         if (!gqa && sharedBuffer) throw new ArgumentException("Only the GroupQueryAttention graph takes a shared past/present buffer.", nameof(sharedBuffer));

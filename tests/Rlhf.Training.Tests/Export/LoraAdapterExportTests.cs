@@ -85,6 +85,9 @@ public sealed class LoraAdapterExportTests
             var withInputs = ExportStage.FromHfFolder(Path.Combine(dir, "base"), Path.Combine(dir, "lora"), ModelKind.Policy, null, overwrite: false,
                 adapterFolder: Path.Combine(dir, "run", PeftAdapter.FolderName));
             string adapter = Path.Combine(withInputs.Folder, LoraAdapterExport.AdapterFile);
+            // the export measured its parity with the adapter fed, against TorchSharp with the adapters on
+            Assert.InRange(withInputs.Manifest.Parity!.MaxAbsDiff, 0, 1e-4);
+            Assert.Contains(LoraAdapterExport.AdapterFile, withInputs.Manifest.Parity.Cases);
             Assert.Equal("TORT", System.Text.Encoding.ASCII.GetString(File.ReadAllBytes(adapter), 4, 4));
 
             float[] mergedLogits = OrtLogits(merged.Folder, cfg, null);
