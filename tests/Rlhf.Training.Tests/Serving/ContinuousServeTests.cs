@@ -12,8 +12,11 @@ namespace Rlhf.Training.Tests.Serving;
 /// Continuous batching on a real <c>rlhf-serve rollout</c> process on 127.0.0.1, with a tiny policy whose context
 /// (1024 tokens) lets one greedy call decode for a thousand steps (over a second): a short call that arrives while that long one
 /// streams is answered before the long one ends, both with their solo tokens; a long stream whose client hangs up frees
-/// the only slot (<c>--max-batch 1</c>) for the next call at once.
+/// the only slot (<c>--max-batch 1</c>) for the next call at once. The scenes are timed against a running batch, so
+/// the class runs alone (<see cref="TimedServingCollection"/>): tests training on both cores beside it in the same run
+/// delayed the client by more than the long call lasts.
 /// </summary>
+[Collection(TimedServingCollection.Name)]
 public sealed class ContinuousServeTests
 {
     const int LongTokens = 1000;
@@ -148,4 +151,12 @@ public sealed class ContinuousServeTests
         Assert.True(next.Elapsed.TotalSeconds < longSeconds / 2,
             $"the next call took {next.Elapsed.TotalSeconds:0.00} s, the long call alone {longSeconds:0.00} s: the hung-up call kept its slot");
     }
+}
+
+/// <summary>Serving tests that time a running batch: not run in parallel with any other test.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class TimedServingCollection
+{
+    /// <summary>The collection's name.</summary>
+    public const string Name = "timed serving (runs alone)";
 }
