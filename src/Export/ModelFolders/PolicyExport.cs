@@ -23,6 +23,8 @@ public sealed record ExportOptions
     public RolloutPrecision Precision { get; init; } = RolloutPrecision.Fp32;
     /// <summary>Policies: LoRA factors as graph inputs that an <c>.onnx_adapter</c> feeds (<see cref="LlamaContribGraph.Build"/>; the GroupQueryAttention graph).</summary>
     public bool LoraInputs { get; init; }
+    /// <summary>With <see cref="LoraInputs"/>: the base's <see cref="LoraBase.Fingerprint"/> when the caller has it already (null: computed from the weights).</summary>
+    public string? LoraBaseFingerprint { get; init; }
 }
 
 /// <summary>What an export wrote.</summary>
@@ -68,7 +70,7 @@ public static class PolicyExport
                 GraphKind.ContribGqa => LlamaContribGraph.Build(cfg, weights, int8: options.Precision == RolloutPrecision.Int8, loraInputs: options.LoraInputs),
                 _ => throw new ArgumentOutOfRangeException(nameof(graph), graph, null),
             };
-            if (options.LoraInputs) builder.Metadata[LoraBase.MetadataKey] = LoraBase.Fingerprint(weights);   // the base an adapter must be made for
+            if (options.LoraInputs) builder.Metadata[LoraBase.MetadataKey] = options.LoraBaseFingerprint ?? LoraBase.Fingerprint(weights);   // the base an adapter must be made for
             if (options.Weights == WeightPlacement.Inputs) builder.WeightsToInputs();
             saved = builder.Save(tmp, ModelFile);
             AtomicFile.WriteAllText(Path.Combine(tmp, GenAiConfigFile),

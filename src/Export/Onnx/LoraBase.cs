@@ -24,7 +24,7 @@ public static class LoraBase
         {
             sha.AppendData(Encoding.UTF8.GetBytes(name));
             using var f = t.detach().to(torch.ScalarType.Float32).cpu().contiguous();
-            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(f.data<float>().ToArray().AsSpan()));
+            sha.AppendData(f.bytes);
         }
         return Convert.ToHexStringLower(sha.GetHashAndReset());
     }

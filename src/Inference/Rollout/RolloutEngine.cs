@@ -62,7 +62,6 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
     readonly Dictionary<string, long[]> _loraInputs;   // LoRA factor inputs of the graph -> declared dims (−1 = the rank)
     IReadOnlyList<WeightBuffer> _adapter = [];          // the adapter fed into them on every run (empty: their rank-0 defaults)
     IDisposable? _adapterOwner;
-    readonly bool _quiet;
     readonly int? _context;
     int _swapsWaiting;   // weight swaps waiting for the Gate: a continuous batch stops admitting and drains
     bool _disposed;
@@ -72,13 +71,12 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         _modelFile = modelFile;
         _options = options;
         if (options.MaxBatchSize < 1) throw new ArgumentException($"MaxBatchSize must be >= 1; got {options.MaxBatchSize}.");
-        var metadata = OnnxInitializers.ReadMetadata(modelFile);
-        _quiet = metadata.ContainsKey(Services.PolicyWeightFormat.LoraKey);   // LoRA inputs: one ORT warning each
+        var metadata = OnnxInitializers.ReadMetadata(modelFile);   // before the session: its options depend on it
+        _format = Services.PolicyWeightFormat.FromMetadata(metadata);
         AdapterBase = metadata.GetValueOrDefault(Services.PolicyWeightFormat.LoraBaseKey);
-        _sessionOptions = OnnxModelPath.Options(options.Threads, quiet: _quiet);
+        _sessionOptions = OnnxModelPath.Options(options.Threads, quiet: Quiet);
         _session = new InferenceSession(modelFile, _sessionOptions);
         Signature = DecoderSignature.Read(_session, folder);
-        _format = Services.PolicyWeightFormat.FromMetadata(_session.ModelMetadata.CustomMetadataMap);
         _loraInputs = _session.OverridableInitializerMetadata.Where(kv => Services.PolicyWeightFormat.IsLoraName(kv.Key))
             .ToDictionary(kv => kv.Key, kv => kv.Value.Dimensions.Select(d => (long)d).ToArray(), StringComparer.Ordinal);
         Tokenizer = tokenizer;
@@ -137,6 +135,9 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
 
     /// <inheritdoc/>
     public override string? AdapterBase { get; }
+
+    /// <summary>Sessions log errors only for a graph with LoRA inputs (ORT warns once per overridable initializer otherwise).</summary>
+    bool Quiet => _format?.Lora == true;
 
     /// <summary>
     /// Generates a response for each request (in order), in batches of at most <see cref="RolloutEngineOptions.MaxBatchSize"/>,
@@ -513,7 +514,7 @@ public sealed partial class RolloutEngine : LocalRolloutEngine
         if (problems.Count > 0)
             throw new ArgumentException("Weights do not fit the decoder graph: " + string.Join("; ", problems.Take(10)) +
                                         (problems.Count > 10 ? $"; and {problems.Count - 10} more" : "") + ".");
-        var options = OnnxModelPath.Options(_options.Threads, quiet: _quiet);
+        var options = OnnxModelPath.Options(_options.Threads, quiet: Quiet);
         var values = new List<OrtValue>(weights.Count);
         InferenceSession? session = null;
         try

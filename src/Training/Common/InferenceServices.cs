@@ -31,8 +31,7 @@ public static class InferenceServices
         var format = rollouts.WeightFormat ?? throw new InvalidOperationException(
             "The rollout engine's graph declares no weight format (no rlhf.graph metadata): weights can be pushed only into a policy graph that `rlhf export` wrote.");
         if (format.Lora && policy.Lora is { } lora)   // the graph holds the base: the adapter alone, naming its base
-            return PolicyWeights.FromBuffers(version, LoraAdapterExport.Tensors(lora).ToDictionary(t => t.Name, t => new WeightBuffer(t.Name, t.Dims, t.Data), StringComparer.Ordinal),
-                baseFingerprint: LoraAdapterExport.BaseFingerprint(policy));
+            return PolicyWeights.FromBuffers(version, LoraAdapterExport.Buffers(LoraAdapterExport.Tensors(lora)), baseFingerprint: LoraAdapterExport.BaseFingerprint(policy));
         var snapshot = OrtWeights.From(policy, packedQkv: format.PackedQkv, int8: format.Int8);
         try { return PolicyWeights.FromBuffers(version, snapshot.Buffers, snapshot); }
         catch

@@ -33,6 +33,10 @@ public static class LoraAdapterExport
         return result;
     }
 
+    /// <summary>The adapter tensors as the weight buffers a rollout engine takes (name -> array, no copy).</summary>
+    public static Dictionary<string, Inference.Rollout.WeightBuffer> Buffers(IEnumerable<AdapterTensor> tensors) =>
+        tensors.ToDictionary(t => t.Name, t => new Inference.Rollout.WeightBuffer(t.Name, t.Dims, t.Data), StringComparer.Ordinal);
+
     /// <summary>
     /// The fingerprint of <paramref name="model"/>'s base (<see cref="LoraBase.Fingerprint"/> of its unmerged weights), the
     /// <c>rlhf.lora_base</c> its LoRA-input export records; computed once per adapter set (the base is frozen under LoRA).
@@ -58,11 +62,12 @@ public static class LoraAdapterExport
         var lora = model.Lora ?? throw new InvalidOperationException("The model carries no LoRA adapters to export.");
         ExportResult result;
         using (var weights = ModelWeights.Of(model, merged: false))
-            result = PolicyExport.Export(model.Config, weights.State, outFolder, GraphKind.ContribGqa, options with { LoraInputs = true });
+            result = PolicyExport.Export(model.Config, weights.State, outFolder, GraphKind.ContribGqa,
+                options with { LoraInputs = true, LoraBaseFingerprint = BaseFingerprint(model) });   // the fingerprint adapter pushes will state, computed once
         var tensors = Tensors(lora);
         OnnxAdapterFile.Write(Path.Combine(result.Folder, AdapterFile), tensors);
         if (!parity || !ExportStage.OnCpuFloat32(model)) return result;
-        var adapter = tensors.ToDictionary(t => t.Name, t => new Inference.Rollout.WeightBuffer(t.Name, t.Dims, t.Data), StringComparer.Ordinal);
+        var adapter = Buffers(tensors);
         int[] lengths = ExportStage.ParityLengths;
         var figure = ExportStage.WithEval(model, () =>
         {
