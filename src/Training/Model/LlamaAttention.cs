@@ -60,11 +60,19 @@ public sealed class LlamaAttention : nn.Module
         var xc = MixedPrecision.Cast(x, compute);
         // Under mixed precision q, k and v return to x's dtype (float32) for RoPE and attention: libtorch's CPU attention
         // backward runs about twice slower in bfloat16 than in float32 (measured at the tiny and small configs' shapes).
-        Tensor Project(string name, Linear proj, long heads) =>
-            MixedPrecision.Cast(Proj(name, proj, xc, compute), x.dtype).view(b, s, heads, _headDim).transpose(1, 2);
-        var q = Project("q_proj", q_proj, _heads);     // [B, heads, S, D]
-        var k = Project("k_proj", k_proj, _kvHeads);   // [B, Hkv, S, D]
-        var v = Project("v_proj", v_proj, _kvHeads);   // [B, Hkv, S, D]
+        Tensor Heads(Tensor y, long heads) => MixedPrecision.Cast(y, x.dtype).view(b, s, heads, _headDim).transpose(1, 2);
+        Tensor q, k, v;
+        if (_lora.Count == 0)
+        {
+            // one product x·[Wq; Wk; Wv]ᵀ [B, S, (heads + 2·Hkv)·D], cut into q, k and v
+            var qkv = MixedPrecision.FusedLinear([q_proj, k_proj, v_proj], xc, compute)
+                .split([_heads * _headDim, _kvHeads * _headDim, _kvHeads * _headDim], -1);
+            (q, k, v) = (Heads(qkv[0], _heads), Heads(qkv[1], _kvHeads), Heads(qkv[2], _kvHeads));
+        }
+        else
+            (q, k, v) = (Heads(Proj("q_proj", q_proj, xc, compute), _heads), Heads(Proj("k_proj", k_proj, xc, compute), _kvHeads),
+                Heads(Proj("v_proj", v_proj, xc, compute), _kvHeads));
+        // q [B, heads, S, D]; k, v [B, Hkv, S, D]
         q = Rope.Apply(q, cos, sin);
         k = Rope.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Append(layer, k, v);                   // [B, Hkv, T, D]

@@ -40,7 +40,15 @@ public sealed class LlamaMlp : nn.Module
     {
         using var scope = torch.NewDisposeScope();
         var xc = MixedPrecision.Cast(x, compute);
-        var h = nn.functional.silu(Proj("gate_proj", gate_proj, xc, compute)) * Proj("up_proj", up_proj, xc, compute);
+        Tensor gate, up;
+        if (_lora.Count == 0)
+        {
+            var gu = MixedPrecision.FusedLinear([gate_proj, up_proj], xc, compute).chunk(2, -1);   // one product x·[Wg; Wu]ᵀ [B, S, 2I]
+            (gate, up) = (gu[0], gu[1]);
+        }
+        else
+            (gate, up) = (Proj("gate_proj", gate_proj, xc, compute), Proj("up_proj", up_proj, xc, compute));
+        var h = nn.functional.silu(gate) * up;
         var y = Proj("down_proj", down_proj, h, compute);
         return scope.MoveToOuter(y.dtype == x.dtype ? y : y.to(x.dtype));
     }

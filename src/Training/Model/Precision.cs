@@ -77,4 +77,18 @@ public static class MixedPrecision
         var b = layer.bias is null ? null : Cast(layer.bias, compute);
         return scope.MoveToOuter(nn.functional.linear(Cast(x, compute), w, b));
     }
+
+    /// <summary>
+    /// The outputs of several projections of the same input as one product: y = x·[W₁; W₂; …]ᵀ + [b₁; b₂; …],
+    /// x [..., in] -> y [..., Σ outᵢ] in the compute dtype, the layers' outputs side by side in their order. One
+    /// matrix product (and one for each gradient) instead of one per layer; the concatenation is differentiable, so
+    /// each weight's gradient arrives in its own dtype. Every layer or none has a bias.
+    /// </summary>
+    public static Tensor FusedLinear(IReadOnlyList<Linear> layers, Tensor x, ScalarType? compute)
+    {
+        using var scope = torch.NewDisposeScope();
+        var w = Cast(torch.cat([.. layers.Select(l => l.weight!)], 0), compute);
+        var b = layers[0].bias is null ? null : Cast(torch.cat([.. layers.Select(l => l.bias!)], 0), compute);
+        return scope.MoveToOuter(nn.functional.linear(Cast(x, compute), w, b));
+    }
 }

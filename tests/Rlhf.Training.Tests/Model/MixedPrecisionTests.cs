@@ -1,6 +1,7 @@
 using Rlhf.Training.Model;
 using Rlhf.Training.Sft;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Rlhf.Training.Tests.Model;
@@ -15,6 +16,43 @@ public sealed class MixedPrecisionTests
         uint lsb = (bits >> 16) & 1;
         bits = (bits + 0x7FFF + lsb) & 0xFFFF0000;
         return BitConverter.UInt32BitsToSingle(bits);
+    }
+
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    public void Projections_fused_into_one_product_give_each_layers_output_and_gradients(bool bias, bool bf16)
+    {
+        // the fused q/k/v and gate/up products against the layers one at a time: the same outputs side by side, and each
+        // weight's and bias's own gradient (in float32) from a loss that weighs every output differently
+        using var scope = NewDisposeScope();
+        torch.manual_seed(5);
+        Linear[] layers = [nn.Linear(32, 24, hasBias: bias), nn.Linear(32, 8, hasBias: bias), nn.Linear(32, 8, hasBias: bias)];
+        var x = torch.randn(2, 3, 32);
+        var weigh = torch.randn(2, 3, 40);
+        ScalarType? compute = bf16 ? ScalarType.BFloat16 : null;
+
+        var fused = MixedPrecision.FusedLinear(layers, x, compute);
+        Assert.Equal(new long[] { 2, 3, 40 }, fused.shape);
+        (fused.to(ScalarType.Float32) * weigh).sum().backward();
+        var fusedGrads = layers.SelectMany(l => new[] { l.weight!.grad!.clone() }.Concat(bias ? [l.bias!.grad!.clone()] : [])).ToArray();
+        foreach (var l in layers) l.zero_grad();
+
+        var separate = torch.cat([.. layers.Select(l => MixedPrecision.Linear(l, x, compute))], -1);
+        (separate.to(ScalarType.Float32) * weigh).sum().backward();
+        var separateGrads = layers.SelectMany(l => new[] { l.weight!.grad! }.Concat(bias ? [l.bias!.grad!] : [])).ToArray();
+
+        // float32: the same sums in another order; bf16: each output rounded to bfloat16 (8 bits), so one unit in its last place
+        double outTol = bf16 ? 1e-2 : 1e-5, gradTol = bf16 ? 1e-2 : 1e-5;
+        float outDiff = (fused.to(ScalarType.Float32) - separate.to(ScalarType.Float32)).abs().max().item<float>();
+        Assert.True(outDiff <= outTol, $"outputs differ by {outDiff}");
+        for (int i = 0; i < fusedGrads.Length; i++)
+        {
+            Assert.Equal(ScalarType.Float32, fusedGrads[i].dtype);
+            float d = (fusedGrads[i] - separateGrads[i]).abs().max().item<float>();
+            Assert.True(d <= gradTol * Math.Max(1, separateGrads[i].abs().max().item<float>()), $"gradient {i} differs by {d}");
+        }
     }
 
     [Fact]
