@@ -47,6 +47,8 @@ public sealed record RmConfig : FineTuningKeys
     public int MaxNewTokens { get; init; } = 48;
     /// <summary>Engine that samples the K responses to label: ort (ours), genai (ONNX Runtime GenAI) or torch.</summary>
     public RolloutEngineKind Engine { get; init; } = RolloutEngineKind.Ort;
+    /// <summary>Projections of the in-process sampling graph: fp32, or int8 (weight-only, engine ort).</summary>
+    public Rlhf.Export.RolloutPrecision RolloutPrecision { get; init; } = Rlhf.Export.RolloutPrecision.Fp32;
     /// <summary>
     /// Passes over the comparisons. InstructGPT used 1 (more overfits its 6B RM). The 3.5M default model underfits
     /// instead (its training loss still falls at the end of a pass), and on the default task one pass left PPO below
@@ -119,6 +121,8 @@ public sealed record RmConfig : FineTuningKeys
         if (PromptsPerBatch < 1) e.Add("prompts_per_batch must be ≥ 1");
         if (MaxSeqLen < 4) e.Add("max_seq_len must be ≥ 4");
         if (NumLayers < 0) e.Add("num_layers must be ≥ 0");
+        if (RolloutPrecision == Rlhf.Export.RolloutPrecision.Int8 && Engine != RolloutEngineKind.Ort)
+            e.Add("rollout_precision int8 is built into the ort engine's graph: use engine ort, or rollout_precision fp32");
         if (Lr <= 0) e.Add("lr must be > 0");
         if (GradClip < 0 || Margin < 0) e.Add("grad_clip and margin must be ≥ 0");
         if (EvalEvery < 1 || CheckpointEvery < 0) e.Add("eval_every must be ≥ 1 and checkpoint_every ≥ 0");

@@ -355,7 +355,7 @@ public static class RmTrainer
         var prompts = (heldOut ? data.Eval : data.Train).Select(g => g.Prompt).Distinct().Take(Math.Max(1, cfg.EvalPrompts)).ToList();
         IReadOnlyList<(string Text, bool EndedWithEos)[]> samples;
         using (var policy = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32))
-        using (var rollouts = PolicyRollouts.ForActor(cfg.Engine, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads))
+        using (var rollouts = PolicyRollouts.ForActor(cfg.Engine, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads, cfg.RolloutPrecision))
             samples = InferenceServices.Sample(rollouts, tokenizer, prompts, 1,
                 new SamplingOptions { Temperature = (float)cfg.SampleTemperature, MaxNewTokens = cfg.MaxNewTokens, Seed = (ulong)cfg.Seed + 2 });
         var groups = prompts.Select((p, i) => Tokenize(tokenizer, new RmGroup(p, [samples[i][0].Text], [], [0]), cfg.MaxSeqLen)).ToArray();
@@ -368,7 +368,7 @@ public static class RmTrainer
     {
         if (cfg.RankingsFile is not null || cfg.PairsFile is not null) return RmData.Load(cfg, (_, _, _) => []);
         using var policy = LlamaForCausalLM.FromPretrained(cfg.SftModel, device, ScalarType.Float32);
-        using var rollouts = PolicyRollouts.ForActor(cfg.Engine, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads);
+        using var rollouts = PolicyRollouts.ForActor(cfg.Engine, policy, tokenizer, cfg.SftModel, Path.Combine(cfg.Out, ".rollout_engine"), cfg.Threads, cfg.RolloutPrecision);
         var data = RmData.Load(cfg, (prompts, k, seed) => InferenceServices.Sample(rollouts, tokenizer, prompts, k,
             new SamplingOptions { Temperature = (float)cfg.SampleTemperature, MaxNewTokens = cfg.MaxNewTokens, Seed = (ulong)seed }));
         AtomicFile.WriteAllText(Path.Combine(cfg.Out, "eval_gold.json"), JsonSerializer.Serialize(data.Eval.Select(g => g.Gold).ToList()));

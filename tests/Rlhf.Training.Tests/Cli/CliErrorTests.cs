@@ -99,6 +99,7 @@ public sealed class CliErrorTests(BadInputs inputs) : IClassFixture<BadInputs>
         { "generate: folder without tokenizer", ["generate", "--model", "{dir}/no_tokenizer", "--prompt", "hi"], 1, "no_tokenizer" },
         { "rm: missing SFT folder", ["rm", "--sft-model", "{dir}/nope", "--out", "{out}"], 1, "nope" },
         { "rm: k out of range", ["rm", "--k", "1", "--out", "{out}"], 1, "k must be in 2..9" },
+        { "rm: int8 sampling on another engine", ["rm", "--set", "engine=torch", "--set", "rollout_precision=int8", "--out", "{out}"], 1, "rollout_precision int8 is built into the ort engine's graph" },
         { "rm eval: missing preference file", ["rm", "eval", "--model", "{dir}/no_tokenizer", "--input", "{dir}/nope.csv"], 1, "nope.csv" },
         { "ppo: missing SFT folder", ["ppo", "--sft-model", "{dir}/nope", "--out", "{out}"], 1, "nope" },
         { "ppo: missing RM folder", ["ppo", "--sft-model", "{dir}/no_tokenizer", "--rm-model", "{dir}/nope_rm", "--out", "{out}"], 1, "nope_rm: no reward-model folder" },
