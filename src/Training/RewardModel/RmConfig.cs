@@ -47,7 +47,11 @@ public sealed record RmConfig : FineTuningKeys
     public int MaxNewTokens { get; init; } = 48;
     /// <summary>Engine that samples the K responses to label: ort (ours), genai (ONNX Runtime GenAI) or torch.</summary>
     public RolloutEngineKind Engine { get; init; } = RolloutEngineKind.Ort;
-    /// <summary>Projections of the in-process sampling graph: fp32, or int8 (weight-only, engine ort).</summary>
+    /// <summary>
+    /// Projections of the graph that samples the K responses: fp32, or int8 (weight-only, engine ort, GroupQueryAttention
+    /// graph). On 2 AVX2 cores int8 took the main job's labelling from 160 s to 129 s, and the RM trained on its samples
+    /// reached 84.4% where the same SFT model's float32 samples gave 89.9% (one run each), so fp32 stays the default.
+    /// </summary>
     public Rlhf.Export.RolloutPrecision RolloutPrecision { get; init; } = Rlhf.Export.RolloutPrecision.Fp32;
     /// <summary>
     /// Passes over the comparisons. InstructGPT used 1 (more overfits its 6B RM). The 3.5M default model underfits

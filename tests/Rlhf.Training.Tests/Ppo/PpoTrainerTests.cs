@@ -165,7 +165,7 @@ public sealed class PpoTrainerTests
     }
 
     /// <summary>An SFT model whose head_dim is 16 (the GroupQueryAttention graph, which int8 rollouts need), trained once.</summary>
-    static readonly Lazy<string> GqaSft = new(() =>
+    internal static readonly Lazy<string> GqaSft = new(() =>
     {
         string arch = Path.Combine(Directory.CreateTempSubdirectory().FullName, "config.json");
         File.WriteAllText(arch, """

@@ -27,6 +27,25 @@ public sealed class RmTrainerTests
     };
 
     [Fact]
+    public void Int8LabellingSamplesFromTheInt8GraphWithTheSameSeeds()
+    {
+        string sft = Ppo.PpoTrainerTests.GqaSft.Value;   // int8 graphs are GroupQueryAttention graphs (head_dim 16)
+        var tok = Rlhf.Inference.Tokenization.TextTokenizer.Load(sft);
+        RmData Label(Rlhf.Export.RolloutPrecision p)
+        {
+            var cfg = Tiny() with { SftModel = sft, MaxNewTokens = 16, RolloutPrecision = p };
+            Directory.CreateDirectory(cfg.Out);
+            return RmTrainer.LabelFresh(cfg, tok, CPU);
+        }
+        string[] fp32 = [.. Label(Rlhf.Export.RolloutPrecision.Fp32).Train.SelectMany(g => g.Responses)];
+        string[] int8 = [.. Label(Rlhf.Export.RolloutPrecision.Int8).Train.SelectMany(g => g.Responses)];
+        Assert.Equal(12 * 3, int8.Length);
+        int same = fp32.Zip(int8).Count(p => p.First == p.Second);
+        Assert.True(same < fp32.Length, "int8 weights move the logits, so with the same seeds some samples differ");
+        Assert.True(same >= fp32.Length / 3, $"{same} of {fp32.Length} samples equal: the int8 graph should sample nearly the same policy");   // measured: 20 of 36
+    }
+
+    [Fact]
     public void DefaultTaskRunLabelsTrainsNormalisesAndWritesEverything()
     {
         var cfg = Tiny() with { EvalPrompts = 8, MaxNewTokens = 16 };   // enough held-out samples for gold scores that differ
