@@ -49,9 +49,8 @@ public sealed record RmConfig : FineTuningKeys
     public RolloutEngineKind Engine { get; init; } = RolloutEngineKind.Ort;
     /// <summary>
     /// Projections of the graph that samples the K responses: fp32, or int8 (weight-only, engine ort, GroupQueryAttention
-    /// graph). On 2 AVX2 cores int8 sampled 12,000 responses in 22.6–26.3 s against fp32's 29.0–29.1 s, and the RM trained
-    /// on the main job's int8 samples reached 84.4% where the same SFT model's float32 samples gave 89.9% (one run each),
-    /// so fp32 stays the default (docs/precision.md).
+    /// graph). On 2 AVX2 cores int8 sampled 12,000 responses in 22.6–26.3 s against fp32's 29.0–29.1 s: 15–25 s of the main
+    /// job, too little to change the RM's data for, so fp32 stays the default (docs/precision.md).
     /// </summary>
     public Rlhf.Export.RolloutPrecision RolloutPrecision { get; init; } = Rlhf.Export.RolloutPrecision.Fp32;
     /// <summary>

@@ -10,7 +10,7 @@ namespace Rlhf.Training.Tests.Serving;
 
 /// <summary>
 /// Continuous batching on a real <c>rlhf-serve rollout</c> process on 127.0.0.1, with a tiny policy whose context
-/// (1024 tokens) lets one greedy call decode for a thousand steps (over a second): a short call that arrives while that long one
+/// (1024 tokens) lets one greedy call decode for a thousand steps (6 s on one AVX2 core): a short call that arrives while that long one
 /// streams is answered before the long one ends, both with their solo tokens; a long stream whose client hangs up frees
 /// the only slot (<c>--max-batch 1</c>) for the next call at once. The scenes are timed against a running batch, so
 /// the class runs alone (<see cref="TimedServingCollection"/>): tests training on both cores beside it in the same run
@@ -29,7 +29,9 @@ public sealed class ContinuousServeTests
         public LongModel()
         {
             // wider and deeper than the shared tiny policy, so that a thousand steps take long enough to arrive during
-            var cfg = Models.Config with { MaxPositionEmbeddings = 1024, HiddenSize = 384, NumAttentionHeads = 24, NumKeyValueHeads = 8, IntermediateSize = 1024, NumHiddenLayers = 6 };
+            // (25M parameters: 1000 steps took 2.5 s at 9M parameters on an AVX2 core, and in a full-suite run that once
+            // ended before a short call sent after its first token was answered)
+            var cfg = Models.Config with { MaxPositionEmbeddings = 1024, HiddenSize = 512, NumAttentionHeads = 16, NumKeyValueHeads = 8, IntermediateSize = 1536, NumHiddenLayers = 8 };
             Folder = Path.Combine(Models.Dir, "long-policy");
             using var m = TinyModels.Randomized(cfg, 9);
             ExportStage.ExportPolicy(m, Folder, ExportStage.DefaultGraph(cfg), new ExportOptions { TokenizerFolder = Path.Combine(Models.Dir, "tokenizer") }, parity: false);
