@@ -16,8 +16,8 @@ public static class ExportStage
     public const string OnnxFolderName = "onnx";
 
     /// <summary>Rows and decode steps of the parity check run after each export.</summary>
-    internal static readonly int[] ParityLengths = [9, 5, 2];
-    internal const int ParitySteps = 4;
+    static readonly int[] ParityLengths = [9, 5, 2];
+    const int ParitySteps = 4;
 
     /// <summary>
     /// The graph used for rollouts by default: the GQA contrib graph (faster on CPU, see <c>rlhf bench export</c>) when
@@ -34,12 +34,25 @@ public static class ExportStage
         ExportResult result;
         using (var weights = ModelWeights.Of(model))   // LoRA merged: rollouts and serving read plain weights
             result = PolicyExport.Export(model.Config, weights.State, outFolder, graph, options);
-        if (!parity || options.Weights == WeightPlacement.Inputs || !OnCpuFloat32(model)) return result;
+        return !parity || options.Weights == WeightPlacement.Inputs ? result : WithPolicyParity(model, result);
+    }
+
+    /// <summary>
+    /// <paramref name="result"/> with ORT-vs-TorchSharp parity of the exported policy recorded in its manifest (prefill and
+    /// decode logits, right padding), when <paramref name="model"/> is on the CPU in float32; with
+    /// <paramref name="adapter"/> (a LoRA-input graph) the adapter is fed and the model keeps its adapters on.
+    /// </summary>
+    internal static ExportResult WithPolicyParity(LlamaForCausalLM model, ExportResult result,
+        IReadOnlyDictionary<string, Rlhf.Inference.Rollout.WeightBuffer>? adapter = null, string? adapterName = null)
+    {
+        if (!OnCpuFloat32(model)) return result;
         var figure = WithEval(model, () =>
         {
-            var p = OnnxParity.Policy(model, result.Folder, ParityLengths, ParitySteps, leftPad: false, seed: 1234);
-            return new ParityFigure(p.Max, $"{ParityLengths.Length} right-padded rows (lengths {string.Join(", ", ParityLengths)}): " +
-                                           $"prefill {p.Prefill:E2}, {ParitySteps} decode steps {p.Decode:E2} (logits)", "TorchSharp cpu float32");
+            var p = OnnxParity.Policy(model, result.Folder, ParityLengths, ParitySteps, leftPad: false, seed: 1234, adapter: adapter);
+            return new ParityFigure(p.Max, $"{ParityLengths.Length} right-padded rows (lengths {string.Join(", ", ParityLengths)})" +
+                                           (adapter is null ? "" : $" with {adapterName} fed") +
+                                           $": prefill {p.Prefill:E2}, {ParitySteps} decode steps {p.Decode:E2} (logits)",
+                                           adapter is null ? "TorchSharp cpu float32" : "TorchSharp cpu float32, adapters on");
         });
         return Record(result, figure);
     }
@@ -116,18 +129,18 @@ public static class ExportStage
         ExportReward(model, Path.Combine(stageOut, OnnxFolderName), kind,
             new ExportOptions { TokenizerFolder = stageOut, Overwrite = true, Stage = stage, Parent = stageOut });
 
-    internal static ExportResult Record(ExportResult result, ParityFigure figure)
+    static ExportResult Record(ExportResult result, ParityFigure figure)
     {
         var manifest = result.Manifest with { Parity = figure };
         manifest.Save(result.Folder);
         return result with { Manifest = manifest };
     }
 
-    internal static bool OnCpuFloat32(nn.Module m) =>
+    static bool OnCpuFloat32(nn.Module m) =>
         m.parameters().All(p => p.device.type == DeviceType.CPU && p.dtype == ScalarType.Float32);
 
     /// <summary>Runs <paramref name="body"/> with <paramref name="m"/> in eval mode and float32 arithmetic (what the exported graph computes), then restores both.</summary>
-    internal static T WithEval<T>(nn.Module m, Func<T> body)
+    static T WithEval<T>(nn.Module m, Func<T> body)
     {
         bool wasTraining = m.training;
         var mixed = m as IMixedPrecision;

@@ -66,15 +66,6 @@ public static class LoraAdapterExport
                 options with { LoraInputs = true, LoraBaseFingerprint = BaseFingerprint(model) });   // the fingerprint adapter pushes will state, computed once
         var tensors = Tensors(lora);
         OnnxAdapterFile.Write(Path.Combine(result.Folder, AdapterFile), tensors);
-        if (!parity || !ExportStage.OnCpuFloat32(model)) return result;
-        var adapter = Buffers(tensors);
-        int[] lengths = ExportStage.ParityLengths;
-        var figure = ExportStage.WithEval(model, () =>
-        {
-            var p = OnnxParity.Policy(model, result.Folder, lengths, ExportStage.ParitySteps, leftPad: false, seed: 1234, adapter: adapter);
-            return new ParityFigure(p.Max, $"{lengths.Length} right-padded rows (lengths {string.Join(", ", lengths)}) with {AdapterFile} fed: " +
-                                           $"prefill {p.Prefill:E2}, {ExportStage.ParitySteps} decode steps {p.Decode:E2} (logits)", "TorchSharp cpu float32, adapters on");
-        });
-        return ExportStage.Record(result, figure);
+        return parity ? ExportStage.WithPolicyParity(model, result, Buffers(tensors), AdapterFile) : result;
     }
 }
